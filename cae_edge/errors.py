@@ -1,0 +1,29 @@
+"""Exception types a caller may want to catch. Messages quote the bad value and say what to do."""
+
+
+class CaeEdgeError(Exception):
+    """Base class for every error cae-edge raises on purpose."""
+
+
+class DataNotFoundError(CaeEdgeError):
+    """No source could provide the requested dataset."""
+
+
+class ConfigError(CaeEdgeError, ValueError):
+    """A bad option value (latent size, preset name, path, ...)."""
+
+
+class BundleError(CaeEdgeError):
+    """A model bundle is missing, corrupt, tampered with or inconsistent with its manifest."""
+
+
+class PairMismatchError(BundleError):
+    """Encoder and decoder (or sender and receiver) do not belong to the same bundle."""
+
+
+class PacketError(CaeEdgeError):
+    """A wire packet is malformed (bad magic, version, length, CRC, ...)."""
+
+
+class SourceError(CaeEdgeError):
+    """A frame source cannot be opened or stopped delivering frames."""

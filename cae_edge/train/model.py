@@ -1,0 +1,109 @@
+"""The convolutional autoencoder: two separate Keras models, encoder and decoder.
+
+Data flow (shapes for the defaults)::
+
+    image 28x28x1 ─ Conv2D 32, 2x2, stride 2 ─► 14x14x32 ─ LeakyReLU
+                  ─ Conv2D w1, 3x3, stride 2 ─► 7x7xw1    ─ LeakyReLU
+                  ─ Conv2D w1, 3x3           ─► 7x7xw1    ─ LeakyReLU
+                  ─ Conv2D w2, 3x3, stride 2 ─► 4x4xw2    ─ LeakyReLU
+                  ─ Conv2D b,  1x1           ─► 4x4xb     ─ LeakyReLU
+                  ─ Flatten ─ Dense(latent)  ─► latent vector (128 by default)   ══ wire ══►
+    latent ─ Dense 3x3xd0 ─ LeakyReLU ─ ConvT d0, 3x3, s2 valid ─► 7x7 ─ ConvT d1, 3x3, s2 ─► 14x14
+           ─ ConvT d2, 3x3, s2 ─► 28x28 ─ ConvT 1, 3x3 ─► sigmoid ─► image 28x28x1
+
+Five conv layers in the encoder and four transposed-conv layers in the decoder, as in the reference
+paper, but with the dense layers kept small (a 6272x128 dense layer alone is 800 KB of int8 weights):
+the encoder fits in well under 64 KB and the decoder under 128 KB as int8 TFLite.
+
+Encoder and decoder share nothing across the bottleneck (no skip connections): they run on different
+machines. Both take a fixed batch size when ``batch_size`` is given, which keeps the TFLite graphs free of
+SHAPE/STRIDED_SLICE/PACK ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of the autoencoder. Everything the builders need, nothing about training."""
+
+    latent_dim: int = 128
+    """Length of the latent vector (bytes per image for a plain int8 latent). Any size >= 1."""
+    enc_widths: tuple[int, int, int] = (32, 32, 16)
+    """Filters of encoder conv layers 2-3 (w1), 4 (w2) and the 1x1 bottleneck conv (b)."""
+    dec_widths: tuple[int, int, int] = (32, 32, 16)
+    """Filters of decoder transposed convs d0 (3x3 seed), d1 (14x14) and d2 (28x28)."""
+    leaky_alpha: float = 0.2
+    """Negative slope of LeakyReLU."""
+
+    def validate(self) -> ModelConfig:
+        if int(self.latent_dim) < 1:
+            raise ConfigError(f"latent dim {self.latent_dim}: must be >= 1")
+        for name, widths in (("enc_widths", self.enc_widths), ("dec_widths", self.dec_widths)):
+            if len(widths) != 3 or any(int(w) < 1 for w in widths):
+                raise ConfigError(f"{name} {widths!r}: need three positive filter counts")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for k in ("enc_widths", "dec_widths"):
+            if k in known:
+                known[k] = tuple(int(v) for v in known[k])
+        return cls(**known).validate()
+
+
+def build_encoder(cfg: ModelConfig, batch_size: int | None = None, name: str = "encoder"):
+    """Image (28, 28, 1) float in [0, 1] → latent (latent_dim,) float."""
+    import keras
+    from keras import layers
+
+    cfg.validate()
+    w1, w2, b = cfg.enc_widths
+    inp = keras.Input((28, 28, 1), batch_size=batch_size, name="image")
+    x = inp
+    for filters, kernel, stride in ((32, 2, 2), (w1, 3, 2), (w1, 3, 1), (w2, 3, 2), (b, 1, 1)):
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same")(x)
+        x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
+    x = layers.Flatten()(x)
+    out = layers.Dense(cfg.latent_dim, name="latent")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def build_decoder(cfg: ModelConfig, batch_size: int | None = None, name: str = "decoder"):
+    """Latent (latent_dim,) float → image (28, 28, 1) in [0, 1] (sigmoid)."""
+    import keras
+    from keras import layers
+
+    cfg.validate()
+    d0, d1, d2 = cfg.dec_widths
+    inp = keras.Input((cfg.latent_dim,), batch_size=batch_size, name="latent")
+    x = layers.Dense(3 * 3 * d0)(inp)
+    x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
+    x = layers.Reshape((3, 3, d0))(x)
+    x = layers.Conv2DTranspose(d0, 3, strides=2, padding="valid")(x)  # 3 → 7
+    x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
+    x = layers.Conv2DTranspose(d1, 3, strides=2, padding="same")(x)  # 7 → 14
+    x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
+    x = layers.Conv2DTranspose(d2, 3, strides=2, padding="same")(x)  # 14 → 28
+    x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
+    out = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid", name="image")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def build_autoencoder(cfg: ModelConfig, batch_size: int | None = None):
+    """Return ``(encoder, decoder, autoencoder)``; the autoencoder chains the two separate models."""
+    import keras
+
+    encoder = build_encoder(cfg, batch_size)
+    decoder = build_decoder(cfg, batch_size)
+    inp = keras.Input((28, 28, 1), batch_size=batch_size, name="image")
+    autoencoder = keras.Model(inp, decoder(encoder(inp)), name="autoencoder")
+    return encoder, decoder, autoencoder
