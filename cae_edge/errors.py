@@ -22,7 +22,14 @@ class PairMismatchError(BundleError):
 
 
 class PacketError(CaeEdgeError):
-    """A wire packet is malformed (bad magic, version, length, CRC, ...)."""
+    """A wire packet is malformed (bad magic, version, length, CRC, ...).
+
+    ``reason`` is a short stable word (``"magic"``, ``"crc"``, ...) that receivers use as a counter key.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SourceError(CaeEdgeError):
