@@ -1,0 +1,233 @@
+"""The packet a camera node sends per frame: pure functions on bytes, no sockets, no TensorFlow.
+
+Layout, version 1 (little-endian, 24 bytes of overhead per frame when the name is absent)::
+
+    offset size field
+    0      2    magic          b"\\xcaE"
+    2      1    version        1
+    3      1    flags          bits 0-1 payload kind (0 int8 latent, 1 entropy-coded), bit 2 name present,
+                               bits 3-7 reserved (must be 0)
+    4      4    pair prefix    first 4 bytes of the bundle's pair_id (16 hex chars -> 8 bytes)
+    8      2    sender id      crc32(sender name) & 0xffff, see :func:`sender_id`
+    10     4    seq            frame counter, wraps at 2**32
+    14     4    t_us           capture time, µs since the Unix epoch modulo 2**32 (:func:`unwrap_us`)
+    18     2    payload length
+    20     [1 + n  name        only when flag bit 2: length byte n (1..64) + n ASCII bytes]
+    ...    len  payload
+    end-4  4    crc32          zlib.crc32 of every byte before it
+
+Why these choices:
+
+* **pair prefix, 4 bytes** — enough to refuse a frame from the wrong encoder (a random match is 1 in 4e9)
+  without sending all 8 bytes of the id on every frame.
+* **sender id, 2 bytes + name now and then** — the id is derived from the name, so the receiver can check it;
+  the name itself (what stats, file paths and logs show) rides only on some packets: the first one, the first
+  after each reconnect, and then about once per second (the sender's choice, see ``cae_edge.device.stream``).
+  Names are restricted to ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}`` so a receiver may use them in file paths.
+  Two names with the same 16-bit id are detected by the receiver (a different name arrives for a known id).
+* **t_us, 4 bytes** — the low 32 bits of a microsecond clock wrap every 71.6 minutes; the receiver restores
+  the full time against its own clock with :func:`unwrap_us`, which is exact while clock skew plus latency
+  stays under 35 minutes. End-to-end latency across machines needs synchronised clocks (NTP) anyway.
+* **payload length + CRC32** — truncation and corruption are reported as such, independently of the transport.
+
+:func:`unpack` raises :class:`~cae_edge.errors.PacketError` — and nothing else — for every malformed
+input; its ``reason`` (``type``, ``short``, ``magic``, ``version``, ``length``, ``crc``, ``flags``, ``kind``,
+``name``) is the key receivers count rejects by. :func:`pack` raises it (reason ``field``) for
+out-of-range fields.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .errors import ConfigError, PacketError
+
+MAGIC = b"\xcaE"
+"""Two bytes every packet starts with."""
+VERSION = 1
+"""The layout version this module reads and writes."""
+PAIR_PREFIX_BYTES = 4
+NAME_MAX = 64
+U32 = 1 << 32
+MASK32 = U32 - 1
+
+_HEADER = struct.Struct("<2sBB4sHIIH")
+_CRC = struct.Struct("<I")
+HEADER_BYTES = _HEADER.size
+"""Fixed header size (20)."""
+OVERHEAD_BYTES = HEADER_BYTES + _CRC.size
+"""Bytes on top of the payload when no name rides along (24)."""
+MAX_PAYLOAD = 0xFFFF
+
+_FLAG_KIND = 0x03
+_FLAG_NAME = 0x04
+_FLAG_RESERVED = 0xF8
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class PayloadKind(IntEnum):
+    """What the payload bytes are."""
+
+    INT8 = 0
+    """The encoder's int8 latent, one byte per latent value."""
+    ENTROPY = 1
+    """The int8 latent after entropy coding (the bundle's ``coding`` says how)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One frame on the wire."""
+
+    pair: bytes
+    """First :data:`PAIR_PREFIX_BYTES` bytes of the bundle's pair_id (see :func:`pair_prefix`)."""
+    sender_id: int
+    """16-bit id of the sender, ``sender_id(name)``."""
+    seq: int
+    """Frame counter of this sender, 0 .. 2**32-1 (wraps)."""
+    t_us: int
+    """Capture time in µs since the Unix epoch, modulo 2**32."""
+    payload: bytes
+    """Encoded frame, at most 65,535 bytes."""
+    kind: PayloadKind = PayloadKind.INT8
+    """How the payload is coded."""
+    sender_name: str | None = None
+    """The sender's name, on the packets that carry it (else None)."""
+
+
+def pair_prefix(pair_id: str) -> bytes:
+    """The bytes of ``pair_id`` that go on the wire.
+
+    Args:
+        pair_id: the bundle's pair id, hex (16 chars in bundles; at least 8).
+
+    Raises:
+        ConfigError: when ``pair_id`` is not hex or is shorter than 8 chars.
+    """
+    text = pair_id[: 2 * PAIR_PREFIX_BYTES]
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != PAIR_PREFIX_BYTES:
+        raise ConfigError(f"pair_id {pair_id!r}: must be at least {2 * PAIR_PREFIX_BYTES} hex chars")
+    return raw
+
+
+def check_sender_name(name: str) -> str:
+    """Return ``name`` if it is a valid sender name.
+
+    Raises:
+        ConfigError: when it is empty, too long or has characters outside ``A-Z a-z 0-9 . _ -``.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"sender name {name!r}: use 1-{NAME_MAX} characters from A-Z a-z 0-9 . _ - "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def sender_id(name: str) -> int:
+    """The 16-bit id sent for ``name``: ``zlib.crc32(name) & 0xffff``.
+
+    Raises:
+        ConfigError: for an invalid name (see :func:`check_sender_name`).
+    """
+    return zlib.crc32(check_sender_name(name).encode("ascii")) & 0xFFFF
+
+
+def unwrap_us(t_us32: int, reference_us: int) -> int:
+    """Restore a full µs timestamp from its low 32 bits, taking the one closest to ``reference_us``.
+
+    Exact while ``|reference_us - true time| < 2**31`` µs (35.8 minutes).
+    """
+    d = (reference_us - t_us32) & MASK32
+    if d >= 1 << 31:
+        d -= U32
+    return reference_us - d
+
+
+def packet_size(payload_bytes: int, name: str | None = None) -> int:
+    """Bytes on the wire (before transport framing) for a payload of ``payload_bytes``."""
+    return OVERHEAD_BYTES + payload_bytes + (1 + len(name) if name else 0)
+
+
+def pack(p: Packet) -> bytes:
+    """Serialise a packet.
+
+    Raises:
+        PacketError: reason ``field`` when a field is out of range (pair length, ids, payload size, name).
+    """
+    flags = int(p.kind) & _FLAG_KIND
+    if int(p.kind) != flags or len(p.pair) != PAIR_PREFIX_BYTES or len(p.payload) > MAX_PAYLOAD:
+        raise PacketError(
+            f"cannot pack: kind {p.kind!r}, pair {len(p.pair)} bytes (need {PAIR_PREFIX_BYTES}), "
+            f"payload {len(p.payload)} bytes (max {MAX_PAYLOAD})",
+            "field",
+        )
+    name = b""
+    if p.sender_name is not None:
+        if not isinstance(p.sender_name, str) or not _NAME_RE.fullmatch(p.sender_name):
+            raise PacketError(f"cannot pack: bad sender name {p.sender_name!r}", "field")
+        raw = p.sender_name.encode("ascii")
+        if zlib.crc32(raw) & 0xFFFF != p.sender_id:
+            msg = f"cannot pack: sender id {p.sender_id} is not sender_id({p.sender_name!r})"
+            raise PacketError(msg, "field")
+        name = bytes((len(raw),)) + raw
+        flags |= _FLAG_NAME
+    try:
+        head = _HEADER.pack(MAGIC, VERSION, flags, p.pair, p.sender_id, p.seq, p.t_us, len(p.payload))
+    except struct.error as e:
+        raise PacketError(f"cannot pack: {e} (sender_id u16, seq and t_us u32)", "field") from None
+    body = b"".join((head, name, p.payload))
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def unpack(data: bytes | bytearray | memoryview) -> Packet:
+    """Parse and verify one packet.
+
+    Raises:
+        PacketError: for any malformed input; ``reason`` says what was wrong.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise PacketError(f"packet must be bytes, got {type(data).__name__}", "type")
+    data = bytes(data)
+    n = len(data)
+    if n < OVERHEAD_BYTES:
+        raise PacketError(f"packet of {n} bytes is shorter than the {OVERHEAD_BYTES}-byte minimum", "short")
+    magic, version, flags, pair, sid, seq, t_us, plen = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise PacketError(f"bad magic {magic.hex()} (want {MAGIC.hex()}): not a cae-edge packet", "magic")
+    if version != VERSION:
+        msg = f"wire version {version} (this receiver reads {VERSION}): upgrade the older side"
+        raise PacketError(msg, "version")
+    pos = HEADER_BYTES
+    nlen = 0
+    if flags & _FLAG_NAME:
+        nlen = data[pos] if n > pos else 0
+        pos += 1
+    expected = pos + nlen + plen + _CRC.size
+    if n != expected:
+        msg = f"packet is {n} bytes but its header says {expected} (truncated or padded)"
+        raise PacketError(msg, "length")
+    (crc,) = _CRC.unpack_from(data, n - _CRC.size)
+    if zlib.crc32(memoryview(data)[: n - _CRC.size]) != crc:
+        raise PacketError("CRC mismatch: packet corrupted in transit", "crc")
+    if flags & _FLAG_RESERVED:
+        raise PacketError(f"reserved flag bits set (flags {flags:#04x})", "flags")
+    kind_value = flags & _FLAG_KIND
+    if kind_value > max(PayloadKind):
+        raise PacketError(f"unknown payload kind {kind_value}", "kind")
+    name = None
+    if flags & _FLAG_NAME:
+        raw = data[pos : pos + nlen]
+        text = raw.decode("latin-1")
+        if not _NAME_RE.fullmatch(text) or zlib.crc32(raw) & 0xFFFF != sid:
+            raise PacketError(f"bad sender name {text!r} for sender id {sid}", "name")
+        name = text
+        pos += nlen
+    return Packet(pair, sid, seq, t_us, data[pos : pos + plen], PayloadKind(kind_value), name)
