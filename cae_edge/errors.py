@@ -34,3 +34,7 @@ class PacketError(CaeEdgeError):
 
 class SourceError(CaeEdgeError):
     """A frame source cannot be opened or stopped delivering frames."""
+
+
+class KeyFileError(CaeEdgeError):
+    """A CURVE key file is missing, unreadable, malformed, or a secret key file has unsafe permissions."""

@@ -1,0 +1,324 @@
+"""CURVE key files and authenticated links: real sockets on 127.0.0.1, random ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+from typer.testing import CliRunner
+from zmq.utils.monitor import recv_monitor_message
+
+from cae_edge.cli.main import app
+from cae_edge.device import security
+from cae_edge.errors import ConfigError, KeyFileError
+
+WAIT_S = 10.0  # generous upper bound for events that must happen; never a timing assertion
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict:
+    """A receiver pair, two node pairs (one allowed, one not) and an allowed-keys directory."""
+    out = {
+        "receiver": security.generate_keypair("receiver", tmp_path / "rx"),
+        "other-rx": security.generate_keypair("other-rx", tmp_path / "orx"),
+        "good": security.generate_keypair("good-node", tmp_path / "good"),
+        "rogue": security.generate_keypair("rogue-node", tmp_path / "rogue"),
+    }
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(out["good"].public_path, allowed)
+    out["allowed"] = allowed
+    return out
+
+
+def server_opts(keys: dict) -> security.SecurityOptions:
+    return security.SecurityOptions(key=keys["receiver"].secret_path, allowed_keys=keys["allowed"])
+
+
+def client_opts(keys: dict, who: str, server: str = "receiver") -> security.SecurityOptions:
+    return security.SecurityOptions(key=keys[who].secret_path, server_key=keys[server].public_path)
+
+
+# ----------------------------------------------------------------------------------------------- key files
+
+
+def test_generate_writes_a_loadable_pair_with_safe_modes(tmp_path: Path) -> None:
+    files = security.generate_keypair("node-1", tmp_path / "k")
+    assert files.public_path.name == "node-1.key" and files.secret_path.name == "node-1.key_secret"
+    assert files.secret_path.stat().st_mode & 0o777 == 0o600
+    assert files.public_path.stat().st_mode & 0o022 == 0  # nobody else may rewrite the public key
+    pair = security.load_secret_key(files.secret_path)
+    pub = security.load_public_key(files.public_path)
+    assert pair.public == pub.public == files.public_key.encode()
+    assert zmq.curve_public(pair.secret) == pair.public
+    assert pair.name == pub.name == "node-1"
+    # zmq's own reader agrees with ours (standard certificate format)
+    assert zmq.auth.load_certificate(files.secret_path) == (pair.public, pair.secret)
+
+
+def test_generate_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
+    first = security.generate_keypair("n", tmp_path)
+    with pytest.raises(KeyFileError, match="already exists.*--force"):
+        security.generate_keypair("n", tmp_path)
+    second = security.generate_keypair("n", tmp_path, overwrite=True)
+    assert second.public_key != first.public_key
+    assert security.load_secret_key(second.secret_path).public == second.public_key.encode()
+
+
+@pytest.mark.parametrize("name", ["", "has space", "../escape", "-dash-first", "x" * 65, "a/b"])
+def test_generate_rejects_bad_names(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="key name"):
+        security.generate_keypair(name, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_secret_key_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    files = security.generate_keypair("n", tmp_path)
+    os.chmod(files.secret_path, mode)
+    with pytest.raises(KeyFileError, match=rf"mode {mode:04o}.*chmod 600"):
+        security.load_secret_key(files.secret_path)
+    os.chmod(files.secret_path, 0o400)  # owner read-only is fine
+    assert security.load_secret_key(files.secret_path).secret
+
+
+def test_public_file_where_secret_expected_and_vice_versa(tmp_path: Path) -> None:
+    files = security.generate_keypair("n", tmp_path)
+    with pytest.raises(KeyFileError, match="only a public key.*n.key_secret"):
+        security.load_secret_key(files.public_path)
+    with pytest.raises(KeyFileError, match="contains a secret key"):
+        security.load_public_key(files.secret_path)
+
+
+def _bad_content(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
+    good = security.generate_keypair("good", tmp_path / "src")
+    other = security.generate_keypair("other", tmp_path / "src")
+    text = good.secret_path.read_text()
+    other_public = other.public_key
+    return {
+        "empty": (b"", "not a ZeroMQ CURVE certificate"),
+        "binary": (bytes(range(256)) * 4, "not a ZeroMQ CURVE certificate"),
+        "short key": (b'curve\n    public-key = "abc"\n', "not a 40-character Z85 key"),
+        "bad chars": (b'curve\n    public-key = "' + b"\xff" * 40 + b'"\n', "not a 40-character Z85 key"),
+        "mismatched pair": (
+            text.replace(good.public_key, other_public).encode(),
+            "does not belong to secret-key",
+        ),
+        "bad secret": (
+            text.replace(text.split('secret-key = "')[1][:40], "~" * 40).encode(),
+            "secret-key is not a 40-character Z85 key",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["empty", "binary", "short key", "bad chars", "mismatched pair", "bad secret"]
+)
+def test_bad_key_content_gives_clear_errors(tmp_path: Path, case: str) -> None:
+    content, message = _bad_content(tmp_path)[case]
+    path = tmp_path / "broken.key_secret"
+    path.write_bytes(content)
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFileError, match=message) as info:
+        security.load_secret_key(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_and_non_file_key_paths(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="not found.*cae-edge keys generate"):
+        security.load_public_key(tmp_path / "nope.key")
+    (tmp_path / "dir.key").mkdir()
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        security.load_public_key(tmp_path / "dir.key")
+
+
+def test_allowed_keys_directory_checks(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="allowed-keys directory .* not found"):
+        security.load_allowed_keys(tmp_path / "missing")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    with pytest.raises(KeyFileError, match=r"no \*.key public key files"):
+        security.load_allowed_keys(allowed)
+    a = security.generate_keypair("a", tmp_path / "a")
+    shutil.copy(a.public_path, allowed / "a.key")
+    assert security.load_allowed_keys(allowed) == {a.public_key.encode(): "a"}
+    shutil.copy(a.public_path, allowed / "a-again.key")
+    with pytest.raises(KeyFileError, match="repeats the key"):
+        security.load_allowed_keys(allowed)
+    (allowed / "a-again.key").unlink()
+    shutil.copy(a.secret_path, allowed / "leaked.key")
+    with pytest.raises(KeyFileError, match="leaked.key contains a secret key"):
+        security.load_allowed_keys(allowed)
+
+
+def test_options_demand_keys_unless_insecure(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--keys and --allowed-keys.*--insecure"):
+        security.SecurityOptions().check_server()
+    with pytest.raises(ConfigError, match="--server-key.*--insecure"):
+        security.SecurityOptions(key=tmp_path / "k.key_secret").check_client()
+    assert security.server_security(security.SecurityOptions(insecure=True)) is None
+    assert security.client_security(None) is None
+
+
+# ----------------------------------------------------------------------------------------------- sockets
+
+
+class Link:
+    """A PULL receiver secured by CurveServer, with a monitor on its socket."""
+
+    def __init__(self, opts: security.SecurityOptions) -> None:
+        self.ctx = zmq.Context()
+        self.curve = security.CurveServer(opts)
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.linger = 0
+        self.curve.apply(self.pull)
+        self.monitor = self.pull.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        )
+        self.port = self.pull.bind_to_random_port("tcp://127.0.0.1")
+        self.pushes: list[zmq.Socket] = []
+
+    def sender(self, opts: security.SecurityOptions | None) -> zmq.Socket:
+        push = self.ctx.socket(zmq.PUSH)
+        push.linger = 0
+        client = security.client_security(opts)
+        if client is not None:
+            client.apply(push)
+        push.connect(f"tcp://127.0.0.1:{self.port}")
+        self.pushes.append(push)
+        return push
+
+    def wait_event(self, wanted: int) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            if self.monitor.poll(100):
+                if recv_monitor_message(self.monitor)["event"] & wanted:
+                    return
+        raise AssertionError(f"no handshake event {wanted} within {WAIT_S} s")
+
+    def drain(self, timeout_ms: int = 300) -> list[tuple[bytes, str]]:
+        got = []
+        while self.pull.poll(timeout_ms):
+            f = self.pull.recv(copy=False)
+            got.append((f.bytes, f.get("User-Id")))
+        return got
+
+    def close(self) -> None:
+        for p in self.pushes:
+            p.close()
+        self.pull.disable_monitor()
+        self.monitor.close()
+        self.pull.close()
+        self.curve.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def link(keys: dict):
+    lk = Link(server_opts(keys))
+    yield lk
+    lk.close()
+
+
+def test_allowed_sender_is_delivered_with_its_key_name(link: Link, keys: dict) -> None:
+    push = link.sender(client_opts(keys, "good"))
+    push.send(b"frame-0")
+    assert link.pull.poll(int(WAIT_S * 1000))
+    frame = link.pull.recv(copy=False)
+    assert frame.bytes == b"frame-0"
+    assert frame.get("User-Id") == "good-node"
+    assert link.curve.stats.accepted == {"good-node": 1}
+
+
+def test_unknown_key_frames_are_never_delivered(link: Link, keys: dict) -> None:
+    rogue = link.sender(client_opts(keys, "rogue"))
+    for i in range(20):
+        rogue.send(b"rogue-%d" % i, zmq.NOBLOCK)
+    link.wait_event(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    assert link.curve.stats.denied >= 1
+    assert link.curve.stats.denied_keys[-1] == keys["rogue"].public_key
+    # a good sender on the same receiver still gets through, and only its frames arrive
+    good = link.sender(client_opts(keys, "good"))
+    for i in range(5):
+        good.send(b"good-%d" % i)
+    got = []
+    deadline = time.monotonic() + WAIT_S
+    while len(got) < 5 and time.monotonic() < deadline:
+        got += link.drain(100)
+    got += link.drain()
+    assert [g[0] for g in got] == [b"good-%d" % i for i in range(5)]
+    assert {g[1] for g in got} == {"good-node"}
+
+
+def test_sender_pinned_to_the_wrong_server_key_cannot_connect(link: Link, keys: dict) -> None:
+    push = link.sender(client_opts(keys, "good", server="other-rx"))
+    push.send(b"secret frame", zmq.NOBLOCK)
+    link.wait_event(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    assert link.drain() == []
+    assert link.curve.stats.accepted == {}
+
+
+def test_plaintext_sender_is_refused_by_a_curve_receiver(link: Link) -> None:
+    push = link.sender(None)
+    push.send(b"plain", zmq.NOBLOCK)
+    link.wait_event(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    assert link.drain() == []
+
+
+def test_a_key_added_to_the_allowed_directory_is_accepted_without_restart(link: Link, keys: dict) -> None:
+    first = link.sender(client_opts(keys, "rogue"))
+    first.send(b"x", zmq.NOBLOCK)
+    link.wait_event(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    shutil.copy(keys["rogue"].public_path, keys["allowed"])
+    push = link.sender(client_opts(keys, "rogue"))  # a refused socket does not retry; a new one does
+    push.send(b"now allowed")
+    deadline = time.monotonic() + WAIT_S
+    got: list = []
+    while not got and time.monotonic() < deadline:
+        got = link.drain(100)
+    assert (b"now allowed", "rogue-node") in got
+    assert link.curve.stats.allowed_keys == 2
+
+
+def test_bad_key_files_fail_before_any_socket(keys: dict) -> None:
+    os.chmod(keys["receiver"].secret_path, 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        security.CurveServer(server_opts(keys))
+    with pytest.raises(KeyFileError, match="contains a secret key"):
+        security.CurveClient(
+            security.SecurityOptions(key=keys["good"].secret_path, server_key=keys["receiver"].secret_path)
+        )
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def test_keys_cli_generate_and_list(tmp_path: Path) -> None:
+    runner = CliRunner()
+    d = str(tmp_path / "keys")
+    r = runner.invoke(app, ["keys", "generate", "cam-1", "--dir", d])
+    assert r.exit_code == 0, r.output
+    assert "cam-1.key_secret" in r.output
+    r = runner.invoke(app, ["keys", "generate", "cam-1", "--dir", d])
+    assert r.exit_code == 1 and "already exists" in r.output
+    r = runner.invoke(app, ["keys", "list", "--dir", d, "--json"])
+    assert r.exit_code == 0, r.output
+    assert '"name": "cam-1"' in r.output and '"problem": null' in r.output
+    os.chmod(Path(d) / "cam-1.key_secret", 0o644)
+    r = runner.invoke(app, ["keys", "list", "--dir", d, "--json"])
+    assert r.exit_code == 1 and "chmod 600" in r.output
+
+
+def test_keys_cli_default_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(security.KEYS_DIR_ENV, str(tmp_path / "env-keys"))
+    r = CliRunner().invoke(app, ["keys", "generate", "receiver"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "env-keys" / "receiver.key").exists()
