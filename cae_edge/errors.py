@@ -38,3 +38,11 @@ class SourceError(CaeEdgeError):
 
 class KeyFileError(CaeEdgeError):
     """A CURVE key file is missing, unreadable, malformed, or a secret key file has unsafe permissions."""
+
+
+class RuntimeMissingError(CaeEdgeError):
+    """Neither ai_edge_litert nor tflite_runtime is installed (the device runtime cannot run a model)."""
+
+
+class ExportError(CaeEdgeError):
+    """An export failed its checks (int8 quality loss over the margin, non-builtin op, bad run directory)."""

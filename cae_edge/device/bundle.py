@@ -1,0 +1,458 @@
+"""Load a model bundle on a camera node or receiver and run it. LiteRT only, never TensorFlow.
+
+::
+
+    frame ─ Preprocessor ─► 28x28 uint8 ─ Encoder.encode_latent ─► int8 latent ─ codec.encode ─► payload
+    payload ─ codec.decode ─► int8 latent ─ Decoder.decode_latent ─► 28x28 uint8
+
+Everything that can be wrong with a bundle is found once, in :func:`load_bundle`: missing files, sizes and
+sha256 against the manifest, the flatbuffer identifier, the pair id, and each interpreter's input/output
+dtype, shape, scale and zero point against the manifest. The hot path (``encode``/``decode``) only copies
+bytes: pixels become int8 by one XOR (scale 1/255, zero point -128), output bytes become pixels through a
+256-entry table.
+
+Payload codecs: ``manifest["coding"]["kind"]`` picks how a latent becomes payload bytes. ``int8`` (the raw
+latent bytes) is built in; other kinds register a factory with :func:`register_codec` (the module named in
+:data:`CODEC_MODULES` is imported on first use, so a bundle declaring ``{"kind": "entropy", ...}`` works as
+soon as that module registers itself).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import BundleError, ConfigError, PacketError, PairMismatchError
+from ..manifest import MANIFEST_NAME, Manifest, ModelSpec, TensorSpec, sha256_bytes
+from ..quant import PIXEL_SCALE, PIXEL_ZERO_POINT, QuantParams, output_to_pixel_lut
+from .litert import check_model_bytes, make_interpreter
+
+BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
+"""Shipped bundles: every ``cae_edge/bundles/<name>/manifest.json`` is addressable by ``<name>``."""
+IMAGE_SHAPE = (28, 28)
+
+# ---- payload codecs -------------------------------------------------------------------------------------
+
+
+class PayloadCodec(Protocol):
+    """Turns an int8 latent into the payload bytes sent on the wire, and back."""
+
+    kind: str
+
+    def encode(self, q: np.ndarray) -> bytes:
+        """int8 latent (latent_dim,) → payload bytes."""
+        ...
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        """Payload bytes → int8 latent (latent_dim,). Raises PacketError on a malformed payload."""
+        ...
+
+
+CodecFactory = Callable[["Bundle"], PayloadCodec]
+CODECS: dict[str, CodecFactory] = {}
+"""Registered payload codecs by ``coding.kind``."""
+CODEC_MODULES: dict[str, str] = {"entropy": "cae_edge.entropy"}
+"""Modules imported on first use of a coding kind; they call :func:`register_codec` at import."""
+
+
+def register_codec(kind: str, factory: CodecFactory) -> None:
+    """Make ``coding.kind == kind`` usable; ``factory(bundle)`` builds the codec (may read bundle files)."""
+    CODECS[kind] = factory
+
+
+class Int8Codec:
+    """Payload = the int8 latent bytes, one byte per latent value."""
+
+    kind = "int8"
+
+    def __init__(self, latent_dim: int) -> None:
+        self.latent_dim = int(latent_dim)
+
+    def encode(self, q: np.ndarray) -> bytes:
+        return q.tobytes()
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        if len(payload) != self.latent_dim:
+            raise PacketError(
+                f"int8 payload of {len(payload)} bytes: this bundle's latent is {self.latent_dim} bytes",
+                reason="payload",
+            )
+        return np.frombuffer(payload, dtype=np.int8)
+
+
+register_codec("int8", lambda bundle: Int8Codec(bundle.latent_dim))
+
+
+def _make_codec(bundle: Bundle) -> PayloadCodec:
+    coding = bundle.manifest.coding
+    kind = str(coding.get("kind", ""))
+    if kind not in CODECS and kind in CODEC_MODULES:
+        try:
+            importlib.import_module(CODEC_MODULES[kind])
+        except ImportError as e:
+            raise BundleError(
+                f"{bundle.path / MANIFEST_NAME}: coding kind {kind!r} needs module "
+                f"{CODEC_MODULES[kind]} ({e})"
+            ) from None
+    if kind not in CODECS:
+        raise BundleError(
+            f"{bundle.path / MANIFEST_NAME}: unknown coding kind {kind!r} (known: {sorted(CODECS)}); "
+            "upgrade cae-edge or re-export the bundle"
+        )
+    return CODECS[kind](bundle)
+
+
+# ---- interpreter checks ---------------------------------------------------------------------------------
+
+
+def _tensor_spec(detail: dict) -> TensorSpec:
+    scale, zp = detail.get("quantization", (0.0, 0))
+    return TensorSpec(
+        np.dtype(detail["dtype"]).name, tuple(int(s) for s in detail["shape"]), float(scale), int(zp)
+    )
+
+
+def _check_tensor(name: str, role: str, actual: TensorSpec, expected: TensorSpec) -> None:
+    problems = []
+    if actual.dtype != expected.dtype:
+        problems.append(f"dtype {actual.dtype} (manifest: {expected.dtype})")
+    if actual.shape != expected.shape:
+        problems.append(f"shape {list(actual.shape)} (manifest: {list(expected.shape)})")
+    if np.float32(actual.scale) != np.float32(expected.scale):
+        problems.append(f"scale {actual.scale!r} (manifest: {expected.scale!r})")
+    if actual.zero_point != expected.zero_point:
+        problems.append(f"zero point {actual.zero_point} (manifest: {expected.zero_point})")
+    if problems:
+        raise BundleError(f"{name}: {role} " + ", ".join(problems) + "; the file does not match its manifest")
+
+
+def _open_checked(
+    data: bytes, name: str, spec: ModelSpec, num_threads: int, xnnpack: bool
+) -> tuple[Any, int, int]:
+    interp = make_interpreter(data, num_threads, xnnpack=xnnpack)
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    if len(ins) != 1 or len(outs) != 1:
+        raise BundleError(f"{name}: {len(ins)} inputs / {len(outs)} outputs, expected exactly one of each")
+    _check_tensor(name, "input", _tensor_spec(ins[0]), spec.input)
+    _check_tensor(name, "output", _tensor_spec(outs[0]), spec.output)
+    return interp, int(ins[0]["index"]), int(outs[0]["index"])
+
+
+# ---- encoder / decoder ----------------------------------------------------------------------------------
+
+
+class Encoder:
+    """Runs the encoder model on 28x28 uint8 images. Create with :meth:`Bundle.encoder`.
+
+    Not thread-safe: one Encoder per thread.
+    """
+
+    def __init__(self, bundle: Bundle, key: str, num_threads: int = 1, xnnpack: bool = True) -> None:
+        spec = bundle.manifest.models[key]
+        self.name = str(bundle.path / spec.file)
+        self.spec = spec
+        self._interp, self._in_idx, self._out_idx = _open_checked(
+            bundle.model_bytes(key), self.name, spec, num_threads, xnnpack
+        )
+        self._codec = bundle.codec() if spec.output.dtype == "int8" else None
+        self._in = np.zeros(spec.input.shape, dtype=spec.input.dtype)
+        self._in2d = self._in.reshape(IMAGE_SHAPE)
+        dtype = spec.input.dtype
+        if dtype == "int8":
+            expected = (PIXEL_ZERO_POINT,)
+        elif dtype == "uint8":
+            expected = (0,)
+        else:
+            expected = ()
+        if expected and (np.float32(spec.input.scale) != PIXEL_SCALE or spec.input.zero_point != expected[0]):
+            raise BundleError(
+                f"{self.name}: input quantization (scale {spec.input.scale!r}, "
+                f"zero point {spec.input.zero_point}) "
+                f"is not raw pixels (scale 1/255, zero point {expected[0]} for {dtype}); re-export the bundle"
+            )
+        self._mode = dtype
+        self._set = self._interp.set_tensor
+        self._invoke = self._interp.invoke
+        self._get = self._interp.get_tensor
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.spec.output.shape[-1])
+
+    def encode_latent(self, image_u8: np.ndarray) -> np.ndarray:
+        """One 28x28 uint8 image → the latent (int8 (latent_dim,) for the int8 model, float32 for float).
+
+        Raises:
+            ConfigError: wrong shape or dtype.
+        """
+        if image_u8.shape != IMAGE_SHAPE or image_u8.dtype != np.uint8:
+            raise ConfigError(
+                f"image of shape {image_u8.shape} and dtype {image_u8.dtype}: expected (28, 28) uint8; "
+                "preprocess camera frames with cae_edge.device.preprocess.Preprocessor"
+            )
+        if self._mode == "int8":
+            np.bitwise_xor(image_u8.view(np.int8), np.int8(-128), out=self._in2d)
+        elif self._mode == "uint8":
+            self._in2d[...] = image_u8
+        else:
+            np.multiply(image_u8, np.float32(1.0 / 255.0), out=self._in2d)
+        self._set(self._in_idx, self._in)
+        self._invoke()
+        return self._get(self._out_idx)[0]
+
+    def encode(self, image_u8: np.ndarray) -> bytes:
+        """One 28x28 uint8 image → the payload, exactly as sent on the wire (int8 models only)."""
+        if self._codec is None:
+            raise ConfigError(f"{self.name}: a float encoder has no wire payload; use encode_latent")
+        return self._codec.encode(self.encode_latent(image_u8))
+
+
+class Decoder:
+    """Runs the decoder model: latent → 28x28 uint8 image. Create with :meth:`Bundle.decoder`.
+
+    Not thread-safe: one Decoder per thread.
+    """
+
+    def __init__(self, bundle: Bundle, key: str, num_threads: int = 1, xnnpack: bool = True) -> None:
+        spec = bundle.manifest.models[key]
+        self.name = str(bundle.path / spec.file)
+        self.spec = spec
+        self._interp, self._in_idx, self._out_idx = _open_checked(
+            bundle.model_bytes(key), self.name, spec, num_threads, xnnpack
+        )
+        self._in_shape = spec.input.shape
+        self._in_dtype = np.dtype(spec.input.dtype)
+        self._latent_shape = (int(spec.input.shape[-1]),)
+        self._codec = bundle.codec() if spec.input.dtype == "int8" else None
+        out = spec.output
+        self._lut = (
+            output_to_pixel_lut(QuantParams(out.scale, out.zero_point, out.dtype))
+            if out.dtype != "float32"
+            else None
+        )
+        self._set = self._interp.set_tensor
+        self._invoke = self._interp.invoke
+        self._get = self._interp.get_tensor
+
+    @property
+    def latent_dim(self) -> int:
+        return self._latent_shape[0]
+
+    def decode_latent(self, q: np.ndarray) -> np.ndarray:
+        """Latent (int8 (latent_dim,), float32 for a float decoder) → 28x28 uint8 image.
+
+        Raises:
+            ConfigError: wrong shape or dtype.
+        """
+        if q.shape != self._latent_shape or q.dtype != self._in_dtype:
+            raise ConfigError(
+                f"latent of shape {q.shape} and dtype {q.dtype}: "
+                f"expected {self._latent_shape} {self._in_dtype}"
+            )
+        self._set(self._in_idx, q.reshape(self._in_shape))
+        self._invoke()
+        out = self._get(self._out_idx).reshape(IMAGE_SHAPE)
+        if self._lut is None:
+            return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        return self._lut[out.view(np.uint8)]
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        """Payload bytes as received → 28x28 uint8 image (int8 models only).
+
+        Raises:
+            PacketError: the payload does not decode to a latent of this bundle.
+        """
+        if self._codec is None:
+            raise ConfigError(f"{self.name}: a float decoder has no wire payload; use decode_latent")
+        return self.decode_latent(self._codec.decode(payload))
+
+
+# ---- bundle ---------------------------------------------------------------------------------------------
+
+
+class Bundle:
+    """A verified bundle directory. Create with :func:`load_bundle`."""
+
+    def __init__(self, path: Path, manifest: Manifest, blobs: dict[str, bytes]) -> None:
+        self.path = path
+        """The bundle directory."""
+        self.manifest = manifest
+        """The validated manifest (item access like the JSON dict: ``manifest["coding"]``)."""
+        self._blobs = blobs
+        self._codec: PayloadCodec | None = None
+
+    @property
+    def pair_id(self) -> str:
+        """16 hex chars identifying the int8 encoder/decoder pair."""
+        return self.manifest.pair_id
+
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest.latent_dim
+
+    @property
+    def preprocess(self) -> dict:
+        """Preprocessing spec for :class:`cae_edge.device.preprocess.Preprocessor`."""
+        return self.manifest.preprocess
+
+    @property
+    def coding(self) -> dict:
+        return self.manifest.coding
+
+    @property
+    def latent_quant(self) -> QuantParams:
+        """Quantization of the int8 latent (shared by encoder output and decoder input)."""
+        return self.manifest.latent_quant
+
+    @property
+    def bytes_per_image(self) -> int:
+        return self.manifest.bytes_per_image
+
+    def read_file(self, name: str) -> bytes:
+        """Content of a bundle file listed in the manifest (verified at load, cached)."""
+        if name not in self._blobs:
+            raise BundleError(f"{self.path}: no file {name!r} in the manifest (have {sorted(self._blobs)})")
+        return self._blobs[name]
+
+    def model_bytes(self, key: str) -> bytes:
+        """The .tflite bytes of model ``key`` (``encoder``, ``decoder`` or their ``_float`` twins)."""
+        if key not in self.manifest.models:
+            raise BundleError(
+                f"{self.path}: no model {key!r} in the manifest (have {sorted(self.manifest.models)})"
+            )
+        return self.read_file(self.manifest.models[key].file)
+
+    def codec(self) -> PayloadCodec:
+        """The payload codec the manifest's ``coding`` selects (built once)."""
+        if self._codec is None:
+            self._codec = _make_codec(self)
+        return self._codec
+
+    def encoder(self, num_threads: int = 1, *, precision: str = "int8", xnnpack: bool = True) -> Encoder:
+        """A new encoder. ``precision="float"`` runs ``encoder_float.tflite`` (comparison only)."""
+        return Encoder(self, _model_key("encoder", precision), num_threads, xnnpack)
+
+    def decoder(self, num_threads: int = 1, *, precision: str = "int8", xnnpack: bool = True) -> Decoder:
+        """A new decoder. ``precision="float"`` runs ``decoder_float.tflite`` (comparison only)."""
+        return Decoder(self, _model_key("decoder", precision), num_threads, xnnpack)
+
+    def check_pair(self, other_pair_id: str) -> None:
+        """Raise :class:`PairMismatchError` unless ``other_pair_id`` is this bundle's pair id."""
+        if other_pair_id != self.pair_id:
+            raise PairMismatchError(
+                f"pair id {other_pair_id!r} does not match bundle {self.path} ({self.pair_id!r}): "
+                "sender and receiver must use the same bundle"
+            )
+
+    def summary(self) -> dict:
+        """Short JSON-friendly description."""
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "pair_id": m.pair_id,
+            "dataset": m.dataset.get("name"),
+            "latent_dim": m.latent_dim,
+            "bytes_per_image": m.bytes_per_image,
+            "coding": m.coding,
+            "latent_quant": m.latent_quant.to_dict(),
+            "quality": m.quality,
+            "files": {k: v.bytes for k, v in m.files.items()},
+        }
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.path)!r}, pair_id={self.pair_id!r}, latent_dim={self.latent_dim})"
+
+
+def _model_key(role: str, precision: str) -> str:
+    if precision == "int8":
+        return role
+    if precision == "float":
+        return f"{role}_float"
+    raise ConfigError(f"precision {precision!r}: must be 'int8' or 'float'")
+
+
+def available_bundles() -> dict[str, Path]:
+    """Shipped bundles: name → directory, for every ``cae_edge/bundles/<name>/manifest.json``."""
+    if not BUNDLES_DIR.is_dir():
+        return {}
+    return {p.parent.name: p.parent for p in sorted(BUNDLES_DIR.glob(f"*/{MANIFEST_NAME}"))}
+
+
+def resolve_bundle(name_or_path: str | Path) -> Path:
+    """A shipped bundle name (no ``/`` in it) or a bundle directory → the directory.
+
+    Raises:
+        BundleError: neither a shipped name nor a directory.
+    """
+    s = str(name_or_path)
+    shipped = available_bundles()
+    if isinstance(name_or_path, str) and "/" not in s and s in shipped:
+        return shipped[s]
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.name == MANIFEST_NAME:
+        path = path.parent
+    if path.is_dir():
+        return path.resolve()
+    raise BundleError(
+        f"bundle {s!r}: not a shipped bundle name ({', '.join(shipped) or 'none installed'}) "
+        "and not a directory; make one with `cae-edge export RUN --out DIR`"
+    )
+
+
+def load_bundle(name_or_path: str | Path, *, verify: bool = True) -> Bundle:
+    """Load and verify a bundle.
+
+    Checks, in this order, before any byte reaches an interpreter: the manifest (fields, pair id against the
+    listed hashes, latent quantization shared by the pair); every listed file exists and has the listed
+    size and (``verify=True``) sha256; each model is a TFLite flatbuffer. Then it opens each model once and
+    compares the interpreter's input/output dtype, shape, scale and zero point with the manifest.
+
+    Args:
+        name_or_path: ``"mnist"``, ``"fashion"`` (any shipped name) or a bundle directory.
+        verify: Check sha256 of every file (sizes, identifiers and tensor details are always checked).
+
+    Returns:
+        The verified :class:`Bundle`.
+
+    Raises:
+        BundleError: missing/corrupt/truncated/tampered file or inconsistent manifest (names the file).
+        PairMismatchError: the int8 encoder and decoder are not the pair the manifest's pair id names.
+    """
+    path = resolve_bundle(name_or_path)
+    manifest = Manifest.read(path)
+    blobs: dict[str, bytes] = {}
+    for name, entry in manifest.files.items():
+        fpath = path / name
+        try:
+            data = fpath.read_bytes()
+        except FileNotFoundError:
+            raise BundleError(
+                f"{fpath}: missing (listed in {MANIFEST_NAME}); re-copy or re-export the bundle"
+            ) from None
+        except OSError as e:
+            raise BundleError(f"{fpath}: cannot read ({e.strerror or e})") from None
+        if len(data) != entry.bytes:
+            what = "truncated" if len(data) < entry.bytes else "too long"
+            raise BundleError(f"{fpath}: {what}: {len(data)} bytes, manifest says {entry.bytes}")
+        if verify:
+            digest = sha256_bytes(data)
+            if digest != entry.sha256:
+                raise BundleError(
+                    f"{fpath}: sha256 {digest[:16]}... does not match the manifest ({entry.sha256[:16]}...): "
+                    "file corrupt or tampered with"
+                )
+        blobs[name] = data
+    # The pair id was checked against the listed hashes by Manifest.read, and the files against those hashes.
+    for spec in manifest.models.values():
+        check_model_bytes(blobs[spec.file], str(path / spec.file))
+    bundle = Bundle(path, manifest, blobs)
+    # Open every model once: tensor details against the manifest, pixel-compatible input, known coding.
+    bundle.codec()
+    for key in manifest.models:
+        role = "encoder" if key.startswith("encoder") else "decoder"
+        (Encoder if role == "encoder" else Decoder)(bundle, key)
+    return bundle

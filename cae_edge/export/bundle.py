@@ -1,0 +1,280 @@
+"""``cae-edge export``: a training run directory → a verified bundle directory.
+
+::
+
+    RUN/{encoder,decoder}.keras, config.json
+      ─ convert_pair (PTQ on training images) ─► 4 .tflite ─ manifest.json ─► BUNDLE.tmp/
+      ─ load_bundle (the device runtime) ─ int8 + float pair over the test split ─ quality in manifest
+      ─ int8 loses ≤ margin dB vs Keras float? ─ yes ─► rename to BUNDLE   no ─► ExportError, nothing written
+
+The verification runs through :mod:`cae_edge.device.bundle`, the same code a camera node and receiver use.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, datasets
+from ..errors import ConfigError, ExportError
+from ..manifest import DEFAULT_FILES, Manifest, ModelSpec, TensorSpec, file_entry, pair_id
+from ..metrics import quality, to_uint8
+from ..quant import QuantParams
+
+Progress = Callable[[str, int, int], None]
+
+PREPROCESS = {
+    "mnist": {"size": 28, "grayscale": True, "invert": True, "crop": "center", "mnist_normalize": True},
+    "fashion": {"size": 28, "grayscale": True, "invert": True, "crop": "center", "mnist_normalize": False},
+}
+"""What a camera frame needs to look like the training data. Both datasets show a bright object on a black
+background, so a photo of dark ink / an object on light paper is inverted; MNIST digits are also size- and
+mass-normalised (20x20 box centred by centre of mass in 28x28)."""
+
+
+@dataclass
+class ExportOptions:
+    """Options of :func:`export`."""
+
+    run_dir: Path
+    """Training run directory (``encoder.keras``, ``decoder.keras``, ``config.json``)."""
+    out_dir: Path
+    """Bundle directory to write (must not exist unless ``overwrite``)."""
+    margin_db: float = 0.5
+    """Fail when the int8 pair's test PSNR is more than this many dB below the Keras float model."""
+    calib: int = 300
+    """Number of training images used to calibrate the int8 quantization."""
+    latent_scale: float | None = None
+    """Force the latent quantization scale (with ``latent_zero_point``), e.g. 1.0 for integer latents."""
+    latent_zero_point: int = 0
+    """Zero point of a forced latent quantization."""
+    verify_limit: int | None = None
+    """Verify on the first N test images only (``None``: the whole test split, the default)."""
+    data_dir: Path | None = None
+    """Directory with IDX .gz files, tried first by :func:`cae_edge.datasets.load`."""
+    overwrite: bool = False
+    """Replace an existing bundle directory."""
+    seed: int = 0
+    """Seed of the calibration subset."""
+    command: str = ""
+    """How this export was invoked, recorded in the manifest."""
+
+    def validate(self) -> ExportOptions:
+        if self.margin_db < 0:
+            raise ConfigError(f"margin {self.margin_db} dB: must be >= 0")
+        if self.calib < 1:
+            raise ConfigError(
+                f"calib {self.calib}: need at least 1 calibration image (a few hundred is good)"
+            )
+        if self.verify_limit is not None and self.verify_limit < 1:
+            raise ConfigError(
+                f"verify limit {self.verify_limit}: must be >= 1 or None for the whole test split"
+            )
+        if self.latent_scale is not None:
+            QuantParams(self.latent_scale, self.latent_zero_point).validate()
+        return self
+
+    @property
+    def latent_quant(self) -> QuantParams | None:
+        if self.latent_scale is None:
+            return None
+        return QuantParams(float(self.latent_scale), int(self.latent_zero_point))
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote and measured."""
+
+    path: str
+    """The bundle directory."""
+    pair_id: str
+    """Pair id of the int8 models."""
+    quality: dict
+    """{keras_float, tflite_float, tflite_int8: {psnr, ssim, mse}, n_images, split}."""
+    int8_loss_db: float
+    """Keras float PSNR minus int8 PSNR."""
+    sizes: dict[str, int] = field(default_factory=dict)
+    """File name → bytes."""
+    latent_quant: dict = field(default_factory=dict)
+    """Shared latent (scale, zero_point)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_run(run_dir: Path) -> tuple[dict, object, object]:
+    """Load ``config.json`` and the two Keras models of a training run.
+
+    Raises:
+        ExportError: a file is missing or unreadable.
+    """
+    import keras
+
+    run_dir = Path(run_dir)
+    missing = [n for n in ("config.json", "encoder.keras", "decoder.keras") if not (run_dir / n).is_file()]
+    if missing:
+        raise ExportError(
+            f"{run_dir}: missing {', '.join(missing)}; make a run with `cae-edge train ... --out RUN`"
+        )
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"{run_dir / 'config.json'}: unreadable ({e})") from None
+    try:
+        encoder = keras.models.load_model(run_dir / "encoder.keras", compile=False)
+        decoder = keras.models.load_model(run_dir / "decoder.keras", compile=False)
+    except Exception as e:  # keras raises many types for a bad archive
+        raise ExportError(f"{run_dir}: cannot load the Keras models ({type(e).__name__}: {e})") from None
+    return config, encoder, decoder
+
+
+def _tensor_spec(detail: dict) -> TensorSpec:
+    scale, zp = detail["quantization"]
+    return TensorSpec(
+        np.dtype(detail["dtype"]).name, tuple(int(s) for s in detail["shape"]), float(scale), int(zp)
+    )
+
+
+def _model_spec(file: str, data: bytes) -> ModelSpec:
+    from ..device.litert import make_interpreter
+
+    it = make_interpreter(data)
+    return ModelSpec(file, _tensor_spec(it.get_input_details()[0]), _tensor_spec(it.get_output_details()[0]))
+
+
+def reconstruct(bundle, images_u8: np.ndarray, precision: str = "int8") -> np.ndarray:
+    """Encode and decode every image through a loaded bundle's models (the device runtime)."""
+    enc, dec = bundle.encoder(precision=precision), bundle.decoder(precision=precision)
+    out = np.empty_like(images_u8)
+    for i, img in enumerate(images_u8):
+        out[i] = dec.decode_latent(enc.encode_latent(img))
+    return out
+
+
+def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResult:
+    """Convert a training run into a verified bundle directory.
+
+    Args:
+        opts: Export options.
+        progress: Optional callback ``(what, done, total)``.
+
+    Returns:
+        The :class:`ExportResult`; the bundle is at ``opts.out_dir``.
+
+    Raises:
+        ExportError: bad run directory, output exists, non-int8 conversion, or int8 loss over the margin
+            (then nothing is left at ``out_dir``).
+        ConfigError: bad options.
+    """
+    from ..device.bundle import load_bundle
+    from ..train.model import ModelConfig
+    from .convert import convert_pair
+
+    opts.validate()
+    step = progress or (lambda what, done, total: None)
+    out = Path(opts.out_dir)
+    if out.exists() and not opts.overwrite:
+        raise ExportError(f"{out}: already exists; choose another --out or pass --overwrite")
+
+    step("loading run", 0, 1)
+    config, encoder, decoder = read_run(Path(opts.run_dir))
+    cfg = ModelConfig.from_dict(config.get("model", {}))
+    ds_name = config.get("dataset")
+    if ds_name not in PREPROCESS:
+        raise ExportError(
+            f"{opts.run_dir}/config.json: dataset {ds_name!r} is not one of {sorted(PREPROCESS)}"
+        )
+    ds = datasets.load(ds_name, opts.data_dir)
+    rng = np.random.default_rng(opts.seed)
+    calib = ds.x_train[
+        np.sort(rng.choice(len(ds.x_train), size=min(opts.calib, len(ds.x_train)), replace=False))
+    ]
+    test = ds.x_test if opts.verify_limit is None else ds.x_test[: opts.verify_limit]
+
+    pair = convert_pair(encoder, decoder, cfg, calib, opts.latent_quant, progress)
+
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        blobs = {
+            "encoder": pair.encoder,
+            "decoder": pair.decoder,
+            "encoder_float": pair.encoder_float,
+            "decoder_float": pair.decoder_float,
+        }
+        for key, data in blobs.items():
+            (tmp / DEFAULT_FILES[key]).write_bytes(data)
+        files = {DEFAULT_FILES[k]: file_entry(tmp / DEFAULT_FILES[k]) for k in blobs}
+        manifest = Manifest(
+            pair_id=pair_id(files["encoder.tflite"].sha256, files["decoder.tflite"].sha256),
+            latent_dim=cfg.latent_dim,
+            latent_quant=pair.latent_quant,
+            models={k: _model_spec(DEFAULT_FILES[k], d) for k, d in blobs.items()},
+            files=files,
+            preprocess=dict(PREPROCESS[ds_name]),
+            dataset={
+                "name": ds.name,
+                "source": ds.source,
+                "split": ds.split,
+                "calibration": f"{len(calib)} training images, seed {opts.seed}",
+            },
+            train=config,
+            bytes_per_image=cfg.latent_dim,
+            coding={"kind": "int8"},
+            command=opts.command,
+            created_by=f"cae-edge {__version__}",
+        )
+        manifest.write(tmp)
+
+        step(f"verifying on {len(test)} test images", 0, 3)
+        keras_rec = to_uint8(encoder_decoder_predict(encoder, decoder, test))
+        bundle = load_bundle(tmp)
+        q = {"keras_float": quality(test, keras_rec)}
+        step("TFLite float pair", 1, 3)
+        q["tflite_float"] = quality(test, reconstruct(bundle, test, "float"))
+        step("TFLite int8 pair", 2, 3)
+        q["tflite_int8"] = quality(test, reconstruct(bundle, test, "int8"))
+        q["n_images"] = int(len(test))
+        q["split"] = "test" if opts.verify_limit is None else f"test[:{len(test)}]"
+        step("verified", 3, 3)
+        loss = q["keras_float"]["psnr"] - q["tflite_int8"]["psnr"]
+        q["int8_loss_db"] = float(loss)
+        q["margin_db"] = float(opts.margin_db)
+        if loss > opts.margin_db:
+            raise ExportError(
+                f"int8 pair loses {loss:.2f} dB PSNR vs Keras float ({q['tflite_int8']['psnr']:.2f} vs "
+                f"{q['keras_float']['psnr']:.2f} dB on {len(test)} test images), "
+                f"over the {opts.margin_db} dB margin; "
+                "try more calibration images (--calib) or a larger --margin"
+            )
+        manifest.quality = q
+        manifest.write(tmp)
+        load_bundle(tmp)  # the final manifest verifies too
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(
+        path=str(out),
+        pair_id=manifest.pair_id,
+        quality=q,
+        int8_loss_db=float(loss),
+        sizes={name: e.bytes for name, e in manifest.files.items()},
+        latent_quant=manifest.latent_quant.to_dict(),
+    )
+
+
+def encoder_decoder_predict(encoder, decoder, images_u8: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Keras float reconstruction of uint8 images → float images in [0, 1], shape (N, 28, 28)."""
+    x = (np.asarray(images_u8, np.float32) / 255.0)[..., None]
+    z = encoder.predict(x, batch_size=batch_size, verbose=0)
+    return decoder.predict(z, batch_size=batch_size, verbose=0)[..., 0]

@@ -1,0 +1,299 @@
+"""Keras encoder/decoder → four .tflite models: a full-integer int8 pair and float32 references.
+
+::
+
+    Keras encoder (batch None) ─ rebuild at batch 1 + set_weights ─ TFLiteConverter, PTQ on training images
+        ─► encoder.tflite  int8 in (scale 1/255, zp -128: pixel byte XOR 0x80)  →  int8 latent (s, z)
+    int8 latents of the calibration images (dequantized) ─ PTQ calibration of the decoder
+        ─► decoder.tflite  int8 latent, input params overwritten with the encoder's (s, z)  →  int8 image
+
+The latent quantization is identical on both sides by construction: after conversion the decoder's input
+tensor gets exactly the encoder's output (scale, zero point) written into the flatbuffer (a forced
+``latent_quant`` is written into both). TFLite kernels derive their requantization multipliers from tensor
+parameters at Prepare time, so editing the parameters of a graph input/output is sound; the edit is an
+in-place overwrite of the two numbers, every other byte stays as the converter wrote it.
+
+TensorFlow is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ExportError
+from ..quant import PIXEL_SCALE, PIXEL_ZERO_POINT, QuantParams, dequantize
+
+Progress = Callable[[str, int, int], None]
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - TF always ships one
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The converter prints traces of captured variables to stdout; a library must not print."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def rebuild_batch1(model, builder, cfg):
+    """A copy of a Keras model with a fixed batch size of 1 (no SHAPE/STRIDED_SLICE/PACK ops in TFLite).
+
+    Args:
+        model: Trained Keras model (any batch size).
+        builder: ``build_encoder`` or ``build_decoder`` from :mod:`cae_edge.train.model`.
+        cfg: The :class:`~cae_edge.train.model.ModelConfig` it was built with.
+
+    Returns:
+        A new Keras model built with ``batch_size=1`` and the same weights.
+    """
+    m1 = builder(cfg, batch_size=1, name=model.name)
+    m1.set_weights(model.get_weights())
+    return m1
+
+
+def convert_float(model) -> bytes:
+    """Keras model → float32 .tflite bytes (builtin ops)."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    with _quiet():
+        return bytes(conv.convert())
+
+
+def convert_int8(model, representative: np.ndarray) -> bytes:
+    """Keras model → full-integer .tflite bytes: int8 input and output, only TFLITE_BUILTINS_INT8 ops.
+
+    Args:
+        model: Keras model with batch size 1.
+        representative: Calibration inputs, shape (N, *input shape without batch), float32.
+
+    Returns:
+        The .tflite bytes.
+    """
+    import tensorflow as tf
+
+    reps = np.asarray(representative, dtype=np.float32)
+    if len(reps) == 0:
+        raise ExportError("representative dataset is empty: need at least one calibration sample")
+
+    def gen():
+        for r in reps:
+            yield [r[None]]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = gen
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    with _quiet():
+        return bytes(conv.convert())
+
+
+# ---- flatbuffer inspection and the io-quantization edit -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a .tflite flatbuffer contains (read without an interpreter)."""
+
+    ops: tuple[str, ...]
+    """Operator names, in opcode-table order (``CUSTOM`` for a custom op, ``FLEX_...`` never expected)."""
+    custom_ops: tuple[str, ...]
+    """Custom op codes (must be empty for a builtin-only model)."""
+    tensor_types: tuple[str, ...]
+    """Sorted distinct tensor element types (``INT8``, ``INT32`` for biases, ``FLOAT32``, ...)."""
+    n_subgraphs: int
+    """Number of subgraphs (1 for these models)."""
+
+
+def model_info(tflite: bytes) -> ModelInfo:
+    """Read op codes and tensor types from .tflite bytes."""
+    s = _schema()
+    m = s.Model.GetRootAs(bytearray(tflite), 0)
+    op_names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k for k, v in vars(s.TensorType).items() if not k.startswith("_")}
+    ops, custom = [], []
+    for i in range(m.OperatorCodesLength()):
+        oc = m.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        ops.append(op_names.get(code, str(code)))
+        if oc.CustomCode():
+            custom.append(oc.CustomCode().decode())
+    types = set()
+    for g in range(m.SubgraphsLength()):
+        sg = m.Subgraphs(g)
+        for t in range(sg.TensorsLength()):
+            types.add(type_names.get(sg.Tensors(t).Type(), str(sg.Tensors(t).Type())))
+    return ModelInfo(tuple(ops), tuple(custom), tuple(sorted(types)), m.SubgraphsLength())
+
+
+def check_int8_builtin(tflite: bytes, name: str) -> ModelInfo:
+    """Raise :class:`ExportError` unless every op is a builtin and every tensor is int8 (int32 biases).
+
+    Returns:
+        The model's :class:`ModelInfo`.
+    """
+    info = model_info(tflite)
+    if info.custom_ops or "CUSTOM" in info.ops:
+        raise ExportError(f"{name}: custom ops {info.custom_ops}; only TFLite builtin int8 ops are allowed")
+    bad = set(info.tensor_types) - {"INT8", "INT32"}
+    if bad:
+        raise ExportError(
+            f"{name}: tensors of type {sorted(bad)} in the int8 model (ops {info.ops}): not fully int8"
+        )
+    if "DEQUANTIZE" in info.ops or "QUANTIZE" in info.ops:
+        raise ExportError(
+            f"{name}: (de)quantize ops {info.ops}: input/output should be int8 with no conversion"
+        )
+    return info
+
+
+def io_quant(tflite: bytes, which: str) -> QuantParams:
+    """The (scale, zero point) of the single graph ``input`` or ``output`` as stored in the flatbuffer."""
+    t = _io_tensor(bytearray(tflite), which)
+    q = t.Quantization()
+    if q is None or q.ScaleLength() != 1:
+        raise ExportError(f"graph {which} is not per-tensor quantized")
+    return QuantParams(float(q.ScaleAsNumpy()[0]), int(q.ZeroPointAsNumpy()[0]), "int8")
+
+
+def set_io_quant(tflite: bytes, which: str, qp: QuantParams) -> bytes:
+    """Overwrite the quantization of the graph ``input`` or ``output`` tensor; every other byte is unchanged.
+
+    Args:
+        tflite: Model bytes (int8 tensor with per-tensor quantization at that end).
+        which: ``"input"`` or ``"output"``.
+        qp: New parameters (scale stored as float32, zero point as int64, as the schema does).
+
+    Returns:
+        The edited model bytes.
+    """
+    qp.validate()
+    buf = bytearray(tflite)
+    t = _io_tensor(buf, which)
+    q = t.Quantization()
+    if q is None or q.ScaleLength() != 1 or q.ZeroPointLength() != 1:
+        raise ExportError(f"graph {which} is not per-tensor quantized; cannot set its quantization")
+    scale, zp = q.ScaleAsNumpy(), q.ZeroPointAsNumpy()  # writable views into buf
+    scale[0] = np.float32(qp.scale)
+    zp[0] = int(qp.zero_point)
+    return bytes(buf)
+
+
+def _io_tensor(buf: bytearray, which: str):
+    s = _schema()
+    m = s.Model.GetRootAs(buf, 0)
+    if m.SubgraphsLength() != 1:
+        raise ExportError(f"model has {m.SubgraphsLength()} subgraphs, expected 1")
+    sg = m.Subgraphs(0)
+    if which == "input":
+        n, idx = sg.InputsLength(), sg.Inputs(0) if sg.InputsLength() else -1
+    elif which == "output":
+        n, idx = sg.OutputsLength(), sg.Outputs(0) if sg.OutputsLength() else -1
+    else:
+        raise ValueError(f"which={which!r}: 'input' or 'output'")
+    if n != 1:
+        raise ExportError(f"model has {n} graph {which}s, expected 1")
+    return sg.Tensors(idx)
+
+
+# ---- the pair -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvertedPair:
+    """The four models of a bundle, as bytes, plus the shared latent quantization."""
+
+    encoder: bytes
+    """int8 encoder."""
+    decoder: bytes
+    """int8 decoder (input quantization == ``latent_quant``)."""
+    encoder_float: bytes
+    """float32 encoder."""
+    decoder_float: bytes
+    """float32 decoder."""
+    latent_quant: QuantParams
+    """Quantization of the latent, identical for encoder output and decoder input."""
+
+
+def run_int8_encoder(tflite: bytes, images_u8: np.ndarray) -> np.ndarray:
+    """Run an int8 encoder (bytes) on uint8 images (N, 28, 28) → int8 latents (N, latent_dim), via LiteRT."""
+    from ..device.litert import make_interpreter
+    from ..quant import pixels_to_int8
+
+    it = make_interpreter(tflite)
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    out = np.empty((len(images_u8), int(o["shape"][-1])), np.int8)
+    for n, img in enumerate(images_u8):
+        it.set_tensor(i["index"], pixels_to_int8(img).reshape(i["shape"]))
+        it.invoke()
+        out[n] = it.get_tensor(o["index"])[0]
+    return out
+
+
+def convert_pair(
+    encoder,
+    decoder,
+    cfg,
+    calib_images_u8: np.ndarray,
+    latent_quant: QuantParams | None = None,
+    progress: Progress | None = None,
+) -> ConvertedPair:
+    """Convert a trained encoder/decoder into the four bundle models.
+
+    Args:
+        encoder: Trained Keras encoder (any batch size).
+        decoder: Trained Keras decoder.
+        cfg: Their :class:`~cae_edge.train.model.ModelConfig`.
+        calib_images_u8: Calibration images from the training split, uint8 (N, 28, 28).
+        latent_quant: Force this latent quantization (e.g. scale 1.0, zero point 0 for a model trained with
+            integer-rounded latents); ``None`` keeps what calibration of the encoder output found.
+        progress: Optional callback ``(what, done, total)``.
+
+    Returns:
+        The :class:`ConvertedPair`.
+
+    Raises:
+        ExportError: the converter produced something that is not a builtin-only int8 model.
+    """
+    from ..train.model import build_decoder, build_encoder
+
+    step = progress or (lambda what, done, total: None)
+    enc1 = rebuild_batch1(encoder, build_encoder, cfg)
+    dec1 = rebuild_batch1(decoder, build_decoder, cfg)
+    x = (np.asarray(calib_images_u8, np.float32) / 255.0)[..., None]
+
+    step("convert float encoder/decoder", 0, 4)
+    enc_float, dec_float = convert_float(enc1), convert_float(dec1)
+
+    step("int8 encoder (PTQ)", 1, 4)
+    enc_q = convert_int8(enc1, x)
+    enc_q = set_io_quant(enc_q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
+    if latent_quant is not None:
+        enc_q = set_io_quant(enc_q, "output", latent_quant)
+    lq = io_quant(enc_q, "output")
+
+    step("int8 decoder (PTQ on the int8 encoder's latents)", 2, 4)
+    latents = dequantize(run_int8_encoder(enc_q, np.asarray(calib_images_u8)), lq)
+    dec_q = convert_int8(dec1, latents)
+    dec_q = set_io_quant(dec_q, "input", lq)
+
+    step("check", 3, 4)
+    check_int8_builtin(enc_q, "encoder.tflite")
+    check_int8_builtin(dec_q, "decoder.tflite")
+    if not io_quant(dec_q, "input").same_as(lq):
+        raise ExportError(f"decoder input quantization {io_quant(dec_q, 'input')} != encoder output {lq}")
+    step("converted", 4, 4)
+    return ConvertedPair(enc_q, dec_q, enc_float, dec_float, lq)
