@@ -108,6 +108,8 @@ def test_synthetic_source_moves_real_digits() -> None:
     cols = [np.nonzero(f.sum(0))[0].mean() for f in frames[1:11]]
     assert all(c2 > c1 for c1, c2 in zip(cols, cols[1:], strict=False))
     assert a.index_at(0) != a.index_at(12)  # the next test image follows
+    paper = SyntheticSource("mnist", seed=3, paper=True)
+    np.testing.assert_array_equal(paper.frame(5), 255 - frames[5])
 
 
 @pytest.mark.parametrize(

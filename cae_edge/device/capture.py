@@ -312,7 +312,8 @@ class SyntheticSource(_Source):
     """Real test-set images moving across a dark canvas, one after another: a camera with no camera.
 
     Each image is scaled up, slides from left to right across the canvas with a small vertical bob, and the
-    next test image follows. Deterministic for a given seed. White-on-black, like MNIST.
+    next test image follows. Deterministic for a given seed. White-on-black like MNIST, or with ``paper`` dark
+    ink on a light background, like a camera looking at paper (for bundles whose preprocessing inverts).
 
     Args:
         dataset: ``mnist`` or ``fashion`` (``cae_edge.datasets.load``).
@@ -322,6 +323,7 @@ class SyntheticSource(_Source):
         seed: picks the order of test images.
         limit: stop after this many frames (``None`` = endless).
         images: use these images (N, 28, 28) instead of loading ``dataset``.
+        paper: dark on light (255 - the MNIST rendering).
     """
 
     def __init__(
@@ -334,6 +336,7 @@ class SyntheticSource(_Source):
         seed: int = 0,
         limit: int | None = None,
         images: np.ndarray | None = None,
+        paper: bool = False,
     ):
         import cv2
 
@@ -356,8 +359,9 @@ class SyntheticSource(_Source):
         self._size = size
         self._steps = steps
         self._limit = limit
+        self._paper = paper
         self._i = 0
-        self.description = f"synthetic {dataset} {h}x{w}"
+        self.description = f"synthetic {dataset} {h}x{w}" + (" (paper)" if paper else "")
 
     def index_at(self, frame_no: int) -> int:
         """Index into the image array of the image shown in frame ``frame_no``."""
@@ -380,7 +384,7 @@ class SyntheticSource(_Source):
         x0, x1 = max(x, 0), min(x + size, w)
         if x1 > x0:
             out[y : y + size, x0:x1] = big[:, x0 - x : x1 - x]
-        return out
+        return 255 - out if self._paper else out
 
     def read(self) -> np.ndarray | None:
         if self._limit is not None and self._i >= self._limit:
@@ -394,13 +398,16 @@ _PICAM_RE = re.compile(r"picamera2(?::(\d+)x(\d+))?")
 _SYNTH_RE = re.compile(r"synthetic(?::([\w-]+))?")
 
 
-def open_source(spec: str, *, loop: bool = False, limit: int | None = None) -> FrameSource:
+def open_source(
+    spec: str, *, loop: bool = False, limit: int | None = None, paper: bool = False
+) -> FrameSource:
     """Open a frame source from a command-line string (see the module docstring for the forms).
 
     Args:
         spec: what to open.
         loop: replay files and folders endlessly.
         limit: for the synthetic source, stop after this many frames.
+        paper: for the synthetic source, draw dark ink on light paper (match a bundle that inverts).
 
     Raises:
         SourceError: the source does not exist or cannot be read; the message says what to check.
@@ -411,7 +418,7 @@ def open_source(spec: str, *, loop: bool = False, limit: int | None = None) -> F
             "empty source: give a camera index, a device, a file, a folder, a URL or `synthetic`"
         )
     if m := _SYNTH_RE.fullmatch(spec):
-        return SyntheticSource(m.group(1) or "mnist", limit=limit)
+        return SyntheticSource(m.group(1) or "mnist", limit=limit, paper=paper)
     if m := _PICAM_RE.fullmatch(spec):
         size = (int(m.group(1)), int(m.group(2))) if m.group(1) else (320, 240)
         return Picamera2Source(size)

@@ -1,0 +1,433 @@
+"""ZeroMQ links between camera nodes and the receiver: one class per messaging pattern.
+
+Pattern: **PUSH (each node, connects) -> PULL (the receiver, binds)**. The stream is one-way and needs no
+replies, PULL fair-queues frames from every connected node, and there is no routing envelope to build or
+strip. Node identity travels in the packet (``cae_edge.wire``), so it survives reconnects — ZeroMQ routing
+ids (DEALER/ROUTER) would not, and ROUTER only pays off for replies/credit-based flow control, which a live
+video stream that drops frames does not need. CURVE (``cae_edge.device.security``) works on PUSH/PULL
+unchanged; with it the receiver sees each frame's authenticated key name (``Received.peer``).
+
+::
+
+    capture ─ send() ─► [bounded deque: queue_size, drop policy] ─NOBLOCK─► PUSH ══tcp══► PULL ─► recv_many()
+                        never waits; counts drops                  SNDHWM     heartbeats    RCVHWM
+
+Send policy (the capture loop never blocks):
+
+* every ``send`` first tries a non-blocking send of anything queued, then of the new frame;
+* what ZeroMQ cannot take right now (no receiver connected, or its high-water mark reached) waits in a bounded
+  deque of ``queue_size`` frames;
+* when that deque is full, ``drop-oldest`` (default, live video: the newest frames matter) discards the oldest
+  queued frame, ``drop-newest`` discards the new one; either way ``stats.dropped`` counts it;
+* ``IMMEDIATE`` is on, so nothing is queued inside ZeroMQ for a receiver that is not there: while it is away,
+  frames wait in (and fall out of) our deque, where they are counted, not in a hidden buffer;
+* frames already handed to ZeroMQ when the connection breaks are lost with it; the receiver sees them as a
+  gap in sequence numbers.
+
+Reconnection: ZeroMQ reconnects by itself (``RECONNECT_IVL`` 100 ms, backing off to ``RECONNECT_IVL_MAX``),
+``LINGER`` is 0 so closing never waits on a dead peer, and ZMTP heartbeats (``HEARTBEAT_IVL``/``TIMEOUT``)
+detect a peer that vanished without closing its TCP connection (power loss, Wi-Fi gone). A socket monitor
+counts connects and disconnects for the stats.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import NamedTuple, Protocol
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from ..errors import ConfigError
+
+POLICIES = ("drop-oldest", "drop-newest")
+"""What a full send queue does: drop the oldest queued frame (live video) or the new frame."""
+
+
+class SocketSecurity(Protocol):
+    """Something that secures a socket before it binds/connects, e.g. ``security.CurveServer``.
+
+    The transport calls ``apply(sock)`` once, and ``close()`` (if present) before terminating its context.
+    """
+
+    def apply(self, sock: zmq.Socket) -> None: ...
+
+
+@dataclass
+class LinkOptions:
+    """Socket settings both ends share."""
+
+    heartbeat_ivl_ms: int = 1000
+    """Send a ZMTP PING this often when the link is idle."""
+    heartbeat_timeout_ms: int = 3000
+    """Drop the connection when no traffic arrived for this long after a PING (dead peer)."""
+    security: SocketSecurity | None = None
+    """Applied to the socket before bind/connect (CURVE); the transport closes it on ``close()``."""
+
+    def _apply(self, sock: zmq.Socket) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ivl_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.heartbeat_timeout_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, self.heartbeat_timeout_ms)
+        if self.security is not None:
+            self.security.apply(sock)
+
+
+@dataclass
+class SenderOptions(LinkOptions):
+    """How a node's PUSH socket queues, drops and reconnects."""
+
+    queue_size: int = 64
+    """Frames held while the receiver is slow or away (our deque, in front of ZeroMQ)."""
+    policy: str = "drop-oldest"
+    """``drop-oldest`` (live video) or ``drop-newest`` when the queue is full."""
+    sndhwm: int = 16
+    """Frames ZeroMQ itself may buffer for a connected receiver before ``send`` would block."""
+    reconnect_ivl_ms: int = 100
+    """First reconnect attempt this long after a connection is lost."""
+    reconnect_ivl_max_ms: int = 2000
+    """Reconnect back-off ceiling."""
+    connect_timeout_ms: int = 2000
+    """Give up one TCP connect attempt after this long (then retry): unreachable hosts don't stall it."""
+    close_flush_s: float = 1.0
+    """On ``close()``, keep trying to deliver queued frames for at most this long (0 = drop them)."""
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for a bad value."""
+        if self.policy not in POLICIES:
+            raise ConfigError(f"queue policy {self.policy!r}: use one of {', '.join(POLICIES)}")
+        if not 1 <= self.queue_size <= 1_000_000:
+            raise ConfigError(f"queue size {self.queue_size}: must be 1 .. 1000000")
+        if self.sndhwm < 1:
+            raise ConfigError(f"sndhwm {self.sndhwm}: must be >= 1")
+
+
+@dataclass
+class ReceiverOptions(LinkOptions):
+    """The receiver's PULL socket."""
+
+    rcvhwm: int = 10_000
+    """Frames ZeroMQ may buffer per sender before it stops reading that sender's connection."""
+
+
+@dataclass
+class LinkStats:
+    """Counters of one socket (JSON-friendly)."""
+
+    sent: int = 0
+    """Frames handed to ZeroMQ (sender)."""
+    received: int = 0
+    """Messages received (receiver)."""
+    dropped: int = 0
+    """Frames discarded because the send queue was full (sender)."""
+    flushed_at_close: int = 0
+    """Frames still queued at close that were delivered during the close flush (sender)."""
+    lost_at_close: int = 0
+    """Frames still queued when the close flush gave up (sender)."""
+    queued: int = 0
+    """Frames waiting in the send queue now (sender)."""
+    connects: int = 0
+    """Connections established (handshake done)."""
+    disconnects: int = 0
+    """Connections lost."""
+    peers: int = 0
+    """Connections up now."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Link:
+    """Context, socket, monitor and close()/context-manager plumbing shared by both ends."""
+
+    _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+    def __init__(self, kind: int, endpoint: str, options: LinkOptions) -> None:
+        self.endpoint = endpoint
+        self.options = options
+        self._stats = LinkStats()
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket | None = self._ctx.socket(kind)
+        self._monitor: zmq.Socket | None = None
+        try:
+            options._apply(self._sock)
+            self._configure(self._sock)
+            self._monitor = self._sock.get_monitor_socket(self._EVENTS)
+            self._open(self._sock, endpoint)
+        except zmq.ZMQError as e:
+            self.close()
+            raise ConfigError(f"{endpoint}: {e.strerror} ({self._hint(e)})") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure(self, sock: zmq.Socket) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _open(self, sock: zmq.Socket, endpoint: str) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _hint(self, e: zmq.ZMQError) -> str:
+        return "use tcp://HOST:PORT"
+
+    def _poll_monitor(self) -> None:
+        mon = self._monitor
+        if mon is None:
+            return
+        while mon.poll(0):
+            event = parse_monitor_message(mon.recv_multipart())["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._stats.connects += 1
+                self._stats.peers += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._stats.disconnects += 1
+                self._stats.peers = max(0, self._stats.peers - 1)
+
+    @property
+    def stats(self) -> LinkStats:
+        """Counters so far (a live object; copy it with ``dataclasses.replace`` to keep a snapshot)."""
+        self._poll_monitor()
+        return self._stats
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def close(self) -> None:
+        """Close the socket without waiting on peers (idempotent)."""
+        if self._sock is not None:
+            if self._monitor is not None:
+                self._poll_monitor()
+                self._sock.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
+            self._sock.close(linger=0)
+            self._sock = None
+        security = self.options.security
+        if security is not None and hasattr(security, "close"):
+            security.close()  # a ZAP thread holds a socket on our context: stop it before term()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.endpoint} {'closed' if self.closed else 'open'}>"
+
+
+class PushSender(_Link):
+    """A camera node's end: connects to the receiver and sends packets without ever blocking.
+
+    Args:
+        endpoint: the receiver, e.g. ``tcp://192.168.1.10:5555``.
+        options: queue, drop policy, reconnect and heartbeat settings.
+
+    Raises:
+        ConfigError: bad endpoint or options.
+    """
+
+    def __init__(self, endpoint: str, options: SenderOptions | None = None) -> None:
+        options = options or SenderOptions()
+        options.check()
+        self._queue: deque[bytes] = deque()
+        self._max = options.queue_size
+        self._drop_oldest = options.policy == "drop-oldest"
+        self._next_poll = 0.0
+        super().__init__(zmq.PUSH, endpoint, options)
+
+    def _configure(self, sock: zmq.Socket) -> None:
+        o: SenderOptions = self.options  # type: ignore[assignment]
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, o.sndhwm)
+        sock.setsockopt(zmq.RECONNECT_IVL, o.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, o.reconnect_ivl_max_ms)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, o.connect_timeout_ms)
+
+    def _open(self, sock: zmq.Socket, endpoint: str) -> None:
+        if "*" in endpoint:
+            raise ConfigError(f"{endpoint}: a sender connects to one host; '*' is for --bind on the receiver")
+        sock.connect(endpoint)
+
+    def _hint(self, e: zmq.ZMQError) -> str:
+        return "connect to tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555"
+
+    def send(self, data: bytes) -> bool:
+        """Queue one packet and push out what the link takes now. Never blocks.
+
+        Returns:
+            False when a frame was dropped because the queue was full (the new one or the oldest).
+        """
+        sock = self._sock
+        if sock is None:
+            raise ConfigError(f"{self.endpoint}: send on a closed sender")
+        now = time.monotonic()
+        if now >= self._next_poll:  # socket events (connects) at most every 10 ms
+            self._next_poll = now + 0.01
+            self._poll_monitor()
+        q = self._queue
+        if not q:  # fast path: nothing waiting, try the frame directly
+            try:
+                sock.send(data, zmq.NOBLOCK, copy=True)
+                self._stats.sent += 1
+                return True
+            except zmq.Again:
+                q.append(data)
+                return True
+        q.append(data)
+        self._flush_nowait()
+        if len(q) > self._max:
+            self._stats.dropped += 1
+            if self._drop_oldest:
+                q.popleft()
+            else:
+                q.pop()
+            return False
+        return True
+
+    def _flush_nowait(self) -> None:
+        q, sock = self._queue, self._sock
+        try:
+            while q:
+                sock.send(q[0], zmq.NOBLOCK, copy=True)
+                q.popleft()
+                self._stats.sent += 1
+        except zmq.Again:
+            pass
+
+    def flush(self, timeout_s: float = 0.0) -> int:
+        """Try to hand queued frames to ZeroMQ for up to ``timeout_s`` (0 = one non-blocking pass).
+
+        Returns:
+            Frames still queued.
+        """
+        if self._sock is None:
+            return len(self._queue)
+        deadline = time.monotonic() + timeout_s
+        self._flush_nowait()
+        while self._queue and time.monotonic() < deadline:
+            self._sock.poll(20, zmq.POLLOUT)
+            self._flush_nowait()
+        self._poll_monitor()
+        return len(self._queue)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until a receiver is connected (handshake done); True if it is."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._poll_monitor()
+            if self._stats.peers > 0:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self._monitor is None:
+                return False
+            self._monitor.poll(max(1, int(min(left, 0.05) * 1000)))
+
+    @property
+    def stats(self) -> LinkStats:
+        s = super().stats
+        s.queued = len(self._queue)
+        return s
+
+    def close(self, flush_s: float | None = None) -> None:
+        """Deliver what is queued for up to ``flush_s`` (default ``options.close_flush_s``), then close.
+
+        Frames ZeroMQ accepted get the same time to leave the machine (bounded linger); nothing waits longer.
+        """
+        if self._sock is not None:
+            budget = self.options.close_flush_s if flush_s is None else flush_s  # type: ignore[attr-defined]
+            start = time.monotonic()
+            before = len(self._queue)
+            if budget > 0:
+                left = self.flush(budget)
+                self._stats.flushed_at_close += before - left
+                remaining = max(0.0, budget - (time.monotonic() - start))
+                self._sock.setsockopt(zmq.LINGER, int(remaining * 1000))
+                if self._monitor is not None:
+                    self._poll_monitor()
+                    self._sock.disable_monitor()
+                    self._monitor.close(linger=0)
+                    self._monitor = None
+                self._sock.close()  # lingers at most `remaining` for frames inside ZeroMQ
+                self._sock = None
+            self._stats.lost_at_close += len(self._queue)
+            self._stats.queued = 0
+            self._queue.clear()
+        super().close()
+
+
+class Received(NamedTuple):
+    """One message from a sender."""
+
+    data: bytes
+    """The packet bytes."""
+    peer: str | None
+    """The authenticated sender (CURVE key name, ZAP ``User-Id``) when the link is secured, else None."""
+
+
+class PullReceiver(_Link):
+    """The receiver's end: binds and collects packets from every node.
+
+    Args:
+        endpoint: where to listen, e.g. ``tcp://*:5555``.
+        options: heartbeat, buffer and security settings.
+
+    Raises:
+        ConfigError: bad endpoint, or the address is in use.
+    """
+
+    _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+    def __init__(self, endpoint: str, options: ReceiverOptions | None = None) -> None:
+        super().__init__(zmq.PULL, endpoint, options or ReceiverOptions())
+        self._secured = self.options.security is not None
+
+    def _configure(self, sock: zmq.Socket) -> None:
+        sock.setsockopt(zmq.RCVHWM, self.options.rcvhwm)  # type: ignore[attr-defined]
+
+    def _open(self, sock: zmq.Socket, endpoint: str) -> None:
+        sock.bind(endpoint)
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
+
+    def _hint(self, e: zmq.ZMQError) -> str:
+        if e.errno == zmq.EADDRINUSE:
+            return "another receiver (or program) uses this port; stop it or pick another port"
+        return "bind to tcp://*:PORT or tcp://IP:PORT"
+
+    @property
+    def port(self) -> int | None:
+        """The TCP port bound (useful with ``tcp://127.0.0.1:*``)."""
+        tail = self.endpoint.rsplit(":", 1)[-1]
+        return int(tail) if tail.isdigit() else None
+
+    def recv_many(self, max_n: int = 256, timeout_s: float = 0.1) -> list[Received]:
+        """Wait up to ``timeout_s`` for a message; return it and the others already waiting (<= max_n)."""
+        sock = self._sock
+        if sock is None:
+            raise ConfigError(f"{self.endpoint}: receive on a closed receiver")
+        out: list[Received] = []
+        if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+            self._poll_monitor()
+            return out
+        secured = self._secured
+        try:
+            while len(out) < max_n:
+                if secured:
+                    frame = sock.recv(zmq.NOBLOCK, copy=False)
+                    peer = frame.get("User-Id")
+                    out.append(Received(frame.bytes, peer or None))
+                else:
+                    out.append(Received(sock.recv(zmq.NOBLOCK), None))
+        except zmq.Again:
+            pass
+        self._stats.received += len(out)
+        return out
