@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import NamedTuple, Protocol
@@ -94,6 +95,9 @@ class SenderOptions(LinkOptions):
     """Give up one TCP connect attempt after this long (then retry): unreachable hosts don't stall it."""
     close_flush_s: float = 1.0
     """On ``close()``, keep trying to deliver queued frames for at most this long (0 = drop them)."""
+    on_drop: Callable[[bytes, str], None] | None = None
+    """Called with each packet this sender discards and why: ``"queue"`` (queue full) or ``"close"`` (still
+    queued when the close flush gave up). For exact loss accounting (``cae_edge.device.soak``)."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a bad value."""
@@ -242,6 +246,7 @@ class PushSender(_Link):
         self._queue: deque[bytes] = deque()
         self._max = options.queue_size
         self._drop_oldest = options.policy == "drop-oldest"
+        self._on_drop = options.on_drop
         self._next_poll = 0.0
         super().__init__(zmq.PUSH, endpoint, options)
 
@@ -287,10 +292,9 @@ class PushSender(_Link):
         self._flush_nowait()
         if len(q) > self._max:
             self._stats.dropped += 1
-            if self._drop_oldest:
-                q.popleft()
-            else:
-                q.pop()
+            dropped = q.popleft() if self._drop_oldest else q.pop()
+            if self._on_drop is not None:
+                self._on_drop(dropped, "queue")
             return False
         return True
 
@@ -360,6 +364,9 @@ class PushSender(_Link):
                 self._sock.close()  # lingers at most `remaining` for frames inside ZeroMQ
                 self._sock = None
             self._stats.lost_at_close += len(self._queue)
+            if self._on_drop is not None:
+                for data in self._queue:
+                    self._on_drop(data, "close")
             self._stats.queued = 0
             self._queue.clear()
         super().close()
