@@ -88,6 +88,13 @@ def test_mnist_normalize_recovers_a_shifted_scaled_digit(digits) -> None:
         assert np.corrcoef(out.ravel(), d.ravel())[0, 1] > 0.8
     assert np.mean(errors) < 12
     assert not pp.mnist_normalize(np.full((50, 50), 90, np.uint8)).any()
+    # a two-level frame on a gray background: the box is the object, not the whole frame
+    frame = np.full((100, 100), 50, np.uint8)
+    frame[40:60, 45:50] = 200
+    out = pp.mnist_normalize(frame)
+    ys, xs = np.nonzero(out)
+    assert np.ptp(ys) + 1 == 20 and np.ptp(xs) + 1 == 5
+    assert out.max() == 150  # background level subtracted
 
 
 def test_preprocessor_default_is_identity_on_28x28(digits) -> None:

@@ -123,19 +123,21 @@ def invert(gray: np.ndarray) -> np.ndarray:
 def mnist_normalize(gray: np.ndarray, size: int = 28, box: int = 20) -> np.ndarray:
     """Fit the bright object into ``box``x``box`` (aspect kept) and centre it by mass in ``size``x``size``.
 
-    The object is the bounding box of the pixels above half of Otsu's threshold (faint anti-aliased edges
-    belong to it, sensor noise does not); its gray values are resized with INTER_AREA, like MNIST's
+    The object is the bounding box of the pixels above the midpoint between the darkest level and Otsu's
+    threshold (faint anti-aliased edges belong to it, a gray background does not); the darkest level is
+    subtracted so the background is 0 as in MNIST; its gray values are resized with INTER_AREA, like MNIST's
     anti-aliased 20x20 digits, then shifted so the centre of mass lands on (size/2, size/2) — where it is in
     MNIST itself (mean 13.98, 13.97 over the test set). A flat frame (no object) gives an all-zero image.
     """
-    if int(gray.max()) == int(gray.min()):
+    lo, hi, _, _ = cv2.minMaxLoc(gray)
+    if hi == lo:
         return np.zeros((size, size), np.uint8)
     thr, _ = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    ys, xs = np.nonzero(gray > thr / 2)
-    if len(ys) == 0:  # pragma: no cover - Otsu always leaves the maximum above the threshold
-        return np.zeros((size, size), np.uint8)
-    obj = gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    oh, ow = obj.shape
+    _, mask = cv2.threshold(gray, (lo + thr) / 2, 255, cv2.THRESH_BINARY)
+    x, y, ow, oh = cv2.boundingRect(mask)  # the maximum is above the threshold: never empty
+    obj = gray[y : y + oh, x : x + ow]
+    if lo > 0:  # a gray background (paper under room light) becomes MNIST's black
+        obj = cv2.subtract(obj, lo)
     k = box / max(oh, ow)
     nh, nw = max(1, round(oh * k)), max(1, round(ow * k))
     interp = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
@@ -146,10 +148,8 @@ def mnist_normalize(gray: np.ndarray, size: int = 28, box: int = 20) -> np.ndarr
         cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
     else:  # pragma: no cover - a non-empty object resized to >= 1 px keeps some mass
         cy, cx = (nh - 1) / 2, (nw - 1) / 2
-    top = int(round(size / 2 - cy))
-    left = int(round(size / 2 - cx))
-    top = min(max(top, 0), size - nh)
-    left = min(max(left, 0), size - nw)
+    top = min(max(int(round(size / 2 - cy)), 0), size - nh)
+    left = min(max(int(round(size / 2 - cx)), 0), size - nw)
     out[top : top + nh, left : left + nw] = small
     return out
 
