@@ -32,6 +32,10 @@ class PacketError(CaeEdgeError):
         self.reason = reason
 
 
+class EntropyError(PacketError):
+    """An entropy-coded latent payload does not decode with the bundle's probability model."""
+
+
 class SourceError(CaeEdgeError):
     """A frame source cannot be opened or stopped delivering frames."""
 
