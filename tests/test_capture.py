@@ -101,11 +101,11 @@ def test_synthetic_source_moves_real_digits() -> None:
     assert len(frames) == 30 and frames[0].shape == (120, 160) and frames[0].dtype == np.uint8
     np.testing.assert_array_equal(SyntheticSource("mnist", seed=3).frame(17), frames[17])
     assert len(list(b)) == 30
-    # the pixels shown are the enlarged test image (scale 3): each step moves it to the right
-    idx = a.index_at(5)
-    big = cv2.resize(ds.x_test[idx], (84, 84), interpolation=cv2.INTER_LINEAR)
-    assert int(frames[5].sum()) == int(big.sum())  # fully inside the canvas mid-way
-    cols = [np.nonzero(f.sum(0))[0].mean() for f in frames[1:11]]
+    # the pixels shown are the enlarged test image (scale 2), always whole; each step moves it to the right
+    for k in (0, 5, 11):
+        big = cv2.resize(ds.x_test[a.index_at(k)], (56, 56), interpolation=cv2.INTER_LINEAR)
+        assert int(frames[k].sum()) == int(big.sum())
+    cols = [np.nonzero(f.sum(0))[0].mean() for f in frames[0:12]]
     assert all(c2 > c1 for c1, c2 in zip(cols, cols[1:], strict=False))
     assert a.index_at(0) != a.index_at(12)  # the next test image follows
     paper = SyntheticSource("mnist", seed=3, paper=True)

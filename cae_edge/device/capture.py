@@ -311,9 +311,10 @@ class Picamera2Source(_Source):
 class SyntheticSource(_Source):
     """Real test-set images moving across a dark canvas, one after another: a camera with no camera.
 
-    Each image is scaled up, slides from left to right across the canvas with a small vertical bob, and the
-    next test image follows. Deterministic for a given seed. White-on-black like MNIST, or with ``paper`` dark
-    ink on a light background, like a camera looking at paper (for bundles whose preprocessing inverts).
+    Each image is scaled up, slides from the left edge of the canvas to the right edge with a vertical bob
+    (partly leaving the centre square a camera node crops to), and the next test image follows.
+    Deterministic for a given seed. White-on-black like MNIST, or with ``paper`` dark ink on a light
+    background, like a camera looking at paper (for bundles whose preprocessing inverts).
 
     Args:
         dataset: ``mnist`` or ``fashion`` (``cae_edge.datasets.load``).
@@ -331,7 +332,7 @@ class SyntheticSource(_Source):
         dataset: str = "mnist",
         *,
         canvas: tuple[int, int] = (120, 160),
-        scale: int = 3,
+        scale: int = 2,
         steps: int = 12,
         seed: int = 0,
         limit: int | None = None,
@@ -378,7 +379,7 @@ class SyntheticSource(_Source):
                 self._big.clear()
             big = self._big[idx] = self._resize(self._images[idx])
         step = frame_no % steps
-        x = round(-size / 2 + (w) * step / max(steps - 1, 1))  # centre goes from the left to the right edge
+        x = round((w - size) * step / max(steps - 1, 1))
         y = (h - size) // 2 + round((h - size) / 2 * np.sin(2 * np.pi * step / steps))
         out = np.zeros((h, w), np.uint8)
         x0, x1 = max(x, 0), min(x + size, w)

@@ -1,0 +1,11 @@
+"""``cae-edge benchmark``: latency, size and rate–distortion against JPEG, WebP, PNG and PCA. No TensorFlow.
+
+Modules: :mod:`.latency` (LiteRT timing, model size, LiteRT tool cross-check), :mod:`.codecs` (classical
+codecs and how their bytes are counted), :mod:`.rd` (quality vs bytes rows), :mod:`.sysinfo` (the machine),
+:mod:`.report` (JSON schema, tables, plot), :mod:`.run` (one benchmark run).
+"""
+
+from .report import SCHEMA, SCHEMA_VERSION, BenchmarkReport, validate
+from .run import BenchmarkOptions, run_benchmark
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "BenchmarkOptions", "BenchmarkReport", "run_benchmark", "validate"]

@@ -1,0 +1,252 @@
+"""The codecs a user would use instead of cae-edge: JPEG, WebP, PNG (Pillow) and PCA, on 28x28 gray images.
+
+Every codec reports two byte counts per image:
+
+``bytes_total``
+    The whole self-contained file as Pillow writes it (``len()`` of the encoded buffer).
+``bytes_payload``
+    The header-stripped size: only the bytes a receiver that already knows the codec settings and the image
+    size could *not* reconstruct. The parts removed are either identical for every 28x28 image at a given
+    setting or derivable from the payload length (which the transport already delivers):
+
+    * **JPEG** (baseline, standard Huffman tables, i.e. Pillow ``optimize=False``): the entropy-coded scan
+      only, from the first byte after the SOS segment to the byte before the EOI marker. Everything before it
+      (SOI, APP0/JFIF, DQT, SOF0, DHT, SOS header) depends only on the quality and the image size, and EOI is
+      constant. (With ``optimize=True`` the Huffman tables would be image-specific and could not be stripped;
+      that is why the tables are standard.)
+    * **WebP** (lossy VP8, ``method=6``): the ``VP8 `` chunk's data minus its 7 constant bytes (start code
+      ``9d 01 2a`` and the 14-bit width/height fields); kept are the 3-byte frame tag (key frame flag,
+      version, first-partition size) and both partitions. Removed: the 12-byte RIFF/WEBP header, the 8-byte
+      chunk header and the pad byte of odd-sized chunks (sizes follow from the payload length).
+    * **PNG** (lossless, ``optimize=True``): the IDAT chunk data (the zlib stream). Removed: the signature,
+      IHDR (constant for 28x28 8-bit gray), chunk headers/CRCs and IEND.
+    * **PCA**: ``k`` int8 coefficients, one byte each (no container), like the int8 latent.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+
+JPEG_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
+"""Default JPEG quality sweep (Pillow scale 1-95)."""
+WEBP_QUALITIES = (1, 5, 10, 25, 50, 75, 90)
+"""Default WebP quality sweep (libwebp scale 0-100)."""
+PCA_DIMS = (4, 8, 16, 32, 64, 128)
+"""Default PCA sizes (bytes/image); the latent sizes of the benchmarked bundles are added."""
+
+_WEBP_CONST_VP8_BYTES = 7  # start code (3) + width (2) + height (2) of a VP8 key frame header
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One image through one codec setting."""
+
+    data: bytes
+    """The whole encoded file."""
+    payload_bytes: int
+    """Header-stripped size (see the module docstring for what is stripped)."""
+    decoded: np.ndarray
+    """The decoded image, (H, W) uint8."""
+
+
+# ---------------------------------------------------------------- header stripping
+
+
+def jpeg_scan_bytes(data: bytes) -> int:
+    """Length of the entropy-coded scan of a baseline JPEG: bytes after the SOS segment, before EOI.
+
+    Raises:
+        ValueError: not a single-scan JPEG ending in EOI.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise ValueError(f"not a JPEG: starts with {data[:2].hex()}")
+    if data[-2:] != b"\xff\xd9":
+        raise ValueError("JPEG does not end with EOI (ff d9)")
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ValueError(f"JPEG marker expected at byte {pos}, found {data[pos]:#04x}")
+        marker = data[pos + 1]
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker == 0xDA:  # SOS: the scan follows its header
+            start = pos + 2 + length
+            scan = data[start:-2]
+            if b"\xff\xda" in scan:
+                raise ValueError("progressive / multi-scan JPEG: only baseline single-scan is supported")
+            return len(scan)
+        pos += 2 + length
+    raise ValueError("JPEG without an SOS segment")
+
+
+def riff_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """``(fourcc, data offset, data size)`` of each chunk of a RIFF/WEBP file.
+
+    Raises:
+        ValueError: not a RIFF WEBP file or a chunk overruns the file.
+    """
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise ValueError(f"not a WebP file: starts with {data[:12]!r}")
+    out, pos = [], 12
+    while pos + 8 <= len(data):
+        fourcc = data[pos : pos + 4]
+        (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        if pos + 8 + size > len(data):
+            raise ValueError(f"WebP chunk {fourcc!r} of {size} bytes overruns the {len(data)}-byte file")
+        out.append((fourcc, pos + 8, size))
+        pos += 8 + size + (size & 1)
+    return out
+
+
+def webp_payload_bytes(data: bytes) -> int:
+    """Header-stripped size of a lossy WebP: the VP8 chunk minus its 7 constant bytes.
+
+    Raises:
+        ValueError: not a lossy (``VP8 ``) WebP, or extra chunks (alpha, metadata) that cannot be stripped.
+    """
+    chunks = riff_chunks(data)
+    kinds = [c[0] for c in chunks]
+    if kinds != [b"VP8 "]:
+        raise ValueError(f"WebP chunks {kinds}: expected a single lossy 'VP8 ' chunk")
+    _, off, size = chunks[0]
+    if data[off + 3 : off + 6] != b"\x9d\x01\x2a":
+        raise ValueError("VP8 chunk without a key frame start code")
+    return size - _WEBP_CONST_VP8_BYTES
+
+
+def png_idat_bytes(data: bytes) -> int:
+    """Total IDAT data (the zlib stream) of a PNG file.
+
+    Raises:
+        ValueError: not a PNG.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"not a PNG: starts with {data[:8]!r}")
+    pos, total = 8, 0
+    while pos + 8 <= len(data):
+        (size,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            total += size
+        pos += 12 + size
+    return total
+
+
+# ---------------------------------------------------------------- codecs
+
+
+def _check_image(img: np.ndarray) -> np.ndarray:
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 2:
+        raise ConfigError(
+            f"image of shape {getattr(img, 'shape', None)} and dtype "
+            f"{getattr(img, 'dtype', type(img).__name__)}: expected (H, W) uint8"
+        )
+    return img
+
+
+def _save(img: np.ndarray, fmt: str, **kwargs) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_check_image(img), mode="L").save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _load_gray(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def jpeg(img: np.ndarray, quality: int) -> Encoded:
+    """Baseline JPEG at ``quality`` (1-95) with the standard Huffman tables (so headers are strippable)."""
+    if not 1 <= int(quality) <= 100:
+        raise ConfigError(f"JPEG quality {quality}: must be 1-100")
+    data = _save(img, "JPEG", quality=int(quality), optimize=False, progressive=False)
+    return Encoded(data, jpeg_scan_bytes(data), _load_gray(data))
+
+
+def webp(img: np.ndarray, quality: int) -> Encoded:
+    """Lossy WebP at ``quality`` (0-100), ``method=6`` (slowest, smallest). Decoded back to gray (luma)."""
+    if not 0 <= int(quality) <= 100:
+        raise ConfigError(f"WebP quality {quality}: must be 0-100")
+    data = _save(img, "WEBP", quality=int(quality), method=6, lossless=False)
+    return Encoded(data, webp_payload_bytes(data), _load_gray(data))
+
+
+def png(img: np.ndarray) -> Encoded:
+    """Lossless PNG (``optimize=True``)."""
+    data = _save(img, "PNG", optimize=True)
+    return Encoded(data, png_idat_bytes(data), _load_gray(data))
+
+
+# ---------------------------------------------------------------- PCA
+
+
+@dataclass
+class PCA:
+    """PCA of flattened images (0-255 scale) with per-component int8 quantization of the coefficients.
+
+    The receiver knows the mean, the components and the per-component scales (they are the "model", like the
+    decoder's weights); only the ``k`` int8 coefficients are sent.
+    """
+
+    mean: np.ndarray
+    """(D,) mean image."""
+    components: np.ndarray
+    """(K_max, D) orthonormal principal directions, by decreasing variance."""
+    scales: np.ndarray
+    """(K_max,) int8 step of each coefficient: 99.9th percentile of |coefficient| on the fit set / 127."""
+    shape: tuple[int, int]
+    """Image shape."""
+
+    @classmethod
+    def fit(cls, images: np.ndarray, max_dim: int) -> PCA:
+        """Fit on (N, H, W) uint8 images (the train split) keeping ``max_dim`` components.
+
+        Raises:
+            ConfigError: ``max_dim`` outside 1..H*W.
+        """
+        n, h, w = images.shape
+        if not 1 <= max_dim <= h * w:
+            raise ConfigError(f"PCA dims {max_dim}: must be 1..{h * w}")
+        x = images.reshape(n, -1).astype(np.float64)
+        mean = x.mean(axis=0)
+        xc = x - mean
+        cov = xc.T @ xc / max(n - 1, 1)
+        vals, vecs = np.linalg.eigh(cov)
+        comps = vecs[:, np.argsort(vals)[::-1][:max_dim]].T
+        coef = xc @ comps.T
+        scales = np.maximum(np.percentile(np.abs(coef), 99.9, axis=0) / 127.0, 1e-6)
+        return cls(mean, comps, scales, (h, w))
+
+    def _coef(self, images: np.ndarray, k: int) -> np.ndarray:
+        if not 1 <= k <= len(self.components):
+            raise ConfigError(f"PCA dims {k}: this PCA has 1..{len(self.components)}")
+        return (images.reshape(len(images), -1).astype(np.float64) - self.mean) @ self.components[:k].T
+
+    def _image(self, coef: np.ndarray, k: int) -> np.ndarray:
+        x = coef @ self.components[:k] + self.mean
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(len(coef), *self.shape)
+
+    def quantize(self, images: np.ndarray, k: int) -> np.ndarray:
+        """(N, H, W) uint8 → (N, k) int8 coefficients (what would be sent: ``k`` bytes per image)."""
+        return np.clip(np.rint(self._coef(images, k) / self.scales[:k]), -127, 127).astype(np.int8)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """(N, k) int8 coefficients → (N, H, W) uint8 images."""
+        k = q.shape[1]
+        return self._image(q.astype(np.float64) * self.scales[:k], k)
+
+    def roundtrip_int8(self, images: np.ndarray, k: int) -> np.ndarray:
+        """Images through ``k`` int8 coefficients and back."""
+        return self.dequantize(self.quantize(images, k))
+
+    def roundtrip_float(self, images: np.ndarray, k: int) -> np.ndarray:
+        """Images through ``k`` unquantized coefficients (float32 on the wire: 4k bytes) and back."""
+        return self._image(self._coef(images, k).astype(np.float32).astype(np.float64), k)

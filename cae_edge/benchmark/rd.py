@@ -1,0 +1,292 @@
+"""Rate–distortion: quality against bytes per image, for cae-edge bundles and the classical codecs.
+
+Every row is a mean over the same test images (``cae_edge.metrics``: per-image PSNR capped at
+:data:`~cae_edge.metrics.PSNR_CAP` dB, then averaged; SSIM from scikit-image)::
+
+    test images ─┬─ bundle int8:   Encoder.encode ─► payload ─ wire.pack ─► packet   Decoder.decode(payload)
+                 ├─ bundle float:  encoder_float ─► float32 latent ─► decoder_float  (reference, 4 B/value)
+                 ├─ Keras float:   the training run's models (only with TensorFlow and a run directory)
+                 ├─ JPEG / WebP over a quality sweep, PNG (lossless)      (see codecs.py for byte counting)
+                 └─ PCA fitted on the train split: k int8 coefficients (and float32 at the latent sizes)
+
+Bytes: ``bytes_payload`` is what carries the image (latent payload / header-stripped codec data);
+``bytes_total`` is the self-contained unit (cae-edge: the wire packet, payload + header; codecs: the file).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics, wire
+from . import codecs
+
+Progress = Callable[[str, int, int], None]
+
+CAE_INT8 = "cae-edge int8"
+CAE_FLOAT = "cae-edge tflite-float"
+CAE_KERAS = "cae-edge keras-float"
+JPEG, WEBP, PNG, PCA_INT8, PCA_FLOAT = "jpeg", "webp", "png", "pca-int8", "pca-float32"
+
+
+@dataclass
+class RDPoint:
+    """One codec at one setting over a set of test images (means per image)."""
+
+    dataset: str
+    """Dataset the images come from (``mnist`` or ``fashion``)."""
+    codec: str
+    """``cae-edge int8``, ``cae-edge tflite-float``, ``cae-edge keras-float``, ``jpeg``, ``webp``, ``png``,
+    ``pca-int8`` or ``pca-float32``."""
+    setting: str
+    """The codec setting, e.g. ``q=10``, ``k=32``, or the bundle name for cae-edge rows."""
+    images: int
+    """Number of test images."""
+    bytes_payload: float
+    """Mean bytes per image that carry the image (latent payload; header-stripped codec data)."""
+    bytes_total: float
+    """Mean bytes per image as a self-contained unit (cae-edge: wire packet; codecs: whole file)."""
+    psnr: float
+    """Mean per-image PSNR in dB (each capped at ``metrics.PSNR_CAP``)."""
+    ssim: float
+    """Mean SSIM."""
+    mse: float
+    """Mean squared error on the 0-255 scale."""
+    capped: int
+    """Images whose PSNR hit the cap (identical reconstruction)."""
+    bundle: str | None = None
+    """Bundle name or path for cae-edge rows, else None."""
+    seconds: float = 0.0
+    """Wall time spent on this row (encode + decode + metrics)."""
+    note: str = ""
+    """Anything a reader must know about this row."""
+
+
+def score(
+    dataset: str,
+    codec: str,
+    setting: str,
+    original: np.ndarray,
+    recon: np.ndarray,
+    bytes_payload: float,
+    bytes_total: float,
+    *,
+    bundle: str | None = None,
+    seconds: float = 0.0,
+    note: str = "",
+) -> RDPoint:
+    """Build an :class:`RDPoint` from originals and reconstructions (both (N, H, W) uint8)."""
+    psnr = metrics.psnr_per_image(original, recon)
+    return RDPoint(
+        dataset=dataset,
+        codec=codec,
+        setting=setting,
+        images=int(len(original)),
+        bytes_payload=float(bytes_payload),
+        bytes_total=float(bytes_total),
+        psnr=float(psnr.mean()),
+        ssim=float(metrics.ssim_per_image(original, recon).mean()),
+        mse=float(metrics.mse_per_image(original, recon).mean()),
+        capped=int(np.count_nonzero(psnr >= metrics.PSNR_CAP)),
+        bundle=bundle,
+        seconds=float(seconds),
+        note=note,
+    )
+
+
+# ---------------------------------------------------------------- classical codecs
+
+
+def _run_codec(
+    fn: Callable[[np.ndarray], codecs.Encoded], images: np.ndarray
+) -> tuple[np.ndarray, float, float]:
+    recon = np.empty_like(images)
+    payload = total = 0
+    for i, img in enumerate(images):
+        enc = fn(img)
+        recon[i] = enc.decoded
+        payload += enc.payload_bytes
+        total += len(enc.data)
+    n = max(len(images), 1)
+    return recon, payload / n, total / n
+
+
+def codec_points(
+    dataset: str,
+    test: np.ndarray,
+    train: np.ndarray,
+    *,
+    jpeg_qualities: Sequence[int] = codecs.JPEG_QUALITIES,
+    webp_qualities: Sequence[int] = codecs.WEBP_QUALITIES,
+    pca_dims: Sequence[int] = codecs.PCA_DIMS,
+    pca_float_dims: Sequence[int] = (),
+    progress: Progress | None = None,
+) -> list[RDPoint]:
+    """JPEG and WebP sweeps, PNG, and PCA (fitted on ``train``) over the ``test`` images.
+
+    Args:
+        dataset: Dataset name for the rows.
+        test: (N, 28, 28) uint8 images to code.
+        train: (M, 28, 28) uint8 images to fit PCA on.
+        jpeg_qualities: JPEG settings.
+        webp_qualities: WebP settings.
+        pca_dims: PCA sizes with int8 coefficients (k bytes/image).
+        pca_float_dims: PCA sizes also reported with float32 coefficients (4k bytes/image).
+        progress: Callback ``(what, done, total)``.
+
+    Returns:
+        One :class:`RDPoint` per setting.
+    """
+    step = progress or (lambda what, done, total: None)
+    jobs: list[tuple[str, str, Callable[[], tuple[np.ndarray, float, float]], str]] = []
+    for q in jpeg_qualities:
+        jobs.append((JPEG, f"q={q}", lambda q=q: _run_codec(lambda im: codecs.jpeg(im, q), test), ""))
+    for q in webp_qualities:
+        jobs.append((WEBP, f"q={q}", lambda q=q: _run_codec(lambda im: codecs.webp(im, q), test), ""))
+    jobs.append((PNG, "lossless", lambda: _run_codec(codecs.png, test), ""))
+    dims = sorted({int(k) for k in (*pca_dims, *pca_float_dims)})
+    pca: list[codecs.PCA] = []
+
+    def fitted() -> codecs.PCA:
+        if not pca:
+            pca.append(codecs.PCA.fit(train, max(dims)))
+        return pca[0]
+
+    for k in sorted({int(k) for k in pca_dims}):
+        jobs.append((PCA_INT8, f"k={k}", lambda k=k: (fitted().roundtrip_int8(test, k), k, k), ""))
+    for k in sorted({int(k) for k in pca_float_dims}):
+        note = "float32 coefficients (4 bytes each), reference"
+        jobs.append(
+            (PCA_FLOAT, f"k={k}", lambda k=k: (fitted().roundtrip_float(test, k), 4 * k, 4 * k), note)
+        )
+    points = []
+    for i, (codec, setting, job, note) in enumerate(jobs):
+        step(f"{dataset}: {codec} {setting}", i, len(jobs))
+        t0 = time.perf_counter()
+        recon, payload, total = job()
+        points.append(
+            score(
+                dataset,
+                codec,
+                setting,
+                test,
+                recon,
+                payload,
+                total,
+                seconds=time.perf_counter() - t0,
+                note=note,
+            )
+        )
+    step(f"{dataset}: codecs done", len(jobs), len(jobs))
+    return points
+
+
+# ---------------------------------------------------------------- cae-edge
+
+
+def bundle_points(bundle, name: str, dataset: str, test: np.ndarray, threads: int = 1) -> list[RDPoint]:
+    """The bundle's int8 pair (through the wire format) and its float TFLite pair over ``test``.
+
+    Args:
+        bundle: A loaded :class:`cae_edge.device.bundle.Bundle`.
+        name: How to call it in the rows (``mnist``, a preset, a path).
+        dataset: Dataset of ``test``.
+        test: (N, 28, 28) uint8 images.
+        threads: Interpreter threads.
+    """
+    points = []
+    enc, dec = bundle.encoder(threads), bundle.decoder(threads)
+    kind = wire.PayloadKind.INT8 if bundle.coding.get("kind") == "int8" else wire.PayloadKind.ENTROPY
+    prefix = wire.pair_prefix(bundle.pair_id)
+    sid = wire.sender_id("bench")
+    t0 = time.perf_counter()
+    recon = np.empty_like(test)
+    payload_bytes = packet_bytes = 0
+    for i, img in enumerate(test):
+        payload = enc.encode(img)
+        packet = wire.pack(wire.Packet(prefix, sid, i, 0, payload, kind))
+        recon[i] = dec.decode(wire.unpack(packet).payload)
+        payload_bytes += len(payload)
+        packet_bytes += len(packet)
+    n = max(len(test), 1)
+    note = (
+        f"coding {bundle.coding.get('kind')}; packet = payload + {wire.OVERHEAD_BYTES}-byte wire header/CRC"
+    )
+    points.append(
+        score(
+            dataset,
+            CAE_INT8,
+            name,
+            test,
+            recon,
+            payload_bytes / n,
+            packet_bytes / n,
+            bundle=name,
+            seconds=time.perf_counter() - t0,
+            note=note,
+        )
+    )
+    if "encoder_float" in bundle.manifest.models and "decoder_float" in bundle.manifest.models:
+        fenc, fdec = bundle.encoder(threads, precision="float"), bundle.decoder(threads, precision="float")
+        t0 = time.perf_counter()
+        for i, img in enumerate(test):
+            recon[i] = fdec.decode_latent(fenc.encode_latent(img))
+        b = 4.0 * bundle.latent_dim
+        points.append(
+            score(
+                dataset,
+                CAE_FLOAT,
+                name,
+                test,
+                recon,
+                b,
+                b + wire.OVERHEAD_BYTES,
+                bundle=name,
+                seconds=time.perf_counter() - t0,
+                note="float32 latent (4 bytes/value), reference for int8 loss",
+            )
+        )
+    return points
+
+
+def keras_point(run_dir: str | Path, name: str, dataset: str, test: np.ndarray, latent_dim: int) -> RDPoint:
+    """Keras float reconstruction of ``test`` by a training run's models (needs TensorFlow/Keras).
+
+    Raises:
+        ImportError: Keras is not installed.
+        ConfigError: the run directory has no ``encoder.keras`` / ``decoder.keras``.
+    """
+    import keras  # noqa: PLC0415 - optional, only when TensorFlow is installed
+
+    from ..errors import ConfigError
+
+    run = Path(run_dir)
+    paths = [run / "encoder.keras", run / "decoder.keras"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ConfigError(
+            f"run directory {run}: missing {', '.join(missing)} (made by `cae-edge train --out RUN`)"
+        )
+    t0 = time.perf_counter()
+    encoder, decoder = (keras.models.load_model(p, compile=False) for p in paths)
+    x = test.astype(np.float32)[..., None] / 255.0
+    recon = metrics.to_uint8(
+        decoder.predict(encoder.predict(x, batch_size=500, verbose=0), batch_size=500, verbose=0)
+    )
+    b = 4.0 * latent_dim
+    return score(
+        dataset,
+        CAE_KERAS,
+        name,
+        test,
+        recon.reshape(test.shape),
+        b,
+        b + wire.OVERHEAD_BYTES,
+        bundle=name,
+        seconds=time.perf_counter() - t0,
+        note=f"Keras float models from {run} (float32 latent)",
+    )

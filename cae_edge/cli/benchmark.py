@@ -1,0 +1,124 @@
+"""`cae-edge benchmark`: latency, size and rate–distortion against JPEG, WebP, PNG and PCA. No TensorFlow
+import here; Keras float rows need TensorFlow and ``--run``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import CaeEdgeError
+
+err = Console(stderr=True)
+
+
+def benchmark(
+    bundle: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--bundle",
+            "-b",
+            help="Shipped bundle name (mnist, fashion, a preset) or bundle directory. Repeat for several.",
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Evaluate on this dataset (mnist|fashion) instead of each bundle's own."),
+    ] = None,
+    threads: Annotated[
+        list[int] | None,
+        typer.Option("--threads", "-t", help="Interpreter threads to time; repeatable. [1, all]"),
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed invokes per model and thread count.")] = 1000,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed invokes before timing.")] = 100,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Use the first N test images for quality (default: all).")
+    ] = None,
+    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip JPEG/WebP/PNG/PCA.")] = False,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            exists=True,
+            file_okay=False,
+            help="Training run directory: adds Keras float rows (needs TF).",
+        ),
+    ] = None,
+    litert_tool: Annotated[
+        bool,
+        typer.Option(
+            "--litert-tool",
+            help="Cross-check p50 with LiteRT's benchmark_litert_model and CompiledModel (slower).",
+        ),
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", dir_okay=False, help="Write every figure as JSON.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", dir_okay=False, help="Write RD curves + latency chart (PNG).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", file_okay=False, help="Directory with the IDX .gz files.")
+    ] = None,
+) -> None:
+    """Measure latency, size and quality-vs-bytes of bundles against JPEG, WebP, PNG and PCA.
+
+    Latency: LiteRT invoke() timed with perf_counter_ns, per model and thread count (µs percentiles).
+
+    Per frame: sender (preprocess, encode, pack) and receiver (unpack, decode) paths.
+
+    Quality: PSNR/SSIM over the test split at the bytes actually sent (JSON: docs/benchmark-schema.md).
+    """
+    from ..benchmark.report import plot as draw
+    from ..benchmark.report import tables
+    from ..benchmark.run import BenchmarkOptions, run_benchmark
+
+    opts = BenchmarkOptions(
+        bundles=list(bundle or ["mnist"]),
+        dataset=dataset,
+        threads=list(threads) if threads else None,
+        runs=runs,
+        warmup=warmup,
+        limit=limit,
+        baselines=not no_baselines,
+        keras_run=str(run) if run else None,
+        litert_tool=litert_tool,
+        data_dir=str(data_dir) if data_dir else None,
+        command="cae-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True
+        ) as bar:
+            task = bar.add_task("benchmark", total=None)
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            report = run_benchmark(opts, progress)
+    except CaeEdgeError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs and files
+    s = report.system
+    console.print(
+        f"[bold]cae-edge benchmark[/bold] on {s.cpu_model} ({s.cores} cores, {s.machine}), {s.os}; "
+        f"Python {s.python}, {s.litert}, numpy {s.numpy}; load average {s.load_average}"
+    )
+    for table in tables(report):
+        console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB, {report.wall_s:.1f} s")
+    if json_out:
+        report.to_json(json_out)
+        console.print(f"wrote {json_out}")
+    if plot:
+        draw(report, plot)
+        console.print(f"wrote {plot}")

@@ -1,0 +1,349 @@
+"""`cae-edge stream`: send camera frames as latents, receive and decode them, compare, benchmark.
+
+No TensorFlow here (a Raspberry Pi has none): everything runs on LiteRT through ``cae_edge.device``.
+
+Exit codes (both ends): 0 finished (source ended, --max-frames reached, Ctrl-C/SIGTERM, receiver idle
+after frames); 1 could not start (bad option, bundle, source, address); 2 usage error; 3 the source failed
+mid-stream (camera unplugged); 4 receiver --timeout passed without a single decoded frame.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import CaeEdgeError
+
+app = typer.Typer(
+    help="Stream frames from camera nodes to a receiver: int8 latents over ZeroMQ, decoded on arrival.",
+    no_args_is_help=True,
+)
+
+
+class Policy(str, Enum):
+    drop_oldest = "drop-oldest"
+    drop_newest = "drop-newest"
+
+
+class Crop(str, Enum):
+    center = "center"
+    letterbox = "letterbox"
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _fail(e: Exception) -> typer.Exit:
+    _say(f"error: {e}")
+    return typer.Exit(1)
+
+
+def _stop_on_signals() -> threading.Event:
+    """First Ctrl-C/SIGTERM: finish cleanly (stats summary). A second Ctrl-C: stop at once."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _write_json(path: Path | None, data: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _default_name() -> str:
+    from ..device.config import default_name
+
+    return default_name()
+
+
+@app.command()
+def send(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            "-s",
+            help="Camera index (0), /dev/videoN, video file, RTSP/HTTP URL, image folder, picamera2[:WxH], "
+            "or synthetic[:mnist|fashion].",
+        ),
+    ],
+    connect: Annotated[
+        str, typer.Option("--connect", "-c", help="The receiver, e.g. tcp://192.168.1.10:5555.")
+    ],
+    bundle: Annotated[
+        str, typer.Option("--bundle", "-b", help="Shipped bundle name or bundle directory.")
+    ] = "mnist",
+    name: Annotated[
+        str | None, typer.Option("--name", help="Sender name shown by the receiver (default: host name).")
+    ] = None,
+    fps: Annotated[
+        float, typer.Option("--fps", min=0, help="Frame-rate cap; 0 = as fast as possible.")
+    ] = 0.0,
+    max_frames: Annotated[
+        int, typer.Option("--max-frames", min=0, help="Stop after N frames; 0 = no limit.")
+    ] = 0,
+    queue: Annotated[
+        int, typer.Option("--queue", min=1, help="Frames held while the receiver is slow or away.")
+    ] = 64,
+    policy: Annotated[
+        Policy, typer.Option("--policy", help="Full queue: drop the oldest frame (live video) or the newest.")
+    ] = Policy.drop_oldest,
+    wait: Annotated[
+        float, typer.Option("--wait", min=0, help="Wait up to S seconds for a receiver before capturing.")
+    ] = 0.0,
+    loop: Annotated[bool, typer.Option("--loop", help="Replay a video file or folder endlessly.")] = False,
+    invert: Annotated[
+        bool | None, typer.Option("--invert/--no-invert", help="Override the bundle's inversion.")
+    ] = None,
+    crop: Annotated[Crop | None, typer.Option("--crop", help="Override the bundle's crop mode.")] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Encoder interpreter threads.")] = 1,
+    save_inputs: Annotated[
+        Path | None,
+        typer.Option("--save-inputs", help="Also write each 28x28 input as DIR/<name>/<seq>.png."),
+    ] = None,
+    stats_json: Annotated[
+        Path | None, typer.Option("--json", help="Write the final statistics here.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live statistics, only the summary.")
+    ] = False,
+) -> None:
+    """Capture, preprocess, encode with LiteRT and send each frame (never blocks on the network).
+
+    Live statistics (fps, encode time, bytes per frame, drops) go to stderr once a second; a summary at the
+    end. Exit codes: 0 done or stopped, 1 could not start, 3 the source failed mid-stream.
+    """
+    from ..device.stream import EXIT_SOURCE_FAILED, SenderStats, SendOptions, stream_send
+    from ..device.transport import SenderOptions
+
+    overrides: dict[str, Any] = {}
+    if invert is not None:
+        overrides["invert"] = invert
+    if crop is not None:
+        overrides["crop"] = crop.value
+
+    def live(s: SenderStats) -> None:
+        state = "connected" if s.connected else "no receiver"
+        _say(
+            f"{s.name}: {s.frames} frames, {s.fps_recent:.1f} fps, encode {s.encode_us:.0f} µs, "
+            f"preprocess {s.preprocess_us:.0f} µs, {s.bytes_per_frame:.0f} B/frame, sent {s.sent}, "
+            f"dropped {s.dropped}, {state}"
+        )
+
+    stop = _stop_on_signals()
+    try:
+        opts = SendOptions(
+            name=name or _default_name(),
+            fps=fps,
+            max_frames=max_frames,
+            wait_connected_s=wait,
+            save_inputs=save_inputs,
+        )
+        link = SenderOptions(queue_size=queue, policy=policy.value)
+        stats = stream_send(
+            source,
+            connect,
+            bundle,
+            opts,
+            link,
+            preprocess=overrides,
+            threads=threads,
+            loop=loop,
+            on_stats=None if quiet else live,
+            on_log=_say,
+            stop=stop,
+        )
+    except CaeEdgeError as e:
+        raise _fail(e) from None
+    _say(
+        f"{stats.status}: {stats.frames} frames in {stats.elapsed_s:.1f} s ({stats.fps:.1f} fps), "
+        f"sent {stats.sent}, dropped {stats.dropped} (queue full), lost at close {stats.lost_at_close}, "
+        f"{stats.bytes_per_frame:.1f} B/frame on the wire ({stats.payload_bytes:.0f} B payload), "
+        f"preprocess {stats.preprocess_us:.0f} µs, encode {stats.encode_us:.0f} µs, "
+        f"pack {stats.pack_us:.1f} µs, send {stats.send_us:.1f} µs"
+    )
+    _write_json(stats_json, stats.to_dict())
+    if stats.status == "source-error":
+        _say(f"error: {stats.error}")
+        raise typer.Exit(EXIT_SOURCE_FAILED)
+
+
+@app.command()
+def receive(
+    bind: Annotated[str, typer.Option("--bind", help="Where to listen, e.g. tcp://*:5555.")] = "tcp://*:5555",
+    bundle: Annotated[
+        str, typer.Option("--bundle", "-b", help="Shipped bundle name or bundle directory.")
+    ] = "mnist",
+    out: Annotated[Path | None, typer.Option("--out", help="Write frames as DIR/<sender>/<seq>.png.")] = None,
+    video: Annotated[
+        Path | None,
+        typer.Option("--video", help="Write a video per sender (.avi MJPG, .mkv lossless, .mp4)."),
+    ] = None,
+    show: Annotated[
+        bool, typer.Option("--show", help="Live mosaic window (needs OpenCV with a GUI).")
+    ] = False,
+    max_frames: Annotated[
+        int, typer.Option("--max-frames", min=0, help="Stop after N frames; 0 = no limit.")
+    ] = 0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0, help="Stop after S seconds without a frame; 0 = never.")
+    ] = 0.0,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Decoder interpreter threads.")] = 1,
+    stats_json: Annotated[
+        Path | None, typer.Option("--json", help="Write the final statistics here.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live statistics, only the summary.")
+    ] = False,
+) -> None:
+    """Receive packets from any number of nodes, decode each frame, write/show it, and keep per-sender stats.
+
+    Packets that are malformed or made with another bundle (pair id) are refused and counted by reason.
+    Exit codes: 0 done or stopped, 1 could not start, 4 --timeout passed without any frame.
+    """
+    from ..device.stream import (
+        EXIT_NOTHING_RECEIVED,
+        MosaicSink,
+        PngSink,
+        ReceiveOptions,
+        ReceiverStats,
+        VideoSink,
+        stream_receive,
+    )
+
+    def live(s: ReceiverStats) -> None:
+        parts = [f"{s.frames} frames"]
+        for p in s.senders.values():
+            lat = p.latency_ms.get("p50", 0.0)
+            parts.append(f"{p.name}: {p.fps:.1f} fps, latency p50 {lat:.1f} ms, lost {p.lost}")
+        if s.rejected:
+            parts.append("rejected " + ", ".join(f"{k} {v}" for k, v in sorted(s.rejected.items())))
+        _say(" | ".join(parts))
+
+    stop = _stop_on_signals()
+    try:
+        sinks: list = []
+        if out is not None:
+            sinks.append(PngSink(out))
+        if video is not None:
+            sinks.append(VideoSink(video))
+        if show:
+            sinks.append(MosaicSink())
+        stats = stream_receive(
+            bind,
+            bundle,
+            ReceiveOptions(max_frames=max_frames, idle_timeout_s=timeout),
+            sinks=sinks,
+            threads=threads,
+            on_stats=None if quiet else live,
+            on_log=_say,
+            stop=stop,
+        )
+    except CaeEdgeError as e:
+        raise _fail(e) from None
+    _say(
+        f"{stats.status}: {stats.frames} frames in {stats.elapsed_s:.1f} s ({stats.fps:.1f} fps), "
+        f"decode {stats.decode_us:.0f} µs, unpack {stats.unpack_us:.1f} µs, rejected {stats.rejected_total}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.rejected.items()))})" if stats.rejected else "")
+    )
+    for p in stats.senders.values():
+        lat = p.latency_ms
+        _say(
+            f"  {p.name} (id {p.sender_id:#06x}): {p.frames} frames, lost {p.lost}, restarts {p.restarts}, "
+            f"latency mean {lat.get('mean', 0):.2f} ms p95 {lat.get('p95', 0):.2f} ms"
+        )
+    _write_json(stats_json, stats.to_dict())
+    if stats.status == "nothing-received":
+        raise typer.Exit(EXIT_NOTHING_RECEIVED)
+
+
+@app.command()
+def compare(
+    sent: Annotated[
+        Path, typer.Argument(help="Inputs saved by `send --save-inputs` (DIR/<name>/<seq>.png).")
+    ],
+    received: Annotated[
+        Path, typer.Argument(help="Frames written by `receive --out` (DIR/<name>/<seq>.png).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Side-by-side PNG to write.")] = Path("side-by-side.png"),
+    count: Annotated[int, typer.Option("--count", min=1, help="Frame pairs in the picture.")] = 16,
+    scale: Annotated[int, typer.Option("--scale", min=1, help="Enlarge each 28x28 frame this much.")] = 4,
+    stats_json: Annotated[Path | None, typer.Option("--json", help="Write PSNR/SSIM here.")] = None,
+) -> None:
+    """Originals (top row) above decoded frames (bottom row), matched by sender and sequence number."""
+    import cv2
+    import numpy as np
+
+    from .. import metrics
+
+    if not sent.is_dir() or not received.is_dir():
+        raise _fail(ValueError(f"{sent if not sent.is_dir() else received}: not a folder"))
+    pairs = sorted(
+        p.relative_to(received)
+        for p in received.glob("*/*.png")
+        if (sent / p.relative_to(received)).is_file()
+    )
+    if not pairs:
+        raise _fail(ValueError(f"no frame is in both {sent} and {received} (same <name>/<seq>.png)"))
+    a = np.stack([cv2.imread(str(sent / p), cv2.IMREAD_GRAYSCALE) for p in pairs])
+    b = np.stack([cv2.imread(str(received / p), cv2.IMREAD_GRAYSCALE) for p in pairs])
+    q = metrics.quality(a, b)
+    pick = np.linspace(0, len(pairs) - 1, min(count, len(pairs))).round().astype(int)
+    gap = np.full((28, 2), 128, np.uint8)
+    top = np.hstack([np.hstack([a[i], gap]) for i in pick])
+    bottom = np.hstack([np.hstack([b[i], gap]) for i in pick])
+    grid = np.vstack([top, np.full((2, top.shape[1]), 128, np.uint8), bottom])
+    grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), grid):
+        raise _fail(ValueError(f"{out}: cannot write the PNG"))
+    result = {
+        "frames": len(pairs),
+        "psnr": round(q["psnr"], 2),
+        "ssim": round(q["ssim"], 4),
+        "image": str(out),
+    }
+    _write_json(stats_json, result)
+    typer.echo(
+        f"{len(pairs)} frames matched: PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.4f}; wrote {out} "
+        f"({len(pick)} pairs, originals on top)"
+    )
+
+
+@app.command()
+def bench(
+    bundle: Annotated[
+        str, typer.Option("--bundle", "-b", help="Shipped bundle name or bundle directory.")
+    ] = "mnist",
+    frames: Annotated[int, typer.Option("--frames", min=100, help="Frames through each end.")] = 5000,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Interpreter threads.")] = 1,
+    stats_json: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """Throughput of the sender pipeline (in-memory source → send) and of the receiver's decode."""
+    from ..device.stream import bench as run_bench
+
+    try:
+        r = run_bench(bundle, frames, threads=threads)
+    except CaeEdgeError as e:
+        raise _fail(e) from None
+    tx = ", ".join(f"{k} {v:.1f}" for k, v in r.sender_us.items())
+    rx = ", ".join(f"{k} {v:.1f}" for k, v in r.receiver_us.items())
+    typer.echo(f"sender:   {r.sender_fps:,.0f} frames/s  (µs/frame: {tx}; CPU {r.sender_cpu_us:.1f})")
+    typer.echo(f"receiver: {r.receiver_fps:,.0f} frames/s  (µs/frame: {rx}; CPU {r.receiver_cpu_us:.1f})")
+    typer.echo(f"wire:     {r.bytes_per_frame:.1f} bytes/frame, {r.dropped} dropped")
+    _write_json(stats_json, r.to_dict())

@@ -1,0 +1,280 @@
+"""Benchmark library: codec byte counting, latency statistics, model size, RD rows and the JSON schema."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cae_edge import datasets, metrics
+from cae_edge.benchmark import SCHEMA, BenchmarkOptions, codecs, latency, rd, report, run_benchmark, validate
+from cae_edge.device.bundle import load_bundle
+from cae_edge.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return datasets.load("mnist")
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle("mnist")
+
+
+@pytest.fixture(scope="module")
+def tiny_report():
+    """A real run on the shipped MNIST bundle: 30 images, 20 runs, one thread, short sweeps."""
+    opts = BenchmarkOptions(
+        bundles=["mnist"], threads=[1], runs=20, warmup=2, limit=30,
+        jpeg_qualities=[10, 50], webp_qualities=[1, 50], pca_dims=[8],
+    )  # fmt: skip
+    return run_benchmark(opts)
+
+
+# ---------------------------------------------------------------- codecs
+
+
+@pytest.mark.parametrize("quality", [5, 50, 90])
+def test_jpeg_bytes_are_the_real_buffer(mnist, quality):
+    for img in mnist.x_test[:5]:
+        enc = codecs.jpeg(img, quality)
+        buf = io.BytesIO()
+        Image.fromarray(img, mode="L").save(buf, "JPEG", quality=quality, optimize=False, progressive=False)
+        assert enc.data == buf.getvalue()
+        assert len(enc.data) == len(buf.getvalue())
+        # the scan sits between the SOS header and EOI
+        assert 0 < enc.payload_bytes < len(enc.data)
+        assert enc.data.endswith(b"\xff\xd9")
+        decoded = np.asarray(Image.open(io.BytesIO(enc.data)).convert("L"))
+        np.testing.assert_array_equal(enc.decoded, decoded)
+
+
+def test_jpeg_stripped_header_is_the_same_for_every_image(mnist):
+    """What header stripping removes must be reconstructible by a receiver that knows the quality."""
+    heads, tails = set(), set()
+    for img in mnist.x_test[:20]:
+        enc = codecs.jpeg(img, 20)
+        head_len = len(enc.data) - 2 - enc.payload_bytes
+        heads.add(enc.data[:head_len])
+        tails.add(enc.data[-2:])
+    assert len(heads) == 1 and len(tails) == 1
+
+
+@pytest.mark.parametrize("quality", [1, 50])
+def test_webp_bytes_are_the_real_buffer(mnist, quality):
+    for img in mnist.x_test[:5]:
+        enc = codecs.webp(img, quality)
+        buf = io.BytesIO()
+        Image.fromarray(img, mode="L").save(buf, "WEBP", quality=quality, method=6, lossless=False)
+        assert enc.data == buf.getvalue()
+        (riff_size,) = np.frombuffer(enc.data[4:8], dtype="<u4")
+        assert riff_size == len(enc.data) - 8
+        chunks = codecs.riff_chunks(enc.data)
+        assert [c[0] for c in chunks] == [b"VP8 "]
+        assert enc.payload_bytes == chunks[0][2] - 7
+
+
+def test_webp_stripped_bytes_are_constant_or_lengths(mnist):
+    """Removed bytes: RIFF/chunk headers (sizes follow from the length) + constant start code and size."""
+    consts = set()
+    for img in mnist.x_test[:20]:
+        d = codecs.webp(img, 10).data
+        consts.add(d[0:4] + d[8:16] + d[23:30])  # 'RIFF', 'WEBPVP8 ', start code + 28x28
+    assert len(consts) == 1
+
+
+def test_png_is_lossless_and_counts_idat(mnist):
+    img = mnist.x_test[0]
+    enc = codecs.png(img)
+    np.testing.assert_array_equal(enc.decoded, img)
+    assert 0 < enc.payload_bytes < len(enc.data)
+    assert len(enc.data) - enc.payload_bytes == 8 + 25 + 12 + 12  # signature, IHDR, one IDAT header+CRC, IEND
+
+
+def test_header_parsers_reject_other_formats():
+    with pytest.raises(ValueError):
+        codecs.jpeg_scan_bytes(b"\x89PNG....")
+    with pytest.raises(ValueError):
+        codecs.webp_payload_bytes(b"RIFF\x00\x00\x00\x00WAVE")
+    with pytest.raises(ValueError):
+        codecs.png_idat_bytes(b"\xff\xd8\xff")
+
+
+def test_codecs_reject_bad_input_and_settings():
+    with pytest.raises(ConfigError, match="expected"):
+        codecs.jpeg(np.zeros((28, 28), np.float32), 50)
+    with pytest.raises(ConfigError, match="quality 0"):
+        codecs.jpeg(np.zeros((28, 28), np.uint8), 0)
+    with pytest.raises(ConfigError, match="quality 101"):
+        codecs.webp(np.zeros((28, 28), np.uint8), 101)
+
+
+def test_pca_int8_uses_k_bytes_and_improves_with_k(mnist):
+    pca = codecs.PCA.fit(mnist.x_train[:2000], 64)
+    test = mnist.x_test[:200]
+    q = pca.quantize(test, 16)
+    assert q.dtype == np.int8 and q.shape == (200, 16)
+    psnr = [metrics.psnr_per_image(test, pca.roundtrip_int8(test, k)).mean() for k in (4, 16, 64)]
+    assert psnr[0] < psnr[1] < psnr[2]
+    # int8 coefficients lose little against float ones
+    float64 = metrics.psnr_per_image(test, pca.roundtrip_float(test, 64)).mean()
+    assert float64 - 1.0 < psnr[2] <= float64 + 0.05
+    with pytest.raises(ConfigError, match="PCA dims 65"):
+        pca.quantize(test, 65)
+
+
+# ---------------------------------------------------------------- latency
+
+
+def test_latency_stats_percentiles_ordered():
+    rng = np.random.default_rng(0)
+    s = latency.LatencyStats.from_ns(rng.lognormal(10, 1, size=1000).astype(np.int64))
+    assert s.min_us <= s.p50_us <= s.p95_us <= s.p99_us <= s.max_us
+    assert s.runs == 1000
+    assert latency.LatencyStats.from_ns([5000]).p99_us == 5.0
+    with pytest.raises(ValueError):
+        latency.LatencyStats.from_ns([])
+
+
+def test_time_model_on_real_encoder(bundle, mnist):
+    from cae_edge.quant import pixels_to_int8
+
+    m = latency.time_model(
+        bundle.model_bytes("encoder"), pixels_to_int8(mnist.x_test[0]), name="encoder", runs=30, warmup=3
+    )
+    s = m.stats
+    assert m.precision == "int8" and m.threads == 1 and s.runs == 30
+    assert 0 < s.min_us <= s.p50_us <= s.p95_us <= s.p99_us <= s.max_us
+    assert m.init_us > 0 and m.first_us > 0
+    with pytest.raises(ConfigError, match="does not fit"):
+        latency.time_model(bundle.model_bytes("encoder"), np.zeros(10, np.int8), name="encoder", runs=1)
+
+
+def test_model_size_counts_weights(bundle):
+    data = bundle.model_bytes("encoder")
+    z = latency.model_size(data, "encoder", "encoder.tflite")
+    assert z.bytes == len(data)
+    assert z.params and z.weight_bytes and z.weight_bytes < z.bytes
+    # int8 weights + int32 biases: at least one byte per parameter, at most four
+    assert z.params <= z.weight_bytes <= 4 * z.params
+    assert z.input["dtype"] == "int8" and z.output["shape"] == [1, bundle.latent_dim]
+    assert "CONV_2D" in z.ops or "FULLY_CONNECTED" in z.ops
+    zf = latency.model_size(bundle.model_bytes("encoder_float"), "encoder_float")
+    assert zf.params == z.params  # same network, different precision
+
+
+# ---------------------------------------------------------------- RD rows
+
+
+def test_identical_images_report_the_cap(mnist):
+    imgs = mnist.x_test[:10]
+    p = rd.score("mnist", "png", "lossless", imgs, imgs.copy(), 100, 120)
+    assert p.psnr == metrics.PSNR_CAP and p.capped == 10 and p.mse == 0.0 and p.ssim == pytest.approx(1.0)
+    png = rd.codec_points(
+        "mnist", imgs, mnist.x_train[:500], jpeg_qualities=[], webp_qualities=[], pca_dims=[4]
+    )
+    lossless = [r for r in png if r.codec == rd.PNG][0]
+    assert lossless.psnr == metrics.PSNR_CAP and lossless.capped == 10
+    assert json.loads(json.dumps(report._finite({"psnr": float("inf")}))) == {"psnr": None}
+
+
+def test_codec_points_bytes_match_encoded_buffers(mnist):
+    imgs = mnist.x_test[:8]
+    rows = rd.codec_points(
+        "mnist", imgs, mnist.x_train[:300], jpeg_qualities=[30], webp_qualities=[30], pca_dims=[]
+    )
+    by = {r.codec: r for r in rows}
+    assert by["jpeg"].bytes_total == pytest.approx(np.mean([len(codecs.jpeg(i, 30).data) for i in imgs]))
+    assert by["webp"].bytes_total == pytest.approx(np.mean([len(codecs.webp(i, 30).data) for i in imgs]))
+    assert by["jpeg"].bytes_payload < by["jpeg"].bytes_total
+    assert all(r.images == 8 for r in rows)
+
+
+def test_bundle_points_count_payload_and_packet(bundle, mnist):
+    from cae_edge import wire
+
+    rows = rd.bundle_points(bundle, "mnist", "mnist", mnist.x_test[:20])
+    int8 = [r for r in rows if r.codec == rd.CAE_INT8][0]
+    assert int8.bytes_payload == bundle.bytes_per_image
+    assert int8.bytes_total == bundle.bytes_per_image + wire.OVERHEAD_BYTES
+    q = bundle.manifest.quality["tflite_int8"]["psnr"]
+    assert abs(int8.psnr - q) < 3.0  # same model as the export-time check, on a subset
+    flt = [r for r in rows if r.codec == rd.CAE_FLOAT][0]
+    assert flt.bytes_payload == 4 * bundle.latent_dim
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_json_matches_schema(tiny_report, tmp_path):
+    path = tmp_path / "r.json"
+    tiny_report.to_json(path)
+    d = json.loads(path.read_text())
+    assert validate(d) == []
+    assert d["schema_version"] == report.SCHEMA_VERSION
+    b = d["bundles"][0]
+    models = {m["model"] for m in b["latency"]}
+    assert {"encoder", "decoder", "encoder_float", "decoder_float"} <= models
+    for m in b["latency"] + b["paths"]:
+        s = m["stats"]
+        assert s["min_us"] <= s["p50_us"] <= s["p95_us"] <= s["p99_us"] <= s["max_us"]
+    assert {p["path"] for p in b["paths"]} == {"sender", "receiver"}
+    codecs_seen = {r["codec"] for r in d["rd"]}
+    assert {"cae-edge int8", "cae-edge tflite-float", "jpeg", "webp", "png", "pca-int8"} <= codecs_seen
+    assert {r["setting"] for r in d["rd"] if r["codec"] == "pca-int8"} == {"k=8", f"k={b['latent_dim']}"}
+    assert d["peak_rss_bytes"] > 0 and d["system"]["cores"] >= 1
+
+
+def test_validate_finds_missing_and_mistyped_fields(tiny_report):
+    d = tiny_report.to_dict()
+    del d["rd"][0]["psnr"]
+    d["bundles"][0]["latency"][0]["stats"]["p50_us"] = "fast"
+    d["system"]["cores"] = True
+    problems = validate(d)
+    assert any("rd[0].psnr: missing" in p for p in problems)
+    assert any("stats.p50_us: str" in p for p in problems)
+    assert any("system.cores: bool" in p for p in problems)
+
+
+def test_schema_is_documented():
+    doc = (ROOT / "docs" / "benchmark-schema.md").read_text()
+    assert (
+        f"schema_version` | int | {report.SCHEMA_VERSION}" in doc or f"version {report.SCHEMA_VERSION}" in doc
+    )
+    for kind, fields in SCHEMA.items():
+        for name in fields:
+            assert f"`{name}`" in doc, f"{kind}.{name} is not documented in docs/benchmark-schema.md"
+
+
+def test_tables_and_plot(tiny_report, tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    for t in report.tables(tiny_report):
+        console.print(t)
+    text = console.export_text()
+    assert "cae-edge int8" in text and "p50" in text and "encoder.tflite" in text
+    out = report.plot(tiny_report, tmp_path / "rd.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as im:
+        assert im.size[0] > 1000
+
+
+def test_options_are_validated():
+    for bad, match in (
+        (dict(bundles=[]), "no bundle"),
+        (dict(runs=0), "runs 0"),
+        (dict(limit=0), "limit 0"),
+        (dict(threads=[0]), "threads"),
+        (dict(dataset="cifar"), "cifar"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            BenchmarkOptions(**bad).validate()
+    assert BenchmarkOptions(threads=[1, 1, 2]).thread_counts() == [1, 2]
