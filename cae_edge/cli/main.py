@@ -40,6 +40,9 @@ def _register() -> None:
     from . import keys as _keys
 
     app.add_typer(_keys.app, name="keys")
+    from . import benchmark as _benchmark
+
+    app.command("benchmark")(_benchmark.benchmark)
     from . import stream as _stream
 
     app.add_typer(_stream.app, name="stream")
