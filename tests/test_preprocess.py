@@ -50,6 +50,12 @@ def test_center_crop_and_letterbox(digits) -> None:
     assert (box[:28] == 7).all() and (box[-28:] == 7).all()
     np.testing.assert_array_equal(box[28:112], frame)
     assert pp.letterbox(sq) is sq
+    # rounded to a multiple of 28 so that the resize is an exact 4x4 block average
+    frame = _canvas(digits[1], (120, 160), 4)
+    sq = pp.center_crop(frame, 28)
+    assert sq.shape == (112, 112)
+    np.testing.assert_array_equal(pp.resize_area(sq, 28), digits[1])
+    assert pp.letterbox(frame, 0, 28).shape == (168, 168)
 
 
 def test_resize_area_is_exact_on_block_images(digits) -> None:

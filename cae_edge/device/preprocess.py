@@ -4,7 +4,9 @@ Steps, in order (each one a pure function tests call on real images)::
 
     frame (HxW gray | HxWx3 BGR | HxWx4 BGRA, any size)
       │ to_gray           BGR/BGRA -> luma (cv2.cvtColor); gray passes through
-      │ square            "center": centre crop to min(H, W)  |  "letterbox": pad to max(H, W) with background
+      │ square            "center": centre crop to min(H, W) | "letterbox": pad to max(H, W) with background;
+      │                   without normalisation the side is rounded (down | up) to a multiple of size, so the
+      │                   resize is an exact block average (4x cheaper than a fractional INTER_AREA)
       │ invert (optional) 255 - x: paper (dark ink on light) -> MNIST convention (light on dark)
       │ resize            cv2.INTER_AREA to size x size (28)       ─┐ one or the other
       │ mnist_normalize   fit the object into 20x20, centre by mass ─┘ (what MNIST itself did)
@@ -90,20 +92,27 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     raise ConfigError(f"frame shape {frame.shape}: expected HxW, HxWx3 (BGR) or HxWx4 (BGRA)")
 
 
-def center_crop(gray: np.ndarray) -> np.ndarray:
-    """The largest centred square (a view, no copy)."""
+def center_crop(gray: np.ndarray, multiple: int = 1) -> np.ndarray:
+    """The largest centred square whose side is a multiple of ``multiple`` (a view, no copy).
+
+    With ``multiple`` = the output size, the INTER_AREA resize that follows is an exact integer block
+    average — 4x cheaper than a fractional one (35 -> 9 µs for 120 -> 28) for at most ``multiple - 1``
+    pixels of field of view.
+    """
     h, w = gray.shape
     s = min(h, w)
+    if s >= multiple:
+        s -= s % multiple
     y, x = (h - s) // 2, (w - s) // 2
     return gray[y : y + s, x : x + s]
 
 
-def letterbox(gray: np.ndarray, background: int = 0) -> np.ndarray:
-    """Pad to a centred square of side max(H, W) with ``background``."""
+def letterbox(gray: np.ndarray, background: int = 0, multiple: int = 1) -> np.ndarray:
+    """Pad to a centred square with ``background``, side max(H, W) rounded up to a multiple."""
     h, w = gray.shape
-    if h == w:
+    s = -(-max(h, w) // multiple) * multiple
+    if h == w == s:
         return gray
-    s = max(h, w)
     y, x = (s - h) // 2, (s - w) // 2
     return cv2.copyMakeBorder(gray, y, s - h - y, x, s - w - x, cv2.BORDER_CONSTANT, value=int(background))
 
@@ -180,10 +189,11 @@ class Preprocessor:
             if s.invert:
                 sq = invert(sq)
             return mnist_normalize(sq, s.size)
+        n = s.size
         if s.crop == "center":
-            sq = center_crop(gray)
+            sq = center_crop(gray, n)
         else:
-            sq = letterbox(gray, 255 if s.invert else 0)
+            sq = letterbox(gray, 255 if s.invert else 0, n)
         out = resize_area(sq, s.size)
         if s.invert:
             out = invert(out)
