@@ -221,3 +221,80 @@ def test_shipped_example_is_valid(tmp_path: Path) -> None:
             assert f"[{section}]" in text
         for key in keys:
             assert f"{key} =" in text or f"[{key}]" in text, key
+
+
+def test_command_line_flags_override_the_file(node_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(node_dir, GOOD)
+    monkeypatch.chdir(node_dir)
+    cfg = config.resolve_node_config(
+        path, {"fps": 30.0, "queue.size": 8, "connect": "tcp://10.0.0.2:6000", "name": None}
+    )
+    assert cfg.fps == 30.0 and cfg.queue.size == 8 and cfg.connect == "tcp://10.0.0.2:6000"
+    assert cfg.name == "cam-1" and cfg.queue.policy == "drop-newest"  # untouched keys come from the file
+    assert cfg.preprocess.overrides() == {"invert": True, "crop": "letterbox"}
+    # flags alone, paths relative to the working directory
+    cfg = config.resolve_node_config(
+        None,
+        {
+            "source": "synthetic",
+            "connect": "tcp://127.0.0.1:5555",
+            "security.key": Path("keys/cam-1.key_secret"),
+            "security.server_key": Path("keys/receiver.key"),
+        },
+    )
+    assert cfg.path is None and cfg.security.key == node_dir / "keys" / "cam-1.key_secret"
+    with pytest.raises(ConfigError, match="--connect required"):
+        config.resolve_node_config(None, {"source": "0"})
+    with pytest.raises(ConfigError, match="--keys .* --server-key .* or --insecure"):
+        config.resolve_node_config(None, {"source": "0", "connect": "tcp://127.0.0.1:5555"})
+    cfg = config.resolve_node_config(
+        None, {"source": "0", "connect": "tcp://127.0.0.1:5555", "security.insecure": True}
+    )
+    assert cfg.security.insecure
+    with pytest.raises(ConfigError, match="fps = -2.0"):
+        config.resolve_node_config(path, {"fps": -2.0})
+
+
+@pytest.mark.slow
+def test_a_node_runs_from_its_config_file(node_dir: Path) -> None:
+    """`cae-edge stream send --config node.toml` streams to a CURVE receiver with the file's settings."""
+    import threading
+
+    from typer.testing import CliRunner
+
+    from cae_edge.cli.main import app
+    from cae_edge.device.bundle import load_bundle
+    from cae_edge.device.stream import ReceiveOptions, payload_kind, run_receiver
+    from cae_edge.device.transport import PullReceiver, ReceiverOptions
+
+    allowed = node_dir / "allowed"
+    allowed.mkdir()
+    shutil.copy(node_dir / "keys" / "cam-1.key", allowed)
+    curve = security.CurveServer(
+        security.SecurityOptions(key=node_dir / "rx" / "receiver.key_secret", allowed_keys=allowed)
+    )
+    b = load_bundle("mnist")
+    result: dict = {}
+    with PullReceiver("tcp://127.0.0.1:*", ReceiverOptions(security=curve)) as rx:
+        text = GOOD.replace("tcp://127.0.0.1:5555", rx.endpoint).replace(
+            "max_frames = 100", "max_frames = 25"
+        )
+        text = text.replace("size = 32", "size = 1000")
+        path = write(node_dir, text)
+
+        def receive() -> None:
+            result["stats"] = run_receiver(
+                rx, b.decoder(1), pair_id=b.pair_id, kind=payload_kind(b.coding),
+                options=ReceiveOptions(max_frames=25, idle_timeout_s=60.0),
+            )  # fmt: skip
+
+        thread = threading.Thread(target=receive)
+        thread.start()
+        r = CliRunner().invoke(app, ["stream", "send", "--config", str(path), "--wait", "30", "-q"])
+        thread.join(90)
+    assert r.exit_code == 0, r.output
+    assert "as 'cam-1'" in r.output and "WARNING" not in r.output
+    stats = result["stats"]
+    assert set(stats.senders) == {"cam-1"}
+    cam = stats.senders["cam-1"]
+    assert cam.frames == 25 and cam.lost == 0 and cam.peer == "cam-1"

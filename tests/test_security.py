@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -322,3 +327,100 @@ def test_keys_cli_default_dir_from_environment(tmp_path: Path, monkeypatch: pyte
     r = CliRunner().invoke(app, ["keys", "generate", "receiver"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "env-keys" / "receiver.key").exists()
+
+
+# ------------------------------------------------------------------------------------ stream CLI processes
+
+CLI = [sys.executable, "-c", "from cae_edge.cli.main import main; main()"]
+PROC_WAIT_S = 90.0  # upper bound for process start-up on a busy box; never a timing assertion
+
+
+def _free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _stream(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, "stream", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = PROC_WAIT_S) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"process did not finish:\n{out}") from None
+    return proc.returncode, out
+
+
+@pytest.mark.slow
+def test_stream_processes_decode_only_allowed_senders(keys: dict, tmp_path: Path) -> None:
+    """Real `cae-edge stream` processes: a rogue key's frames never decode; the allowed node's all do."""
+    endpoint = _free_endpoint()
+    status = tmp_path / "status.json"
+    rx = _stream(
+        "receive", "--bind", endpoint, "--keys", str(keys["receiver"].secret_path),
+        "--allowed-keys", str(keys["allowed"]), "--status", str(status), "--max-frames", "30",
+        "--timeout", str(PROC_WAIT_S), "--json", str(tmp_path / "rx.json"), "-q",
+    )  # fmt: skip
+    rogue = good = None
+    try:
+        rogue = _stream(
+            "send", "--source", "synthetic", "--connect", endpoint, "--name", "rogue", "--fps", "50",
+            "--keys", str(keys["rogue"].secret_path), "--server-key", str(keys["receiver"].public_path), "-q",
+        )  # fmt: skip
+        deadline = time.monotonic() + PROC_WAIT_S
+        denied = 0
+        while denied < 1 and time.monotonic() < deadline and rx.poll() is None:
+            if status.exists():
+                denied = (json.loads(status.read_text())["auth"] or {}).get("denied", 0)
+            time.sleep(0.2)
+        assert denied >= 1, "the receiver never saw the rogue key"
+        good = _stream(
+            "send", "--source", "synthetic", "--connect", endpoint, "--name", "cam1", "--fps", "100",
+            "--max-frames", "400", "--keys", str(keys["good"].secret_path),
+            "--server-key", str(keys["receiver"].public_path), "-q",
+        )  # fmt: skip
+        code, out = _finish(rx)
+    finally:
+        for p in (rogue, good):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                _finish(p)
+        if rx.poll() is None:
+            rx.kill()
+    assert code == 0, out
+    assert "refused a sender with unknown key " + keys["rogue"].public_key in out
+    got = json.loads((tmp_path / "rx.json").read_text())
+    assert set(got["senders"]) == {"cam1"} and got["senders"]["cam1"]["frames"] == 30
+    assert got["senders"]["cam1"]["peer"] == "good-node" and got["rejected_total"] == 0
+    final = json.loads(status.read_text())
+    assert final["secured"] is True and set(final["senders"]) == {"cam1"}
+    assert final["auth"]["accepted"] == {"good-node": 1} and final["auth"]["denied"] >= 1
+
+
+def test_stream_cli_requires_keys_or_an_explicit_insecure(keys: dict) -> None:
+    runner = CliRunner()
+    endpoint = _free_endpoint()
+    r = runner.invoke(app, ["stream", "send", "--source", "synthetic", "--connect", endpoint])
+    assert r.exit_code == 1 and "--keys" in r.output and "--insecure" in r.output
+    r = runner.invoke(app, ["stream", "receive", "--bind", endpoint, "--timeout", "0.2"])
+    assert r.exit_code == 1 and "--allowed-keys" in r.output and "--insecure" in r.output
+    os.chmod(keys["receiver"].secret_path, 0o644)
+    r = runner.invoke(
+        app,
+        ["stream", "receive", "--bind", endpoint, "--keys", str(keys["receiver"].secret_path),
+         "--allowed-keys", str(keys["allowed"]), "--timeout", "0.2"],
+    )  # fmt: skip
+    assert r.exit_code == 1 and "chmod 600" in r.output
+    r = runner.invoke(
+        app,
+        ["stream", "send", "--source", "synthetic", "--connect", endpoint, "--insecure",
+         "--max-frames", "2", "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "WARNING: --insecure" in r.output and "WITHOUT encryption" in r.output

@@ -295,7 +295,9 @@ runner = CliRunner()
 )
 def test_cli_source_errors(source: str, message: str, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["stream", "send", "--source", source, "--connect", _endpoint()])
+    result = runner.invoke(
+        app, ["stream", "send", "--source", source, "--connect", _endpoint(), "--insecure"]
+    )
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
 
@@ -303,7 +305,9 @@ def test_cli_source_errors(source: str, message: str, tmp_path, monkeypatch) -> 
 def test_cli_unreadable_video(tmp_path) -> None:
     bad = tmp_path / "clip.mp4"
     bad.write_bytes(os.urandom(4000))
-    result = runner.invoke(app, ["stream", "send", "--source", str(bad), "--connect", _endpoint()])
+    result = runner.invoke(
+        app, ["stream", "send", "--source", str(bad), "--connect", _endpoint(), "--insecure"]
+    )
     assert result.exit_code == 1 and "clip.mp4" in result.output
 
 
@@ -315,6 +319,7 @@ def test_cli_source_failing_mid_stream_exits_3(tmp_path, digits, monkeypatch) ->
         [
             "stream",
             "send",
+            "--insecure",
             "--source",
             "0",
             "--connect",
@@ -332,13 +337,17 @@ def test_cli_source_failing_mid_stream_exits_3(tmp_path, digits, monkeypatch) ->
 
 def test_cli_receiver_errors(tmp_path) -> None:
     result = runner.invoke(
-        app, ["stream", "receive", "--bind", "tcp://127.0.0.1:*", "--timeout", "0.3", "-q"]
+        app, ["stream", "receive", "--bind", "tcp://127.0.0.1:*", "--timeout", "0.3", "-q", "--insecure"]
     )
     assert result.exit_code == 4 and "nothing-received" in result.output
-    result = runner.invoke(app, ["stream", "receive", "--bundle", str(tmp_path / "nope"), "--timeout", "0.3"])
+    result = runner.invoke(
+        app, ["stream", "receive", "--bundle", str(tmp_path / "nope"), "--timeout", "0.3", "--insecure"]
+    )
     assert result.exit_code == 1 and "nope" in result.output
     with PullReceiver("tcp://127.0.0.1:*") as busy:
-        result = runner.invoke(app, ["stream", "receive", "--bind", busy.endpoint, "--timeout", "0.3"])
+        result = runner.invoke(
+            app, ["stream", "receive", "--bind", busy.endpoint, "--timeout", "0.3", "--insecure"]
+        )
     assert result.exit_code == 1 and "in use" in result.output
 
 
@@ -359,7 +368,11 @@ def test_device_side_imports_without_tensorflow() -> None:
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(
-        [*CLI, "stream", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+        [*CLI, "stream", *args, "--insecure"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
     )
 
 

@@ -71,20 +71,53 @@ def _default_name() -> str:
     return default_name()
 
 
+def _warn_insecure(role: str) -> None:
+    typer.secho(
+        f"WARNING: --insecure: this {role} streams WITHOUT encryption or authentication; anyone on the "
+        "network can read the frames and inject their own. Use CURVE keys (`cae-edge keys generate`, "
+        "docs/fleet.md).",
+        fg=typer.colors.RED,
+        bold=True,
+        err=True,
+    )
+
+
+KeysFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--keys", help="This end's CURVE secret key file (NAME.key_secret from `cae-edge keys generate`)."
+    ),
+]
+Insecure = Annotated[
+    bool, typer.Option("--insecure", help="No encryption, no authentication (CURVE is on otherwise).")
+]
+
+
 @app.command()
 def send(
+    ctx: typer.Context,
     source: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--source",
             "-s",
             help="Camera index (0), /dev/videoN, video file, RTSP/HTTP URL, image folder, picamera2[:WxH], "
             "or synthetic[:mnist|fashion].",
         ),
-    ],
+    ] = None,
     connect: Annotated[
-        str, typer.Option("--connect", "-c", help="The receiver, e.g. tcp://192.168.1.10:5555.")
-    ],
+        str | None, typer.Option("--connect", "-c", help="The receiver, e.g. tcp://192.168.1.10:5555.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Node config file (TOML, docs/node.example.toml); flags override it."),
+    ] = None,
+    keys: KeysFile = None,
+    server_key: Annotated[
+        Path | None,
+        typer.Option("--server-key", help="The receiver's public key file (receiver.key), pinned."),
+    ] = None,
+    insecure: Insecure = False,
     bundle: Annotated[
         str, typer.Option("--bundle", "-b", help="Shipped bundle name or bundle directory.")
     ] = "mnist",
@@ -145,24 +178,47 @@ def send(
             f"dropped {s.dropped}, {state}"
         )
 
+    from ..device.config import resolve_node_config
+    from ..device.security import client_security
+
+    # flags the user gave override the config file; the rest come from the file (or the defaults)
+    flag_keys = {
+        "source": ("source", source), "connect": ("connect", connect), "bundle": ("bundle", bundle),
+        "name": ("name", name), "fps": ("fps", fps), "max_frames": ("max_frames", max_frames),
+        "queue": ("queue.size", queue), "policy": ("queue.policy", policy.value),
+        "threads": ("threads", threads), "invert": ("preprocess.invert", overrides.get("invert")),
+        "crop": ("preprocess.crop", overrides.get("crop")),
+        "keys": ("security.key", keys), "server_key": ("security.server_key", server_key),
+        "insecure": ("security.insecure", insecure or None),
+    }  # fmt: skip
+    given = {
+        key: value
+        for param, (key, value) in flag_keys.items()
+        if getattr(ctx.get_parameter_source(param), "name", "DEFAULT") != "DEFAULT"  # given, not defaulted
+    }
     stop = _stop_on_signals()
     try:
+        node = resolve_node_config(config, given)
+        if node.security.insecure:
+            _warn_insecure("sender")
         opts = SendOptions(
-            name=name or _default_name(),
-            fps=fps,
-            max_frames=max_frames,
+            name=node.name,
+            fps=node.fps,
+            max_frames=node.max_frames,
             wait_connected_s=wait,
             save_inputs=save_inputs,
         )
-        link = SenderOptions(queue_size=queue, policy=policy.value)
+        link = SenderOptions(
+            queue_size=node.queue.size, policy=node.queue.policy, security=client_security(node.security)
+        )
         stats = stream_send(
-            source,
-            connect,
-            bundle,
+            node.source,
+            node.connect,
+            node.bundle,
             opts,
             link,
-            preprocess=overrides,
-            threads=threads,
+            preprocess=node.preprocess.overrides(),
+            threads=node.threads,
             loop=loop,
             on_stats=None if quiet else live,
             on_log=_say,
@@ -210,6 +266,20 @@ def receive(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No live statistics, only the summary.")
     ] = False,
+    keys: KeysFile = None,
+    allowed_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--allowed-keys", help="Directory of the senders' public *.key files; others are refused."
+        ),
+    ] = None,
+    insecure: Insecure = False,
+    status: Annotated[
+        Path | None,
+        typer.Option(
+            "--status", help="Keep per-sender state in this JSON file (rewritten atomically each second)."
+        ),
+    ] = None,
 ) -> None:
     """Receive packets from any number of nodes, decode each frame, write/show it, and keep per-sender stats.
 
@@ -235,8 +305,37 @@ def receive(
             parts.append("rejected " + ", ".join(f"{k} {v}" for k, v in sorted(s.rejected.items())))
         _say(" | ".join(parts))
 
+    from ..device.security import CurveServer, SecurityOptions
+    from ..device.status import StatusFile, receiver_status
+    from ..device.transport import ReceiverOptions
+
+    refused: set[str] = set()
+
+    def on_deny(key: str) -> None:
+        if key not in refused:
+            refused.add(key)
+            _say(f"refused a sender with unknown key {key} (not in --allowed-keys); further attempts counted")
+
+    curve: CurveServer | None = None
+    status_file: StatusFile | None = None
+
+    def report(s: ReceiverStats, force: bool = False) -> None:
+        if not quiet and not force:
+            live(s)
+        if status_file is not None:
+            doc = receiver_status(s, curve.stats if curve else None, secured=curve is not None)
+            status_file.update(doc, force=force)
+
     stop = _stop_on_signals()
     try:
+        sec = SecurityOptions(key=keys, allowed_keys=allowed_keys, insecure=insecure)
+        sec.check_server()
+        if insecure:
+            _warn_insecure("receiver")
+        else:
+            curve = CurveServer(sec, on_deny=on_deny)
+        if status is not None:
+            status_file = StatusFile(status)
         sinks: list = []
         if out is not None:
             sinks.append(PngSink(out))
@@ -248,14 +347,18 @@ def receive(
             bind,
             bundle,
             ReceiveOptions(max_frames=max_frames, idle_timeout_s=timeout),
+            ReceiverOptions(security=curve),
             sinks=sinks,
             threads=threads,
-            on_stats=None if quiet else live,
+            on_stats=None if quiet and status_file is None else report,
             on_log=_say,
             stop=stop,
         )
     except CaeEdgeError as e:
+        if curve is not None:
+            curve.close()
         raise _fail(e) from None
+    report(stats, force=True)
     _say(
         f"{stats.status}: {stats.frames} frames in {stats.elapsed_s:.1f} s ({stats.fps:.1f} fps), "
         f"decode {stats.decode_us:.0f} µs, unpack {stats.unpack_us:.1f} µs, rejected {stats.rejected_total}"
@@ -266,7 +369,10 @@ def receive(
         _say(
             f"  {p.name} (id {p.sender_id:#06x}): {p.frames} frames, lost {p.lost}, restarts {p.restarts}, "
             f"latency mean {lat.get('mean', 0):.2f} ms p95 {lat.get('p95', 0):.2f} ms"
+            + (f", key {p.peer}" if p.peer else "")
         )
+    if curve is not None and curve.stats.denied:
+        _say(f"  refused {curve.stats.denied} connection attempts with unknown keys")
     _write_json(stats_json, stats.to_dict())
     if stats.status == "nothing-received":
         raise typer.Exit(EXIT_NOTHING_RECEIVED)
@@ -347,3 +453,8 @@ def bench(
     typer.echo(f"receiver: {r.receiver_fps:,.0f} frames/s  (µs/frame: {rx}; CPU {r.receiver_cpu_us:.1f})")
     typer.echo(f"wire:     {r.bytes_per_frame:.1f} bytes/frame, {r.dropped} dropped")
     _write_json(stats_json, r.to_dict())
+
+
+from .soak import soak as _soak  # noqa: E402  (the soak command lives in its own module)
+
+app.command("soak")(_soak)

@@ -68,6 +68,10 @@ class PreprocessOverrides:
     mnist_normalize: bool | None = None
     """Fit the object into 20x20 and centre it by mass, like MNIST."""
 
+    def overrides(self) -> dict:
+        """Only the keys that are set, as ``stream_send(preprocess=...)`` takes them."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
     def apply(self, spec: dict) -> dict:
         """The manifest's preprocess ``spec`` with these overrides applied (a new dict)."""
         out = dict(spec)
@@ -322,6 +326,73 @@ def load_node_config(path: str | Path, *, check_key_files: bool = True) -> NodeC
     return parse_node_config(data, path, check_key_files=check_key_files)
 
 
+CLI_FLAGS = {
+    "source": "--source",
+    "connect": "--connect",
+    "security.key": "--keys",
+    "security.server_key": "--server-key",
+    "security.insecure": "--insecure",
+}
+"""Command-line flags of ``cae-edge stream send`` for the keys that need one in messages."""
+
+
+def resolve_node_config(
+    path: str | Path | None, flags: dict[str, Any], *, check_key_files: bool = True
+) -> NodeConfig:
+    """The node config from a file (if any), overridden by the flags given on the command line.
+
+    Args:
+        path: The TOML file, or ``None`` to build the config from the flags alone.
+        flags: Dotted config keys (``"fps"``, ``"queue.size"``, ``"security.key"``, ...) to values, only
+            for flags the user actually gave. Relative paths are taken relative to the working directory.
+        check_key_files: Load the CURVE key files now.
+
+    Raises:
+        ConfigError: as :func:`load_node_config`; without a file, missing ``--source``/``--connect`` or
+            keys (without ``--insecure``) name the flags to add.
+        KeyFileError: a key file is missing, has bad content or unsafe permissions.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path).expanduser()
+        load_node_config(path, check_key_files=False)  # validates the file on its own first
+        data = _read_toml(path)
+    for dotted, value in flags.items():
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = str(value.expanduser().resolve())
+        table = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[leaf] = value
+    if path is None:
+        missing = [CLI_FLAGS[k] for k in ("source", "connect") if k not in data]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} required (or --config NODE.toml with them)")
+        sec = data.get("security", {})
+        if not sec.get("insecure") and not (sec.get("key") and sec.get("server_key")):
+            raise ConfigError(
+                "the sender needs --keys (this node's NAME.key_secret) and --server-key (the receiver's "
+                "public .key) for an encrypted, authenticated link (make them with `cae-edge keys generate "
+                "NAME`), or --insecure to stream in the clear"
+            )
+    cfg = parse_node_config(
+        data, path if path is not None else Path.cwd() / "(command line)", check_key_files=check_key_files
+    )
+    if path is None:
+        cfg.path = None
+    return cfg
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:  # pragma: no cover - checked before
+        raise ConfigError(f"{path}: {e}") from None
+
+
 def config_keys() -> dict[str, tuple[str, ...]]:
     """Every valid key, by section (``""`` = top level); for docs and error messages."""
     return {"": _TOP_KEYS, **_SECTIONS}
@@ -337,4 +408,5 @@ __all__ = [
     "default_name",
     "load_node_config",
     "parse_node_config",
+    "resolve_node_config",
 ]
