@@ -78,6 +78,9 @@ class PayloadKind(IntEnum):
     """The int8 latent after entropy coding (the bundle's ``coding`` says how)."""
 
 
+_KINDS = tuple(PayloadKind)
+
+
 @dataclass(frozen=True, slots=True)
 class Packet:
     """One frame on the wire."""
@@ -195,7 +198,8 @@ def unpack(data: bytes | bytearray | memoryview) -> Packet:
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise PacketError(f"packet must be bytes, got {type(data).__name__}", "type")
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     n = len(data)
     if n < OVERHEAD_BYTES:
         raise PacketError(f"packet of {n} bytes is shorter than the {OVERHEAD_BYTES}-byte minimum", "short")
@@ -220,7 +224,7 @@ def unpack(data: bytes | bytearray | memoryview) -> Packet:
     if flags & _FLAG_RESERVED:
         raise PacketError(f"reserved flag bits set (flags {flags:#04x})", "flags")
     kind_value = flags & _FLAG_KIND
-    if kind_value > max(PayloadKind):
+    if kind_value >= len(_KINDS):
         raise PacketError(f"unknown payload kind {kind_value}", "kind")
     name = None
     if flags & _FLAG_NAME:
@@ -230,4 +234,4 @@ def unpack(data: bytes | bytearray | memoryview) -> Packet:
             raise PacketError(f"bad sender name {text!r} for sender id {sid}", "name")
         name = text
         pos += nlen
-    return Packet(pair, sid, seq, t_us, data[pos : pos + plen], PayloadKind(kind_value), name)
+    return Packet(pair, sid, seq, t_us, data[pos : pos + plen], _KINDS[kind_value], name)
