@@ -5,3 +5,31 @@ cli=${1:-cae-edge}
 out=demo-out
 mkdir -p "$out"
 "$cli" train --dataset mnist --epochs 5 --out "$out/run"
+
+# ---- Stream: the built-in synthetic camera (real test digits moving across a canvas) through a sender and a
+# receiver on loopback with the shipped bundle; a side-by-side PNG of sent inputs and decoded frames, plus stats.
+stream="$out/stream"
+rm -rf "$stream" && mkdir -p "$stream"
+py="$(dirname "$(command -v "$cli")")/python"
+[ -x "$py" ] || py=python3
+port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+frames=120
+# CURVE keys (docs/fleet.md): the receiver admits only keys in allowed/, the sender pins the receiver's key
+keys="$stream/keys"
+"$cli" keys generate receiver --dir "$keys" > /dev/null
+"$cli" keys generate demo-cam --dir "$keys" > /dev/null
+mkdir -p "$keys/allowed" && cp "$keys/demo-cam.key" "$keys/allowed/"
+echo "== streaming $frames synthetic frames over tcp://127.0.0.1:$port (CURVE) with the shipped mnist bundle"
+"$cli" stream receive --bind "tcp://127.0.0.1:$port" --bundle mnist --out "$stream/received" \
+  --keys "$keys/receiver.key_secret" --allowed-keys "$keys/allowed" --status "$stream/status.json" \
+  --max-frames "$frames" --timeout 60 --json "$stream/receiver.json" --quiet 2> "$stream/receiver.log" &
+receiver=$!
+"$cli" stream send --source synthetic --connect "tcp://127.0.0.1:$port" --bundle mnist --name demo-cam \
+  --keys "$keys/demo-cam.key_secret" --server-key "$keys/receiver.key" \
+  --fps 60 --max-frames "$frames" --queue 1000 --wait 60 --save-inputs "$stream/sent" \
+  --json "$stream/sender.json" --quiet
+wait "$receiver" || { cat "$stream/receiver.log"; exit 1; }
+grep -v '^INFO' "$stream/receiver.log" || true
+"$cli" stream compare "$stream/sent" "$stream/received" --out "$stream/side-by-side.png" \
+  --json "$stream/quality.json"
+echo "== stream stats: $stream/sender.json, $stream/receiver.json; picture: $stream/side-by-side.png"
