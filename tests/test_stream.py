@@ -272,10 +272,18 @@ def test_sinks(tmp_path, digits) -> None:
             MosaicSink()
 
 
-def test_bench_smoke(bundle) -> None:
+def test_bench_smoke(bundle, tmp_path) -> None:
     r = stream.bench(bundle, frames=200)
     assert r.sender_fps > 0 and r.receiver_fps > 0 and r.sender_cpu_us > 0
     assert set(r.sender_us) == {"preprocess", "encode", "pack", "send", "total"}
+    assert set(r.stage_cpu_us) == {"preprocess", "encode", "pack", "send", "unpack", "decode"}
+    assert r.sender_fps_cpu == pytest.approx(1e6 / r.sender_cpu_us, rel=1e-3)
+    out = tmp_path / "bench.json"
+    result = runner.invoke(
+        app, ["stream", "bench", "--frames", "100", "--source", "digits", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "per idle core" in result.output and json.loads(out.read_text())["frame_shape"] == [28, 28]
     assert (
         wire.OVERHEAD_BYTES + bundle.latent_dim
         <= r.bytes_per_frame
