@@ -452,7 +452,7 @@ def test_processes_receiver_killed_and_restarted(tmp_path) -> None:
         code, out = _finish(rx2)
         assert code == 0, out
         after = json.loads((tmp_path / "rx2.json").read_text())["senders"]["cam1"]
-        assert after["frames"] == 20 and after["last_seq"] > last_before + 20  # it kept capturing meanwhile
+        assert after["frames"] == 20 and after["last_seq"] >= last_before + 20  # all captured after the kill
         assert tx.poll() is None
     finally:
         tx.send_signal(signal.SIGTERM)  # graceful: summary, JSON, exit 0
