@@ -282,3 +282,18 @@ def test_options_are_validated():
         with pytest.raises(ConfigError, match=match):
             BenchmarkOptions(**bad).validate()
     assert BenchmarkOptions(threads=[1, 1, 2]).thread_counts() == [1, 2]
+
+
+@pytest.mark.slow
+def test_litert_tool_cross_check_runs(bundle, mnist):
+    """LiteRT's own benchmark script ships with ai-edge-litert and gives a figure for our file."""
+    from cae_edge.quant import pixels_to_int8
+
+    assert latency.litert_tool_available()
+    t = latency.compare_with_tool(
+        bundle.path / "encoder.tflite", "encoder", 1, pixels_to_int8(mnist.x_test[0]), 50, 5, repeats=1
+    )
+    assert t.error == ""
+    assert t.tool_median_us is not None and t.tool_median_us > 0
+    assert t.compiled_model_p50_us is not None and t.compiled_model_p50_us > 0
+    assert t.ratio == pytest.approx(t.ours_p50_us / t.tool_median_us)

@@ -105,6 +105,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "tool_runs": (int,),
         "ratio": OPT_NUM,
         "error": (str,),
+        "repeats": (int,),
     },
     "stats": STATS,
     "rd": {
@@ -439,7 +440,7 @@ def plot(report: BenchmarkReport, path: str | Path) -> Path:
             if codec == CAE_INT8:
                 for r in pts:
                     ax.annotate(
-                        r.setting,
+                        Path(r.setting).name,
                         (r.bytes_payload, r.psnr),
                         textcoords="offset points",
                         xytext=(6, -12),

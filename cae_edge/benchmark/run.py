@@ -278,7 +278,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress | None = None) -> B
             for m in res.latency:
                 res.litert_tool.append(
                     latency.compare_with_tool(
-                        b.path / m.file, m.model, m.threads, m.stats, opts.runs, opts.warmup
+                        b.path / m.file, m.model, m.threads, samples[m.model], opts.runs, opts.warmup
                     )
                 )
         stage += 1
