@@ -15,6 +15,10 @@ from ..errors import CaeEdgeError
 err = Console(stderr=True)
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f} ms"
+
+
 def soak(
     senders: Annotated[int, typer.Option("--senders", "-k", min=1, max=32, help="Sender processes.")] = 8,
     seconds: Annotated[
@@ -36,6 +40,12 @@ def soak(
     resume_target: Annotated[
         float, typer.Option("--resume-target", min=0, help="Seconds every sender may take to resume.")
     ] = 2.0,
+    rcvhwm: Annotated[
+        int | None, typer.Option("--rcvhwm", min=1, help="Receiver's ZeroMQ high-water mark per sender.")
+    ] = None,
+    sndhwm: Annotated[
+        int | None, typer.Option("--sndhwm", min=1, help="Senders' ZeroMQ high-water mark.")
+    ] = None,
     keep: Annotated[
         Path | None, typer.Option("--keep", help="Keep records, logs, keys and status files in DIR.")
     ] = None,
@@ -60,6 +70,8 @@ def soak(
         secure=not insecure,
         resume_target_s=resume_target,
         workdir=keep,
+        rcvhwm=rcvhwm,
+        sndhwm=sndhwm,
     )
     try:
         result = run_soak(opts, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
@@ -91,7 +103,8 @@ def soak(
         typer.echo(
             f"receiver #{r['incarnation']}: {r['frames']} frames, CPU {r['cpu_s']:.1f} s "
             f"({r['cpu_percent']:.0f}% of a core over {r['alive_s']:.1f} s), start-up {r['ready_s']:.2f} s, "
-            f"{r['ended']}, rejected {r['rejected']}"
+            f"{r['ended']}, rejected {r['rejected']}, latency p50 {_ms(r['latency_p50_ms'])} "
+            f"p95 {_ms(r['latency_p95_ms'])}"
         )
     if d["kill_at_s"] is not None:
         resume = d["resume_max_s"]

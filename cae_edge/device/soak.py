@@ -96,6 +96,12 @@ class SoakOptions:
     ready (a cold start of a receiver on a busy machine can take seconds)."""
     workdir: Path | None = None
     """Keep records, logs and keys here; default: a temporary directory, removed afterwards."""
+    rcvhwm: int | None = None
+    """Receiver's ZeroMQ high-water mark per sender; ``None`` = the transport's default."""
+    sndhwm: int | None = None
+    """Senders' ZeroMQ high-water mark; ``None`` = the transport's default."""
+    rx_heartbeat_ms: int | None = None
+    """Receiver's ZMTP heartbeat interval (0 = off); ``None`` = the transport's default."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a value out of bounds."""
@@ -195,6 +201,10 @@ class ReceiverRun:
     """Frames it decoded."""
     rejected: int
     """Packets it refused (from its last status file)."""
+    latency_p50_ms: float | None
+    """Capture -> decoded latency, median over senders of each one's p50 (last 2048 frames, final status)."""
+    latency_p95_ms: float | None
+    """The worst sender's p95 latency (same window)."""
     ended: str
     """``killed`` (the planned SIGKILL), ``stopped`` (SIGTERM, clean) or ``hung`` (had to be killed)."""
 
@@ -323,7 +333,10 @@ def _receiver_main(cfg: dict) -> int:
         auth = curve.stats if curve else None
         status.update(receiver_status(s, auth, secured=curve is not None), force=force)
 
-    with PullReceiver(cfg["bind"], ReceiverOptions(security=curve)) as link:
+    hwm = {"rcvhwm": cfg["rcvhwm"]} if cfg.get("rcvhwm") else {}
+    if cfg.get("rx_heartbeat_ms") is not None:
+        hwm["heartbeat_ivl_ms"] = cfg["rx_heartbeat_ms"]
+    with PullReceiver(cfg["bind"], ReceiverOptions(security=curve, **hwm)) as link:
         write_json_atomic(cfg["ready"], {"time": time.time(), "pid": os.getpid()})
         stats = run_receiver(
             link,
@@ -369,6 +382,7 @@ def _sender_main(cfg: dict) -> int:
         security=curve,
         on_drop=on_drop,
         close_flush_s=cfg["flush_s"],
+        **({"sndhwm": cfg["sndhwm"]} if cfg.get("sndhwm") else {}),
     )
     with PushSender(cfg["connect"], link_opts) as link:
         connected = link.wait_connected(30.0)
@@ -549,6 +563,8 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
                 "record": str(workdir / f"{tag}.rec"),
                 "status": str(workdir / f"{tag}.status.json"),
                 "ready": str(ready),
+                "rcvhwm": opts.rcvhwm,
+                "rx_heartbeat_ms": opts.rx_heartbeat_ms,
             }
             if opts.secure:
                 cfg["key"] = str(keys["receiver"].secret_path)
@@ -580,6 +596,7 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
                 "queue_size": opts.queue_size,
                 "policy": opts.policy,
                 "flush_s": opts.flush_s,
+                "sndhwm": opts.sndhwm,
                 "ready": str(workdir / f"tx-{n}.ready.json"),
                 "go": str(go),
                 "end": str(workdir / "end.json"),
@@ -652,10 +669,15 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
         recs = [_read_records(workdir / f"rx-{i + 1}.rec") for i in range(len(rx_procs))]
         for i, p in enumerate(rx_procs):
             st_path = workdir / f"rx-{i + 1}.status.json"
-            rejected = 0
+            rejected, p50, p95 = 0, None, None
             if st_path.exists():
                 try:
-                    rejected = int(json.loads(st_path.read_text())["receiver"].get("rejected_total", 0))
+                    st = json.loads(st_path.read_text())
+                    rejected = int(st["receiver"].get("rejected_total", 0))
+                    lat = [v["latency_ms"] for v in st["senders"].values() if v.get("latency_ms")]
+                    if lat:
+                        p50 = round(float(np.median([x["p50"] for x in lat])), 2)
+                        p95 = round(float(max(x["p95"] for x in lat)), 2)
                 except (ValueError, KeyError):
                     rejected = 0
             alive = (p.ended or time.time()) - p.started
@@ -670,6 +692,8 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
                     cpu_percent=round(100 * p.cpu_s / alive, 1) if alive > 0 else 0.0,
                     frames=int(len(recs[i])),
                     rejected=rejected,
+                    latency_p50_ms=p50,
+                    latency_p95_ms=p95,
                     ended="killed" if killed else ("stopped" if p.exit_code == 0 else f"exit {p.exit_code}"),
                 )
             )
