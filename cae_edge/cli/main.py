@@ -40,6 +40,10 @@ def _register() -> None:
     from . import keys as _keys
 
     app.add_typer(_keys.app, name="keys")
+    from . import export as _export
+
+    app.command("export")(_export.export)
+    app.add_typer(_export.bundle_app, name="bundle")
     from . import benchmark as _benchmark
 
     app.command("benchmark")(_benchmark.benchmark)

@@ -133,7 +133,7 @@ def _check_tensor(name: str, role: str, actual: TensorSpec, expected: TensorSpec
 def _open_checked(
     data: bytes, name: str, spec: ModelSpec, num_threads: int, xnnpack: bool
 ) -> tuple[Any, int, int]:
-    interp = make_interpreter(data, num_threads, xnnpack=xnnpack)
+    interp = make_interpreter(data, num_threads, xnnpack=xnnpack, name=name)
     ins, outs = interp.get_input_details(), interp.get_output_details()
     if len(ins) != 1 or len(outs) != 1:
         raise BundleError(f"{name}: {len(ins)} inputs / {len(outs)} outputs, expected exactly one of each")

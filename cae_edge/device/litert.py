@@ -72,13 +72,16 @@ def check_model_bytes(data: bytes, name: str = "model") -> None:
         )
 
 
-def make_interpreter(model: str | Path | bytes, num_threads: int = 1, *, xnnpack: bool = True) -> Any:
+def make_interpreter(
+    model: str | Path | bytes, num_threads: int = 1, *, xnnpack: bool = True, name: str | None = None
+) -> Any:
     """Create and allocate an interpreter for a .tflite model.
 
     Args:
         model: A file path or the model's bytes (bytes are checked with :func:`check_model_bytes`).
         num_threads: CPU threads for the kernels (>= 1).
         xnnpack: Use the default XNNPACK delegate (fast on ARM/x86). ``False`` runs TFLite's builtin kernels.
+        name: What to call the model in error messages (default: the path, or "model bytes").
 
     Returns:
         An allocated ``Interpreter`` (ai_edge_litert or tflite_runtime).
@@ -91,9 +94,9 @@ def make_interpreter(model: str | Path | bytes, num_threads: int = 1, *, xnnpack
         raise BundleError(f"num_threads {num_threads!r}: must be >= 1")
     backend, interpreter_cls = _load_backend()
     if isinstance(model, (bytes, bytearray, memoryview)):
-        data, name = bytes(model), "model bytes"
+        data, name = bytes(model), name or "model bytes"
     else:
-        name = str(model)
+        name = name or str(model)
         try:
             data = Path(model).read_bytes()
         except OSError as e:
@@ -107,5 +110,9 @@ def make_interpreter(model: str | Path | bytes, num_threads: int = 1, *, xnnpack
         interpreter = interpreter_cls(**kwargs)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
+        if xnnpack and "XNNPACK" in str(e):
+            # XNNPACK refuses some quantization parameters (e.g. extreme requantization scales) that the
+            # builtin kernels accept: run those models without the delegate rather than not at all.
+            return make_interpreter(data, num_threads, xnnpack=False, name=name)
         raise BundleError(f"{name}: {backend} rejected the model ({e})") from None
     return interpreter

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import BundleError, ExportError
 from ..quant import PIXEL_SCALE, PIXEL_ZERO_POINT, QuantParams, dequantize
 
 Progress = Callable[[str, int, int], None]
@@ -286,7 +286,12 @@ def convert_pair(
     lq = io_quant(enc_q, "output")
 
     step("int8 decoder (PTQ on the int8 encoder's latents)", 2, 4)
-    latents = dequantize(run_int8_encoder(enc_q, np.asarray(calib_images_u8)), lq)
+    try:
+        latents = dequantize(run_int8_encoder(enc_q, np.asarray(calib_images_u8)), lq)
+    except BundleError as e:
+        raise ExportError(
+            f"the int8 encoder does not run with latent quantization {lq.to_dict()}: {e}"
+        ) from e
     dec_q = convert_int8(dec1, latents)
     dec_q = set_io_quant(dec_q, "input", lq)
 

@@ -1,0 +1,184 @@
+"""`cae-edge export` (training run → verified int8 bundle) and `cae-edge bundle` (inspect bundles, no TF)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import CaeEdgeError
+
+err = Console(stderr=True)
+bundle_app = typer.Typer(
+    help="Inspect model bundles (shipped or exported); needs no TensorFlow.", no_args_is_help=True
+)
+
+
+def _fail(e: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def export(
+    run: Annotated[
+        Path,
+        typer.Argument(help="Training run directory (from `cae-edge train`).", exists=True, file_okay=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
+    margin: Annotated[
+        float,
+        typer.Option("--margin", help="Fail when int8 loses more than this many dB PSNR vs Keras float."),
+    ] = 0.5,
+    calib: Annotated[int, typer.Option("--calib", help="Training images used to calibrate int8.")] = 300,
+    latent_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--latent-scale", help="Force the latent quantization scale (e.g. 1.0 for integer latents)."
+        ),
+    ] = None,
+    latent_zero_point: Annotated[
+        int, typer.Option("--latent-zero-point", help="Zero point of a forced latent quantization.")
+    ] = 0,
+    verify_limit: Annotated[
+        int | None, typer.Option("--verify-limit", help="Verify on the first N test images (default: all).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Directory with the IDX .gz files, tried first.", file_okay=False),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing bundle directory.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Convert a training run into a verified int8 TFLite bundle (encoder, decoder, float twins, manifest).
+
+    Full-integer PTQ on training images, batch 1, builtin int8 ops only.
+
+    The int8 pair is run with LiteRT over the test split; the export fails if it loses more than --margin dB.
+    """
+    from ..export.bundle import ExportOptions
+    from ..export.bundle import export as do_export
+
+    args = [
+        "cae-edge",
+        "export",
+        str(run),
+        "--out",
+        str(out),
+        "--margin",
+        f"{margin:g}",
+        "--calib",
+        str(calib),
+    ]
+    if latent_scale is not None:
+        args += ["--latent-scale", f"{latent_scale:g}", "--latent-zero-point", str(latent_zero_point)]
+    if verify_limit is not None:
+        args += ["--verify-limit", str(verify_limit)]
+    opts = ExportOptions(
+        run_dir=run,
+        out_dir=out,
+        margin_db=margin,
+        calib=calib,
+        latent_scale=latent_scale,
+        latent_zero_point=latent_zero_point,
+        verify_limit=verify_limit,
+        data_dir=data_dir,
+        overwrite=overwrite,
+        command=shlex.join(args),
+    )
+
+    def progress(what: str, done: int, total: int) -> None:
+        if not as_json:
+            err.print(f"[dim]{what}[/dim]", highlight=False)
+
+    try:
+        result = do_export(opts, progress)
+    except CaeEdgeError as e:
+        raise _fail(e) from None
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    q = result.quality
+    table = Table("model", "PSNR dB", "SSIM", title=f"test quality ({q['n_images']} images)")
+    for key in ("keras_float", "tflite_float", "tflite_int8"):
+        table.add_row(key, f"{q[key]['psnr']:.2f}", f"{q[key]['ssim']:.4f}")
+    Console().print(table)
+    typer.echo(f"int8 loss vs Keras float: {result.int8_loss_db:.3f} dB (margin {margin:g})")
+    for name, size in result.sizes.items():
+        typer.echo(f"{name:22s} {size / 1024:8.1f} KiB")
+    lq = result.latent_quant
+    typer.echo(f"latent quantization: scale {lq['scale']:.6g}, zero point {lq['zero_point']}")
+    typer.echo(f"pair id {result.pair_id}")
+    typer.echo(f"bundle written to {result.path}")
+
+
+@bundle_app.command("info")
+def info(
+    bundle: Annotated[
+        str, typer.Argument(help="Shipped bundle name (mnist, fashion, ...) or bundle directory.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full manifest as JSON.")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the sha256 checks.")] = False,
+) -> None:
+    """Load and verify a bundle with the device runtime (LiteRT only) and summarise its manifest."""
+    from ..device.bundle import load_bundle
+    from ..device.litert import backend_name
+
+    try:
+        b = load_bundle(bundle, verify=not no_verify)
+    except CaeEdgeError as e:
+        raise _fail(e) from None
+    m = b.manifest
+    if as_json:
+        typer.echo(json.dumps(m.to_dict(), indent=2))
+        return
+    typer.echo(f"bundle   {b.path}")
+    typer.echo(
+        f"verified {'sizes, identifiers, tensor details' if no_verify else 'sha256, pair id, tensor details'}"
+    )
+    typer.echo(f"runtime  {backend_name()}")
+    typer.echo(f"pair id  {m.pair_id}")
+    typer.echo(f"dataset  {m.dataset.get('name')} ({m.dataset.get('split', '')})")
+    typer.echo(
+        f"latent   {m.latent_dim} x int8, scale {m.latent_quant.scale:.6g}, "
+        f"zero point {m.latent_quant.zero_point}"
+    )
+    typer.echo(f"payload  {m.bytes_per_image} bytes/image, coding {m.coding.get('kind')}")
+    for key, spec in m.models.items():
+        size = m.files[spec.file].bytes
+        typer.echo(
+            f"{key:14s} {spec.file:22s} {size / 1024:7.1f} KiB  in {spec.input.dtype}{list(spec.input.shape)}"
+            f"  out {spec.output.dtype}{list(spec.output.shape)}"
+        )
+    q = m.quality
+    for key in ("keras_float", "tflite_float", "tflite_int8"):
+        if key in q:
+            typer.echo(f"{key:14s} PSNR {q[key]['psnr']:.2f} dB  SSIM {q[key]['ssim']:.4f}")
+    if m.command:
+        typer.echo(f"made by  {m.command}")
+    if m.train.get("command"):
+        typer.echo(f"trained  {m.train['command']}")
+
+
+@bundle_app.command("list")
+def list_bundles() -> None:
+    """List the bundles shipped with this install (addressable by name)."""
+    from ..device.bundle import available_bundles
+    from ..manifest import Manifest
+
+    for name, path in available_bundles().items():
+        try:
+            m = Manifest.read(path)
+            psnr = m.quality.get("tflite_int8", {}).get("psnr")
+            psnr_s = f"{psnr:.2f} dB" if psnr is not None else "-"
+            typer.echo(
+                f"{name:16s} {m.dataset.get('name', '?'):8s} {m.bytes_per_image:4d} B/image  int8 {psnr_s}"
+            )
+        except CaeEdgeError as e:
+            typer.echo(f"{name:16s} broken: {e}")

@@ -1,0 +1,312 @@
+"""`cae-edge export`: a tiny model trained here on real MNIST digits, converted, verified, tampered with.
+
+Tolerance of the int8 round trip: on real test images the int8 pair (LiteRT) reconstructs the Keras float
+reconstruction at >= 30 dB PSNR on average (a tiny, barely trained model; the shipped bundles do better),
+and the manifest records an int8 loss vs Keras float within the 0.5 dB export margin.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cae_edge import datasets
+from cae_edge.cli.main import app
+from cae_edge.device.bundle import load_bundle
+from cae_edge.errors import BundleError, ExportError, PairMismatchError
+from cae_edge.manifest import Manifest, file_entry, sha256_file
+from cae_edge.metrics import psnr_per_image, to_uint8
+from cae_edge.quant import QuantParams
+
+pytestmark = pytest.mark.slow
+
+VERIFY = 300  # test images used for verification in these tests (the CLI default is the whole split)
+ALLOWED_OPS = {"CONV_2D", "LEAKY_RELU", "RESHAPE", "FULLY_CONNECTED", "TRANSPOSE_CONV", "LOGISTIC"}
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return datasets.load("mnist")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, mnist):
+    """A run directory like `cae-edge train` writes: 3 epochs on 1,600 real training digits.
+
+    Cross-entropy keeps this short run from collapsing to a black image (MSE through the sigmoid can stall).
+    """
+    import keras
+
+    from cae_edge.train.model import ModelConfig, build_autoencoder
+
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(latent_dim=32)
+    x = mnist.x_train[np.random.default_rng(0).permutation(len(mnist.x_train))[:1600]]
+    x = (x.astype(np.float32) / 255.0)[..., None]
+    enc, dec, ae = build_autoencoder(cfg)
+    ae.compile(keras.optimizers.Adam(2e-3), "binary_crossentropy")
+    ae.fit(x, x, epochs=3, batch_size=32, verbose=0)
+    run = tmp_path_factory.mktemp("run")
+    enc.save(run / "encoder.keras")
+    dec.save(run / "decoder.keras")
+    config = {"dataset": "mnist", "model": cfg.to_dict(), "train": {"epochs": 3}, "command": "test fixture"}
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    from cae_edge.export.bundle import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    steps = []
+    result = export(
+        ExportOptions(tiny_run, out, calib=200, verify_limit=VERIFY, command="pytest"),
+        progress=lambda what, done, total: steps.append(what),
+    )
+    assert steps, "progress callback never called"
+    return result
+
+
+@pytest.fixture(scope="module")
+def bundle(exported):
+    return load_bundle(exported.path)
+
+
+@pytest.fixture
+def bundle_copy(exported, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(exported.path, dst)
+    return dst
+
+
+def test_export_writes_a_verified_bundle(exported, bundle):
+    path = Path(exported.path)
+    assert sorted(p.name for p in path.iterdir()) == [
+        "decoder.tflite",
+        "decoder_float.tflite",
+        "encoder.tflite",
+        "encoder_float.tflite",
+        "manifest.json",
+    ]
+    assert not path.with_name(path.name + ".tmp").exists()
+    m = bundle.manifest
+    for name, entry in m.files.items():
+        assert entry.sha256 == sha256_file(path / name)
+        assert entry.bytes == (path / name).stat().st_size == exported.sizes[name]
+    assert m.pair_id == exported.pair_id == bundle.pair_id
+    assert m.latent_dim == 32 and m.bytes_per_image == 32 and m.coding == {"kind": "int8"}
+    q = m.quality
+    assert q["n_images"] == VERIFY
+    for key in ("keras_float", "tflite_float", "tflite_int8"):
+        assert 5 < q[key]["psnr"] < 60 and 0 < q[key]["ssim"] <= 1
+    assert abs(q["keras_float"]["psnr"] - q["tflite_float"]["psnr"]) < 0.01
+    assert q["int8_loss_db"] == pytest.approx(q["keras_float"]["psnr"] - q["tflite_int8"]["psnr"])
+    assert q["int8_loss_db"] <= 0.5
+    assert (
+        m.preprocess["size"] == 28 and m.dataset["name"] == "mnist" and m.train["command"] == "test fixture"
+    )
+    assert m.command == "pytest"
+
+
+def test_int8_models_io_dtypes_batch1_and_only_builtin_int8_ops(exported):
+    from cae_edge.device.litert import make_interpreter
+    from cae_edge.export.convert import model_info
+
+    path = Path(exported.path)
+    enc = make_interpreter(path / "encoder.tflite")
+    dec = make_interpreter(path / "decoder.tflite")
+    ei, eo = enc.get_input_details()[0], enc.get_output_details()[0]
+    di, do = dec.get_input_details()[0], dec.get_output_details()[0]
+    assert ei["dtype"] == np.int8 and list(ei["shape"]) == [1, 28, 28, 1]
+    assert ei["quantization"] == (pytest.approx(1 / 255), -128)
+    assert np.float32(ei["quantization"][0]) == np.float32(1 / 255)
+    assert eo["dtype"] == np.int8 and list(eo["shape"]) == [1, 32]
+    assert di["dtype"] == np.int8 and list(di["shape"]) == [1, 32]
+    assert do["dtype"] == np.int8 and list(do["shape"]) == [1, 28, 28, 1]
+    for name in ("encoder.tflite", "decoder.tflite"):
+        info = model_info((path / name).read_bytes())
+        assert set(info.ops) <= ALLOWED_OPS, info.ops  # no SHAPE/STRIDED_SLICE/PACK, no (DE)QUANTIZE
+        assert info.custom_ops == () and info.n_subgraphs == 1
+        assert set(info.tensor_types) <= {"INT8", "INT32"}, info.tensor_types
+    for name in ("encoder_float.tflite", "decoder_float.tflite"):
+        assert "FLOAT32" in model_info((path / name).read_bytes()).tensor_types
+
+
+def test_latent_quantization_identical_on_both_sides(exported, bundle):
+    from cae_edge.device.litert import make_interpreter
+    from cae_edge.export.convert import io_quant
+
+    path = Path(exported.path)
+    enc_out = io_quant((path / "encoder.tflite").read_bytes(), "output")
+    dec_in = io_quant((path / "decoder.tflite").read_bytes(), "input")
+    assert enc_out.same_as(dec_in) and enc_out.same_as(bundle.latent_quant)
+    a = make_interpreter(path / "encoder.tflite").get_output_details()[0]["quantization"]
+    b = make_interpreter(path / "decoder.tflite").get_input_details()[0]["quantization"]
+    assert a == b
+
+
+def test_litert_round_trip_close_to_keras_float(tiny_run, bundle, mnist):
+    import keras
+
+    x = mnist.x_test[:200]
+    enc = keras.models.load_model(tiny_run / "encoder.keras")
+    dec = keras.models.load_model(tiny_run / "decoder.keras")
+    keras_rec = to_uint8(dec.predict(enc.predict(x[..., None] / 255.0, verbose=0), verbose=0)[..., 0])
+    e, d = bundle.encoder(), bundle.decoder()
+    payloads = [e.encode(img) for img in x]
+    assert all(isinstance(p, bytes) and len(p) == 32 for p in payloads)
+    int8_rec = np.stack([d.decode(p) for p in payloads])
+    assert int8_rec.dtype == np.uint8 and int8_rec.shape == x.shape
+    assert psnr_per_image(keras_rec, int8_rec).mean() >= 30.0
+    # and the latents are the quantized float latents, up to one quantization step
+    z = enc.predict(x[:50, ..., None] / 255.0, verbose=0)
+    q = np.stack([e.encode_latent(img) for img in x[:50]]).astype(np.int32)
+    from cae_edge.quant import quantize
+
+    step_error = np.abs(q - quantize(z, bundle.latent_quant).astype(np.int32))
+    assert step_error.mean() < 1.0 and np.percentile(step_error, 99) <= 3
+
+
+def test_set_io_quant_changes_only_the_parameters(exported):
+    from cae_edge.export.convert import io_quant, set_io_quant
+
+    data = (Path(exported.path) / "decoder.tflite").read_bytes()
+    edited = set_io_quant(data, "input", QuantParams(0.5, 3))
+    assert len(edited) == len(data)
+    assert sum(a != b for a, b in zip(data, edited, strict=True)) <= 12  # 4-byte float + 8-byte int64
+    assert io_quant(edited, "input") == QuantParams(0.5, 3)
+
+
+def test_one_byte_tamper_is_detected(bundle_copy):
+    f = bundle_copy / "decoder.tflite"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"decoder\.tflite: sha256 .* tampered"):
+        load_bundle(bundle_copy)
+
+
+def test_truncated_file_is_detected(bundle_copy):
+    f = bundle_copy / "encoder.tflite"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(BundleError, match=r"encoder\.tflite: truncated: 1000 bytes"):
+        load_bundle(bundle_copy)
+
+
+def _relist(bundle_dir: Path, name: str, *, keep_pair_id: bool = True) -> None:
+    """Rewrite the manifest entry of ``name`` to the file's current hash/size (as a careless copy would)."""
+    d = json.loads((bundle_dir / "manifest.json").read_text())
+    e = file_entry(bundle_dir / name)
+    d["files"][name] = {"sha256": e.sha256, "bytes": e.bytes}
+    if not keep_pair_id:
+        from cae_edge.manifest import pair_id
+
+        d["pair_id"] = pair_id(d["files"]["encoder.tflite"]["sha256"], d["files"]["decoder.tflite"]["sha256"])
+    (bundle_dir / "manifest.json").write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 100, b"garbage!" * 500])
+def test_not_a_flatbuffer_is_a_bundle_error_even_when_listed(bundle_copy, content):
+    (bundle_copy / "decoder.tflite").write_bytes(content)
+    _relist(bundle_copy, "decoder.tflite", keep_pair_id=False)
+    with pytest.raises(BundleError, match=r"decoder\.tflite: .*(too small|not a TFLite flatbuffer)"):
+        load_bundle(bundle_copy)
+
+
+def test_truncated_but_listed_file_is_rejected_by_the_verifier(bundle_copy):
+    f = bundle_copy / "encoder.tflite"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    _relist(bundle_copy, "encoder.tflite", keep_pair_id=False)
+    with pytest.raises(BundleError, match=r"encoder\.tflite: .*rejected the model"):
+        load_bundle(bundle_copy)
+
+
+def test_missing_file(bundle_copy):
+    (bundle_copy / "encoder.tflite").unlink()
+    with pytest.raises(BundleError, match=r"encoder\.tflite: missing"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="manifest not found"):
+        load_bundle(bundle_copy)
+
+
+def test_decoder_from_another_export_is_a_pair_mismatch(bundle_copy, forced):
+    shutil.copy(Path(forced) / "decoder.tflite", bundle_copy / "decoder.tflite")
+    _relist(bundle_copy, "decoder.tflite")  # hashes fixed up, pair id left alone
+    with pytest.raises(PairMismatchError, match="pair_id"):
+        load_bundle(bundle_copy)
+
+
+def test_model_not_matching_manifest_tensor_details(bundle_copy):
+    d = json.loads((bundle_copy / "manifest.json").read_text())
+    d["models"]["decoder"]["output"]["zero_point"] = 0
+    (bundle_copy / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=r"decoder\.tflite: output zero point -128 \(manifest: 0\)"):
+        load_bundle(bundle_copy)
+
+
+@pytest.fixture(scope="module")
+def forced(tiny_run, tmp_path_factory):
+    """Export through the CLI with a forced integer latent quantization (scale 1, zero point 0)."""
+    out = tmp_path_factory.mktemp("forced") / "b"
+    r = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(tiny_run),
+            "--out",
+            str(out),
+            "--latent-scale",
+            "1",
+            "--margin",
+            "100",
+            "--calib",
+            "100",
+            "--verify-limit",
+            "100",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "pair id" in r.output and "tflite_int8" in r.output and "encoder.tflite" in r.output
+    return out
+
+
+def test_forced_latent_quantization_is_used_on_both_sides(forced):
+    m = Manifest.read(forced)
+    assert m.latent_quant == QuantParams(1.0, 0)
+    assert m.models["encoder"].output.scale == 1.0 and m.models["decoder"].input.zero_point == 0
+    assert "--latent-scale 1" in m.command
+    b = load_bundle(forced)
+    assert b.encoder().encode_latent(np.zeros((28, 28), np.uint8)).dtype == np.int8
+
+
+def test_margin_failure_leaves_nothing_behind(tiny_run, tmp_path):
+    from cae_edge.export.bundle import ExportOptions, export
+
+    out = tmp_path / "bad"
+    with pytest.raises(ExportError, match="over the 0.5 dB margin"):
+        # a latent step of 0.005 clips every latent to +-0.64: a huge loss
+        export(ExportOptions(tiny_run, out, calib=50, verify_limit=50, latent_scale=0.005))
+    assert not out.exists() and not out.with_name("bad.tmp").exists()
+
+
+def test_cli_bundle_info_and_errors(exported, tiny_run, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["bundle", "info", exported.path])
+    assert r.exit_code == 0, r.output
+    assert exported.pair_id in r.output and "tflite_int8" in r.output
+    r = runner.invoke(app, ["bundle", "info", exported.path, "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["pair_id"] == exported.pair_id
+    r = runner.invoke(app, ["bundle", "info", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "not a shipped bundle name" in r.output
+    r = runner.invoke(app, ["export", str(tiny_run), "--out", exported.path])
+    assert r.exit_code == 1 and "already exists" in r.output
+    (tmp_path / "emptyrun").mkdir()
+    r = runner.invoke(app, ["export", str(tmp_path / "emptyrun"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "missing config.json, encoder.keras, decoder.keras" in r.output
