@@ -235,6 +235,14 @@ def test_report_json_matches_schema(tiny_report, tmp_path):
 
 
 @pytest.mark.slow
+def test_markdown_summary(tiny_report):
+    md = report.markdown(tiny_report.to_dict())
+    assert "| mnist | encoder | int8 | 1 |" in md
+    assert "**cae-edge int8**" in md and "| jpeg | q=10 |" in md
+    assert md.count("\n| ") > 10
+
+
+@pytest.mark.slow
 def test_validate_finds_missing_and_mistyped_fields(tiny_report):
     d = tiny_report.to_dict()
     del d["rd"][0]["psnr"]

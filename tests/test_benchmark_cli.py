@@ -21,7 +21,7 @@ def test_tiny_run_writes_json_and_png(tmp_path):
     result = runner.invoke(
         app,
         ["benchmark", "--bundle", "mnist", "--limit", "50", "--runs", "20", "--warmup", "2", "--threads", "1",
-         "--json", str(out), "--plot", str(png)],
+         "--json", str(out), "--plot", str(png), "--markdown", str(tmp_path / "r.md")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Rate–distortion" in result.output and "cae-edge int8" in result.output
@@ -31,6 +31,7 @@ def test_tiny_run_writes_json_and_png(tmp_path):
     assert all(r["images"] == 50 for r in d["rd"])
     assert all(m["stats"]["runs"] == 20 for m in d["bundles"][0]["latency"])
     assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "**cae-edge int8**" in (tmp_path / "r.md").read_text()
 
 
 def test_no_baselines_and_bad_bundle(tmp_path):

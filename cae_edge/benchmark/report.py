@@ -481,3 +481,62 @@ def plot(report: BenchmarkReport, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def markdown(report: dict) -> str:
+    """A README-ready summary of a JSON report (the dict form, so saved reports render too).
+
+    Sections: the machine and command, latency p50/p95 per model and thread count with file sizes, the
+    per-frame paths, and per dataset the rate–distortion rows sorted by bytes.
+    """
+    s = report["system"]
+    lines = [
+        f"Measured with `{report['command'] or 'cae-edge benchmark'}` on {s['cpu_model']} "
+        f"({s['cores']} cores, {s['machine']}, flags {' '.join(s['cpu_flags']) or '-'}), {s['litert']}, "
+        f"Python {s['python']}, load average {s['load_average']}, {report['created']}.",
+        "",
+        "| bundle | model | precision | threads | p50 µs | p95 µs | file | params |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b in report["bundles"]:
+        sizes = {z["model"]: z for z in b["sizes"]}
+        for m in b["latency"]:
+            z = sizes.get(m["model"], {})
+            params = "-" if z.get("params") is None else f"{z['params']:,}"
+            lines.append(
+                f"| {b['name']} | {m['model']} | {m['precision']} | {m['threads']} "
+                f"| {m['stats']['p50_us']:.1f} | {m['stats']['p95_us']:.1f} "
+                f"| {z.get('bytes', 0) / 1024:.1f} KB | {params} |"
+            )
+    if any(b["paths"] for b in report["bundles"]):
+        lines += ["", "| bundle | path | steps | threads | p50 µs | p95 µs |", "|---|---|---|---|---|---|"]
+        for b in report["bundles"]:
+            for p in b["paths"]:
+                st = p["stats"]
+                lines.append(
+                    f"| {b['name']} | {p['path']} | {p['steps']} | {p['threads']} | {st['p50_us']:.1f} "
+                    f"| {st['p95_us']:.1f} |"
+                )
+    for ds in sorted({r["dataset"] for r in report["rd"]}):
+        rows = sorted(
+            (r for r in report["rd"] if r["dataset"] == ds), key=lambda r: (r["bytes_payload"], r["codec"])
+        )
+        n = max(r["images"] for r in rows)
+        lines += [
+            "",
+            f"**{ds}** ({n} test images): bytes per image (payload = latent or header-stripped data; "
+            "total = wire packet or whole file)",
+            "",
+            "| codec | setting | bytes payload | bytes total | PSNR dB | SSIM |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            bold = "**" if r["codec"] == CAE_INT8 else ""
+            lines.append(
+                f"| {bold}{r['codec']}{bold} | {Path(r['setting']).name} | {r['bytes_payload']:.1f} "
+                f"| {r['bytes_total']:.1f} | {bold}{r['psnr']:.2f}{bold} | {r['ssim']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -63,6 +63,9 @@ def benchmark(
     plot: Annotated[
         Path | None, typer.Option("--plot", dir_okay=False, help="Write RD curves + latency chart (PNG).")
     ] = None,
+    markdown: Annotated[
+        Path | None, typer.Option("--markdown", dir_okay=False, help="Write README-ready markdown tables.")
+    ] = None,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", file_okay=False, help="Directory with the IDX .gz files.")
     ] = None,
@@ -75,6 +78,7 @@ def benchmark(
 
     Quality: PSNR/SSIM over the test split at the bytes actually sent (JSON: docs/benchmark-schema.md).
     """
+    from ..benchmark.report import markdown as to_markdown
     from ..benchmark.report import plot as draw
     from ..benchmark.report import tables
     from ..benchmark.run import BenchmarkOptions, run_benchmark
@@ -119,6 +123,9 @@ def benchmark(
     if json_out:
         report.to_json(json_out)
         console.print(f"wrote {json_out}")
+    if markdown:
+        markdown.write_text(to_markdown(report.to_dict()), encoding="utf-8")
+        console.print(f"wrote {markdown}")
     if plot:
         draw(report, plot)
         console.print(f"wrote {plot}")
