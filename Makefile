@@ -26,6 +26,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Retrain and re-export the shipped int8 bundles (cae_edge/bundles/mnist, fashion) and their golden latents.
+bundles: setup
+	bash scripts/make-bundles.sh $(CLI) $(PY)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cae_edge tests
 	$(VENV)/bin/ruff format --check cae_edge tests
