@@ -126,9 +126,17 @@ class EntropyModel:
         return out[0] if squeeze else out
 
     def to_bytes(self) -> bytes:
-        """The ``.npz`` file content (deterministic for a given model)."""
+        """The ``.npz`` file content: deflated, with fixed zip timestamps, so equal models give equal bytes
+        (and equal sha256 in the manifest)."""
         buf = io.BytesIO()
-        np.savez(buf, format=np.array(FORMAT), lo=np.array(self.lo, dtype=np.int32), freqs=self.freqs)
+        arrays = {"format": np.array(FORMAT), "lo": np.array(self.lo, dtype=np.int32), "freqs": self.freqs}
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, arr in arrays.items():
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, member.getvalue())
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike) -> str:
@@ -312,3 +320,87 @@ class EntropyCoder:
     def mean_bytes(self, q: np.ndarray) -> float:
         """Mean real payload bytes over the rows of ``q`` (N, D)."""
         return float(np.mean([len(p) for p in self.encode_batch(q)]))
+
+
+# ---------------------------------------------------------------- bundle integration
+
+
+class EntropyCodec(EntropyCoder):
+    """The payload codec of bundles whose manifest declares ``coding.kind == "entropy"``."""
+
+    kind = KIND
+
+
+def write_bundle_coding(
+    bundle_dir: str | os.PathLike, train_latents: np.ndarray, test_latents: np.ndarray | None = None
+) -> tuple[dict, float]:
+    """Fit the model on the int8 encoder's training latents, write it into a bundle, describe it.
+
+    Args:
+        bundle_dir: the bundle directory being written.
+        train_latents: int8 latents (N, D) of the training split from the bundle's own int8 encoder.
+        test_latents: int8 latents of the test split; measures real bytes per image and checks that every
+            one of them round-trips (defaults to the training latents).
+
+    Returns:
+        ``(coding, bytes_per_image)``: the ``manifest["coding"]`` object (kind, file, sha256, coder,
+        alphabet, measured bytes) and the mean real payload bytes per image.
+
+    Raises:
+        ConfigError: the entropy coder does not reproduce a latent (a bug, never expected).
+    """
+    model = fit(train_latents)
+    digest = model.save(Path(bundle_dir) / ENTROPY_FILE)
+    coder = EntropyCoder(model)
+    check = np.asarray(train_latents if test_latents is None else test_latents)
+    sizes = []
+    for q in check:
+        payload = coder.encode(q)
+        if not np.array_equal(coder.decode(payload), model.clamp(q)):
+            raise ConfigError(f"entropy coder round trip failed for latent {q.tolist()}")
+        sizes.append(len(payload))
+    sizes_arr = np.asarray(sizes, dtype=np.float64)
+    clamped = int(np.sum(np.any((check < model.lo) | (check > model.hi), axis=1)))
+    coding = {
+        **model.describe(),
+        "file": ENTROPY_FILE,
+        "sha256": digest,
+        "fitted_on": f"{len(train_latents)} training-split latents of the int8 encoder",
+        "bytes_mean": float(sizes_arr.mean()),
+        "bytes_max": int(sizes_arr.max()),
+        "bits_ideal_mean": float(model.bits(check).mean()),
+        "clamped_images": clamped,
+        "measured_on": len(check),
+    }
+    return coding, float(sizes_arr.mean())
+
+
+def codec_for_bundle(bundle) -> EntropyCodec:
+    """Build the payload codec of a loaded bundle (called by :mod:`cae_edge.device.bundle`).
+
+    Raises:
+        BundleError: the model file is missing, altered (sha256) or does not fit the bundle's latent.
+    """
+    coding = bundle.manifest.coding
+    path = Path(bundle.path) / str(coding.get("file", ENTROPY_FILE))
+    expected = coding.get("sha256")
+    if not path.is_file():
+        raise BundleError(f"{path}: entropy model file missing; re-export the bundle")
+    if expected and sha256_file(path) != expected:
+        raise BundleError(f"{path}: sha256 differs from manifest coding.sha256 (file altered); re-export")
+    model = load(path)
+    if model.latent_dim != int(bundle.latent_dim):
+        raise BundleError(
+            f"{path}: entropy model codes {model.latent_dim} dimensions, the bundle's latent has "
+            f"{bundle.latent_dim}; re-export the bundle"
+        )
+    return EntropyCodec(model)
+
+
+def _register() -> None:
+    from .device.bundle import register_codec  # noqa: PLC0415 - device.bundle imports this module lazily
+
+    register_codec(KIND, codec_for_bundle)
+
+
+_register()

@@ -196,7 +196,9 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
     ]
     test = ds.x_test if opts.verify_limit is None else ds.x_test[: opts.verify_limit]
 
-    pair = convert_pair(encoder, decoder, cfg, calib, opts.latent_quant, progress)
+    rd = config.get("rd") or {}  # rate-distortion runs (cae_edge.train.rd): integer latent, entropy coding
+    latent_quant = opts.latent_quant or (QuantParams(1.0, 0) if rd else None)
+    pair = convert_pair(encoder, decoder, cfg, calib, latent_quant, progress)
 
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -212,6 +214,15 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
         for key, data in blobs.items():
             (tmp / DEFAULT_FILES[key]).write_bytes(data)
         files = {DEFAULT_FILES[k]: file_entry(tmp / DEFAULT_FILES[k]) for k in blobs}
+        coding, bytes_per_image = {"kind": "int8"}, float(cfg.latent_dim)
+        if rd.get("coding") == "entropy":
+            from ..entropy import ENTROPY_FILE, write_bundle_coding
+            from .convert import run_int8_encoder
+
+            step("fitting the entropy model on int8 training latents", 0, 1)
+            q_train = run_int8_encoder(pair.encoder, ds.x_train)
+            coding, bytes_per_image = write_bundle_coding(tmp, q_train, run_int8_encoder(pair.encoder, test))
+            files[ENTROPY_FILE] = file_entry(tmp / ENTROPY_FILE)
         manifest = Manifest(
             pair_id=pair_id(files["encoder.tflite"].sha256, files["decoder.tflite"].sha256),
             latent_dim=cfg.latent_dim,
@@ -226,8 +237,8 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
                 "calibration": f"{len(calib)} training images, seed {opts.seed}",
             },
             train=config,
-            bytes_per_image=cfg.latent_dim,
-            coding={"kind": "int8"},
+            bytes_per_image=int(round(bytes_per_image)),  # exact mean: coding["bytes_mean"]
+            coding=coding,
             command=opts.command,
             created_by=f"cae-edge {__version__}",
         )

@@ -39,10 +39,16 @@ class ModelConfig:
     """Filters of decoder transposed convs d0 (3x3 seed), d1 (14x14) and d2 (28x28)."""
     leaky_alpha: float = 0.2
     """Negative slope of LeakyReLU."""
+    latent_gain: float = 1.0
+    """Initial scale of the latent: the encoder's last Dense layer starts ``latent_gain`` times larger than
+    Glorot and the decoder's first Dense layer that much smaller. Rate-distortion models use an integer
+    latent (rounded during training), which needs a spread of several units from the first step."""
 
     def validate(self) -> ModelConfig:
         if int(self.latent_dim) < 1:
             raise ConfigError(f"latent dim {self.latent_dim}: must be >= 1")
+        if not float(self.latent_gain) > 0:
+            raise ConfigError(f"latent gain {self.latent_gain}: must be > 0")
         for name, widths in (("enc_widths", self.enc_widths), ("dec_widths", self.dec_widths)):
             if len(widths) != 3 or any(int(w) < 1 for w in widths):
                 raise ConfigError(f"{name} {widths!r}: need three positive filter counts")
@@ -60,6 +66,15 @@ class ModelConfig:
         return cls(**known).validate()
 
 
+def _glorot(gain: float):
+    """Glorot-uniform initializer scaled by ``gain`` (gain 1 is Keras' default)."""
+    import keras
+
+    if gain == 1.0:
+        return "glorot_uniform"
+    return keras.initializers.VarianceScaling(scale=float(gain) ** 2, mode="fan_avg", distribution="uniform")
+
+
 def build_encoder(cfg: ModelConfig, batch_size: int | None = None, name: str = "encoder"):
     """Image (28, 28, 1) float in [0, 1] → latent (latent_dim,) float."""
     import keras
@@ -73,7 +88,7 @@ def build_encoder(cfg: ModelConfig, batch_size: int | None = None, name: str = "
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
     x = layers.Flatten()(x)
-    out = layers.Dense(cfg.latent_dim, name="latent")(x)
+    out = layers.Dense(cfg.latent_dim, kernel_initializer=_glorot(cfg.latent_gain), name="latent")(x)
     return keras.Model(inp, out, name=name)
 
 
@@ -85,7 +100,7 @@ def build_decoder(cfg: ModelConfig, batch_size: int | None = None, name: str = "
     cfg.validate()
     d0, d1, d2 = cfg.dec_widths
     inp = keras.Input((cfg.latent_dim,), batch_size=batch_size, name="latent")
-    x = layers.Dense(3 * 3 * d0)(inp)
+    x = layers.Dense(3 * 3 * d0, kernel_initializer=_glorot(1.0 / cfg.latent_gain))(inp)
     x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
     x = layers.Reshape((3, 3, d0))(x)
     x = layers.Conv2DTranspose(d0, 3, strides=2, padding="valid")(x)  # 3 → 7

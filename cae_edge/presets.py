@@ -1,0 +1,150 @@
+"""Named operating points of the codec: a small table mapping a preset name to everything that makes it.
+
+No TensorFlow: the device side resolves ``--bundle mnist-hq`` with this table too.
+
+A preset fixes the architecture (:class:`~cae_edge.train.model.ModelConfig`), the rate-distortion weight
+``lam`` of :mod:`cae_edge.train.rd` (per dataset: digits and clothes need different weights for the same
+bytes), the training length, and the payload coding the bundle declares. The shipped bundle of dataset
+``D`` and preset ``P`` is ``cae_edge/bundles/D-P/``.
+
+=======  ==============  ===========================================================
+preset   byte budget     what it is for
+=======  ==============  ===========================================================
+tiny     <= 8 B/image    telemetry-grade thumbnails, a few bytes per frame
+small    <= 32 B/image   4x fewer bytes than WebP's lowest quality, similar PSNR
+hq       <= 128 B/image  WebP q1's bytes, several dB better
+=======  ==============  ===========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import datasets
+from .errors import ConfigError
+from .train.model import ModelConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One operating point (architecture + rate weight + schedule + coding)."""
+
+    name: str
+    """Preset name (``tiny``, ``small``, ``hq``)."""
+    model: ModelConfig
+    """Architecture; ``latent_dim`` is an upper bound, the rate term decides how many dimensions carry
+    bits."""
+    lam: dict[str, float]
+    """Rate weight per dataset: loss = MSE (0-255 scale) + lam * bits per image."""
+    epochs: dict[str, int]
+    """Training epochs per dataset."""
+    max_bytes: float
+    """Byte budget per image this preset is tuned to stay under (mean over the test split)."""
+    target_bytes: float = 0.0
+    """Rate target the training steers ``lam`` to (bytes per image under the learned prior); 0 = fixed lam."""
+    coding: str = "entropy"
+    """Payload coding declared in the bundle manifest (``entropy`` or ``int8``)."""
+    batch_size: int = 64
+    """Images per Adam step."""
+    learning_rate: float = 2e-3
+    """Initial Adam learning rate (cosine decay to 2 %)."""
+    description: str = ""
+    """One line for ``--help`` and the README."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Free-form notes (where the numbers came from)."""
+
+    def lam_for(self, dataset: str) -> float:
+        """Rate weight for ``dataset`` (aliases accepted)."""
+        return self.lam[datasets.canonical_name(dataset)]
+
+    def epochs_for(self, dataset: str) -> int:
+        """Training epochs for ``dataset`` (aliases accepted)."""
+        return self.epochs[datasets.canonical_name(dataset)]
+
+    def to_dict(self) -> dict:
+        """JSON-friendly description (for config.json and the manifest)."""
+        return {
+            "name": self.name,
+            "model": self.model.to_dict(),
+            "lam": dict(self.lam),
+            "epochs": dict(self.epochs),
+            "max_bytes": self.max_bytes,
+            "target_bytes": self.target_bytes,
+            "coding": self.coding,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+        }
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="tiny",
+            model=ModelConfig(
+                latent_dim=16, enc_widths=(32, 32, 16), dec_widths=(48, 48, 24), latent_gain=8.0
+            ),
+            lam={"mnist": 20.0, "fashion": 20.0},
+            epochs={"mnist": 30, "fashion": 4},
+            max_bytes=8.0,
+            target_bytes=4.3,
+            description="<= 8 bytes per image (MNIST target: >= 21.6 dB at <= 4.5 B)",
+        ),
+        Preset(
+            name="small",
+            model=ModelConfig(
+                latent_dim=48, enc_widths=(32, 32, 16), dec_widths=(48, 48, 24), latent_gain=8.0
+            ),
+            lam={"mnist": 4.0, "fashion": 4.0},
+            epochs={"mnist": 30, "fashion": 4},
+            max_bytes=32.0,
+            target_bytes=31.0,
+            description="<= 32 bytes per image",
+        ),
+        Preset(
+            name="hq",
+            model=ModelConfig(
+                latent_dim=96, enc_widths=(32, 32, 16), dec_widths=(48, 48, 24), latent_gain=8.0
+            ),
+            lam={"mnist": 1.0, "fashion": 1.0},
+            epochs={"mnist": 30, "fashion": 4},
+            max_bytes=128.0,
+            target_bytes=124.0,
+            description="<= 128 bytes per image",
+        ),
+    )
+}
+"""All presets by name."""
+
+
+def names() -> tuple[str, ...]:
+    """Preset names, smallest budget first."""
+    return tuple(PRESETS)
+
+
+def resolve(name: str) -> Preset:
+    """Look a preset up by name (case-insensitive).
+
+    Raises:
+        ConfigError: unknown name (the message lists the known ones).
+    """
+    key = str(name).strip().lower()
+    if key not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return PRESETS[key]
+
+
+def bundle_name(dataset: str, preset: str) -> str:
+    """Name of the shipped bundle for a dataset and preset, e.g. ``mnist-hq``."""
+    return f"{datasets.canonical_name(dataset)}-{resolve(preset).name}"
+
+
+def split_bundle_name(name: str) -> tuple[str, str] | None:
+    """``"mnist-hq"`` → ``("mnist", "hq")``; None when ``name`` is not ``<dataset>-<preset>``."""
+    head, sep, tail = str(name).strip().lower().rpartition("-")
+    if not sep or tail not in PRESETS:
+        return None
+    try:
+        return datasets.canonical_name(head), tail
+    except ConfigError:
+        return None

@@ -1,0 +1,158 @@
+"""Rate-distortion training, presets, and the entropy-coded bundle they export (real MNIST, tiny runs)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cae_edge import presets
+from cae_edge.errors import BundleError, ConfigError, EntropyError, PacketError
+from cae_edge.train.model import ModelConfig
+from cae_edge.train.rd import RDOptions
+
+
+def _tiny(tmp, name: str, lam: float) -> RDOptions:
+    return RDOptions(
+        dataset="mnist",
+        latent_dim=8,
+        enc_widths=(8, 8, 4),
+        dec_widths=(8, 8, 4),
+        lam=lam,
+        target_bytes=0,
+        epochs=3,
+        batch_size=32,
+        max_samples=256,
+        max_test=64,
+        augment=False,
+        out_dir=str(tmp / name),
+    )
+
+
+@pytest.fixture(scope="session")
+def low_run(tmp_path_factory):
+    """A tiny run where bits are cheap."""
+    from cae_edge.train.rd import train_rd
+
+    return train_rd(_tiny(tmp_path_factory.mktemp("rd"), "low", 0.01))
+
+
+@pytest.fixture(scope="session")
+def runs(low_run, tmp_path_factory):
+    """Two tiny runs that differ only in lam (cheap bits vs expensive bits)."""
+    from cae_edge.train.rd import train_rd
+
+    return low_run, train_rd(_tiny(tmp_path_factory.mktemp("rd"), "high", 200.0))
+
+
+# ---------------------------------------------------------------- presets (no TensorFlow)
+
+
+def test_presets_resolve_with_budgets_in_order():
+    assert presets.names() == ("tiny", "small", "hq")
+    budgets = [presets.resolve(n).max_bytes for n in presets.names()]
+    assert budgets == sorted(budgets) and budgets[-1] <= 128
+    for name in presets.names():
+        p = presets.resolve(name.upper())
+        assert isinstance(p.model, ModelConfig) and p.model.validate() is p.model
+        assert p.coding == "entropy"
+        assert 0 < p.target_bytes <= p.max_bytes
+        for ds in ("mnist", "fashion-mnist"):
+            assert p.lam_for(ds) > 0 and p.epochs_for(ds) >= 1
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        presets.resolve("huge")
+
+
+def test_bundle_names_split_and_join():
+    assert presets.bundle_name("fashion-mnist", "hq") == "fashion-hq"
+    assert presets.split_bundle_name("mnist-tiny") == ("mnist", "tiny")
+    assert presets.split_bundle_name("mnist") is None
+    assert presets.split_bundle_name("cifar-hq") is None
+
+
+def test_options_take_the_preset_and_explicit_values_win():
+    opts = RDOptions(dataset="fashion", preset="small", epochs=2).resolved()
+    p = presets.resolve("small")
+    assert opts.latent_dim == p.model.latent_dim and opts.lam == p.lam_for("fashion")
+    assert opts.epochs == 2 and opts.target_bytes == p.target_bytes
+    assert opts.model_config().latent_gain == p.model.latent_gain
+    assert "--preset small" in opts.to_command() and "--epochs 2" in opts.to_command()
+    with pytest.raises(ConfigError, match="lam -1"):
+        RDOptions(lam=-1).resolved()
+    with pytest.raises(ConfigError, match="target bytes"):
+        RDOptions(target_bytes=-5).resolved()
+
+
+# ---------------------------------------------------------------- training (TensorFlow)
+
+
+@pytest.mark.slow
+def test_larger_lam_spends_fewer_bits(runs):
+    low, high = runs
+    assert high.bits_prior < low.bits_prior
+    assert high.bits_ideal < low.bits_ideal
+    assert high.bytes_entropy <= low.bytes_entropy
+
+
+@pytest.mark.slow
+def test_latent_is_integer_and_run_directory_follows_the_contract(low_run):
+    import keras
+
+    from cae_edge import datasets
+    from cae_edge.train.rd import encode_integer, quantize_latent
+
+    run = low_run.out_dir
+    config = json.loads(open(f"{run}/config.json").read())
+    assert config["rd"]["latent_quantization"] == {"scale": 1.0, "zero_point": 0}
+    assert config["command"].startswith("cae-edge train --dataset mnist")
+    metrics = json.loads(open(f"{run}/metrics.json").read())
+    assert metrics["psnr"] > 5 and metrics["bytes_entropy"] > 0
+    encoder = keras.models.load_model(f"{run}/encoder.keras", compile=False)
+    x = (datasets.load("mnist").x_test[:16].astype(np.float32) / 255.0)[..., None]
+    q = encode_integer(encoder, x)
+    assert q.dtype == np.int8 and q.shape == (16, 8)
+    y = np.asarray(encoder(x))
+    np.testing.assert_array_equal(q, np.clip(np.rint(y), -127, 127))
+    import tensorflow as tf
+
+    ste = quantize_latent(tf, tf.constant(y)).numpy()
+    np.testing.assert_allclose(ste, np.rint(ste), atol=1e-4)  # what the decoder sees in training is integer
+
+
+@pytest.mark.slow
+def test_export_writes_an_entropy_coded_bundle(low_run, tmp_path):
+    from cae_edge import datasets
+    from cae_edge.device.bundle import load_bundle
+    from cae_edge.export.bundle import ExportOptions, export
+
+    out = tmp_path / "bundle"
+    result = export(ExportOptions(run_dir=low_run.out_dir, out_dir=out, verify_limit=40, margin_db=3.0))
+    assert result.latent_quant["scale"] == 1.0 and result.latent_quant["zero_point"] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    coding = manifest["coding"]
+    assert coding["kind"] == "entropy" and coding["file"] == "entropy.npz"
+    assert coding["sha256"] == manifest["files"]["entropy.npz"]["sha256"]
+    bundle = load_bundle(out)
+    enc, dec = bundle.encoder(), bundle.decoder()
+    images = datasets.load("mnist").x_test[:20]
+    sizes = []
+    for img in images:
+        payload = enc.encode(img)
+        sizes.append(len(payload))
+        q = enc.encode_latent(img)
+        np.testing.assert_array_equal(bundle.codec().decode(payload), q)  # lossless on the wire
+        np.testing.assert_array_equal(dec.decode(payload), dec.decode_latent(q))
+    assert np.mean(sizes) < bundle.latent_dim  # cheaper than one byte per dimension
+    with pytest.raises(PacketError) as info:
+        dec.decode(b"\xff" * 40)
+    assert isinstance(info.value, EntropyError)
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    data = bytearray((tampered / "entropy.npz").read_bytes())
+    data[-30] ^= 0x01
+    (tampered / "entropy.npz").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="entropy.npz"):
+        load_bundle(tampered).decoder().decode(payload)
