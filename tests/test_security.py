@@ -293,6 +293,31 @@ def test_a_key_added_to_the_allowed_directory_is_accepted_without_restart(link: 
     assert link.curve.stats.allowed_keys == 2
 
 
+def test_refused_push_sender_retries_and_connects_once_its_key_is_allowed(keys: dict) -> None:
+    """ZeroMQ gives up after a ZAP refusal; the transport's PushSender starts over until it is let in."""
+    from cae_edge.device.transport import PullReceiver, PushSender, ReceiverOptions, SenderOptions
+
+    curve = security.CurveServer(server_opts(keys))
+    with PullReceiver("tcp://127.0.0.1:*", ReceiverOptions(security=curve)) as rx:
+        client = security.CurveClient(client_opts(keys, "rogue"))
+        opts = SenderOptions(security=client, reconnect_ivl_max_ms=200)
+        with PushSender(rx.endpoint, opts) as tx:
+            deadline = time.monotonic() + WAIT_S
+            while tx.stats.refused < 1 and time.monotonic() < deadline:
+                tx.send(b"early")
+                time.sleep(0.01)
+            assert tx.stats.refused >= 1 and not tx.stats.peers
+            assert rx.recv_many(timeout_s=0.2) == []
+            shutil.copy(keys["rogue"].public_path, keys["allowed"])  # the operator allows the node
+            assert tx.wait_connected(WAIT_S)
+            tx.send(b"admitted")
+            got: list = []
+            while not any(m.data == b"admitted" for m in got) and time.monotonic() < deadline:
+                got += rx.recv_many(timeout_s=0.1)
+    assert any(m.data == b"admitted" and m.peer == "rogue-node" for m in got)
+    assert all(m.peer == "rogue-node" for m in got)
+
+
 def test_bad_key_files_fail_before_any_socket(keys: dict) -> None:
     os.chmod(keys["receiver"].secret_path, 0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):

@@ -172,6 +172,8 @@ def send(
 
     def live(s: SenderStats) -> None:
         state = "connected" if s.connected else "no receiver"
+        if s.refused and not s.connected:
+            state = f"REFUSED by the receiver {s.refused}x (this node's key is not in its --allowed-keys)"
         _say(
             f"{s.name}: {s.frames} frames, {s.fps_recent:.1f} fps, encode {s.encode_us:.0f} µs, "
             f"preprocess {s.preprocess_us:.0f} µs, {s.bytes_per_frame:.0f} B/frame, sent {s.sent}, "

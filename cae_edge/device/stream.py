@@ -143,6 +143,8 @@ class SenderStats:
     disconnects: int = 0
     """Connections lost."""
     connected: bool = False
+    refused: int = 0
+    """Handshakes the receiver refused (this node's CURVE key is not in its allowed keys); retried."""
     """A receiver is connected now."""
     elapsed_s: float = 0.0
     """Seconds since the loop started."""
@@ -173,6 +175,7 @@ class SenderStats:
         self.sent, self.dropped, self.queued = link.sent, link.dropped, link.queued
         self.lost_at_close = link.lost_at_close
         self.connects, self.disconnects, self.connected = link.connects, link.disconnects, link.peers > 0
+        self.refused = link.refused
         return self
 
 

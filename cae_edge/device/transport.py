@@ -32,6 +32,7 @@ counts connects and disconnects for the stats.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -141,6 +142,10 @@ class LinkStats:
     """Connections lost."""
     peers: int = 0
     """Connections up now."""
+    refused: int = 0
+    """Handshakes the receiver refused because it does not allow our CURVE key (sender). ZeroMQ itself never
+    retries after a refusal; the sender does, every ``reconnect_ivl_max_ms``, so a node whose key is added to
+    the receiver's allowed-keys directory later connects without a restart."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,6 +196,12 @@ class _Link:
             elif event == zmq.EVENT_DISCONNECTED:
                 self._stats.disconnects += 1
                 self._stats.peers = max(0, self._stats.peers - 1)
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._stats.refused += 1
+                self._on_refused()
+
+    def _on_refused(self) -> None:
+        pass
 
     @property
     def stats(self) -> LinkStats:
@@ -250,7 +261,21 @@ class PushSender(_Link):
         self._drop_oldest = options.policy == "drop-oldest"
         self._on_drop = options.on_drop
         self._next_poll = 0.0
+        self._retry_at = 0.0
         super().__init__(zmq.PUSH, endpoint, options)
+
+    _EVENTS = _Link._EVENTS | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+    def _on_refused(self) -> None:
+        self._retry_at = time.monotonic() + self.options.reconnect_ivl_max_ms / 1000  # type: ignore[attr-defined]
+
+    def _poll_monitor(self) -> None:
+        super()._poll_monitor()
+        if self._retry_at and time.monotonic() >= self._retry_at and self._sock is not None:
+            self._retry_at = 0.0  # refused by the receiver: ZeroMQ gave up on this endpoint, so start over
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disconnect(self.endpoint)
+            self._sock.connect(self.endpoint)
 
     def _configure(self, sock: zmq.Socket) -> None:
         o: SenderOptions = self.options  # type: ignore[assignment]
