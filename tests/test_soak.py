@@ -118,7 +118,7 @@ def test_options_are_bounded(kwargs: dict, message: str) -> None:
 def test_short_soak_with_receiver_restart_accounts_for_every_frame(tmp_path: Path) -> None:
     """3 CURVE senders x 5 s at full rate, receiver SIGKILLed at 2 s and restarted: nothing unexplained."""
     lines: list[str] = []
-    opts = soak.SoakOptions(senders=3, seconds=5, restart_at=2, workdir=tmp_path / "soak", after_restart_s=2)
+    opts = soak.SoakOptions(senders=3, seconds=5, restart_at=2, workdir=tmp_path / "soak", after_restart_s=4)
     result = soak.run_soak(opts, progress=lines.append)
     d = json.loads(json.dumps(result.to_dict()))
     assert d["hangs"] == [], d["hangs"]
