@@ -144,8 +144,9 @@ def test_manifest_records_quality_and_preprocessing(shipped):
     assert m.command
 
 
+@pytest.mark.parametrize("kernels", ["xnnpack", "builtin"])
 @pytest.mark.parametrize("name", SHIPPED)
-def test_golden_latents_are_reproduced_bit_exactly(name):
+def test_golden_latents_are_reproduced_bit_exactly(name, kernels):
     golden = json.loads((GOLDEN / f"{name}.json").read_text())
     b = load_bundle(name)
     assert golden["pair_id"] == b.pair_id, (
@@ -153,14 +154,15 @@ def test_golden_latents_are_reproduced_bit_exactly(name):
         "run `python tests/golden/regenerate.py` and commit tests/golden/"
     )
     x = datasets.load(golden["dataset"]).x_test
-    enc, dec = b.encoder(), b.decoder()
-    for i, want, want_img in zip(
-        golden["indices"], golden["latents_hex"], golden["decoded_sha256"], strict=True
-    ):
+    enc, dec = b.encoder(xnnpack=kernels == "xnnpack"), b.decoder(xnnpack=kernels == "xnnpack")
+    want = golden[kernels]
+    for i, hexq, img_sha in zip(golden["indices"], want["latents_hex"], want["decoded_sha256"], strict=True):
         q = enc.encode_latent(x[i])
-        assert q.tobytes().hex() == want, f"test image {i}: int8 latent differs from the golden bytes"
+        assert q.tobytes().hex() == hexq, (
+            f"test image {i}: int8 latent differs from the golden bytes ({kernels})"
+        )
         img = np.ascontiguousarray(dec.decode_latent(q))
-        assert hashlib.sha256(img.tobytes()).hexdigest() == want_img, f"test image {i}: decoded image differs"
+        assert hashlib.sha256(img.tobytes()).hexdigest() == img_sha, f"test image {i}: decoded image differs"
 
 
 def test_latents_are_copies_and_deterministic(mnist_bundle):

