@@ -449,3 +449,17 @@ def test_stream_cli_requires_keys_or_an_explicit_insecure(keys: dict) -> None:
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "WARNING: --insecure" in r.output and "WITHOUT encryption" in r.output
+
+
+def test_fleet_modules_import_without_tensorflow() -> None:
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "import cae_edge.device.security, cae_edge.device.config\n"
+        "import cae_edge.device.soak, cae_edge.device.status\n"
+        "from typer.testing import CliRunner; from cae_edge.cli.main import app\n"
+        "for args in (['keys', 'list', '--help'], ['stream', 'soak', '--help']):\n"
+        "    r = CliRunner().invoke(app, args); assert r.exit_code == 0, r.output\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
