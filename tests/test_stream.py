@@ -210,6 +210,64 @@ def test_rejects_are_counted_and_good_senders_served(bundle, digits) -> None:
     assert "deadbeef" in pair_lines[0] and bundle.pair_id in pair_lines[0] and "raw" in pair_lines[0]
 
 
+@pytest.fixture(scope="module")
+def entropy_bundle(bundle, tmp_path_factory):
+    """The shipped bundle plus an entropy model of its int8 latents (same models, so the same pair id)."""
+    import hashlib
+    import shutil
+
+    from cae_edge import entropy
+
+    path = tmp_path_factory.mktemp("bundles") / "entropy"
+    shutil.copytree(bundle.path, path)
+    enc = bundle.encoder()
+    ds = datasets.load("mnist")
+    latents = np.stack([enc.encode_latent(im) for im in ds.x_train[:300]])
+    coding, _ = entropy.write_bundle_coding(path, latents)
+    manifest = json.loads((path / "manifest.json").read_text())
+    blob = (path / entropy.ENTROPY_FILE).read_bytes()
+    manifest["coding"] = coding
+    manifest["files"][entropy.ENTROPY_FILE] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return load_bundle(path)
+
+
+def test_entropy_coded_stream(bundle, entropy_bundle, digits) -> None:
+    frames = paper_frames(digits[:12])
+    assert stream.payload_kind(entropy_bundle.coding) is PayloadKind.ENTROPY
+    rx = _ReceiverThread(entropy_bundle, ReceiveOptions(max_frames=len(frames), idle_timeout_s=WAIT_S))
+    int8_rx = _ReceiverThread(bundle, ReceiveOptions(stats_every_s=0.0))  # same pair id, other coding
+    with (
+        PushSender(rx.link.endpoint, SenderOptions(queue_size=1000)) as tx,
+        PushSender(int8_rx.link.endpoint) as tx2,
+    ):
+        for link in (tx, tx2):
+            s = run_sender(
+                ArraySource(frames),
+                Preprocessor(entropy_bundle.preprocess),
+                entropy_bundle.encoder(),
+                link,
+                pair_id=entropy_bundle.pair_id,
+                kind=PayloadKind.ENTROPY,
+                options=SendOptions(name="ent", wait_connected_s=WAIT_S),
+            )
+            assert s.frames == len(frames)
+        rx.join()
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and (
+            int8_rx.latest is None or int8_rx.latest.rejected.get("coding", 0) < len(frames)
+        ):
+            time.sleep(0.05)
+        int8_rx.stop.set()
+        int8_rx.join()
+    assert s.payload_bytes < bundle.latent_dim  # variable-length payloads, smaller than the raw latent
+    assert rx.stats.frames == len(frames) and rx.stats.rejected == {}
+    for seq, want in enumerate(direct(bundle, frames)):  # lossless coding: same images as the int8 bundle
+        np.testing.assert_array_equal(rx.sink.frames[("ent", seq)], want)
+    assert int8_rx.stats.frames == 0 and int8_rx.stats.rejected == {"coding": len(frames)}
+    assert any("coding entropy" in line for line in int8_rx.logs)
+
+
 def test_seq_gaps_and_restarts(bundle, digits) -> None:
     enc, pre = bundle.encoder(), Preprocessor(bundle.preprocess)
     payload = enc.encode(pre(paper_frames(digits[:1])[0]))
