@@ -5,16 +5,20 @@
 # recorded in each manifest ("command", "train.command"). Finally the golden int8 latents are refreshed.
 #
 # Usage: scripts/make-bundles.sh [CLI] [PYTHON]      (make bundles passes the venv's)
-# Env:   EPOCHS_MNIST (default 30), EPOCHS_FASHION (default 10), RUNS (default runs/bundles)
+# Env:   DATASETS (default "mnist fashion"), EPOCHS_MNIST (default 20), EPOCHS_FASHION (default 5),
+#        RUNS (default runs/bundles)
 set -euo pipefail
 cli=${1:-cae-edge}
 py=${2:-python3}
 runs=${RUNS:-runs/bundles}
 cd "$(dirname "$0")/.."
 
-for spec in "mnist:${EPOCHS_MNIST:-30}" "fashion:${EPOCHS_FASHION:-10}"; do
-  name=${spec%%:*}
-  epochs=${spec##*:}
+for name in ${DATASETS:-mnist fashion}; do
+  case $name in
+    mnist) epochs=${EPOCHS_MNIST:-20} ;;
+    fashion) epochs=${EPOCHS_FASHION:-5} ;;
+    *) echo "unknown dataset $name (mnist or fashion)" >&2; exit 1 ;;
+  esac
   echo "== $name: train $epochs epochs"
   rm -rf "${runs:?}/$name"
   nice "$cli" train --dataset "$name" --latent 128 --epochs "$epochs" --seed 0 --out "$runs/$name"
@@ -24,6 +28,6 @@ done
 
 echo "== golden int8 latents"
 "$py" tests/golden/regenerate.py
-for name in mnist fashion; do
+for name in ${DATASETS:-mnist fashion}; do
   "$cli" bundle info "$name"
 done

@@ -148,11 +148,16 @@ def _model_spec(file: str, data: bytes) -> ModelSpec:
 
 
 def reconstruct(bundle, images_u8: np.ndarray, precision: str = "int8") -> np.ndarray:
-    """Encode and decode every image through a loaded bundle's models (the device runtime)."""
+    """Encode and decode every image through a loaded bundle (the device runtime).
+
+    The int8 pair goes through the wire payload (``encode`` → bytes → ``decode``, so the bundle's payload
+    codec is part of what is verified); the float pair goes latent to latent.
+    """
     enc, dec = bundle.encoder(precision=precision), bundle.decoder(precision=precision)
     out = np.empty_like(images_u8)
+    wire = precision == "int8"
     for i, img in enumerate(images_u8):
-        out[i] = dec.decode_latent(enc.encode_latent(img))
+        out[i] = dec.decode(enc.encode(img)) if wire else dec.decode_latent(enc.encode_latent(img))
     return out
 
 
