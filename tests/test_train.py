@@ -87,26 +87,16 @@ def test_encoder_output_is_latent_sized(latent, mnist):
 
 
 @pytest.mark.slow
-def test_latent_one_trains_end_to_end(tmp_path):
-    result = train(
-        TrainOptions(
-            latent_dim=1, epochs=1, max_samples=64, batch_size=32, val_fraction=0, out_dir=str(tmp_path)
-        )
-    )
-    assert result.encoder.output_shape == (None, 1)
-    assert "val_loss" not in result.history and result.data["val_images"] == 0
-    assert np.isfinite(result.metrics["psnr"])
-
-
-@pytest.mark.slow
-def test_denoising_run_reports_denoise_metrics(tmp_path):
+def test_latent_one_denoising_run(tmp_path):
+    """Latent size 1 end to end, with salt-and-pepper denoising, no hold-out, exponential decay."""
     events = []
     result = train(
         TrainOptions(
-            latent_dim=4,
+            latent_dim=1,
             epochs=1,
             max_samples=64,
             batch_size=32,
+            val_fraction=0,
             noise="salt-pepper",
             noise_amount=0.1,
             augment=False,
@@ -115,11 +105,14 @@ def test_denoising_run_reports_denoise_metrics(tmp_path):
         ),
         progress=lambda epoch, logs: events.append((epoch, logs)),
     )
+    assert result.encoder.output_shape == (None, 1)
+    assert "val_loss" not in result.history and result.data["val_images"] == 0
     d = result.metrics["denoise"]
     assert {"psnr", "ssim", "mse"} <= set(d) and d["noisy_input"]["psnr"] < 30
+    assert np.isfinite(result.metrics["psnr"])
     assert result.options["noise"] == "salt-pepper" and result.options["augment"] is False
     assert [e for e, _ in events] == [0, 1]
-    assert events[0][1]["device"] in ("CPU",) or events[0][1]["device"].startswith("GPU")
+    assert events[0][1]["device"] == "CPU" or events[0][1]["device"].startswith("GPU")
     assert "--noise salt-pepper --noise-amount 0.1 --no-augment" in result.command
 
 
@@ -235,6 +228,7 @@ def test_split_train_is_seeded_capped_and_disjoint():
         ({"max_samples": 0}, "max samples 0"),
         ({"val_fraction": 0.9}, "validation fraction 0.9"),
         ({"enc_widths": (32, 0, 16)}, "enc_widths"),
+        ({"init": "zeros"}, "unknown init 'zeros'"),
     ],
 )
 def test_bad_options_raise_config_error(kw, match, tmp_path):
@@ -293,3 +287,30 @@ def test_options_round_trip_and_command():
         "--no-augment",
     ):
         assert part in cmd
+
+
+@pytest.mark.slow
+def test_he_init_redraws_conv_kernels_only():
+    import keras
+
+    from cae_edge.train.model import ModelConfig, build_autoencoder
+    from cae_edge.train.train import he_init_convs
+
+    keras.utils.set_random_seed(0)
+    encoder, decoder, _ = build_autoencoder(ModelConfig(latent_dim=4))
+    dense_before = [w.copy() for w in encoder.get_layer("latent").get_weights()]
+    convs = [ly for m in (encoder, decoder) for ly in m.layers if isinstance(ly, keras.layers.Conv2D)]
+    convs += [
+        ly for m in (encoder, decoder) for ly in m.layers if isinstance(ly, keras.layers.Conv2DTranspose)
+    ]
+    convs = list(dict.fromkeys(convs))
+    assert he_init_convs(encoder, decoder) == len(convs) >= 9  # the paper's 5 convs + 4 transposed convs
+    for ly in convs:
+        if isinstance(ly, keras.layers.Conv2DTranspose):
+            continue
+        fan_in = int(np.prod(ly.kernel.shape[:-1]))
+        std = float(np.std(np.array(ly.kernel)))
+        # He-normal (truncated normal): std close to sqrt(2 / fan_in)
+        assert 0.6 * np.sqrt(2 / fan_in) < std < 1.2 * np.sqrt(2 / fan_in), (ly.name, std, fan_in)
+    for w, w0 in zip(encoder.get_layer("latent").get_weights(), dense_before, strict=True):
+        np.testing.assert_array_equal(w, w0)

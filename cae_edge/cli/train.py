@@ -29,6 +29,11 @@ class NoiseChoice(str, Enum):
     salt_pepper = "salt-pepper"
 
 
+class InitChoice(str, Enum):
+    he = "he"
+    keras = "keras"
+
+
 class LrDecayChoice(str, Enum):
     cosine = "cosine"
     exponential = "exponential"
@@ -102,6 +107,9 @@ def train_cmd(
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Fraction of training images held out for val loss.")
     ] = 0.1,
+    init: Annotated[
+        InitChoice, typer.Option("--init", help="Conv kernel init: he (trains reliably) or keras (as built).")
+    ] = InitChoice.he,
     enc_widths: Annotated[
         str | None, typer.Option("--enc-widths", help="Encoder filter counts w1,w2,b (e.g. 32,32,16).")
     ] = None,
@@ -133,6 +141,7 @@ def train_cmd(
             max_samples=max_samples,
             data_dir=None if data_dir is None else str(data_dir),
             val_fraction=val_fraction,
+            init=init.value,
         ).validated()
         check_out_dir(opts.out_dir)
     except CaeEdgeError as e:
