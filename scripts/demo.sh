@@ -35,3 +35,13 @@ grep -v '^INFO' "$stream/receiver.log" || true
 "$cli" stream compare "$stream/sent" "$stream/received" --out "$stream/side-by-side.png" \
   --json "$stream/quality.json"
 echo "== stream stats: $stream/sender.json, $stream/receiver.json; picture: $stream/side-by-side.png"
+
+# ---- Benchmark: the shipped MNIST bundle against JPEG, WebP, PNG and PCA on the whole test split; latency of
+# every model (1 thread and all cores), sizes, sender/receiver paths. Table on the terminal, every figure in
+# JSON (schema: docs/benchmark-schema.md), RD curves + latency chart as PNG, README-ready markdown.
+bench="$out/benchmark"
+mkdir -p "$bench"
+echo "== benchmark: shipped mnist bundle vs JPEG/WebP/PNG/PCA"
+"$cli" benchmark --bundle mnist --runs 1000 --json "$bench/benchmark.json" --plot "$bench/rd.png" \
+  --markdown "$bench/benchmark.md" 2> >(grep -v '^INFO' >&2)
+echo "== benchmark figures: $bench/benchmark.json, $bench/benchmark.md; plot: $bench/rd.png"

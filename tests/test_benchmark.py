@@ -174,6 +174,16 @@ def test_model_size_counts_weights(bundle):
 # ---------------------------------------------------------------- RD rows
 
 
+def test_batched_ssim_equals_scikit_image(mnist):
+    rng = np.random.default_rng(1)
+    x = mnist.x_test[:40]
+    y = np.clip(x + rng.normal(0, 25, x.shape), 0, 255).astype(np.uint8)
+    np.testing.assert_allclose(rd.ssim_batch(x, y), metrics.ssim_per_image(x, y), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(rd.ssim_batch(x, x), 1.0)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        rd.ssim_batch(x, y[:3])
+
+
 def test_identical_images_report_the_cap(mnist):
     imgs = mnist.x_test[:10]
     p = rd.score("mnist", "png", "lossless", imgs, imgs.copy(), 100, 120)
