@@ -281,3 +281,22 @@ def test_verify_false_skips_hashes_but_not_structure(tmp_path):
     f.write_bytes(b"XXXX" * (len(data) // 4) + b"X" * (len(data) % 4))
     with pytest.raises(BundleError, match="not a TFLite flatbuffer"):
         load_bundle(dst, verify=False)
+
+
+def test_encoder_input_that_is_not_raw_pixels_is_refused(tmp_path):
+    from cae_edge.export.convert import set_io_quant
+    from cae_edge.manifest import file_entry, pair_id
+    from cae_edge.quant import QuantParams
+
+    dst = tmp_path / "b"
+    shutil.copytree(resolve_bundle("mnist"), dst)
+    f = dst / "encoder.tflite"
+    f.write_bytes(set_io_quant(f.read_bytes(), "input", QuantParams(1 / 255, -127)))
+    d = json.loads((dst / "manifest.json").read_text())
+    e = file_entry(f)
+    d["files"]["encoder.tflite"] = {"sha256": e.sha256, "bytes": e.bytes}
+    d["pair_id"] = pair_id(e.sha256, d["files"]["decoder.tflite"]["sha256"])
+    d["models"]["encoder"]["input"]["zero_point"] = -127
+    (dst / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=r"encoder\.tflite: input quantization .* is not raw pixels"):
+        load_bundle(dst)

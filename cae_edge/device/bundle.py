@@ -34,6 +34,8 @@ from .litert import check_model_bytes, make_interpreter
 BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
 """Shipped bundles: every ``cae_edge/bundles/<name>/manifest.json`` is addressable by ``<name>``."""
 IMAGE_SHAPE = (28, 28)
+_PIXEL_ZERO_POINTS = {"int8": PIXEL_ZERO_POINT, "uint8": 0}
+"""Zero point that makes a quantized encoder input take raw pixel bytes (with scale 1/255)."""
 
 # ---- payload codecs -------------------------------------------------------------------------------------
 
@@ -162,17 +164,12 @@ class Encoder:
         self._in = np.zeros(spec.input.shape, dtype=spec.input.dtype)
         self._in2d = self._in.reshape(IMAGE_SHAPE)
         dtype = spec.input.dtype
-        if dtype == "int8":
-            expected = (PIXEL_ZERO_POINT,)
-        elif dtype == "uint8":
-            expected = (0,)
-        else:
-            expected = ()
-        if expected and (np.float32(spec.input.scale) != PIXEL_SCALE or spec.input.zero_point != expected[0]):
+        zp = _PIXEL_ZERO_POINTS.get(dtype)
+        if zp is not None and (np.float32(spec.input.scale) != PIXEL_SCALE or spec.input.zero_point != zp):
             raise BundleError(
-                f"{self.name}: input quantization (scale {spec.input.scale!r}, "
-                f"zero point {spec.input.zero_point}) "
-                f"is not raw pixels (scale 1/255, zero point {expected[0]} for {dtype}); re-export the bundle"
+                f"{self.name}: input quantization (scale {spec.input.scale!r}, zero point "
+                f"{spec.input.zero_point}) is not raw pixels (scale 1/255, zero point {zp} for {dtype}); "
+                "re-export the bundle"
             )
         self._mode = dtype
         self._set = self._interp.set_tensor
