@@ -104,7 +104,9 @@ class _ReceiverThread:
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
 
-    def join(self) -> None:
+    def join(self, *senders: PushSender) -> None:
+        for tx in senders:  # what the link could not take yet waits in the sender's queue until a flush
+            assert tx.flush(WAIT_S) == 0
         self.thread.join(WAIT_S)
         assert not self.thread.is_alive(), "receiver did not finish"
         self.link.close()
@@ -127,7 +129,7 @@ def test_in_process_round_trip_is_bit_exact(bundle, digits) -> None:
             options=SendOptions(name="cam-a", wait_connected_s=WAIT_S, stats_every_s=0.0),
             on_stats=reports.append,
         )
-        rx.join()
+        rx.join(tx)
     assert s.status == "finished" and s.frames == len(frames) and s.dropped == 0
     enc, pre = bundle.encoder(), Preprocessor(bundle.preprocess)
     payload = np.mean([len(enc.encode(pre(f))) for f in frames])
@@ -192,7 +194,7 @@ def test_rejects_are_counted_and_good_senders_served(bundle, digits) -> None:
                 pair_id=bundle.pair_id,
                 options=SendOptions(name="good-node", wait_connected_s=WAIT_S),
             )
-            rx.join()
+            rx.join(tx)
     finally:
         raw.close()
         ctx.term()
@@ -258,7 +260,8 @@ def test_entropy_coded_stream(bundle, entropy_bundle, digits) -> None:
                 options=SendOptions(name="ent", wait_connected_s=WAIT_S),
             )
             assert s.frames == len(frames)
-        rx.join()
+        rx.join(tx)
+        assert tx2.flush(WAIT_S) == 0
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline and (
             int8_rx.latest is None or int8_rx.latest.rejected.get("coding", 0) < len(frames)
@@ -284,7 +287,7 @@ def test_seq_gaps_and_restarts(bundle, digits) -> None:
         assert tx.wait_connected(WAIT_S)
         for s in seqs:
             tx.send(wire.pack(Packet(pair, sid, s, wire.MASK32 & (time.time_ns() // 1000), payload)))
-        rx.join()
+        rx.join(tx)
     peer = rx.stats.senders[f"id-{sid:04x}"]  # this sender never sent its name
     assert peer.lost == 5 and peer.restarts == 1 and peer.last_seq == 1 and peer.frames == len(seqs)
 
