@@ -198,7 +198,8 @@ def run_sender(
     """Capture → preprocess → encode → pack → send until the source ends, ``max_frames`` or ``stop``.
 
     Does not close the source or the link (the caller owns them); a source that fails mid-stream ends the
-    loop with ``status="source-error"`` instead of raising.
+    loop with ``status="source-error"`` instead of raising. Packets the link could not take yet are still in
+    its queue when this returns: ``link.close()`` (or ``link.flush(timeout)``) delivers them.
 
     Returns:
         Final statistics (link counters as of the return; absorb ``link.stats`` again after closing it).
