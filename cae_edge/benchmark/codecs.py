@@ -40,6 +40,7 @@ WEBP_QUALITIES = (1, 5, 10, 25, 50, 75, 90)
 PCA_DIMS = (4, 8, 16, 32, 64, 128)
 """Default PCA sizes (bytes/image); the latent sizes of the benchmarked bundles are added."""
 
+_PCA_CHUNK = 5000
 _WEBP_CONST_VP8_BYTES = 7  # start code (3) + width (2) + height (2) of a VP8 key frame header
 
 
@@ -215,13 +216,18 @@ class PCA:
         n, h, w = images.shape
         if not 1 <= max_dim <= h * w:
             raise ConfigError(f"PCA dims {max_dim}: must be 1..{h * w}")
-        x = images.reshape(n, -1).astype(np.float64)
-        mean = x.mean(axis=0)
-        xc = x - mean
-        cov = xc.T @ xc / max(n - 1, 1)
-        vals, vecs = np.linalg.eigh(cov)
+        flat = images.reshape(n, -1)
+        chunks = range(0, n, _PCA_CHUNK)  # float64 copies of 60,000 images would take ~0.4 GB each
+        mean = flat.sum(axis=0, dtype=np.float64) / n
+        cov = np.zeros((h * w, h * w))
+        for i in chunks:
+            xc = flat[i : i + _PCA_CHUNK].astype(np.float64) - mean
+            cov += xc.T @ xc
+        vals, vecs = np.linalg.eigh(cov / max(n - 1, 1))
         comps = vecs[:, np.argsort(vals)[::-1][:max_dim]].T
-        coef = xc @ comps.T
+        coef = np.concatenate(
+            [(flat[i : i + _PCA_CHUNK].astype(np.float64) - mean) @ comps.T for i in chunks]
+        )
         scales = np.maximum(np.percentile(np.abs(coef), 99.9, axis=0) / 127.0, 1e-6)
         return cls(mean, comps, scales, (h, w))
 
