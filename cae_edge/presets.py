@@ -85,7 +85,7 @@ PRESETS: dict[str, Preset] = {
                 latent_dim=16, enc_widths=(32, 32, 16), dec_widths=(48, 48, 24), latent_gain=8.0
             ),
             lam={"mnist": 20.0, "fashion": 20.0},
-            epochs={"mnist": 30, "fashion": 4},
+            epochs={"mnist": 30, "fashion": 2},
             max_bytes=8.0,
             target_bytes=4.3,
             description="<= 8 bytes per image (MNIST target: >= 21.6 dB at <= 4.5 B)",
