@@ -315,3 +315,20 @@ def test_litert_tool_cross_check_runs(bundle, mnist):
     assert t.tool_median_us is not None and t.tool_median_us > 0
     assert t.compiled_model_p50_us is not None and t.compiled_model_p50_us > 0
     assert t.ratio == pytest.approx(t.ours_p50_us / t.tool_median_us)
+
+
+def test_keras_run_is_used_only_when_it_is_the_bundles_run(bundle, tmp_path, monkeypatch):
+    from cae_edge.benchmark.run import _keras_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("encoder.keras", "decoder.keras"):
+        (run / f).write_bytes(b"x")
+    train = dict(bundle.manifest.train)
+    train["train"] = dict(train.get("train") or {}, out_dir=str(run))
+    monkeypatch.setattr(bundle.manifest, "train", train)
+    (run / "config.json").write_text(json.dumps(train))
+    assert _keras_run_dir(bundle, BenchmarkOptions()) == run
+    (run / "config.json").write_text(json.dumps(dict(train, note="retrained")))
+    assert _keras_run_dir(bundle, BenchmarkOptions()) is None
+    assert _keras_run_dir(bundle, BenchmarkOptions(keras_run=str(tmp_path))) == tmp_path

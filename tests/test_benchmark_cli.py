@@ -54,7 +54,8 @@ def test_no_baselines_and_bad_bundle(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert {r["codec"] for r in json.loads(out.read_text())["rd"]} == {
+    # Keras float rows appear only when the bundle's training run is still on disk (and TF installed)
+    assert {r["codec"] for r in json.loads(out.read_text())["rd"]} - {"cae-edge keras-float"} == {
         "cae-edge int8",
         "cae-edge tflite-float",
     }

@@ -185,12 +185,22 @@ def _paths(bundle, test: np.ndarray, threads: int, opts: BenchmarkOptions) -> li
 
 
 def _keras_run_dir(bundle, opts: BenchmarkOptions) -> Path | None:
+    """``--run``, else the training run the manifest names, if it is still there and still the same run
+    (its ``config.json`` equals the one recorded in the manifest; a retrained directory is not used)."""
+    import json
+
     if opts.keras_run:
         return Path(opts.keras_run)
     out = (bundle.manifest.train.get("train") or {}).get("out_dir")
-    if out and (Path(out) / "encoder.keras").is_file() and (Path(out) / "decoder.keras").is_file():
-        return Path(out)
-    return None
+    if not out or not all(
+        (Path(out) / f).is_file() for f in ("encoder.keras", "decoder.keras", "config.json")
+    ):
+        return None
+    try:
+        same = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")) == bundle.manifest.train
+    except (OSError, ValueError):
+        return None
+    return Path(out) if same else None
 
 
 def run_benchmark(opts: BenchmarkOptions, progress: Progress | None = None) -> BenchmarkReport:
