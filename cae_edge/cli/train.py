@@ -72,7 +72,7 @@ def train_cmd(
     ] = 128,
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Passes over the training images.")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per Adam step.")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Initial Adam learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", help="Initial Adam learning rate.")] = 3e-3,
     lr_decay: Annotated[
         LrDecayChoice, typer.Option("--lr-decay", help="Learning-rate schedule (ends at 5 % of --lr).")
     ] = LrDecayChoice.cosine,
