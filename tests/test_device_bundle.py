@@ -144,8 +144,15 @@ def test_manifest_records_quality_and_preprocessing(shipped):
     assert m.command
 
 
+GOLDEN_NAMES = sorted(p.stem for p in GOLDEN.glob("*.json"))
+
+
+def test_the_default_bundles_have_golden_files():
+    assert set(SHIPPED) <= set(GOLDEN_NAMES), "run `python tests/golden/regenerate.py`"
+
+
 @pytest.mark.parametrize("kernels", ["xnnpack", "builtin"])
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_latents_are_reproduced_bit_exactly(name, kernels):
     golden = json.loads((GOLDEN / f"{name}.json").read_text())
     b = load_bundle(name)

@@ -183,6 +183,25 @@ def test_set_io_quant_changes_only_the_parameters(exported):
     assert io_quant(edited, "input") == QuantParams(0.5, 3)
 
 
+def test_sigmoid_input_range_is_cut_to_the_useful_logits(exported):
+    from ai_edge_litert import schema_py_generated as schema
+
+    from cae_edge.export.convert import LOGIT_CLIP, tighten_logistic_inputs
+
+    data = (Path(exported.path) / "decoder.tflite").read_bytes()
+    m = schema.Model.GetRootAs(bytearray(data), 0)
+    sg = m.Subgraphs(0)
+    ops = [sg.Operators(i) for i in range(sg.OperatorsLength())]
+    codes = [m.OperatorCodes(op.OpcodeIndex()).BuiltinCode() for op in ops]
+    op = ops[codes.index(schema.BuiltinOperator.LOGISTIC)]
+    q = sg.Tensors(op.Inputs(0)).Quantization()
+    scale, zp = float(q.ScaleAsNumpy()[0]), int(q.ZeroPointAsNumpy()[0])
+    lo, hi = scale * (-128 - zp), scale * (127 - zp)
+    assert -LOGIT_CLIP - scale <= lo <= 0 <= hi <= LOGIT_CLIP + scale
+    again, changed = tighten_logistic_inputs(data)
+    assert changed == 0 and again == data  # already applied at export; idempotent
+
+
 def test_one_byte_tamper_is_detected(bundle_copy):
     f = bundle_copy / "decoder.tflite"
     data = bytearray(f.read_bytes())
