@@ -125,8 +125,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path}: not a uint8 IDX file (magic {data[:4].hex()})")
-    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise ValueError(f"{path}: header cut short ({len(data)} bytes, {ndim} dimensions need {offset})")
+    dims = struct.unpack(f">{ndim}I", data[4:offset])
     count = int(np.prod(dims))
     if len(data) - offset != count:
         raise ValueError(f"{path}: header says {dims} ({count} bytes) but {len(data) - offset} bytes follow")

@@ -32,6 +32,12 @@ def test_info_one_dataset_by_alias():
     assert [r["name"] for r in json.loads(result.stdout)] == ["fashion"]
 
 
+def test_info_unknown_dataset_is_one_line_and_exit_1():
+    result = runner.invoke(app, ["data", "info", "bogus"])
+    assert result.exit_code == 1
+    assert "unknown dataset 'bogus'" in result.output and "Traceback" not in result.output
+
+
 def test_info_without_data_fails_and_lists_places(no_data):
     result = runner.invoke(app, ["data", "info", "mnist", "--json"])
     assert result.exit_code == 1

@@ -203,6 +203,7 @@ def _gz(path: Path, data: bytes) -> Path:
         (struct.pack(">HBB", 1, 0x08, 1) + struct.pack(">I", 1) + b"\x00", "not a uint8 IDX"),
         (struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">III", 2, 28, 28) + b"\x00" * 784, "header says"),
         (struct.pack(">HBB", 0, 0x08, 1) + struct.pack(">I", 3) + b"\x00" * 5, "header says"),
+        (struct.pack(">HBB", 0, 0x08, 3) + b"\x00\x02", "header cut short"),
     ],
 )
 def test_malformed_idx_raises(tmp_path, data, match):

@@ -53,7 +53,11 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show where each dataset would be loaded from, with its size and split."""
-    names = [datasets.canonical_name(name)] if name else list(datasets.DATASETS)
+    try:
+        names = [datasets.canonical_name(name)] if name else list(datasets.DATASETS)
+    except CaeEdgeError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
     rows = []
     failed = False
     for n in names:
