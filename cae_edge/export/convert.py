@@ -188,9 +188,55 @@ def set_io_quant(tflite: bytes, which: str, qp: QuantParams) -> bytes:
     if q is None or q.ScaleLength() != 1 or q.ZeroPointLength() != 1:
         raise ExportError(f"graph {which} is not per-tensor quantized; cannot set its quantization")
     scale, zp = q.ScaleAsNumpy(), q.ZeroPointAsNumpy()  # writable views into buf
+    if which == "input":
+        _rescale_input_biases(buf, float(scale[0]), float(np.float32(qp.scale)))
     scale[0] = np.float32(qp.scale)
     zp[0] = int(qp.zero_point)
     return bytes(buf)
+
+
+def _rescale_input_biases(buf: bytearray, old_scale: float, new_scale: float) -> int:
+    """Re-express the int32 biases of the ops reading the graph input for a new input scale.
+
+    An int8 conv / fully-connected bias is stored in units of ``input_scale * weight_scale`` fixed at
+    conversion; the kernel adds it to the accumulator as is. When the input scale is overwritten (a forced
+    latent quantization on the decoder), the bias values must be rescaled by ``old / new`` or they act
+    ``old / new`` times too large or small (a 16-dim latent calibrated at scale 0.024 and forced to 1.0 made
+    every first-layer bias 42x too large: int8 PSNR 9 dB instead of 19). Returns the number of biases edited.
+    """
+    if old_scale <= 0 or new_scale <= 0 or np.float32(old_scale) == np.float32(new_scale):
+        return 0
+    s = _schema()
+    m = s.Model.GetRootAs(buf, 0)
+    sg = m.Subgraphs(0)
+    graph_in = sg.Inputs(0)
+    data_first = {
+        s.BuiltinOperator.FULLY_CONNECTED,
+        s.BuiltinOperator.CONV_2D,
+        s.BuiltinOperator.DEPTHWISE_CONV_2D,
+    }
+    ratio = old_scale / new_scale
+    edited = 0
+    for o in range(sg.OperatorsLength()):
+        op = sg.Operators(o)
+        code = m.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) not in data_first:
+            continue
+        if op.InputsLength() < 3 or op.Inputs(0) != graph_in or op.Inputs(2) < 0:
+            continue
+        bias = sg.Tensors(op.Inputs(2))
+        bq = bias.Quantization()
+        if bias.Type() != s.TensorType.INT32 or bq is None or bq.ScaleLength() == 0:
+            continue
+        data = m.Buffers(bias.Buffer()).DataAsNumpy()
+        if isinstance(data, int) or data.size == 0:
+            continue
+        values = data.view(np.int32)  # writable view into buf
+        values[:] = np.clip(np.rint(values.astype(np.float64) * ratio), -(2**31), 2**31 - 1).astype(np.int32)
+        bscale = bq.ScaleAsNumpy()
+        bscale[:] = (bscale.astype(np.float64) / ratio).astype(np.float32)
+        edited += 1
+    return edited
 
 
 LOGIT_CLIP = 8.0
