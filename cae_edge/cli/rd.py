@@ -31,6 +31,8 @@ _CARRY = {
     "data_dir": "data_dir",
     "enc_widths": "enc_widths",
     "dec_widths": "dec_widths",
+    "init_from": "init_from",
+    "latent_jitter": "latent_jitter",
 }
 
 
@@ -54,7 +56,7 @@ def run(
     kw = {_CARRY[k]: v for k, v in given.items() if k in _CARRY}
     if kw.get("dataset") is None:
         kw["dataset"] = params.get("dataset", "mnist")
-    for key in ("out_dir", "data_dir"):
+    for key in ("out_dir", "data_dir", "init_from"):
         if kw.get(key) is not None:
             kw[key] = str(kw[key])
     try:

@@ -127,6 +127,13 @@ def train_cmd(
     target_bytes: Annotated[
         float | None, typer.Option("--target-bytes", help="Rate-distortion: steer lam to these B/image.")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option("--init-from", help="Rate-distortion: fine-tune from this run directory's weights."),
+    ] = None,
+    latent_jitter: Annotated[
+        float, typer.Option("--latent-jitter", help="Rate-distortion: latent noise std before rounding.")
+    ] = 0.0,
 ) -> None:
     """Train the convolutional autoencoder and write a run directory (Keras models, metrics, plots).
 
@@ -137,6 +144,7 @@ def train_cmd(
         from . import rd
 
         params = {k: v for k, v in ctx.params.items() if k not in ("preset", "lam", "target_bytes")}
+        params["init_from"] = None if init_from is None else str(init_from)
         params["enc_widths"] = _widths(enc_widths, "--enc-widths") if enc_widths else None
         params["dec_widths"] = _widths(dec_widths, "--dec-widths") if dec_widths else None
         return rd.run(ctx, params, preset, lam, target_bytes)

@@ -250,7 +250,8 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
         manifest.write(tmp)
 
         step(f"verifying on {len(test)} test images", 0, 3)
-        keras_rec = to_uint8(encoder_decoder_predict(encoder, decoder, test))
+        # RD models deploy a rounded latent: their float reference rounds too (the codec's own step).
+        keras_rec = to_uint8(encoder_decoder_predict(encoder, decoder, test, round_latent=bool(rd)))
         bundle = load_bundle(tmp)
         q = {"keras_float": quality(test, keras_rec)}
         step("TFLite float pair", 1, 3)
@@ -289,8 +290,15 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
     )
 
 
-def encoder_decoder_predict(encoder, decoder, images_u8: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Keras float reconstruction of uint8 images → float images in [0, 1], shape (N, 28, 28)."""
+def encoder_decoder_predict(
+    encoder, decoder, images_u8: np.ndarray, batch_size: int = 500, round_latent: bool = False
+) -> np.ndarray:
+    """Keras float reconstruction of uint8 images → float images in [0, 1], shape (N, 28, 28).
+
+    ``round_latent`` rounds the latent to integers in int8 range first (rate-distortion models, whose
+    decoder was trained on exactly that)."""
     x = (np.asarray(images_u8, np.float32) / 255.0)[..., None]
     z = encoder.predict(x, batch_size=batch_size, verbose=0)
+    if round_latent:
+        z = np.clip(np.rint(z), -128, 127).astype(np.float32)
     return decoder.predict(z, batch_size=batch_size, verbose=0)[..., 0]

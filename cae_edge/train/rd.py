@@ -104,6 +104,13 @@ class RDOptions:
     """Run directory; None means ``runs/<dataset>-<preset or rd>``."""
     max_samples: int | None = None
     """Use at most this many training images (quick runs and tests)."""
+    init_from: str | None = None
+    """Start from the weights (and prior) of an earlier run directory of the same architecture
+    (fine-tuning: e.g. more epochs, or ``latent_jitter``)."""
+    latent_jitter: float = 0.0
+    """Std of Gaussian noise added to the latent before rounding on the decoder's path (latent units). About
+    0.2 mimics the int8 encoder, which moves ~30 % of latent values by +-1, so the decoder learns to
+    tolerate it."""
     max_test: int | None = None
     """Evaluate on at most this many test images (None: the full test split)."""
     data_dir: str | None = None
@@ -207,6 +214,10 @@ class RDOptions:
             args.append("--augment" if self.augment else "--no-augment")
         if self.max_samples is not None:
             args += ["--max-samples", str(self.max_samples)]
+        if self.init_from:
+            args += ["--init-from", str(self.init_from)]
+        if self.latent_jitter:
+            args += ["--latent-jitter", repr(self.latent_jitter)]
         args += ["--out", str(self.out_dir)]
         return shlex.join(args)
 
@@ -355,6 +366,9 @@ def train_rd(opts: RDOptions, progress: Progress | None = None) -> RDResult:
     encoder = build_encoder(cfg)
     decoder = build_decoder(cfg)
     prior = _Prior(tf, cfg.latent_dim)
+    if opts.init_from:
+        _load_start(opts.init_from, cfg, encoder, decoder, prior)
+    jitter = float(opts.latent_jitter)
     steps_per_epoch = math.ceil(len(x_train) / opts.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
         opts.learning_rate, opts.epochs * steps_per_epoch, alpha=FINAL_LR_FRACTION
@@ -369,7 +383,8 @@ def train_rd(opts: RDOptions, progress: Progress | None = None) -> RDResult:
     def step(x):
         with tf.GradientTape() as tape:
             y = encoder(x, training=True)
-            x_hat = decoder(quantize_latent(tf, y), training=True)
+            y_dec = y + tf.random.normal(tf.shape(y), stddev=jitter) if jitter else y
+            x_hat = decoder(quantize_latent(tf, y_dec), training=True)
             mse = tf.reduce_mean(tf.square(x - x_hat)) * (255.0**2)
             noisy = y + tf.random.uniform(tf.shape(y), -0.5, 0.5)
             bits = tf.reduce_mean(prior.bits(noisy))
@@ -466,6 +481,28 @@ def train_rd(opts: RDOptions, progress: Progress | None = None) -> RDResult:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plots(history, encoder, decoder, x_test, out, opts)
     return result
+
+
+def _load_start(run_dir: str, cfg: ModelConfig, encoder, decoder, prior: _Prior) -> None:
+    """Copy weights and prior of an earlier run into freshly built models (same architecture)."""
+    import keras
+
+    run = Path(run_dir)
+    try:
+        config = json.loads((run / "config.json").read_text())
+        old_enc = keras.models.load_model(run / "encoder.keras", compile=False)
+        old_dec = keras.models.load_model(run / "decoder.keras", compile=False)
+    except Exception as e:  # keras raises many types for a bad archive
+        raise ConfigError(f"--init-from {run_dir}: cannot load the run ({type(e).__name__}: {e})") from None
+    if ModelConfig.from_dict(config.get("model", {})) != cfg:
+        raise ConfigError(f"--init-from {run_dir}: its model {config.get('model')} is not {cfg.to_dict()}")
+    encoder.set_weights(old_enc.get_weights())
+    decoder.set_weights(old_dec.get_weights())
+    old = (config.get("rd") or {}).get("prior") or {}
+    if "loc" in old and "scale" in old:
+        scale = np.maximum(np.asarray(old["scale"], np.float32) - MIN_SCALE, 1e-4)
+        prior.loc.assign(np.asarray(old["loc"], np.float32))
+        prior.raw_scale.assign(np.log(np.expm1(scale)))
 
 
 def _plots(history: dict, encoder, decoder, x_test: np.ndarray, out: Path, opts: RDOptions) -> None:
