@@ -242,6 +242,8 @@ class EntropyCoder:
         self._queue = c.stream.queue
         self._family = c.stream.model.Categorical(perfect=False)
         self._probs = np.ascontiguousarray(model.probabilities, dtype=np.float64)
+        self._shape = (model.latent_dim,)
+        self._lo, self._hi = model.lo, model.hi
 
     @property
     def latent_dim(self) -> int:
@@ -249,11 +251,14 @@ class EntropyCoder:
 
     def _symbols(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q)
-        if q.shape != (self.latent_dim,):
+        if q.shape != self._shape:
             raise ConfigError(f"latent of shape {q.shape}: this entropy model codes ({self.latent_dim},)")
-        if not np.issubdtype(q.dtype, np.integer):
+        if q.dtype.kind not in "iu":
             raise ConfigError(f"latent dtype {q.dtype}: expected integers (the int8 latent)")
-        return (self.model.clamp(q) - self.model.lo).astype(np.int32)
+        sym = q.astype(np.int32)
+        np.clip(sym, self._lo, self._hi, out=sym)
+        sym -= self._lo
+        return sym
 
     def _decode_words(self, payload: bytes) -> np.ndarray:
         words = max(2, (len(payload) + 3) // 4)
