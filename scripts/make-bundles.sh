@@ -34,18 +34,30 @@ done
 for name in ${DATASETS:-mnist fashion}; do
   for preset in ${PRESETS-tiny small hq}; do
     echo "== $name-$preset: train (preset $preset)"
-    rm -rf "${runs:?}/$name-$preset" "${runs:?}/$name-$preset-base"
-    if [[ $name == fashion && $preset != tiny ]]; then
-      # Fashion hq/small as shipped: the preset's 4 epochs, then 6 more from those weights at lr 1e-3,
-      # starting from the rate weight the first run ended with.
-      nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --out "$runs/$name-$preset-base"
-      lam=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rd"]["lam_final"])' \
-        "$runs/$name-$preset-base/config.json")
-      nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --epochs 6 --lr 0.001 --lam "$lam" \
-        --init-from "$runs/$name-$preset-base" --out "$runs/$name-$preset"
-    else
-      nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --out "$runs/$name-$preset"
-    fi
+    rm -rf "${runs:?}/$name-$preset"
+    # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr" from the previous weights,
+    # each starting from the rate weight the previous stage ended with.
+    case $name-$preset in
+      mnist-hq | mnist-small) stages="30:0.001" ;;
+      fashion-hq) stages="6:0.001 6:0.0007" ;;
+      fashion-small) stages="6:0.001" ;;
+      *) stages="" ;;
+    esac
+    set -- $stages
+    prev="$runs/$name-$preset"
+    [[ $# -gt 0 ]] && prev="$runs/$name-$preset-s0"
+    rm -rf "$runs/$name-$preset"-s*
+    nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --out "$prev"
+    i=0
+    for stage in $stages; do
+      i=$((i + 1))
+      out="$runs/$name-$preset-s$i"
+      [[ $i -eq $# ]] && out="$runs/$name-$preset"
+      lam=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rd"]["lam_final"])' "$prev/config.json")
+      nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --epochs "${stage%%:*}" --lr "${stage##*:}" \
+        --lam "$lam" --init-from "$prev" --out "$out"
+      prev=$out
+    done
     echo "== $name-$preset: export"
     nice "$cli" export "$runs/$name-$preset" --out "cae_edge/bundles/$name-$preset" \
       --calib 1000 --margin 1.0 --overwrite
