@@ -41,7 +41,7 @@ echo "== stream stats: $stream/sender.json, $stream/receiver.json; picture: $str
 # JSON (schema: docs/benchmark-schema.md), RD curves + latency chart as PNG, README-ready markdown.
 bench="$out/benchmark"
 mkdir -p "$bench"
-echo "== benchmark: shipped mnist bundle vs JPEG/WebP/PNG/PCA"
-"$cli" benchmark --bundle mnist --runs 1000 --json "$bench/benchmark.json" --plot "$bench/rd.png" \
+echo "== benchmark: shipped mnist bundles (plain, small, hq) vs JPEG/WebP/PNG/PCA"
+"$cli" benchmark --bundle mnist --bundle mnist-small --bundle mnist-hq --runs 500 --json "$bench/benchmark.json" --plot "$bench/rd.png" \
   --markdown "$bench/benchmark.md" 2> >(grep -v '^INFO' >&2)
 echo "== benchmark figures: $bench/benchmark.json, $bench/benchmark.md; plot: $bench/rd.png"
