@@ -88,6 +88,7 @@ KeysFile = Annotated[
         "--keys", help="This end's CURVE secret key file (NAME.key_secret from `cae-edge keys generate`)."
     ),
 ]
+MaxFrames = Annotated[int, typer.Option("--max-frames", min=0, help="Stop after N frames; 0 = no limit.")]
 Insecure = Annotated[
     bool, typer.Option("--insecure", help="No encryption, no authentication (CURVE is on otherwise).")
 ]
@@ -127,9 +128,7 @@ def send(
     fps: Annotated[
         float, typer.Option("--fps", min=0, help="Frame-rate cap; 0 = as fast as possible.")
     ] = 0.0,
-    max_frames: Annotated[
-        int, typer.Option("--max-frames", min=0, help="Stop after N frames; 0 = no limit.")
-    ] = 0,
+    max_frames: MaxFrames = 0,
     queue: Annotated[
         int, typer.Option("--queue", min=1, help="Frames held while the receiver is slow or away.")
     ] = 64,
@@ -255,9 +254,7 @@ def receive(
     show: Annotated[
         bool, typer.Option("--show", help="Live mosaic window (needs OpenCV with a GUI).")
     ] = False,
-    max_frames: Annotated[
-        int, typer.Option("--max-frames", min=0, help="Stop after N frames; 0 = no limit.")
-    ] = 0,
+    max_frames: MaxFrames = 0,
     timeout: Annotated[
         float, typer.Option("--timeout", min=0, help="Stop after S seconds without a frame; 0 = never.")
     ] = 0.0,
