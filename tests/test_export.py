@@ -338,3 +338,59 @@ def test_cli_bundle_info_and_errors(exported, tiny_run, tmp_path):
     (tmp_path / "emptyrun").mkdir()
     r = runner.invoke(app, ["export", str(tmp_path / "emptyrun"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "missing config.json, encoder.keras, decoder.keras" in r.output
+
+
+@pytest.fixture(scope="module")
+def coarse_pair(tiny_run, tmp_path_factory):
+    """The same run exported twice with a coarse forced latent step: as is, and with --adapt-decoder 3."""
+    from cae_edge.export.bundle import ExportOptions, export
+
+    root = tmp_path_factory.mktemp("adapt")
+    common = dict(calib=100, verify_limit=VERIFY, latent_scale=COARSE_STEP, margin_db=100.0)
+    plain = export(ExportOptions(tiny_run, root / "plain", **common))
+    adapted = export(ExportOptions(tiny_run, root / "adapted", adapt_epochs=3, adapt_lr=1e-3, **common))
+    return plain, adapted
+
+
+COARSE_STEP = 2.0
+"""A latent step coarser than the tiny run's latents want: the decoder has something to adapt to."""
+
+
+def test_adapting_the_decoder_to_int8_latents_wins_back_quality(coarse_pair):
+    plain, adapted = coarse_pair
+    gain = adapted.quality["tflite_int8"]["psnr"] - plain.quality["tflite_int8"]["psnr"]
+    assert gain > 0.5, (plain.quality, adapted.quality)
+    a = adapted.quality["decoder_adaptation"]
+    assert a["epochs"] == 3 and a["train_images"] == 8000 and a["loss_last_epoch"] < a["loss_first_epoch"]
+    # the unadapted float reference is recorded, and it is the plain export's Keras float figure
+    assert a["keras_float_before"]["psnr"] == pytest.approx(plain.quality["keras_float"]["psnr"], abs=1e-6)
+    assert "decoder_adaptation" not in plain.quality
+
+
+def test_adaptation_changes_only_the_decoder(coarse_pair, mnist):
+    plain, adapted = coarse_pair
+    bp, ba = load_bundle(plain.path), load_bundle(adapted.path)
+    ep, ea = bp.encoder(), ba.encoder()
+    imgs = mnist.x_test[:50]
+    latents = [ep.encode_latent(i) for i in imgs]
+    assert all(np.array_equal(q, ea.encode_latent(i)) for q, i in zip(latents, imgs, strict=True))
+    dp, da = bp.decoder(), ba.decoder()
+    assert any(not np.array_equal(dp.decode_latent(q), da.decode_latent(q)) for q in latents)
+    assert plain.pair_id != adapted.pair_id  # a decoder from one cannot be paired with the other's manifest
+    assert ba.manifest.latent_quant == QuantParams(COARSE_STEP, 0)
+
+
+def test_adapt_options_and_inputs_are_checked(tiny_run, tmp_path):
+    import keras
+
+    from cae_edge.errors import ConfigError
+    from cae_edge.export.adapt import AdaptOptions, adapt_decoder
+    from cae_edge.export.bundle import ExportOptions
+
+    with pytest.raises(ConfigError, match="adapt epochs -1"):
+        ExportOptions(tiny_run, tmp_path / "x", adapt_epochs=-1).validate()
+    with pytest.raises(ConfigError, match="adapt learning rate 5"):
+        AdaptOptions(epochs=1, learning_rate=5).validate()
+    dec = keras.models.load_model(tiny_run / "decoder.keras", compile=False)
+    with pytest.raises(ConfigError, match="one latent per image"):
+        adapt_decoder(dec, np.zeros((3, 32)), np.zeros((4, 28, 28), np.uint8), AdaptOptions(epochs=1))

@@ -4,6 +4,8 @@
 
     RUN/{encoder,decoder}.keras, config.json
       ─ convert_pair (PTQ on training images) ─► 4 .tflite ─ manifest.json ─► BUNDLE.tmp/
+        (--adapt-decoder N: after the int8 encoder exists, the decoder is fine-tuned N epochs on that
+         encoder's int8 training latents before it is converted; see cae_edge.export.adapt)
       ─ load_bundle (the device runtime) ─ int8 + float pair over the test split ─ quality in manifest
       ─ int8 loses ≤ margin dB vs Keras float? ─ yes ─► rename to BUNDLE   no ─► ExportError, nothing written
 
@@ -24,7 +26,7 @@ from .. import __version__, datasets
 from ..errors import ConfigError, ExportError
 from ..manifest import DEFAULT_FILES, Manifest, ModelSpec, TensorSpec, file_entry, pair_id
 from ..metrics import quality, to_uint8
-from ..quant import QuantParams
+from ..quant import QuantParams, dequantize
 
 Progress = Callable[[str, int, int], None]
 
@@ -60,7 +62,11 @@ class ExportOptions:
     overwrite: bool = False
     """Replace an existing bundle directory."""
     seed: int = 0
-    """Seed of the calibration subset."""
+    """Seed of the calibration subset (and of the adaptation's shuffling)."""
+    adapt_epochs: int = 0
+    """Fine-tune the decoder this many epochs on the int8 encoder's training latents (0: off)."""
+    adapt_lr: float = 2e-4
+    """Starting learning rate of that fine-tuning."""
     command: str = ""
     """How this export was invoked, recorded in the manifest."""
 
@@ -77,7 +83,14 @@ class ExportOptions:
             )
         if self.latent_scale is not None:
             QuantParams(self.latent_scale, self.latent_zero_point).validate()
+        self.adapt_options.validate()
         return self
+
+    @property
+    def adapt_options(self):
+        from .adapt import AdaptOptions
+
+        return AdaptOptions(epochs=self.adapt_epochs, learning_rate=self.adapt_lr, seed=self.seed)
 
     @property
     def latent_quant(self) -> QuantParams | None:
@@ -203,7 +216,21 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
 
     rd = config.get("rd") or {}  # rate-distortion runs (cae_edge.train.rd): integer latent, entropy coding
     latent_quant = opts.latent_quant or (QuantParams(1.0, 0) if rd else None)
-    pair = convert_pair(encoder, decoder, cfg, calib, latent_quant, progress)
+    adapted: dict = {}
+
+    def adapt(enc_q: bytes, lq: QuantParams):
+        from .adapt import adapt_decoder
+        from .convert import run_int8_encoder
+
+        step(f"int8 latents of {len(ds.x_train)} training images", 0, 1)
+        latents = dequantize(run_int8_encoder(enc_q, ds.x_train), lq)
+        model, res = adapt_decoder(decoder, latents, ds.x_train, opts.adapt_options, progress)
+        adapted.update(res.to_dict())
+        return model
+
+    pair = convert_pair(
+        encoder, decoder, cfg, calib, latent_quant, progress, adapt if opts.adapt_epochs else None
+    )
 
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -251,9 +278,14 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
 
         step(f"verifying on {len(test)} test images", 0, 3)
         # RD models deploy a rounded latent: their float reference rounds too (the codec's own step).
-        keras_rec = to_uint8(encoder_decoder_predict(encoder, decoder, test, round_latent=bool(rd)))
+        keras_rec = to_uint8(
+            encoder_decoder_predict(encoder, pair.decoder_model, test, round_latent=bool(rd))
+        )
         bundle = load_bundle(tmp)
         q = {"keras_float": quality(test, keras_rec)}
+        if adapted:  # the float pair before adaptation, so the note can say what adaptation cost float
+            before = to_uint8(encoder_decoder_predict(encoder, decoder, test, round_latent=bool(rd)))
+            q["decoder_adaptation"] = {**adapted, "keras_float_before": quality(test, before)}
         step("TFLite float pair", 1, 3)
         q["tflite_float"] = quality(test, reconstruct(bundle, test, "float"))
         step("TFLite int8 pair", 2, 3)

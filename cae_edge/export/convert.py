@@ -322,6 +322,8 @@ class ConvertedPair:
     """float32 decoder."""
     latent_quant: QuantParams
     """Quantization of the latent, identical for encoder output and decoder input."""
+    decoder_model: object = None
+    """The Keras decoder that was converted (the adapted copy when ``convert_pair`` got ``adapt``)."""
 
 
 def run_int8_encoder(tflite: bytes, images_u8: np.ndarray) -> np.ndarray:
@@ -346,6 +348,7 @@ def convert_pair(
     calib_images_u8: np.ndarray,
     latent_quant: QuantParams | None = None,
     progress: Progress | None = None,
+    adapt: Callable[[bytes, QuantParams], object] | None = None,
 ) -> ConvertedPair:
     """Convert a trained encoder/decoder into the four bundle models.
 
@@ -357,6 +360,9 @@ def convert_pair(
         latent_quant: Force this latent quantization (e.g. scale 1.0, zero point 0 for a model trained with
             integer-rounded latents); ``None`` keeps what calibration of the encoder output found.
         progress: Optional callback ``(what, done, total)``.
+        adapt: Optional ``(int8 encoder bytes, latent quantization) -> Keras decoder``, called once the int8
+            encoder exists; the decoder it returns (e.g. fine-tuned on that encoder's latents, see
+            :mod:`cae_edge.export.adapt`) is converted instead of ``decoder``.
 
     Returns:
         The :class:`ConvertedPair`.
@@ -368,11 +374,10 @@ def convert_pair(
 
     step = progress or (lambda what, done, total: None)
     enc1 = rebuild_batch1(encoder, build_encoder, cfg)
-    dec1 = rebuild_batch1(decoder, build_decoder, cfg)
     x = (np.asarray(calib_images_u8, np.float32) / 255.0)[..., None]
 
-    step("convert float encoder/decoder", 0, 4)
-    enc_float, dec_float = convert_float(enc1), convert_float(dec1)
+    step("convert float encoder", 0, 4)
+    enc_float = convert_float(enc1)
 
     step("int8 encoder (PTQ)", 1, 4)
     enc_q = convert_int8(enc1, x)
@@ -388,6 +393,10 @@ def convert_pair(
         raise ExportError(
             f"the int8 encoder does not run with latent quantization {lq.to_dict()}: {e}"
         ) from e
+    if adapt is not None:
+        decoder = adapt(enc_q, lq)
+    dec1 = rebuild_batch1(decoder, build_decoder, cfg)
+    dec_float = convert_float(dec1)
     dec_q = convert_int8(dec1, latents)
     dec_q = set_io_quant(dec_q, "input", lq)
     dec_q, _ = tighten_logistic_inputs(dec_q)
@@ -398,4 +407,4 @@ def convert_pair(
     if not io_quant(dec_q, "input").same_as(lq):
         raise ExportError(f"decoder input quantization {io_quant(dec_q, 'input')} != encoder output {lq}")
     step("converted", 4, 4)
-    return ConvertedPair(enc_q, dec_q, enc_float, dec_float, lq)
+    return ConvertedPair(enc_q, dec_q, enc_float, dec_float, lq, decoder)
