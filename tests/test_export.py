@@ -365,6 +365,8 @@ def test_adapting_the_decoder_to_int8_latents_wins_back_quality(coarse_pair):
     # the unadapted float reference is recorded, and it is the plain export's Keras float figure
     assert a["keras_float_before"]["psnr"] == pytest.approx(plain.quality["keras_float"]["psnr"], abs=1e-6)
     assert "decoder_adaptation" not in plain.quality
+    r = CliRunner().invoke(app, ["bundle", "info", adapted.path])
+    assert r.exit_code == 0 and "adapted to the int8 encoder's latents (3 epochs)" in r.output, r.output
 
 
 def test_adaptation_changes_only_the_decoder(coarse_pair, mnist):
@@ -394,3 +396,26 @@ def test_adapt_options_and_inputs_are_checked(tiny_run, tmp_path):
     dec = keras.models.load_model(tiny_run / "decoder.keras", compile=False)
     with pytest.raises(ConfigError, match="one latent per image"):
         adapt_decoder(dec, np.zeros((3, 32)), np.zeros((4, 28, 28), np.uint8), AdaptOptions(epochs=1))
+
+
+def test_bias_correction_removes_a_known_latent_shift(exported, mnist):
+    from cae_edge.export.convert import correct_output_bias, run_int8_encoder
+    from cae_edge.quant import dequantize
+
+    enc = (Path(exported.path) / "encoder.tflite").read_bytes()
+    qp = load_bundle(exported.path).manifest.latent_quant
+    imgs = mnist.x_train[:300]
+    now = dequantize(run_int8_encoder(enc, imgs), qp)
+    wanted = np.where(np.arange(now.shape[1]) % 2 == 0, 3.0, -3.0) * qp.scale  # +-3 latent steps per dim
+    fixed, stats = correct_output_bias(enc, imgs, now + wanted)
+    assert stats["mean_abs_shift_before"] == pytest.approx(3 * qp.scale, rel=0.05)
+    moved = (dequantize(run_int8_encoder(fixed, imgs), qp) - now).mean(axis=0)
+    assert np.abs(moved - wanted).max() < 0.5 * qp.scale, moved / qp.scale
+    assert stats["mean_abs_shift_after"] < 0.2 * qp.scale
+    assert len(fixed) == len(enc)  # only bias values changed
+
+
+def test_export_records_the_encoder_bias_correction(exported):
+    bc = exported.quality["encoder_bias_correction"]
+    assert bc["rounds"] == 2 and bc["images"] == 200
+    assert bc["mean_abs_shift_after"] <= bc["mean_abs_shift_before"]

@@ -63,6 +63,13 @@ def export(
     adapt_lr: Annotated[
         float, typer.Option("--adapt-lr", help="Starting learning rate of --adapt-decoder.")
     ] = 2e-4,
+    bias_correction: Annotated[
+        bool,
+        typer.Option(
+            "--bias-correction/--no-bias-correction",
+            help="Remove the int8 encoder's per-channel mean latent shift, measured on calibration images.",
+        ),
+    ] = True,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing bundle directory.")
     ] = False,
@@ -94,6 +101,8 @@ def export(
         args += ["--verify-limit", str(verify_limit)]
     if adapt_decoder:
         args += ["--adapt-decoder", str(adapt_decoder), "--adapt-lr", f"{adapt_lr:g}"]
+    if not bias_correction:
+        args.append("--no-bias-correction")
     opts = ExportOptions(
         run_dir=run,
         out_dir=out,
@@ -106,6 +115,7 @@ def export(
         overwrite=overwrite,
         adapt_epochs=adapt_decoder,
         adapt_lr=adapt_lr,
+        bias_correction=bias_correction,
         command=shlex.join(args),
     )
 
@@ -182,6 +192,12 @@ def info(
     for key in ("keras_float", "tflite_float", "tflite_int8"):
         if key in q:
             typer.echo(f"{key:14s} PSNR {q[key]['psnr']:.2f} dB  SSIM {q[key]['ssim']:.4f}")
+    if "decoder_adaptation" in q:
+        a = q["decoder_adaptation"]
+        typer.echo(
+            f"decoder adapted to the int8 encoder's latents ({a['epochs']} epochs); "
+            f"Keras float before: PSNR {a['keras_float_before']['psnr']:.2f} dB"
+        )
     if m.command:
         typer.echo(f"made by  {m.command}")
     if m.train.get("command"):

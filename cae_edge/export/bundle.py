@@ -67,6 +67,8 @@ class ExportOptions:
     """Fine-tune the decoder this many epochs on the int8 encoder's training latents (0: off)."""
     adapt_lr: float = 2e-4
     """Starting learning rate of that fine-tuning."""
+    bias_correction: bool = True
+    """Remove the int8 encoder's per-channel mean latent shift measured on the calibration images."""
     command: str = ""
     """How this export was invoked, recorded in the manifest."""
 
@@ -229,7 +231,14 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
         return model
 
     pair = convert_pair(
-        encoder, decoder, cfg, calib, latent_quant, progress, adapt if opts.adapt_epochs else None
+        encoder,
+        decoder,
+        cfg,
+        calib,
+        latent_quant,
+        progress,
+        adapt if opts.adapt_epochs else None,
+        bias_correction=opts.bias_correction,
     )
 
     tmp = out.with_name(out.name + ".tmp")
@@ -290,6 +299,8 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
         q["tflite_float"] = quality(test, reconstruct(bundle, test, "float"))
         step("TFLite int8 pair", 2, 3)
         q["tflite_int8"] = quality(test, reconstruct(bundle, test, "int8"))
+        if pair.bias_correction:
+            q["encoder_bias_correction"] = pair.bias_correction
         q["n_images"] = int(len(test))
         q["split"] = "test" if opts.verify_limit is None else f"test[:{len(test)}]"
         step("verified", 3, 3)

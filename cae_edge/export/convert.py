@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -239,6 +239,70 @@ def _rescale_input_biases(buf: bytearray, old_scale: float, new_scale: float) ->
     return edited
 
 
+def correct_output_bias(
+    tflite: bytes, images_u8: np.ndarray, target: np.ndarray, rounds: int = 2
+) -> tuple[bytes, dict]:
+    """Bias correction of an int8 encoder's last layer: make its mean output match the float model's.
+
+    Post-training quantization does not only add noise; it shifts each output channel's mean (rounding of
+    weights and of every upstream activation is not zero-mean per channel). On an RD model's integer latent
+    the shift averaged 0.42 and reached 1.5 latent steps, so the int8 encoder rounded to the wrong integer far
+    more often than noise alone would make it. The fix (as in data-free quantization, Nagel et al. 2019, here
+    measured on training images): run the int8 model, take the per-channel mean of (int8 output - float
+    output) and subtract it from the int32 bias of the op that writes the graph output, in that bias's own
+    per-channel units. Repeated ``rounds`` times (the second pass removes what rounding of the first left).
+
+    Args:
+        tflite: int8 encoder bytes (graph output written by FULLY_CONNECTED or CONV_2D with an int32 bias).
+        images_u8: Training images (N, 28, 28) uint8.
+        target: The float model's outputs for those images, (N, D), in real units (before any rounding).
+
+    Returns:
+        ``(model bytes, {"mean_abs_shift_before", "mean_abs_shift_after", "max_abs_shift_before", ...})``;
+        the bytes are unchanged when the output op has no int32 bias.
+    """
+    s = _schema()
+    target = np.asarray(target, np.float64)
+    buf = bytearray(tflite)
+    m = s.Model.GetRootAs(buf, 0)
+    sg = m.Subgraphs(0)
+    out_idx = sg.Outputs(0)
+    biased = {s.BuiltinOperator.FULLY_CONNECTED, s.BuiltinOperator.CONV_2D}
+    values = bias_scale = None
+    for o in range(sg.OperatorsLength()):
+        op = sg.Operators(o)
+        code = m.OperatorCodes(op.OpcodeIndex())
+        if op.Outputs(0) != out_idx or max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) not in biased:
+            continue
+        if op.InputsLength() >= 3 and op.Inputs(2) >= 0:
+            bias = sg.Tensors(op.Inputs(2))
+            bq = bias.Quantization()
+            data = m.Buffers(bias.Buffer()).DataAsNumpy()
+            if bias.Type() == s.TensorType.INT32 and bq is not None and not isinstance(data, int):
+                values = data.view(np.int32)  # writable view into buf
+                bias_scale = bq.ScaleAsNumpy().astype(np.float64)
+    oq = io_quant(tflite, "output")
+    stats: dict = {"rounds": 0}
+    if values is None or len(values) != target.shape[-1]:
+        return tflite, stats
+    for r in range(rounds + 1):
+        shift = (dequantize(run_int8_encoder(bytes(buf), images_u8), oq) - target).mean(axis=0)
+        if r == 0:
+            stats["mean_abs_shift_before"] = float(np.abs(shift).mean())
+            stats["max_abs_shift_before"] = float(np.abs(shift).max())
+        if r == rounds:
+            break
+        step = np.rint(shift / np.broadcast_to(bias_scale, shift.shape))
+        values[:] = np.clip(values.astype(np.int64) - step.astype(np.int64), -(2**31), 2**31 - 1)
+    stats.update(
+        rounds=rounds,
+        mean_abs_shift_after=float(np.abs(shift).mean()),
+        max_abs_shift_after=float(np.abs(shift).max()),
+        images=int(len(images_u8)),
+    )
+    return bytes(buf), stats
+
+
 LOGIT_CLIP = 8.0
 """Real range kept for the sigmoid's int8 input: sigmoid(-8) * 255 < 0.1 and sigmoid(8) * 255 > 254.9, so
 clipping there changes no output pixel while the quantization step of the logits gets much finer."""
@@ -324,6 +388,8 @@ class ConvertedPair:
     """Quantization of the latent, identical for encoder output and decoder input."""
     decoder_model: object = None
     """The Keras decoder that was converted (the adapted copy when ``convert_pair`` got ``adapt``)."""
+    bias_correction: dict = field(default_factory=dict)
+    """What :func:`correct_output_bias` measured and did (empty when off)."""
 
 
 def run_int8_encoder(tflite: bytes, images_u8: np.ndarray) -> np.ndarray:
@@ -349,6 +415,7 @@ def convert_pair(
     latent_quant: QuantParams | None = None,
     progress: Progress | None = None,
     adapt: Callable[[bytes, QuantParams], object] | None = None,
+    bias_correction: bool = True,
 ) -> ConvertedPair:
     """Convert a trained encoder/decoder into the four bundle models.
 
@@ -363,6 +430,8 @@ def convert_pair(
         adapt: Optional ``(int8 encoder bytes, latent quantization) -> Keras decoder``, called once the int8
             encoder exists; the decoder it returns (e.g. fine-tuned on that encoder's latents, see
             :mod:`cae_edge.export.adapt`) is converted instead of ``decoder``.
+        bias_correction: Remove the int8 encoder's per-channel mean output shift on the calibration images
+            (:func:`correct_output_bias`), before the decoder sees any int8 latent.
 
     Returns:
         The :class:`ConvertedPair`.
@@ -385,6 +454,10 @@ def convert_pair(
     if latent_quant is not None:
         enc_q = set_io_quant(enc_q, "output", latent_quant)
     lq = io_quant(enc_q, "output")
+    bias_stats: dict = {}
+    if bias_correction:
+        step("int8 encoder bias correction", 1, 4)
+        enc_q, bias_stats = correct_output_bias(enc_q, calib_images_u8, np.asarray(enc1(x)))
 
     step("int8 decoder (PTQ on the int8 encoder's latents)", 2, 4)
     try:
@@ -407,4 +480,4 @@ def convert_pair(
     if not io_quant(dec_q, "input").same_as(lq):
         raise ExportError(f"decoder input quantization {io_quant(dec_q, 'input')} != encoder output {lq}")
     step("converted", 4, 4)
-    return ConvertedPair(enc_q, dec_q, enc_float, dec_float, lq, decoder)
+    return ConvertedPair(enc_q, dec_q, enc_float, dec_float, lq, decoder, bias_stats)
