@@ -298,6 +298,7 @@ def forced(tiny_run, tmp_path_factory):
             "100",
             "--verify-limit",
             "100",
+            "--no-bias-correction",
         ],
     )
     assert r.exit_code == 0, r.output
@@ -309,7 +310,8 @@ def test_forced_latent_quantization_is_used_on_both_sides(forced):
     m = Manifest.read(forced)
     assert m.latent_quant == QuantParams(1.0, 0)
     assert m.models["encoder"].output.scale == 1.0 and m.models["decoder"].input.zero_point == 0
-    assert "--latent-scale 1" in m.command
+    assert "--latent-scale 1" in m.command and "--no-bias-correction" in m.command
+    assert "encoder_bias_correction" not in m.quality
     b = load_bundle(forced)
     assert b.encoder().encode_latent(np.zeros((28, 28), np.uint8)).dtype == np.int8
 
@@ -419,3 +421,50 @@ def test_export_records_the_encoder_bias_correction(exported):
     bc = exported.quality["encoder_bias_correction"]
     assert bc["rounds"] == 2 and bc["images"] == 200
     assert bc["mean_abs_shift_after"] <= bc["mean_abs_shift_before"]
+
+
+def test_percentile_calibration_narrows_only_intermediate_ranges(tiny_run, mnist):
+    import keras
+    import tensorflow as tf
+
+    from cae_edge.export.convert import _quiet, _schema, check_int8_builtin, convert_int8, percentile_ranges
+
+    dec = keras.models.load_model(tiny_run / "decoder.keras", compile=False)
+    reps = np.random.default_rng(0).normal(0, 1, (100, 32)).astype(np.float32)
+    conv = tf.lite.TFLiteConverter.from_keras_model(dec)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([r[None]] for r in reps)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv._experimental_calibrate_only = True
+    with _quiet():
+        calibrated = bytes(conv.convert())
+
+    def ranges(buf):
+        sg = _schema().Model.GetRootAs(bytearray(buf), 0).Subgraphs(0)
+        out = {}
+        for t in range(sg.TensorsLength()):
+            q = sg.Tensors(t).Quantization()
+            if q is not None and q.MinLength() == 1:
+                out[t] = (float(q.MinAsNumpy()[0]), float(q.MaxAsNumpy()[0]))
+        return out, {sg.Inputs(0), sg.Outputs(0)}
+
+    before, io = ranges(calibrated)
+    after, _ = ranges(percentile_ranges(calibrated, reps, 99.0))
+    assert before.keys() == after.keys() and len(before) >= 8
+    for t, (lo, hi) in after.items():
+        assert before[t][0] <= lo <= hi <= before[t][1]
+        if t in io:
+            assert (lo, hi) == before[t]
+    narrower = [t for t in after if t not in io and after[t] != before[t]]
+    assert len(narrower) >= len(before) - len(io) - 1, (before, after)
+    dec1 = keras.models.clone_model(dec)  # any batch size converts; the bundle path rebuilds at batch 1
+    dec1.set_weights(dec.get_weights())
+    check_int8_builtin(convert_int8(dec1, reps[:20], 99.9), "decoder.tflite")
+
+
+def test_calibration_percentile_is_checked(tiny_run, tmp_path):
+    from cae_edge.errors import ConfigError
+    from cae_edge.export.bundle import ExportOptions
+
+    with pytest.raises(ConfigError, match="calibration percentile 30"):
+        ExportOptions(tiny_run, tmp_path / "x", calib_percentile=30).validate()

@@ -35,6 +35,14 @@ def export(
         typer.Option("--margin", help="Fail when int8 loses more than this many dB PSNR vs Keras float."),
     ] = 0.5,
     calib: Annotated[int, typer.Option("--calib", help="Training images used to calibrate int8.")] = 300,
+    calib_percentile: Annotated[
+        float,
+        typer.Option(
+            "--calib-percentile",
+            help="Cut each int8 activation range to this percentile of its calibration values "
+            "(100 = the converter's min/max).",
+        ),
+    ] = 99.99,
     latent_scale: Annotated[
         float | None,
         typer.Option(
@@ -94,6 +102,8 @@ def export(
         f"{margin:g}",
         "--calib",
         str(calib),
+        "--calib-percentile",
+        f"{calib_percentile:g}",
     ]
     if latent_scale is not None:
         args += ["--latent-scale", f"{latent_scale:g}", "--latent-zero-point", str(latent_zero_point)]
@@ -108,6 +118,7 @@ def export(
         out_dir=out,
         margin_db=margin,
         calib=calib,
+        calib_percentile=calib_percentile,
         latent_scale=latent_scale,
         latent_zero_point=latent_zero_point,
         verify_limit=verify_limit,

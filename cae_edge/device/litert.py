@@ -73,7 +73,12 @@ def check_model_bytes(data: bytes, name: str = "model") -> None:
 
 
 def make_interpreter(
-    model: str | Path | bytes, num_threads: int = 1, *, xnnpack: bool = True, name: str | None = None
+    model: str | Path | bytes,
+    num_threads: int = 1,
+    *,
+    xnnpack: bool = True,
+    name: str | None = None,
+    preserve_all_tensors: bool = False,
 ) -> Any:
     """Create and allocate an interpreter for a .tflite model.
 
@@ -82,6 +87,8 @@ def make_interpreter(
         num_threads: CPU threads for the kernels (>= 1).
         xnnpack: Use the default XNNPACK delegate (fast on ARM/x86). ``False`` runs TFLite's builtin kernels.
         name: What to call the model in error messages (default: the path, or "model bytes").
+        preserve_all_tensors: Keep every intermediate tensor readable after ``invoke`` (for calibration
+            tools; implies the builtin kernels, as no delegate may own intermediate tensors).
 
     Returns:
         An allocated ``Interpreter`` (ai_edge_litert or tflite_runtime).
@@ -103,6 +110,9 @@ def make_interpreter(
             raise BundleError(f"{name}: cannot read model ({e.strerror or e})") from None
     check_model_bytes(data, name)
     kwargs: dict[str, Any] = {"model_content": data, "num_threads": int(num_threads)}
+    if preserve_all_tensors:
+        kwargs["experimental_preserve_all_tensors"] = True
+        xnnpack = False
     if not xnnpack:
         mod = __import__(interpreter_cls.__module__, fromlist=["OpResolverType"])
         kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES

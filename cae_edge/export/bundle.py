@@ -69,12 +69,19 @@ class ExportOptions:
     """Starting learning rate of that fine-tuning."""
     bias_correction: bool = True
     """Remove the int8 encoder's per-channel mean latent shift measured on the calibration images."""
+    calib_percentile: float = 99.99
+    """Cut int8 activation ranges to this percentile of the calibration values (100: plain min/max)."""
     command: str = ""
     """How this export was invoked, recorded in the manifest."""
 
     def validate(self) -> ExportOptions:
         if self.margin_db < 0:
             raise ConfigError(f"margin {self.margin_db} dB: must be >= 0")
+        if not 50 < float(self.calib_percentile) <= 100:
+            raise ConfigError(
+                f"calibration percentile {self.calib_percentile}: must be in (50, 100], e.g. 99.99 "
+                "(100 keeps min/max calibration)"
+            )
         if self.calib < 1:
             raise ConfigError(
                 f"calib {self.calib}: need at least 1 calibration image (a few hundred is good)"
@@ -239,6 +246,7 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
         progress,
         adapt if opts.adapt_epochs else None,
         bias_correction=opts.bias_correction,
+        percentile=opts.calib_percentile,
     )
 
     tmp = out.with_name(out.name + ".tmp")

@@ -72,12 +72,19 @@ def convert_float(model) -> bytes:
         return bytes(conv.convert())
 
 
-def convert_int8(model, representative: np.ndarray) -> bytes:
+DEFAULT_PERCENTILE = 99.99
+"""Activation ranges are cut to this percentile (and 100 minus it) of what calibration saw."""
+
+
+def convert_int8(model, representative: np.ndarray, percentile: float | None = DEFAULT_PERCENTILE) -> bytes:
     """Keras model → full-integer .tflite bytes: int8 input and output, only TFLITE_BUILTINS_INT8 ops.
 
     Args:
         model: Keras model with batch size 1.
         representative: Calibration inputs, shape (N, *input shape without batch), float32.
+        percentile: Cut every intermediate activation's range to the [100 - p, p] percentiles of its values
+            on the calibration inputs (:func:`percentile_ranges`); ``None`` or 100 keeps the converter's
+            min/max calibration.
 
     Returns:
         The .tflite bytes.
@@ -98,8 +105,61 @@ def convert_int8(model, representative: np.ndarray) -> bytes:
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
+    if percentile is None or percentile >= 100:
+        with _quiet():
+            return bytes(conv.convert())
+    # The converter's own steps, split open: calibrate (a float model whose tensors carry min/max), narrow
+    # those ranges, then quantize exactly as TFLiteConverter.convert() does with its default MLIR quantizer.
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    conv._experimental_calibrate_only = True
     with _quiet():
-        return bytes(conv.convert())
+        calibrated = percentile_ranges(bytes(conv.convert()), reps, percentile)
+        return bytes(mlir_quantize(calibrated, False, input_data_type=tf.int8, output_data_type=tf.int8))
+
+
+def percentile_ranges(calibrated: bytes, reps: np.ndarray, percentile: float) -> bytes:
+    """Narrow the min/max that calibration stored on every intermediate tensor to value percentiles.
+
+    Min/max calibration sizes each int8 activation for its single most extreme value over the calibration
+    set; trained decoders have long-tailed activations (max about 9 standard deviations), so most values
+    get a coarse step. Cutting at the 99.99th percentile costs a saturated value once in 10,000 and made the
+    int8 decoder of mnist-small lose 0.20 dB instead of 0.70. The graph input and output keep their ranges.
+
+    Args:
+        calibrated: Output of a calibrate-only conversion (float model, tensors carry min/max).
+        reps: The calibration inputs (N, ...), run through that model with every tensor preserved.
+        percentile: e.g. 99.99; each range becomes [min(P(100 - p), 0), max(P(p), 0)] within the old one.
+
+    Returns:
+        The calibrated model bytes with narrowed ranges.
+    """
+    from ..device.litert import make_interpreter
+
+    s = _schema()
+    buf = bytearray(calibrated)
+    sg = s.Model.GetRootAs(buf, 0).Subgraphs(0)
+    io = {sg.Inputs(0), sg.Outputs(0)}
+    tensors = []
+    for t in range(sg.TensorsLength()):
+        q = sg.Tensors(t).Quantization()
+        if t not in io and q is not None and q.MinLength() == 1 and q.MaxLength() == 1:
+            tensors.append(t)
+    it = make_interpreter(calibrated, preserve_all_tensors=True)
+    inp = it.get_input_details()[0]["index"]
+    values: dict[int, list[np.ndarray]] = {t: [] for t in tensors}
+    for r in reps:
+        it.set_tensor(inp, np.asarray(r, np.float32)[None])
+        it.invoke()
+        for t in tensors:
+            values[t].append(it.get_tensor(t).ravel().copy())
+    for t in tensors:
+        v = np.concatenate(values[t])
+        q = sg.Tensors(t).Quantization()
+        lo, hi = q.MinAsNumpy(), q.MaxAsNumpy()  # writable views into buf
+        lo[0] = max(float(lo[0]), min(float(np.percentile(v, 100.0 - percentile)), 0.0))
+        hi[0] = min(float(hi[0]), max(float(np.percentile(v, percentile)), 0.0))
+    return bytes(buf)
 
 
 # ---- flatbuffer inspection and the io-quantization edit -------------------------------------------------
@@ -416,6 +476,7 @@ def convert_pair(
     progress: Progress | None = None,
     adapt: Callable[[bytes, QuantParams], object] | None = None,
     bias_correction: bool = True,
+    percentile: float | None = DEFAULT_PERCENTILE,
 ) -> ConvertedPair:
     """Convert a trained encoder/decoder into the four bundle models.
 
@@ -432,6 +493,7 @@ def convert_pair(
             :mod:`cae_edge.export.adapt`) is converted instead of ``decoder``.
         bias_correction: Remove the int8 encoder's per-channel mean output shift on the calibration images
             (:func:`correct_output_bias`), before the decoder sees any int8 latent.
+        percentile: Activation-range percentile of both int8 conversions (:func:`convert_int8`).
 
     Returns:
         The :class:`ConvertedPair`.
@@ -449,7 +511,7 @@ def convert_pair(
     enc_float = convert_float(enc1)
 
     step("int8 encoder (PTQ)", 1, 4)
-    enc_q = convert_int8(enc1, x)
+    enc_q = convert_int8(enc1, x, percentile)
     enc_q = set_io_quant(enc_q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
     if latent_quant is not None:
         enc_q = set_io_quant(enc_q, "output", latent_quant)
@@ -470,7 +532,7 @@ def convert_pair(
         decoder = adapt(enc_q, lq)
     dec1 = rebuild_batch1(decoder, build_decoder, cfg)
     dec_float = convert_float(dec1)
-    dec_q = convert_int8(dec1, latents)
+    dec_q = convert_int8(dec1, latents, percentile)
     dec_q = set_io_quant(dec_q, "input", lq)
     dec_q, _ = tighten_logistic_inputs(dec_q)
 
