@@ -39,7 +39,7 @@ for name in ${DATASETS:-mnist fashion}; do
     # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr" from the previous weights,
     # each starting from the rate weight the previous stage ended with.
     case $name-$preset in
-      mnist-hq) stages="30:0.001 30:0.001 60:0.001 120:0.001 220:0.001" ;;
+      mnist-hq) stages="30:0.001 30:0.001 60:0.001 120:0.001 220:0.001 160:0.001" ;;
       mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
       fashion-hq) stages="6:0.001 6:0.0007 16:0.0007" ;;
       fashion-small) stages="6:0.001 10:0.0007" ;;
