@@ -279,24 +279,38 @@ def _rescale_input_biases(buf: bytearray, old_scale: float, new_scale: float) ->
     edited = 0
     for o in range(sg.OperatorsLength()):
         op = sg.Operators(o)
-        code = m.OperatorCodes(op.OpcodeIndex())
-        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) not in data_first:
+        if _builtin_code(m, op) not in data_first or op.Inputs(0) != graph_in:
             continue
-        if op.InputsLength() < 3 or op.Inputs(0) != graph_in or op.Inputs(2) < 0:
+        bias = _int32_bias(m, sg, op)
+        if bias is None:
             continue
-        bias = sg.Tensors(op.Inputs(2))
-        bq = bias.Quantization()
-        if bias.Type() != s.TensorType.INT32 or bq is None or bq.ScaleLength() == 0:
-            continue
-        data = m.Buffers(bias.Buffer()).DataAsNumpy()
-        if isinstance(data, int) or data.size == 0:
-            continue
-        values = data.view(np.int32)  # writable view into buf
+        values, bscale = bias
         values[:] = np.clip(np.rint(values.astype(np.float64) * ratio), -(2**31), 2**31 - 1).astype(np.int32)
-        bscale = bq.ScaleAsNumpy()
         bscale[:] = (bscale.astype(np.float64) / ratio).astype(np.float32)
         edited += 1
     return edited
+
+
+def _builtin_code(m, op) -> int:
+    """The builtin operator code of ``op`` (newer schemas keep codes > 127 out of the deprecated field)."""
+    code = m.OperatorCodes(op.OpcodeIndex())
+    return max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+
+
+def _int32_bias(m, sg, op) -> tuple[np.ndarray, np.ndarray] | None:
+    """Writable views ``(int32 values, float32 per-channel scales)`` of ``op``'s bias (input 2), or ``None``
+    when it has no quantized int32 bias with data."""
+    s = _schema()
+    if op.InputsLength() < 3 or op.Inputs(2) < 0:
+        return None
+    bias = sg.Tensors(op.Inputs(2))
+    bq = bias.Quantization()
+    if bias.Type() != s.TensorType.INT32 or bq is None or bq.ScaleLength() == 0:
+        return None
+    data = m.Buffers(bias.Buffer()).DataAsNumpy()
+    if isinstance(data, int) or data.size == 0:
+        return None
+    return data.view(np.int32), bq.ScaleAsNumpy()
 
 
 def correct_output_bias(
@@ -328,23 +342,16 @@ def correct_output_bias(
     sg = m.Subgraphs(0)
     out_idx = sg.Outputs(0)
     biased = {s.BuiltinOperator.FULLY_CONNECTED, s.BuiltinOperator.CONV_2D}
-    values = bias_scale = None
+    bias = None
     for o in range(sg.OperatorsLength()):
         op = sg.Operators(o)
-        code = m.OperatorCodes(op.OpcodeIndex())
-        if op.Outputs(0) != out_idx or max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) not in biased:
-            continue
-        if op.InputsLength() >= 3 and op.Inputs(2) >= 0:
-            bias = sg.Tensors(op.Inputs(2))
-            bq = bias.Quantization()
-            data = m.Buffers(bias.Buffer()).DataAsNumpy()
-            if bias.Type() == s.TensorType.INT32 and bq is not None and not isinstance(data, int):
-                values = data.view(np.int32)  # writable view into buf
-                bias_scale = bq.ScaleAsNumpy().astype(np.float64)
+        if op.Outputs(0) == out_idx and _builtin_code(m, op) in biased:
+            bias = _int32_bias(m, sg, op)
     oq = io_quant(tflite, "output")
     stats: dict = {"rounds": 0}
-    if values is None or len(values) != target.shape[-1]:
+    if bias is None or len(bias[0]) != target.shape[-1]:
         return tflite, stats
+    values, bias_scale = bias[0], bias[1].astype(np.float64)
     for r in range(rounds + 1):
         shift = (dequantize(run_int8_encoder(bytes(buf), images_u8), oq) - target).mean(axis=0)
         if r == 0:
