@@ -226,13 +226,21 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
     rd = config.get("rd") or {}  # rate-distortion runs (cae_edge.train.rd): integer latent, entropy coding
     latent_quant = opts.latent_quant or (QuantParams(1.0, 0) if rd else None)
     adapted: dict = {}
+    train_latents: dict[bytes, np.ndarray] = {}  # int8 encoder bytes -> its training-split latents
+
+    def int8_train_latents(enc_q: bytes) -> np.ndarray:
+        """The int8 encoder's latents of every training image, computed once per encoder."""
+        from .convert import run_int8_encoder
+
+        if enc_q not in train_latents:
+            step(f"int8 latents of {len(ds.x_train)} training images", 0, 1)
+            train_latents[enc_q] = run_int8_encoder(enc_q, ds.x_train)
+        return train_latents[enc_q]
 
     def adapt(enc_q: bytes, lq: QuantParams):
         from .adapt import adapt_decoder
-        from .convert import run_int8_encoder
 
-        step(f"int8 latents of {len(ds.x_train)} training images", 0, 1)
-        latents = dequantize(run_int8_encoder(enc_q, ds.x_train), lq)
+        latents = dequantize(int8_train_latents(enc_q), lq)
         model, res = adapt_decoder(decoder, latents, ds.x_train, opts.adapt_options, progress)
         adapted.update(res.to_dict())
         return model
@@ -269,7 +277,7 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
             from .convert import run_int8_encoder
 
             step("fitting the entropy model on int8 training latents", 0, 1)
-            q_train = run_int8_encoder(pair.encoder, ds.x_train)
+            q_train = int8_train_latents(pair.encoder)
             coding, bytes_per_image = write_bundle_coding(tmp, q_train, run_int8_encoder(pair.encoder, test))
             files[ENTROPY_FILE] = file_entry(tmp / ENTROPY_FILE)
         manifest = Manifest(
