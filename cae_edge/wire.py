@@ -22,7 +22,7 @@ Why these choices:
   without sending all 8 bytes of the id on every frame.
 * **sender id, 2 bytes + name now and then** — the id is derived from the name, so the receiver can check it;
   the name itself (what stats, file paths and logs show) rides only on some packets: the first one, the first
-  after each reconnect, and then about once per second (the sender's choice, see ``cae_edge.device.stream``).
+  after each reconnect, and then about once per second (the sender's choice, see ``cae_edge.device.sender``).
   Names are restricted to ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}`` so a receiver may use them in file paths.
   Two names with the same 16-bit id are detected by the receiver (a different name arrives for a known id).
 * **t_us, 4 bytes** — the low 32 bits of a microsecond clock wrap every 71.6 minutes; the receiver restores

@@ -455,7 +455,7 @@ def test_fleet_modules_import_without_tensorflow() -> None:
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
         "import cae_edge.device.security, cae_edge.device.config\n"
-        "import cae_edge.device.soak, cae_edge.device.status\n"
+        "import cae_edge.benchmark.soak, cae_edge.device.status\n"
         "from typer.testing import CliRunner; from cae_edge.cli.main import app\n"
         "for args in (['keys', 'list', '--help'], ['stream', 'soak', '--help']):\n"
         "    r = CliRunner().invoke(app, args); assert r.exit_code == 0, r.output\n"

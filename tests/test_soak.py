@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cae_edge import wire
-from cae_edge.device import soak
+from cae_edge.benchmark import soak
 from cae_edge.device.transport import PushSender, SenderOptions
 from cae_edge.errors import ConfigError
 

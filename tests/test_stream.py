@@ -23,20 +23,13 @@ from typer.testing import CliRunner
 
 from cae_edge import datasets, wire
 from cae_edge.cli.main import app
-from cae_edge.device import stream
+from cae_edge.device import sender, stream
 from cae_edge.device.bundle import load_bundle
 from cae_edge.device.capture import ArraySource, VideoCaptureSource
 from cae_edge.device.preprocess import Preprocessor
-from cae_edge.device.stream import (
-    MemorySink,
-    MosaicSink,
-    PngSink,
-    ReceiveOptions,
-    SendOptions,
-    VideoSink,
-    run_receiver,
-    run_sender,
-)
+from cae_edge.device.receiver import ReceiveOptions, run_receiver
+from cae_edge.device.sender import SendOptions, run_sender
+from cae_edge.device.sinks import MemorySink
 from cae_edge.device.transport import PullReceiver, PushSender, SenderOptions
 from cae_edge.errors import ConfigError, SourceError
 from cae_edge.wire import Packet, PayloadKind
@@ -318,48 +311,6 @@ def test_send_options_are_checked() -> None:
             bad.check()
 
 
-def test_sinks(tmp_path, digits) -> None:
-    png = PngSink(tmp_path / "png")
-    vid = VideoSink(tmp_path / "v.mkv", scale=1)
-    for seq, d in enumerate(digits[:5]):
-        for sink in (png, vid):
-            sink.write("cam", seq, d)
-            sink.write("other", seq, d)
-    png.close()
-    vid.close()
-    np.testing.assert_array_equal(
-        cv2.imread(str(tmp_path / "png/cam/00000003.png"), cv2.IMREAD_GRAYSCALE), digits[3]
-    )
-    for path in (tmp_path / "v.mkv", tmp_path / "v-other.mkv"):
-        with VideoCaptureSource(str(path), live=False) as src:
-            got = [f[:, :, 0] for f in src]
-        assert len(got) == 5
-        np.testing.assert_array_equal(got[4], digits[4])  # FFV1 is lossless
-    with pytest.raises(ConfigError, match="does not exist"):
-        VideoSink(tmp_path / "missing" / "v.mkv")
-    if os.environ.get("DISPLAY") is None:  # headless OpenCV or no display: a clear error, not a crash
-        with pytest.raises(ConfigError, match="--show"):
-            MosaicSink()
-
-
-def test_bench_smoke(bundle, tmp_path) -> None:
-    r = stream.bench(bundle, frames=200)
-    assert r.sender_fps > 0 and r.receiver_fps > 0 and r.sender_cpu_us > 0
-    assert set(r.sender_us) == {"preprocess", "encode", "pack", "send", "total"}
-    assert set(r.stage_cpu_us) == {"preprocess", "encode", "pack", "send", "unpack", "decode"}
-    assert r.sender_fps_cpu == pytest.approx(1e6 / r.sender_cpu_us, rel=1e-3)
-    out = tmp_path / "bench.json"
-    result = runner.invoke(
-        app, ["stream", "bench", "--frames", "100", "--source", "digits", "--json", str(out)]
-    )
-    assert result.exit_code == 0, result.output
-    assert "per idle core" in result.output and json.loads(out.read_text())["frame_shape"] == [28, 28]
-    assert (
-        wire.OVERHEAD_BYTES < r.bytes_per_frame <= wire.OVERHEAD_BYTES + bundle.latent_dim + 1 + len("bench")
-    )
-    json.dumps(r.to_dict())
-
-
 # ------------------------------------------------------------------------------------------------- CLI
 
 runner = CliRunner()
@@ -388,7 +339,7 @@ def test_cli_unreadable_video(tmp_path) -> None:
 
 
 def test_cli_source_failing_mid_stream_exits_3(tmp_path, digits, monkeypatch) -> None:
-    monkeypatch.setattr(stream, "open_source", lambda *a, **k: _FailingSource(paper_frames(digits[:5])))
+    monkeypatch.setattr(sender, "open_source", lambda *a, **k: _FailingSource(paper_frames(digits[:5])))
     out = tmp_path / "tx.json"
     result = runner.invoke(
         app,
@@ -430,7 +381,8 @@ def test_cli_receiver_errors(tmp_path) -> None:
 def test_device_side_imports_without_tensorflow() -> None:
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
-        "import cae_edge.wire, cae_edge.device.stream, cae_edge.device.transport, cae_edge.cli.stream\n"
+        "import cae_edge.wire, cae_edge.device.sender, cae_edge.device.receiver, cae_edge.device.sinks\n"
+        "import cae_edge.device.transport, cae_edge.cli.stream\n"
         "from typer.testing import CliRunner; from cae_edge.cli.main import app\n"
         "r = CliRunner().invoke(app, ['stream', 'send', '--help']); assert r.exit_code == 0, r.output\n"
         "print('ok')\n"

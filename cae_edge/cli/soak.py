@@ -57,7 +57,7 @@ def soak(
     Exit code 0 when there was no hang, every sender resumed within --resume-target after the restart and
     every frame is accounted for; 1 otherwise.
     """
-    from ..device.soak import SoakOptions, run_soak
+    from ..benchmark.soak import SoakOptions, run_soak
 
     opts = SoakOptions(
         senders=senders,

@@ -20,6 +20,11 @@ import typer
 
 from ..errors import CaeEdgeError
 
+EXIT_SOURCE_FAILED = 3
+"""``send``: the frame source failed mid-stream (camera unplugged, stream dropped)."""
+EXIT_NOTHING_RECEIVED = 4
+"""``receive``: ``--timeout`` passed without a single decoded frame."""
+
 app = typer.Typer(
     help="Stream frames from camera nodes to a receiver: int8 latents over ZeroMQ, decoded on arrival.",
     no_args_is_help=True,
@@ -160,7 +165,7 @@ def send(
     Live statistics (fps, encode time, bytes per frame, drops) go to stderr once a second; a summary at the
     end. Exit codes: 0 done or stopped, 1 could not start, 3 the source failed mid-stream.
     """
-    from ..device.stream import EXIT_SOURCE_FAILED, SenderStats, SendOptions, stream_send
+    from ..device.sender import SenderStats, SendOptions, stream_send
     from ..device.transport import SenderOptions
 
     overrides: dict[str, Any] = {}
@@ -285,15 +290,8 @@ def receive(
     Packets that are malformed or made with another bundle (pair id) are refused and counted by reason.
     Exit codes: 0 done or stopped, 1 could not start, 4 --timeout passed without any frame.
     """
-    from ..device.stream import (
-        EXIT_NOTHING_RECEIVED,
-        MosaicSink,
-        PngSink,
-        ReceiveOptions,
-        ReceiverStats,
-        VideoSink,
-        stream_receive,
-    )
+    from ..device.receiver import ReceiveOptions, ReceiverStats, stream_receive
+    from ..device.sinks import MosaicSink, PngSink, VideoSink
 
     def live(s: ReceiverStats) -> None:
         parts = [f"{s.frames} frames"]
@@ -453,7 +451,7 @@ def bench(
     Wall-clock rates depend on what else runs here (the load average is printed); the CPU µs per stage
     (tight loops, best of 3) give the rate one otherwise idle core reaches.
     """
-    from ..device.stream import bench as run_bench
+    from ..benchmark.stream_bench import bench as run_bench
 
     try:
         r = run_bench(bundle, frames, threads=threads, source=source.value)

@@ -2,7 +2,7 @@
 
 Sources return frames as uint8 arrays (HxW gray, HxWx3 BGR or HxWx4 BGRA) and ``None`` at the end of a finite
 stream; the :class:`~cae_edge.device.preprocess.Preprocessor` turns any of them into the model's 28x28 input.
-Nothing here encodes or sends: the stream loop (``cae_edge.device.stream``) pulls from a source, so tests
+Nothing here encodes or sends: the sender loop (``cae_edge.device.sender``) pulls from a source, so tests
 inject frames with :class:`ArraySource` and no camera.
 
 ``open_source(spec)`` understands::

@@ -100,7 +100,7 @@ class SenderOptions(LinkOptions):
     """On ``close()``, keep trying to deliver queued frames for at most this long (0 = drop them)."""
     on_drop: Callable[[bytes, str], None] | None = None
     """Called with each packet this sender discards and why: ``"queue"`` (queue full) or ``"close"`` (still
-    queued when the close flush gave up). For exact loss accounting (``cae_edge.device.soak``)."""
+    queued when the close flush gave up). For exact loss accounting (``cae_edge.benchmark.soak``)."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a bad value."""

@@ -2,9 +2,9 @@
 
 ::
 
-    soak (this process)                        workdir/
-      ├─ receiver #1 (python -m cae_edge.device.soak receiver)   rx-1.rec: (sender id, seq, time) per frame
-      ├─ sender 1..K (python -m cae_edge.device.soak sender)     tx-NAME.json: stats + dropped seqs by reason
+    soak (this process)                                  workdir/
+      ├─ receiver #1 (cae_edge.benchmark.soak receiver)  rx-1.rec: (sender id, seq, time) per frame
+      ├─ sender 1..K (cae_edge.benchmark.soak sender)    tx-NAME.json: stats + dropped seqs by reason
       │     synthetic source → preprocess → encode → pack → PushSender (the real node pipeline)
       ├─ at S seconds: SIGKILL receiver #1 (a crash, not a clean stop); start receiver #2 on the same port
       └─ at T seconds (later if receiver #2 needed long to start): senders stop and flush; receiver #2
@@ -314,11 +314,12 @@ class _RecordSink:
 
 
 def _receiver_main(cfg: dict) -> int:
-    from .bundle import load_bundle
-    from .security import CurveServer, SecurityOptions
-    from .status import StatusFile, receiver_status, write_json_atomic
-    from .stream import ReceiveOptions, payload_kind, run_receiver
-    from .transport import PullReceiver, ReceiverOptions
+    from ..device.bundle import load_bundle
+    from ..device.receiver import ReceiveOptions, run_receiver
+    from ..device.security import CurveServer, SecurityOptions
+    from ..device.status import StatusFile, receiver_status, write_json_atomic
+    from ..device.stream import payload_kind
+    from ..device.transport import PullReceiver, ReceiverOptions
 
     stop = _stop_on_sigterm()
     b = load_bundle(cfg["bundle"])
@@ -355,13 +356,14 @@ def _receiver_main(cfg: dict) -> int:
 
 def _sender_main(cfg: dict) -> int:
     from .. import wire
-    from .bundle import load_bundle
-    from .capture import SyntheticSource
-    from .preprocess import Preprocessor
-    from .security import CurveClient, SecurityOptions
-    from .status import write_json_atomic
-    from .stream import SendOptions, payload_kind, run_sender
-    from .transport import PushSender, SenderOptions
+    from ..device.bundle import load_bundle
+    from ..device.capture import SyntheticSource
+    from ..device.preprocess import Preprocessor
+    from ..device.security import CurveClient, SecurityOptions
+    from ..device.sender import SendOptions, run_sender
+    from ..device.status import write_json_atomic
+    from ..device.stream import payload_kind
+    from ..device.transport import PushSender, SenderOptions
 
     stop = _stop_on_sigterm()
     drops: dict[str, list[int]] = {"queue": [], "close": []}
@@ -440,7 +442,7 @@ class _Proc:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in reap()
         self.started = time.time()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "cae_edge.device.soak", role, str(cfg_path)],
+            [sys.executable, "-m", "cae_edge.benchmark.soak", role, str(cfg_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -541,7 +543,7 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
     try:
         keys: dict[str, Any] = {}
         if opts.secure:
-            from .security import generate_keypair
+            from ..device.security import generate_keypair
 
             allowed = workdir / "allowed"
             allowed.mkdir(exist_ok=True)
@@ -612,7 +614,7 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
             if _wait_file(workdir / f"tx-{n}.ready.json", p, 90.0 + 5.0 * opts.senders) is None:
                 raise ConfigError(f"soak: sender {n} did not start: {p.log_tail()}")
         t0 = time.time()
-        from .status import write_json_atomic
+        from ..device.status import write_json_atomic
 
         write_json_atomic(go, {"time": t0})
         say(f"{opts.senders} senders streaming for {opts.seconds:g} s")
@@ -789,7 +791,7 @@ def account_sender(
 
 def _worker(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("sender", "receiver"):
-        print("usage: python -m cae_edge.device.soak sender|receiver CONFIG.json", file=sys.stderr)
+        print("usage: python -m cae_edge.benchmark.soak sender|receiver CONFIG.json", file=sys.stderr)
         return 2
     cfg = json.loads(Path(argv[1]).read_text())
     return _sender_main(cfg) if argv[0] == "sender" else _receiver_main(cfg)

@@ -1,0 +1,212 @@
+"""``cae-edge stream bench``: throughput of both stream ends on this machine (in-memory source, loopback).
+
+A measurement harness, not node code: it runs the real sender pipeline and the receiver's decode from
+:mod:`cae_edge.device` with an in-memory source and a sink that drains in C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .. import wire
+from ..device.capture import ArraySource, SyntheticSource
+from ..device.preprocess import Preprocessor
+from ..device.sender import SendOptions, run_sender
+from ..device.stream import mean_us, payload_kind
+from ..device.transport import PushSender, SenderOptions
+from ..errors import ConfigError
+from ..wire import Packet
+
+
+@dataclass
+class BenchResult:
+    """Throughput of both ends on this machine (JSON via :meth:`to_dict`).
+
+    Wall-clock figures depend on what else runs on the machine (``load_avg``); the CPU-time figures per
+    stage (this thread's CPU time in tight loops, best of 3) are what one otherwise idle core would need.
+    """
+
+    frames: int
+    """Frames pushed through each end."""
+    pair_id: str
+    """Bundle measured."""
+    threads: int
+    """Interpreter threads."""
+    source: str
+    """``canvas`` (120x160 synthetic camera frames) or ``digits`` (28x28 test images)."""
+    frame_shape: list[int]
+    """Shape of the in-memory source frames."""
+    sender_fps: float
+    """preprocess → encode → pack → send over loopback TCP (drained by a C proxy thread), wall clock."""
+    sender_us: dict[str, float]
+    """Mean wall µs per frame by stage in that run: preprocess, encode, pack, send, and total."""
+    receiver_fps: float
+    """unpack → pair check → decode to a 28x28 image (no network, no sink), wall clock."""
+    receiver_us: dict[str, float]
+    """Mean wall µs per frame by stage: unpack, decode, and total."""
+    stage_cpu_us: dict[str, float]
+    """CPU µs per frame by stage (tight loops, this thread): preprocess, encode, pack, send, unpack,
+    decode."""
+    sender_cpu_us: float
+    """preprocess + encode + pack + send CPU µs per frame."""
+    receiver_cpu_us: float
+    """unpack + decode CPU µs per frame."""
+    sender_fps_cpu: float
+    """1e6 / sender_cpu_us: the sender's rate on one idle core."""
+    receiver_fps_cpu: float
+    """1e6 / receiver_cpu_us: the receiver's rate on one idle core."""
+    bytes_per_frame: float
+    """Mean packet size (24-byte header/CRC + payload; the name adds 1 + len once a second)."""
+    dropped: int
+    """Packets the sender dropped during the run."""
+    load_avg: float
+    """1-minute load average when the run started (context for the wall-clock figures)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _proxy_until_closed(front: zmq.Socket, back: zmq.Socket) -> None:
+    with contextlib.suppress(zmq.ContextTerminated, zmq.ZMQError):
+        zmq.proxy(front, back)
+    front.close(linger=0)
+    back.close(linger=0)
+
+
+def _cpu_us(fn: Callable[[Any], Any], items: list, repeat: int = 3) -> float:
+    """Best-of-``repeat`` CPU time of this thread per call of ``fn`` over ``items``, in µs."""
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.thread_time_ns()
+        for x in items:
+            fn(x)
+        best = min(best, (time.thread_time_ns() - t0) / len(items) / 1000)
+    return round(best, 2)
+
+
+def bench(
+    bundle: str | Path | Any = "mnist", frames: int = 5000, *, threads: int = 1, source: str = "canvas"
+) -> BenchResult:
+    """Measure the sender pipeline from an in-memory source and the receiver's decode, on this machine.
+
+    Args:
+        bundle: bundle name, directory or loaded bundle.
+        frames: frames through each end.
+        threads: interpreter threads.
+        source: ``canvas`` — :class:`~cae_edge.device.capture.SyntheticSource` camera frames (120x160, drawn
+            beforehand, so capture costs nothing) — or ``digits``: the 28x28 test images themselves.
+
+    The sender really sends over loopback TCP, to a PULL socket drained by ``zmq.proxy`` in C (no GIL).
+    """
+    import os
+
+    from ..device.bundle import load_bundle
+
+    if source not in ("canvas", "digits"):
+        raise ConfigError(f"bench source {source!r}: use canvas or digits")
+    load = os.getloadavg()[0]
+    b = load_bundle(bundle) if isinstance(bundle, str | Path) else bundle
+    pre = Preprocessor(b.preprocess)
+    kind = payload_kind(b.coding)
+    paper = bool(b.preprocess.get("invert"))
+    synth = SyntheticSource("mnist", paper=paper)
+    n_unique = min(frames, 240)
+    if source == "canvas":
+        pool = np.stack([synth.frame(i) for i in range(n_unique)])
+    else:
+        from .. import datasets
+
+        pool = datasets.load("mnist").x_test[:n_unique]
+        pool = 255 - pool if paper else pool
+    encoder = b.encoder(threads)
+    decoder = b.decoder(threads)
+    pair = wire.pair_prefix(b.pair_id)
+    images = [pre(f) for f in pool]
+    payloads = [encoder.encode(im) for im in images]
+    packets = [Packet(pair, 1, i, i, p, kind) for i, p in enumerate(payloads)]
+    packed = [wire.pack(p) for p in packets]
+    stage = {
+        "preprocess": _cpu_us(pre, list(pool)),
+        "encode": _cpu_us(encoder.encode, images),
+        "pack": _cpu_us(wire.pack, packets),
+    }
+    ctx = zmq.Context()
+    sink = ctx.socket(zmq.PULL)
+    sink.setsockopt(zmq.LINGER, 0)
+    port = sink.bind_to_random_port("tcp://127.0.0.1")
+    void = ctx.socket(zmq.PUB)  # nobody subscribes: the proxy drains the PULL socket in C, without the GIL
+    void.setsockopt(zmq.LINGER, 0)
+    void.bind("inproc://void")
+    thread = threading.Thread(target=_proxy_until_closed, args=(sink, void), daemon=True)
+    thread.start()
+    try:
+        with PushSender(f"tcp://127.0.0.1:{port}", SenderOptions(queue_size=frames)) as tx:
+            tx.wait_connected(5.0)
+            stage["send"] = _cpu_us(tx.send, packed)
+            tx.flush(5.0)
+            src = ArraySource(pool, loop=True, limit=frames)
+            s = run_sender(
+                src, pre, encoder, tx, pair_id=b.pair_id, options=SendOptions(name="bench"), kind=kind
+            )
+            tx.flush(5.0)
+            dropped = tx.stats.dropped
+    finally:
+        ctx.term()  # closes the proxy's sockets (ETERM ends it)
+        thread.join(5.0)
+    stage["unpack"] = _cpu_us(wire.unpack, packed)
+    stage["decode"] = _cpu_us(decoder.decode, payloads)
+    # receiver, end to end: unpack + pair check + decode, cycling through the packets
+    ns = time.perf_counter_ns
+    t_unpack = t_decode = 0
+    for i in range(frames):
+        t0 = ns()
+        p = wire.unpack(packed[i % len(packed)])
+        if p.pair != pair:  # pragma: no cover - same bundle
+            raise ConfigError("bench: pair mismatch")
+        t1 = ns()
+        decoder.decode(p.payload)
+        t_decode += ns() - t1
+        t_unpack += t1 - t0
+    rx_total = (t_unpack + t_decode) / frames / 1000
+    tx_total = s.preprocess_us + s.encode_us + s.pack_us + s.send_us
+    tx_cpu = stage["preprocess"] + stage["encode"] + stage["pack"] + stage["send"]
+    rx_cpu = stage["unpack"] + stage["decode"]
+    return BenchResult(
+        frames=frames,
+        pair_id=b.pair_id,
+        threads=threads,
+        source=source,
+        frame_shape=list(pool.shape[1:]),
+        sender_fps=s.fps,
+        sender_us={
+            "preprocess": s.preprocess_us,
+            "encode": s.encode_us,
+            "pack": s.pack_us,
+            "send": s.send_us,
+            "total": round(tx_total, 2),
+        },
+        receiver_fps=round(1e6 / rx_total, 1),
+        receiver_us={
+            "unpack": mean_us(t_unpack, frames),
+            "decode": mean_us(t_decode, frames),
+            "total": round(rx_total, 2),
+        },
+        stage_cpu_us=stage,
+        sender_cpu_us=round(tx_cpu, 2),
+        receiver_cpu_us=round(rx_cpu, 2),
+        sender_fps_cpu=round(1e6 / tx_cpu, 1),
+        receiver_fps_cpu=round(1e6 / rx_cpu, 1),
+        bytes_per_frame=s.bytes_per_frame,
+        dropped=dropped,
+        load_avg=round(load, 2),
+    )

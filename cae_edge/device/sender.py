@@ -1,0 +1,341 @@
+"""The node's end of a stream: capture → preprocess → encode → pack → send, with its statistics.
+
+::
+
+    FrameSource ─► Preprocessor ─► Encoder.encode ─► wire.pack ─► PushSender.send
+       (capture)     (28x28 u8)      (payload)        (+24 B)      (never blocks)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .. import wire
+from ..errors import ConfigError, SourceError
+from ..wire import Packet, PayloadKind
+from .capture import FrameSource, open_source
+from .preprocess import Preprocessor
+from .sinks import PngSink
+from .stream import Log, mean_us, now_us, payload_kind
+from .transport import LinkStats, PushSender, SenderOptions
+
+
+@dataclass
+class SendOptions:
+    """What the sender loop does (the link's own settings are :class:`SenderOptions`)."""
+
+    name: str = "node"
+    """Sender name shown by the receiver (``A-Z a-z 0-9 . _ -``, at most 64); its 16-bit id goes in every
+    packet, the name itself in the first packet, the first after each reconnect and about once a second."""
+    fps: float = 0.0
+    """Frame-rate cap; 0 = as fast as the source delivers."""
+    max_frames: int = 0
+    """Stop after this many frames; 0 = until the source ends or ``stop`` is set."""
+    name_every_s: float = 1.0
+    """Carry the name at least this often (so a restarted receiver learns it)."""
+    stats_every_s: float = 1.0
+    """Call ``on_stats`` this often."""
+    wait_connected_s: float = 0.0
+    """Before capturing, wait up to this long for a receiver (useful for files; 0 = start at once)."""
+    save_inputs: Path | None = None
+    """Write each preprocessed 28x28 input as ``DIR/<name>/<seq>.png`` (to compare with the receiver)."""
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for a bad value."""
+        wire.check_sender_name(self.name)
+        if not (self.fps >= 0 and math.isfinite(self.fps)):
+            raise ConfigError(f"fps {self.fps!r}: must be >= 0 (0 = no cap)")
+        if self.max_frames < 0:
+            raise ConfigError(f"max frames {self.max_frames}: must be >= 0 (0 = no limit)")
+
+
+@dataclass
+class SenderStats:
+    """A sender's counters and timings (JSON via :meth:`to_dict`)."""
+
+    name: str = ""
+    """Sender name."""
+    sender_id: int = 0
+    """Its 16-bit wire id."""
+    pair_id: str = ""
+    """Bundle pair id."""
+    source: str = ""
+    """Where frames come from."""
+    status: str = "running"
+    """``running``, ``finished`` (source ended / max frames), ``stopped`` (signal) or ``source-error``."""
+    error: str | None = None
+    """The source error, when status is ``source-error``."""
+    frames: int = 0
+    """Frames captured, preprocessed, encoded and packed."""
+    sent: int = 0
+    """Packets handed to ZeroMQ."""
+    dropped: int = 0
+    """Packets dropped because the send queue was full (receiver slow or away)."""
+    queued: int = 0
+    """Packets waiting in the send queue."""
+    lost_at_close: int = 0
+    """Packets still queued when the sender closed and the flush time ran out."""
+    connects: int = 0
+    """Connections to the receiver established."""
+    disconnects: int = 0
+    """Connections lost."""
+    connected: bool = False
+    refused: int = 0
+    """Handshakes the receiver refused (this node's CURVE key is not in its allowed keys); retried."""
+    """A receiver is connected now."""
+    elapsed_s: float = 0.0
+    """Seconds since the loop started."""
+    fps: float = 0.0
+    """Frames per second over the whole run."""
+    fps_recent: float = 0.0
+    """Frames per second since the previous stats report."""
+    bytes_per_frame: float = 0.0
+    """Mean packet size (header + name when carried + payload + CRC), before ZeroMQ framing (+2 B on TCP)."""
+    payload_bytes: float = 0.0
+    """Mean payload size."""
+    capture_us: float = 0.0
+    """Mean time in ``source.read()`` (waiting for the camera included)."""
+    preprocess_us: float = 0.0
+    """Mean time to turn a frame into the 28x28 input."""
+    encode_us: float = 0.0
+    """Mean encoder time (LiteRT invoke + payload coding)."""
+    pack_us: float = 0.0
+    """Mean ``wire.pack`` time."""
+    send_us: float = 0.0
+    """Mean ``PushSender.send`` time."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def absorb(self, link: LinkStats) -> SenderStats:
+        """Copy the link's counters in."""
+        self.sent, self.dropped, self.queued = link.sent, link.dropped, link.queued
+        self.lost_at_close = link.lost_at_close
+        self.connects, self.disconnects, self.connected = link.connects, link.disconnects, link.peers > 0
+        self.refused = link.refused
+        return self
+
+
+class _Encoder(Protocol):
+    def encode(self, image_u8: np.ndarray) -> bytes: ...
+
+
+def run_sender(
+    source: FrameSource,
+    preprocess: Callable[[np.ndarray], np.ndarray],
+    encoder: _Encoder,
+    link: PushSender,
+    *,
+    pair_id: str,
+    options: SendOptions,
+    kind: PayloadKind = PayloadKind.INT8,
+    on_stats: Callable[[SenderStats], None] | None = None,
+    stop: threading.Event | None = None,
+) -> SenderStats:
+    """Capture → preprocess → encode → pack → send until the source ends, ``max_frames`` or ``stop``.
+
+    Does not close the source or the link (the caller owns them); a source that fails mid-stream ends the
+    loop with ``status="source-error"`` instead of raising. Packets the link could not take yet are still in
+    its queue when this returns: ``link.close()`` (or ``link.flush(timeout)``) delivers them.
+
+    Returns:
+        Final statistics (link counters as of the return; absorb ``link.stats`` again after closing it).
+
+    Raises:
+        ConfigError: bad options or pair id.
+    """
+    options.check()
+    stop = stop or threading.Event()
+    sid = wire.sender_id(options.name)
+    pair = wire.pair_prefix(pair_id)
+    stats = SenderStats(
+        name=options.name, sender_id=sid, pair_id=pair_id, source=getattr(source, "description", "")
+    )
+    saver = PngSink(options.save_inputs) if options.save_inputs else None
+    clock = time.perf_counter
+    ns = time.perf_counter_ns
+    t_cap = t_pre = t_enc = t_pack = t_send = 0
+    wire_bytes = payload_bytes = 0
+    period = 1.0 / options.fps if options.fps > 0 else 0.0
+    if options.wait_connected_s > 0:
+        link.wait_connected(options.wait_connected_s)
+    start = clock()
+    next_frame = start
+    next_stats = start + options.stats_every_s
+    next_link_check = start
+    last_name = -math.inf
+    seen_connects = -1
+    frames_at_report, time_at_report = 0, start
+    seq = 0
+    status = "stopped"
+    try:
+        while not stop.is_set():
+            if options.max_frames and seq >= options.max_frames:
+                status = "finished"
+                break
+            if period:
+                now = clock()
+                if now < next_frame and stop.wait(next_frame - now):
+                    break
+                # keep the cadence, but never burst to catch up after a stall
+                next_frame = max(next_frame + period, clock() - period)
+            t0 = ns()
+            try:
+                frame = source.read()
+            except SourceError as e:
+                status, stats.error = "source-error", str(e)
+                break
+            if frame is None:
+                status = "finished"
+                break
+            t_us = now_us() & wire.MASK32
+            t1 = ns()
+            image = preprocess(frame)
+            t2 = ns()
+            payload = encoder.encode(image)
+            t3 = ns()
+            now = clock()
+            if now >= next_link_check:
+                next_link_check = now + 0.05
+                connects = link.stats.connects
+                if connects != seen_connects:
+                    seen_connects, last_name = connects, -math.inf  # new connection: tell it who we are
+            name = None
+            if now - last_name >= options.name_every_s:
+                name, last_name = options.name, now
+            data = wire.pack(Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind, name))
+            t4 = ns()
+            link.send(data)
+            t5 = ns()
+            if saver is not None:
+                saver.write(options.name, seq, image)
+            t_cap += t1 - t0
+            t_pre += t2 - t1
+            t_enc += t3 - t2
+            t_pack += t4 - t3
+            t_send += t5 - t4
+            wire_bytes += len(data)
+            payload_bytes += len(payload)
+            seq += 1
+            if on_stats is not None and now >= next_stats:
+                next_stats = now + options.stats_every_s
+                stats.fps_recent = round((seq - frames_at_report) / max(now - time_at_report, 1e-9), 1)
+                frames_at_report, time_at_report = seq, now
+                on_stats(
+                    _fill(
+                        stats,
+                        link,
+                        seq,
+                        start,
+                        t_cap,
+                        t_pre,
+                        t_enc,
+                        t_pack,
+                        t_send,
+                        wire_bytes,
+                        payload_bytes,
+                    )
+                )
+    finally:
+        stats.status = status
+        _fill(stats, link, seq, start, t_cap, t_pre, t_enc, t_pack, t_send, wire_bytes, payload_bytes)
+    return stats
+
+
+def _fill(stats: SenderStats, link: PushSender, n: int, start: float, *t: int) -> SenderStats:
+    t_cap, t_pre, t_enc, t_pack, t_send, wire_bytes, payload_bytes = t
+    stats.frames = n
+    stats.elapsed_s = round(time.perf_counter() - start, 3)
+    stats.fps = round(n / stats.elapsed_s, 1) if stats.elapsed_s > 0 else 0.0
+    stats.capture_us, stats.preprocess_us = mean_us(t_cap, n), mean_us(t_pre, n)
+    stats.encode_us, stats.pack_us, stats.send_us = (
+        mean_us(t_enc, n),
+        mean_us(t_pack, n),
+        mean_us(t_send, n),
+    )
+    stats.bytes_per_frame = round(wire_bytes / n, 2) if n else 0.0
+    stats.payload_bytes = round(payload_bytes / n, 2) if n else 0.0
+    if not link.closed:
+        stats.absorb(link.stats)
+    return stats
+
+
+def stream_send(
+    source: str | FrameSource,
+    connect: str,
+    bundle: str | Path | Any = "mnist",
+    options: SendOptions | None = None,
+    link_options: SenderOptions | None = None,
+    *,
+    preprocess: dict | None = None,
+    threads: int = 1,
+    loop: bool = False,
+    on_stats: Callable[[SenderStats], None] | None = None,
+    on_log: Log | None = None,
+    stop: threading.Event | None = None,
+) -> SenderStats:
+    """Open everything by name and run :func:`run_sender`; closes what it opened (the link flushes).
+
+    Args:
+        source: a source spec for :func:`~cae_edge.device.capture.open_source` or an open source.
+        connect: the receiver, e.g. ``tcp://192.168.1.10:5555``.
+        bundle: shipped bundle name, bundle directory or a loaded bundle.
+        options: loop options (name, fps, ...).
+        link_options: queue, drop policy, reconnect, security.
+        preprocess: overrides of the bundle manifest's ``preprocess`` block.
+        threads: encoder interpreter threads.
+        loop: replay files and folders endlessly.
+        on_stats: called with statistics about once per ``options.stats_every_s``.
+        on_log: called with one line per notable event.
+        stop: set it to stop (the CLI does on SIGINT/SIGTERM).
+
+    Raises:
+        SourceError: the source cannot be opened.
+        BundleError: the bundle is missing or broken.
+        ConfigError: a bad option or endpoint.
+    """
+    from .bundle import load_bundle
+
+    options = options or SendOptions()
+    options.check()
+    b = load_bundle(bundle) if isinstance(bundle, str | Path) else bundle
+    spec = dict(b.preprocess)
+    spec.update(preprocess or {})
+    pre = Preprocessor(spec)
+    kind = payload_kind(b.coding)
+    encoder = b.encoder(threads)
+    src = source
+    if isinstance(source, str):
+        src = open_source(source, loop=loop, paper=bool(spec.get("invert")))
+    log = on_log or (lambda _msg: None)
+    try:
+        with PushSender(connect, link_options or SenderOptions()) as link:
+            log(
+                f"sending {src.description} as {options.name!r} (id {wire.sender_id(options.name):#06x}) to "
+                f"{connect} with bundle {b.pair_id} ({b.latent_dim}-byte latent, {kind.name.lower()})"
+            )
+            stats = run_sender(
+                src,
+                pre,
+                encoder,
+                link,
+                pair_id=b.pair_id,
+                options=options,
+                kind=kind,
+                on_stats=on_stats,
+                stop=stop,
+            )
+            link.close()
+            stats.absorb(link.stats)
+    finally:
+        if isinstance(source, str):
+            src.close()
+    return stats

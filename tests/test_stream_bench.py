@@ -1,0 +1,38 @@
+"""`cae-edge stream bench`: the real sender pipeline and the receiver's decode, measured on loopback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cae_edge import wire
+from cae_edge.benchmark import stream_bench
+from cae_edge.cli.main import app
+from cae_edge.device.bundle import load_bundle
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle("mnist")
+
+
+def test_bench_smoke(bundle, tmp_path) -> None:
+    r = stream_bench.bench(bundle, frames=200)
+    assert r.sender_fps > 0 and r.receiver_fps > 0 and r.sender_cpu_us > 0
+    assert set(r.sender_us) == {"preprocess", "encode", "pack", "send", "total"}
+    assert set(r.stage_cpu_us) == {"preprocess", "encode", "pack", "send", "unpack", "decode"}
+    assert r.sender_fps_cpu == pytest.approx(1e6 / r.sender_cpu_us, rel=1e-3)
+    out = tmp_path / "bench.json"
+    result = runner.invoke(
+        app, ["stream", "bench", "--frames", "100", "--source", "digits", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "per idle core" in result.output and json.loads(out.read_text())["frame_shape"] == [28, 28]
+    assert (
+        wire.OVERHEAD_BYTES < r.bytes_per_frame <= wire.OVERHEAD_BYTES + bundle.latent_dim + 1 + len("bench")
+    )
+    json.dumps(r.to_dict())
