@@ -135,14 +135,14 @@ def _model_samples(bundle, image: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _paths(bundle, test: np.ndarray, threads: int, opts: BenchmarkOptions) -> list[latency.PathLatency]:
-    from ..device.preprocess import Preprocessor
+    from ..device.receiver import receive_pipeline
+    from ..device.sender import send_pipeline
 
-    enc, dec = bundle.encoder(threads), bundle.decoder(threads)
-    pre = Preprocessor(bundle.preprocess)
+    tx = send_pipeline(bundle, threads=threads)
+    enc, pre, kind = tx.encoder, tx.preprocess, tx.kind
+    dec = receive_pipeline(bundle, threads=threads).decoder
     images = test[: min(len(test), 64)]
-    invert = bool(bundle.preprocess.get("invert", False))
-    frames = [_camera_frame(img, opts.frame_shape, invert) for img in images]
-    kind = wire.PayloadKind.INT8 if bundle.coding.get("kind") == "int8" else wire.PayloadKind.ENTROPY
+    frames = [_camera_frame(img, opts.frame_shape, tx.paper) for img in images]
     prefix, sid = wire.pair_prefix(bundle.pair_id), wire.sender_id("bench")
     n = len(images)
     pack, unpack, packet_cls, mask = wire.pack, wire.unpack, wire.Packet, wire.MASK32

@@ -314,16 +314,13 @@ class _RecordSink:
 
 
 def _receiver_main(cfg: dict) -> int:
-    from ..device.bundle import load_bundle
-    from ..device.receiver import ReceiveOptions, run_receiver
+    from ..device.receiver import ReceiveOptions, receive_pipeline
     from ..device.security import CurveServer, SecurityOptions
     from ..device.status import StatusFile, receiver_status, write_json_atomic
-    from ..device.stream import payload_kind
     from ..device.transport import PullReceiver, ReceiverOptions
 
     stop = _stop_on_sigterm()
-    b = load_bundle(cfg["bundle"])
-    decoder = b.decoder(1)
+    pipe = receive_pipeline(cfg["bundle"])
     curve = None
     if cfg["secure"]:
         curve = CurveServer(SecurityOptions(key=Path(cfg["key"]), allowed_keys=Path(cfg["allowed"])))
@@ -339,16 +336,7 @@ def _receiver_main(cfg: dict) -> int:
         hwm["heartbeat_ivl_ms"] = cfg["rx_heartbeat_ms"]
     with PullReceiver(cfg["bind"], ReceiverOptions(security=curve, **hwm)) as link:
         write_json_atomic(cfg["ready"], {"time": time.time(), "pid": os.getpid()})
-        stats = run_receiver(
-            link,
-            decoder,
-            pair_id=b.pair_id,
-            kind=payload_kind(b.coding),
-            sinks=[sink],
-            options=ReceiveOptions(stats_every_s=0.5),
-            on_stats=on_stats,
-            stop=stop,
-        )
+        stats = pipe.run(link, [sink], ReceiveOptions(stats_every_s=0.5), on_stats=on_stats, stop=stop)
         on_stats(stats, force=True)
     sink.close()
     return 0
@@ -356,13 +344,10 @@ def _receiver_main(cfg: dict) -> int:
 
 def _sender_main(cfg: dict) -> int:
     from .. import wire
-    from ..device.bundle import load_bundle
     from ..device.capture import SyntheticSource
-    from ..device.preprocess import Preprocessor
     from ..device.security import CurveClient, SecurityOptions
-    from ..device.sender import SendOptions, run_sender
+    from ..device.sender import SendOptions, send_pipeline
     from ..device.status import write_json_atomic
-    from ..device.stream import payload_kind
     from ..device.transport import PushSender, SenderOptions
 
     stop = _stop_on_sigterm()
@@ -371,10 +356,8 @@ def _sender_main(cfg: dict) -> int:
     def on_drop(data: bytes, why: str) -> None:
         drops.setdefault(why, []).append(wire.unpack(data).seq)
 
-    b = load_bundle(cfg["bundle"])
-    pre = Preprocessor(b.preprocess)
-    encoder = b.encoder(1)
-    source = SyntheticSource("mnist", seed=cfg["index"], paper=bool(b.preprocess.get("invert")))
+    pipe = send_pipeline(cfg["bundle"])
+    source = SyntheticSource("mnist", seed=cfg["index"], paper=pipe.paper)
     curve = None
     if cfg["secure"]:
         curve = CurveClient(SecurityOptions(key=Path(cfg["key"]), server_key=Path(cfg["server_key"])))
@@ -403,16 +386,8 @@ def _sender_main(cfg: dict) -> int:
             stop.set()
 
         threading.Thread(target=watch_end, daemon=True).start()
-        stats = run_sender(
-            source,
-            pre,
-            encoder,
-            link,
-            pair_id=b.pair_id,
-            options=SendOptions(name=cfg["name"], fps=cfg["fps"], stats_every_s=3600.0),
-            kind=payload_kind(b.coding),
-            stop=stop,
-        )
+        options = SendOptions(name=cfg["name"], fps=cfg["fps"], stats_every_s=3600.0)
+        stats = pipe.run(source, link, options, stop=stop)
         link.close()
         stats.absorb(link.stats)
     write_json_atomic(

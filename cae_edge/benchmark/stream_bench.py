@@ -20,9 +20,9 @@ import zmq
 
 from .. import wire
 from ..device.capture import ArraySource, SyntheticSource
-from ..device.preprocess import Preprocessor
-from ..device.sender import SendOptions, run_sender
-from ..device.stream import mean_us, payload_kind
+from ..device.receiver import receive_pipeline
+from ..device.sender import SenderStats, SendOptions, SendPipeline, send_pipeline
+from ..device.stream import StageTimer
 from ..device.transport import PushSender, SenderOptions
 from ..errors import ConfigError
 from ..wire import Packet
@@ -94,6 +94,62 @@ def _cpu_us(fn: Callable[[Any], Any], items: list, repeat: int = 3) -> float:
     return round(best, 2)
 
 
+def _frame_pool(source: str, frames: int, paper: bool) -> np.ndarray:
+    """Up to 240 distinct source frames: synthetic 120x160 camera frames or the 28x28 test digits."""
+    n_unique = min(frames, 240)
+    if source == "canvas":
+        synth = SyntheticSource("mnist", paper=paper)
+        return np.stack([synth.frame(i) for i in range(n_unique)])
+    from .. import datasets
+
+    pool = datasets.load("mnist").x_test[:n_unique]
+    return 255 - pool if paper else pool
+
+
+def _send_over_loopback(
+    pipe: SendPipeline, pool: np.ndarray, packed: list[bytes], frames: int
+) -> tuple[float, SenderStats, int]:
+    """The link's send CPU µs per packet, then the real sender loop over ``frames`` frames; and its drops.
+
+    The receiving end is a PULL socket drained by ``zmq.proxy`` in C (no GIL), so only the sender is timed.
+    """
+    ctx = zmq.Context()
+    sink = ctx.socket(zmq.PULL)
+    sink.setsockopt(zmq.LINGER, 0)
+    port = sink.bind_to_random_port("tcp://127.0.0.1")
+    void = ctx.socket(zmq.PUB)  # nobody subscribes: the proxy drains the PULL socket in C, without the GIL
+    void.setsockopt(zmq.LINGER, 0)
+    void.bind("inproc://void")
+    thread = threading.Thread(target=_proxy_until_closed, args=(sink, void), daemon=True)
+    thread.start()
+    try:
+        with PushSender(f"tcp://127.0.0.1:{port}", SenderOptions(queue_size=frames)) as tx:
+            tx.wait_connected(5.0)
+            send_cpu = _cpu_us(tx.send, packed)
+            tx.flush(5.0)
+            stats = pipe.run(ArraySource(pool, loop=True, limit=frames), tx, SendOptions(name="bench"))
+            tx.flush(5.0)
+            return send_cpu, stats, tx.stats.dropped
+    finally:
+        ctx.term()  # closes the proxy's sockets (ETERM ends it)
+        thread.join(5.0)
+
+
+def _receive_wall(decoder: Any, packed: list[bytes], pair: bytes, frames: int) -> StageTimer:
+    """The receiver's unpack + pair check + decode, end to end, cycling through the packets."""
+    ns = time.perf_counter_ns
+    timer = StageTimer("unpack", "decode")
+    for i in range(frames):
+        t0 = ns()
+        p = wire.unpack(packed[i % len(packed)])
+        if p.pair != pair:  # pragma: no cover - same bundle
+            raise ConfigError("bench: pair mismatch")
+        t1 = ns()
+        decoder.decode(p.payload)
+        timer.split(t0, t1, ns())
+    return timer
+
+
 def bench(
     bundle: str | Path | Any = "mnist", frames: int = 5000, *, threads: int = 1, source: str = "canvas"
 ) -> BenchResult:
@@ -110,95 +166,42 @@ def bench(
     """
     import os
 
-    from ..device.bundle import load_bundle
-
     if source not in ("canvas", "digits"):
         raise ConfigError(f"bench source {source!r}: use canvas or digits")
     load = os.getloadavg()[0]
-    b = load_bundle(bundle) if isinstance(bundle, str | Path) else bundle
-    pre = Preprocessor(b.preprocess)
-    kind = payload_kind(b.coding)
-    paper = bool(b.preprocess.get("invert"))
-    synth = SyntheticSource("mnist", paper=paper)
-    n_unique = min(frames, 240)
-    if source == "canvas":
-        pool = np.stack([synth.frame(i) for i in range(n_unique)])
-    else:
-        from .. import datasets
-
-        pool = datasets.load("mnist").x_test[:n_unique]
-        pool = 255 - pool if paper else pool
-    encoder = b.encoder(threads)
-    decoder = b.decoder(threads)
-    pair = wire.pair_prefix(b.pair_id)
+    pipe = send_pipeline(bundle, threads=threads)
+    pool = _frame_pool(source, frames, pipe.paper)
+    decoder = receive_pipeline(pipe.bundle, threads=threads).decoder
+    pre, encoder, pair = pipe.preprocess, pipe.encoder, wire.pair_prefix(pipe.pair_id)
     images = [pre(f) for f in pool]
     payloads = [encoder.encode(im) for im in images]
-    packets = [Packet(pair, 1, i, i, p, kind) for i, p in enumerate(payloads)]
+    packets = [Packet(pair, 1, i, i, p, pipe.kind) for i, p in enumerate(payloads)]
     packed = [wire.pack(p) for p in packets]
     stage = {
         "preprocess": _cpu_us(pre, list(pool)),
         "encode": _cpu_us(encoder.encode, images),
         "pack": _cpu_us(wire.pack, packets),
     }
-    ctx = zmq.Context()
-    sink = ctx.socket(zmq.PULL)
-    sink.setsockopt(zmq.LINGER, 0)
-    port = sink.bind_to_random_port("tcp://127.0.0.1")
-    void = ctx.socket(zmq.PUB)  # nobody subscribes: the proxy drains the PULL socket in C, without the GIL
-    void.setsockopt(zmq.LINGER, 0)
-    void.bind("inproc://void")
-    thread = threading.Thread(target=_proxy_until_closed, args=(sink, void), daemon=True)
-    thread.start()
-    try:
-        with PushSender(f"tcp://127.0.0.1:{port}", SenderOptions(queue_size=frames)) as tx:
-            tx.wait_connected(5.0)
-            stage["send"] = _cpu_us(tx.send, packed)
-            tx.flush(5.0)
-            src = ArraySource(pool, loop=True, limit=frames)
-            s = run_sender(
-                src, pre, encoder, tx, pair_id=b.pair_id, options=SendOptions(name="bench"), kind=kind
-            )
-            tx.flush(5.0)
-            dropped = tx.stats.dropped
-    finally:
-        ctx.term()  # closes the proxy's sockets (ETERM ends it)
-        thread.join(5.0)
+    stage["send"], s, dropped = _send_over_loopback(pipe, pool, packed, frames)
     stage["unpack"] = _cpu_us(wire.unpack, packed)
     stage["decode"] = _cpu_us(decoder.decode, payloads)
-    # receiver, end to end: unpack + pair check + decode, cycling through the packets
-    ns = time.perf_counter_ns
-    t_unpack = t_decode = 0
-    for i in range(frames):
-        t0 = ns()
-        p = wire.unpack(packed[i % len(packed)])
-        if p.pair != pair:  # pragma: no cover - same bundle
-            raise ConfigError("bench: pair mismatch")
-        t1 = ns()
-        decoder.decode(p.payload)
-        t_decode += ns() - t1
-        t_unpack += t1 - t0
-    rx_total = (t_unpack + t_decode) / frames / 1000
-    tx_total = s.preprocess_us + s.encode_us + s.pack_us + s.send_us
+    rx = _receive_wall(decoder, packed, pair, frames)
+    rx_total = (rx.ns["unpack"] + rx.ns["decode"]) / frames / 1000
+    tx_us = {k: getattr(s, f"{k}_us") for k in ("preprocess", "encode", "pack", "send")}
     tx_cpu = stage["preprocess"] + stage["encode"] + stage["pack"] + stage["send"]
     rx_cpu = stage["unpack"] + stage["decode"]
     return BenchResult(
         frames=frames,
-        pair_id=b.pair_id,
+        pair_id=pipe.pair_id,
         threads=threads,
         source=source,
         frame_shape=list(pool.shape[1:]),
         sender_fps=s.fps,
-        sender_us={
-            "preprocess": s.preprocess_us,
-            "encode": s.encode_us,
-            "pack": s.pack_us,
-            "send": s.send_us,
-            "total": round(tx_total, 2),
-        },
+        sender_us={**tx_us, "total": round(sum(tx_us.values()), 2)},
         receiver_fps=round(1e6 / rx_total, 1),
         receiver_us={
-            "unpack": mean_us(t_unpack, frames),
-            "decode": mean_us(t_decode, frames),
+            "unpack": rx.mean_us("unpack", frames),
+            "decode": rx.mean_us("decode", frames),
             "total": round(rx_total, 2),
         },
         stage_cpu_us=stage,

@@ -20,9 +20,9 @@ import numpy as np
 
 from .. import wire
 from ..errors import CaeEdgeError, PacketError
-from ..wire import PayloadKind
+from ..wire import Packet, PayloadKind
 from .sinks import FrameSink
-from .stream import Log, mean_us, now_us, payload_kind
+from .stream import Log, StageTimer, now_us, payload_kind
 from .transport import PullReceiver, ReceiverOptions
 
 
@@ -123,14 +123,166 @@ class _Peer:
         self.frames_at_report = 0
         self.named = False
 
+    def report(self, interval: float) -> PeerStats:
+        """The stats with the rate since the last report (when ``interval`` > 0) and the latency summary."""
+        ps = self.stats
+        if interval > 0:
+            ps.fps = round((ps.frames - self.frames_at_report) / interval, 1)
+            self.frames_at_report = ps.frames
+        if self.lat:
+            lat = np.fromiter(self.lat, dtype=np.int64, count=len(self.lat)) / 1000.0
+            ps.latency_ms = {
+                "mean": round(float(lat.mean()), 3),
+                "p50": round(float(np.percentile(lat, 50)), 3),
+                "p95": round(float(np.percentile(lat, 95)), 3),
+                "max": round(float(lat.max()), 3),
+            }
+        return ps
 
-class _Decoder(Protocol):
+
+class Decoder(Protocol):
+    """What the receiver needs of a decoder: payload bytes in, a 28x28 uint8 image out."""
+
     def decode(self, payload: bytes) -> np.ndarray: ...
+
+
+class _Receiving:
+    """The receiver loop's state and its per-message step: refusals, per-sender bookkeeping, stage times."""
+
+    def __init__(
+        self,
+        link: PullReceiver,
+        decoder: Decoder,
+        pair_id: str,
+        kind: PayloadKind,
+        sinks: list[FrameSink],
+        log: Log,
+    ) -> None:
+        self.link, self.decoder, self.sinks, self.log = link, decoder, sinks, log
+        self.pair_id, self.kind = pair_id, kind
+        self.my_pair = wire.pair_prefix(pair_id)
+        self.stats = ReceiverStats(pair_id=pair_id, endpoint=link.endpoint)
+        self.peers: dict[int, _Peer] = {}
+        self.logged: set[tuple] = set()
+        self.timer = StageTimer("unpack", "decode", "sink")
+        self.unpacked = 0
+        """Messages unpacked (or refused by ``wire.unpack``): the count ``unpack`` time is over."""
+        self.frames = 0
+        """Frames decoded and handed to the sinks."""
+
+    def reject(self, reason: str, key: tuple, message: str) -> None:
+        """Count a refusal by ``reason``; log ``message`` the first time for this reason and ``key``."""
+        rejected = self.stats.rejected
+        rejected[reason] = rejected.get(reason, 0) + 1
+        if (reason, *key) not in self.logged:
+            self.logged.add((reason, *key))
+            self.log(message)
+
+    def take(self, msg: Any) -> None:
+        """Unpack → pair and coding check → decode → sinks for one message, or count why it was refused."""
+        ns = time.perf_counter_ns
+        t0 = ns()
+        try:
+            p = wire.unpack(msg.data)
+        except PacketError as e:
+            self.reject(
+                e.reason, (), f"refused a packet: {e} (further {e.reason!r} refusals are only counted)"
+            )
+            return
+        finally:
+            self.unpacked += 1
+            self.timer.add("unpack", ns() - t0)
+        peer = self.peers.get(p.sender_id)
+        label = peer.stats.name if peer is not None else f"id-{p.sender_id:04x}"
+        if p.sender_name is not None:
+            label = p.sender_name
+        if p.pair != self.my_pair:
+            self.reject(
+                "pair",
+                (p.sender_id, p.pair),
+                f"refused frames from {label}: its bundle pair id starts {p.pair.hex()} but this "
+                f"receiver's bundle is {self.pair_id}; sender and receiver must use the same bundle",
+            )
+            return
+        if p.kind != self.kind:
+            self.reject(
+                "coding",
+                (p.sender_id, p.kind),
+                f"refused frames from {label}: payload coding {p.kind.name.lower()} but the bundle "
+                f"uses {self.kind.name.lower()}",
+            )
+            return
+        t1 = ns()
+        try:
+            image = self.decoder.decode(p.payload)
+        except (PacketError, CaeEdgeError, ValueError) as e:
+            reason = getattr(e, "reason", "payload")
+            self.reject(reason, (p.sender_id,), f"refused a frame from {label}: {e}")
+            return
+        t2 = ns()
+        ps = self._account(peer, label, p, msg)
+        for sink in self.sinks:
+            sink.write(ps.name, p.seq, image)
+        self.timer.add("decode", t2 - t1)
+        self.timer.add("sink", ns() - t2)
+        self.frames += 1
+
+    def _account(self, peer: _Peer | None, label: str, p: Packet, msg: Any) -> PeerStats:
+        """A decoded frame of ``p``'s sender: names, sequence gaps and restarts, bytes, latency."""
+        arrived_us = now_us()
+        if peer is None:
+            peer = self.peers[p.sender_id] = _Peer(p.sender_id)
+            self.log(
+                f"new sender {label} (id {p.sender_id:#06x})"
+                + (f", authenticated as {msg.peer}" if msg.peer else "")
+            )
+        ps = peer.stats
+        if p.sender_name is not None and p.sender_name != ps.name:
+            if peer.named:
+                self.log(
+                    f"sender id {p.sender_id:#06x} now calls itself {p.sender_name} (was {ps.name}): "
+                    "two senders share an id, or one was renamed; give them distinct names"
+                )
+            ps.name, peer.named = p.sender_name, True
+        if msg.peer:
+            ps.peer = msg.peer
+        if ps.last_seq >= 0:
+            gap = (p.seq - ps.last_seq - 1) & wire.MASK32
+            if gap >= 1 << 31:
+                ps.restarts += 1
+                self.log(f"sender {ps.name} restarted (seq {ps.last_seq} -> {p.seq})")
+            else:
+                ps.lost += gap
+        ps.last_seq = p.seq
+        ps.frames += 1
+        ps.bytes += len(msg.data)
+        ps.last_seen = arrived_us / 1e6
+        peer.lat.append(arrived_us - wire.unwrap_us(p.t_us, arrived_us))
+        return ps
+
+    def report(self, interval: float) -> ReceiverStats:
+        """The statistics now; per-sender rates over the last ``interval`` seconds (0: leave them)."""
+        stats, frames, timer = self.stats, self.frames, self.timer
+        stats.frames = frames
+        stats.elapsed_s = timer.elapsed_s()
+        stats.fps = round(frames / stats.elapsed_s, 1) if stats.elapsed_s > 0 else 0.0
+        stats.unpack_us = timer.mean_us("unpack", self.unpacked)
+        stats.decode_us = timer.mean_us("decode", frames)
+        stats.sink_us = timer.mean_us("sink", frames)
+        if not self.link.closed:
+            ls = self.link.stats
+            stats.connects, stats.peers = ls.connects, ls.peers
+        senders = {}
+        for peer in self.peers.values():
+            ps = peer.report(interval)
+            senders[ps.name] = ps
+        stats.senders = senders
+        return stats
 
 
 def run_receiver(
     link: PullReceiver,
-    decoder: _Decoder,
+    decoder: Decoder,
     *,
     pair_id: str,
     kind: PayloadKind = PayloadKind.INT8,
@@ -150,176 +302,92 @@ def run_receiver(
     """
     options = options or ReceiveOptions()
     stop = stop or threading.Event()
-    sinks = sinks or []
-    log = on_log or (lambda _msg: None)
-    my_pair = wire.pair_prefix(pair_id)
-    stats = ReceiverStats(pair_id=pair_id, endpoint=link.endpoint)
-    peers: dict[int, _Peer] = {}
-    rejected = stats.rejected
-    logged: set[tuple] = set()
-    ns = time.perf_counter_ns
+    rx = _Receiving(link, decoder, pair_id, kind, sinks or [], on_log or (lambda _msg: None))
     clock = time.perf_counter
-    t_unpack = t_decode = t_sink = 0
-    n_unpacked = 0
-    start = clock()
+    start = rx.timer.start
     last_frame = start
     next_stats = start + options.stats_every_s
     time_at_report = start
-    frames = 0
-
-    def reject(reason: str, key: tuple, message: str) -> None:
-        rejected[reason] = rejected.get(reason, 0) + 1
-        if (reason, *key) not in logged:
-            logged.add((reason, *key))
-            log(message)
-
     status = "stopped"
     while not stop.is_set():
         msgs = link.recv_many(options.batch, 0.1)
         for msg in msgs:
-            t0 = ns()
-            try:
-                p = wire.unpack(msg.data)
-            except PacketError as e:
-                reject(
-                    e.reason, (), f"refused a packet: {e} (further {e.reason!r} refusals are only counted)"
-                )
-                continue
-            finally:
-                n_unpacked += 1
-                t_unpack += ns() - t0
-            peer = peers.get(p.sender_id)
-            label = peer.stats.name if peer is not None else f"id-{p.sender_id:04x}"
-            if p.sender_name is not None:
-                label = p.sender_name
-            if p.pair != my_pair:
-                reject(
-                    "pair",
-                    (p.sender_id, p.pair),
-                    f"refused frames from {label}: its bundle pair id starts {p.pair.hex()} but this "
-                    f"receiver's bundle is {pair_id}; sender and receiver must use the same bundle",
-                )
-                continue
-            if p.kind != kind:
-                reject(
-                    "coding",
-                    (p.sender_id, p.kind),
-                    f"refused frames from {label}: payload coding {p.kind.name.lower()} but the bundle "
-                    f"uses {kind.name.lower()}",
-                )
-                continue
-            t1 = ns()
-            try:
-                image = decoder.decode(p.payload)
-            except (PacketError, CaeEdgeError, ValueError) as e:
-                reason = getattr(e, "reason", "payload")
-                reject(reason, (p.sender_id,), f"refused a frame from {label}: {e}")
-                continue
-            t2 = ns()
-            arrived_us = now_us()
-            if peer is None:
-                peer = peers[p.sender_id] = _Peer(p.sender_id)
-                log(
-                    f"new sender {label} (id {p.sender_id:#06x})"
-                    + (f", authenticated as {msg.peer}" if msg.peer else "")
-                )
-            ps = peer.stats
-            if p.sender_name is not None and p.sender_name != ps.name:
-                if peer.named:
-                    log(
-                        f"sender id {p.sender_id:#06x} now calls itself {p.sender_name} (was {ps.name}): "
-                        "two senders share an id, or one was renamed; give them distinct names"
-                    )
-                ps.name, peer.named = p.sender_name, True
-            if msg.peer:
-                ps.peer = msg.peer
-            if ps.last_seq >= 0:
-                gap = (p.seq - ps.last_seq - 1) & wire.MASK32
-                if gap >= 1 << 31:
-                    ps.restarts += 1
-                    log(f"sender {ps.name} restarted (seq {ps.last_seq} -> {p.seq})")
-                else:
-                    ps.lost += gap
-            ps.last_seq = p.seq
-            ps.frames += 1
-            ps.bytes += len(msg.data)
-            ps.last_seen = arrived_us / 1e6
-            peer.lat.append(arrived_us - wire.unwrap_us(p.t_us, arrived_us))
-            for sink in sinks:
-                sink.write(ps.name, p.seq, image)
-            t_decode += t2 - t1
-            t_sink += ns() - t2
-            frames += 1
-            if options.max_frames and frames >= options.max_frames:
+            rx.take(msg)
+            if options.max_frames and rx.frames >= options.max_frames:
                 break
         now = clock()
-        if msgs and frames:
+        if msgs and rx.frames:
             last_frame = now
-        if options.max_frames and frames >= options.max_frames:
+        if options.max_frames and rx.frames >= options.max_frames:
             status = "finished"
             break
         if options.idle_timeout_s and now - last_frame >= options.idle_timeout_s:
-            status = "idle" if frames else "nothing-received"
+            status = "idle" if rx.frames else "nothing-received"
             break
         if on_stats is not None and now >= next_stats:
             next_stats = now + options.stats_every_s
-            on_stats(
-                _fill_rx(
-                    stats,
-                    link,
-                    peers,
-                    frames,
-                    start,
-                    now - time_at_report,
-                    t_unpack,
-                    n_unpacked,
-                    t_decode,
-                    t_sink,
-                )
-            )
+            on_stats(rx.report(now - time_at_report))
             time_at_report = now
-    stats.status = status
-    return _fill_rx(stats, link, peers, frames, start, 0.0, t_unpack, n_unpacked, t_decode, t_sink)
+    rx.stats.status = status
+    return rx.report(0.0)
 
 
-def _fill_rx(
-    stats: ReceiverStats,
-    link: PullReceiver,
-    peers: dict[int, _Peer],
-    frames: int,
-    start: float,
-    interval: float,
-    t_unpack: int,
-    n_unpacked: int,
-    t_decode: int,
-    t_sink: int,
-) -> ReceiverStats:
-    stats.frames = frames
-    stats.elapsed_s = round(time.perf_counter() - start, 3)
-    stats.fps = round(frames / stats.elapsed_s, 1) if stats.elapsed_s > 0 else 0.0
-    stats.unpack_us = mean_us(t_unpack, n_unpacked)
-    stats.decode_us = mean_us(t_decode, frames)
-    stats.sink_us = mean_us(t_sink, frames)
-    if not link.closed:
-        ls = link.stats
-        stats.connects, stats.peers = ls.connects, ls.peers
-    senders = {}
-    for peer in peers.values():
-        ps = peer.stats
-        if interval > 0:
-            ps.fps = round((ps.frames - peer.frames_at_report) / interval, 1)
-            peer.frames_at_report = ps.frames
-        if peer.lat:
-            lat = np.fromiter(peer.lat, dtype=np.int64, count=len(peer.lat)) / 1000.0
-            ps.latency_ms = {
-                "mean": round(float(lat.mean()), 3),
-                "p50": round(float(np.percentile(lat, 50)), 3),
-                "p95": round(float(np.percentile(lat, 95)), 3),
-                "max": round(float(lat.max()), 3),
-            }
-        senders[ps.name] = ps
-    stats.senders = senders
-    return stats
+@dataclass
+class ReceivePipeline:
+    """A bundle's receiving half, built once: the decoder and the payload kind it accepts.
+
+    :func:`receive_pipeline` builds it; :meth:`run` runs :func:`run_receiver` with it (``cae-edge stream
+    receive`` through :func:`stream_receive`, and the soak test's receivers).
+    """
+
+    bundle: Any
+    """The loaded bundle (:class:`~cae_edge.device.bundle.Bundle`)."""
+    decoder: Decoder
+    """Payload bytes → 28x28 uint8 image."""
+    kind: PayloadKind
+    """Wire payload kind of the bundle's coding; packets of another kind are refused."""
+
+    @property
+    def pair_id(self) -> str:
+        """The bundle's pair id; packets with another pair prefix are refused."""
+        return self.bundle.pair_id
+
+    def run(
+        self,
+        link: PullReceiver,
+        sinks: list[FrameSink] | None = None,
+        options: ReceiveOptions | None = None,
+        *,
+        on_stats: Callable[[ReceiverStats], None] | None = None,
+        on_log: Log | None = None,
+        stop: threading.Event | None = None,
+    ) -> ReceiverStats:
+        """:func:`run_receiver` with this pipeline's parts; the caller owns ``link`` and ``sinks``."""
+        return run_receiver(
+            link,
+            self.decoder,
+            pair_id=self.pair_id,
+            kind=self.kind,
+            sinks=sinks,
+            options=options,
+            on_stats=on_stats,
+            on_log=on_log,
+            stop=stop,
+        )
+
+
+def receive_pipeline(bundle: str | Path | Any, *, threads: int = 1) -> ReceivePipeline:
+    """Load the bundle (unless loaded already) and build its decoder.
+
+    Raises:
+        BundleError: the bundle is missing or broken.
+        ConfigError: a coding the wire format has no kind for.
+    """
+    from .bundle import load_bundle
+
+    b = load_bundle(bundle) if isinstance(bundle, str | Path) else bundle
+    decoder = b.decoder(threads)
+    return ReceivePipeline(b, decoder, payload_kind(b.coding))
 
 
 def stream_receive(
@@ -334,34 +402,21 @@ def stream_receive(
     on_log: Log | None = None,
     stop: threading.Event | None = None,
 ) -> ReceiverStats:
-    """Load the bundle, bind, and run :func:`run_receiver`; closes the link and the sinks.
+    """Build the :func:`receive_pipeline`, bind, and run it; closes the link and the sinks.
 
     Raises:
         BundleError: the bundle is missing or broken.
         ConfigError: bad endpoint (or address in use).
     """
-    from .bundle import load_bundle
-
-    b = load_bundle(bundle) if isinstance(bundle, str | Path) else bundle
-    decoder = b.decoder(threads)
-    kind = payload_kind(b.coding)
+    pipe = receive_pipeline(bundle, threads=threads)
     log = on_log or (lambda _msg: None)
     sinks = sinks or []
     try:
         with PullReceiver(bind, link_options or ReceiverOptions()) as link:
-            what = f"{b.latent_dim}-byte latent, {kind.name.lower()}"
+            b = pipe.bundle
+            what = f"{b.latent_dim}-byte latent, {pipe.kind.name.lower()}"
             log(f"listening on {link.endpoint} with bundle {b.pair_id} ({what})")
-            return run_receiver(
-                link,
-                decoder,
-                pair_id=b.pair_id,
-                kind=kind,
-                sinks=sinks,
-                options=options,
-                on_stats=on_stats,
-                on_log=on_log,
-                stop=stop,
-            )
+            return pipe.run(link, sinks, options, on_stats=on_stats, on_log=on_log, stop=stop)
     finally:
         for sink in sinks:
             sink.close()

@@ -24,8 +24,11 @@ from ..wire import Packet, PayloadKind
 from .capture import FrameSource, open_source
 from .preprocess import Preprocessor
 from .sinks import PngSink
-from .stream import Log, mean_us, now_us, payload_kind
+from .stream import Log, StageTimer, now_us, payload_kind
 from .transport import LinkStats, PushSender, SenderOptions
+
+SEND_STAGES = ("capture", "preprocess", "encode", "pack", "send")
+"""The sender loop's timed stages, in order; each has a ``<stage>_us`` mean in :class:`SenderStats`."""
 
 
 @dataclass
@@ -88,9 +91,9 @@ class SenderStats:
     disconnects: int = 0
     """Connections lost."""
     connected: bool = False
+    """A receiver is connected now."""
     refused: int = 0
     """Handshakes the receiver refused (this node's CURVE key is not in its allowed keys); retried."""
-    """A receiver is connected now."""
     elapsed_s: float = 0.0
     """Seconds since the loop started."""
     fps: float = 0.0
@@ -123,15 +126,34 @@ class SenderStats:
         self.refused = link.refused
         return self
 
+    def absorb_open(self, link: PushSender) -> SenderStats:
+        """:meth:`absorb` the link's counters unless it is closed already (then they were taken at close)."""
+        if not link.closed:
+            self.absorb(link.stats)
+        return self
 
-class _Encoder(Protocol):
+    def measure(self, frames: int, timer: StageTimer, wire_bytes: int, payload_bytes: int) -> SenderStats:
+        """Set the frame count, rates, per-stage means and mean sizes from the loop's running totals."""
+        self.frames = frames
+        self.elapsed_s = timer.elapsed_s()
+        self.fps = round(frames / self.elapsed_s, 1) if self.elapsed_s > 0 else 0.0
+        for stage in SEND_STAGES:
+            setattr(self, f"{stage}_us", timer.mean_us(stage, frames))
+        self.bytes_per_frame = round(wire_bytes / frames, 2) if frames else 0.0
+        self.payload_bytes = round(payload_bytes / frames, 2) if frames else 0.0
+        return self
+
+
+class Encoder(Protocol):
+    """What the sender needs of an encoder: a 28x28 uint8 image in, payload bytes out."""
+
     def encode(self, image_u8: np.ndarray) -> bytes: ...
 
 
 def run_sender(
     source: FrameSource,
     preprocess: Callable[[np.ndarray], np.ndarray],
-    encoder: _Encoder,
+    encoder: Encoder,
     link: PushSender,
     *,
     pair_id: str,
@@ -162,12 +184,12 @@ def run_sender(
     saver = PngSink(options.save_inputs) if options.save_inputs else None
     clock = time.perf_counter
     ns = time.perf_counter_ns
-    t_cap = t_pre = t_enc = t_pack = t_send = 0
     wire_bytes = payload_bytes = 0
     period = 1.0 / options.fps if options.fps > 0 else 0.0
     if options.wait_connected_s > 0:
         link.wait_connected(options.wait_connected_s)
-    start = clock()
+    timer = StageTimer(*SEND_STAGES)
+    start = timer.start
     next_frame = start
     next_stats = start + options.stats_every_s
     next_link_check = start
@@ -217,11 +239,7 @@ def run_sender(
             t5 = ns()
             if saver is not None:
                 saver.write(options.name, seq, image)
-            t_cap += t1 - t0
-            t_pre += t2 - t1
-            t_enc += t3 - t2
-            t_pack += t4 - t3
-            t_send += t5 - t4
+            timer.split(t0, t1, t2, t3, t4, t5)
             wire_bytes += len(data)
             payload_bytes += len(payload)
             seq += 1
@@ -229,43 +247,82 @@ def run_sender(
                 next_stats = now + options.stats_every_s
                 stats.fps_recent = round((seq - frames_at_report) / max(now - time_at_report, 1e-9), 1)
                 frames_at_report, time_at_report = seq, now
-                on_stats(
-                    _fill(
-                        stats,
-                        link,
-                        seq,
-                        start,
-                        t_cap,
-                        t_pre,
-                        t_enc,
-                        t_pack,
-                        t_send,
-                        wire_bytes,
-                        payload_bytes,
-                    )
-                )
+                on_stats(stats.measure(seq, timer, wire_bytes, payload_bytes).absorb_open(link))
     finally:
         stats.status = status
-        _fill(stats, link, seq, start, t_cap, t_pre, t_enc, t_pack, t_send, wire_bytes, payload_bytes)
+        stats.measure(seq, timer, wire_bytes, payload_bytes).absorb_open(link)
     return stats
 
 
-def _fill(stats: SenderStats, link: PushSender, n: int, start: float, *t: int) -> SenderStats:
-    t_cap, t_pre, t_enc, t_pack, t_send, wire_bytes, payload_bytes = t
-    stats.frames = n
-    stats.elapsed_s = round(time.perf_counter() - start, 3)
-    stats.fps = round(n / stats.elapsed_s, 1) if stats.elapsed_s > 0 else 0.0
-    stats.capture_us, stats.preprocess_us = mean_us(t_cap, n), mean_us(t_pre, n)
-    stats.encode_us, stats.pack_us, stats.send_us = (
-        mean_us(t_enc, n),
-        mean_us(t_pack, n),
-        mean_us(t_send, n),
-    )
-    stats.bytes_per_frame = round(wire_bytes / n, 2) if n else 0.0
-    stats.payload_bytes = round(payload_bytes / n, 2) if n else 0.0
-    if not link.closed:
-        stats.absorb(link.stats)
-    return stats
+@dataclass
+class SendPipeline:
+    """A bundle's sending half, built once: preprocessing, the encoder and the payload kind.
+
+    :func:`send_pipeline` builds it; :meth:`run` runs :func:`run_sender` with it. The ``cae-edge stream send``
+    command (through :func:`stream_send`), the soak test's senders and ``cae-edge stream bench`` all use it.
+    """
+
+    bundle: Any
+    """The loaded bundle (:class:`~cae_edge.device.bundle.Bundle`)."""
+    preprocess: Preprocessor
+    """Camera frame → 28x28 uint8 model input (the manifest's spec with any overrides)."""
+    encoder: Encoder
+    """28x28 uint8 → payload bytes."""
+    kind: PayloadKind
+    """Wire payload kind of the bundle's coding."""
+    paper: bool
+    """The preprocessing inverts (dark ink on light paper): synthetic sources draw frames that way."""
+
+    @property
+    def pair_id(self) -> str:
+        """The bundle's pair id, stamped (as a prefix) on every packet."""
+        return self.bundle.pair_id
+
+    def run(
+        self,
+        source: FrameSource,
+        link: PushSender,
+        options: SendOptions,
+        *,
+        on_stats: Callable[[SenderStats], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> SenderStats:
+        """:func:`run_sender` with this pipeline's parts; the caller owns ``source`` and ``link``."""
+        return run_sender(
+            source,
+            self.preprocess,
+            self.encoder,
+            link,
+            pair_id=self.pair_id,
+            options=options,
+            kind=self.kind,
+            on_stats=on_stats,
+            stop=stop,
+        )
+
+
+def send_pipeline(
+    bundle: str | Path | Any, *, preprocess: dict | None = None, threads: int = 1
+) -> SendPipeline:
+    """Build the sender's bundle → preprocess → encoder chain.
+
+    Args:
+        bundle: shipped bundle name, bundle directory or a loaded bundle.
+        preprocess: overrides of the bundle manifest's ``preprocess`` block.
+        threads: encoder interpreter threads.
+
+    Raises:
+        BundleError: the bundle is missing or broken.
+        ConfigError: a bad preprocess spec or a coding the wire format has no kind for.
+    """
+    from .bundle import load_bundle
+
+    b = load_bundle(bundle) if isinstance(bundle, str | Path) else bundle
+    spec = dict(b.preprocess)
+    spec.update(preprocess or {})
+    pre = Preprocessor(spec)
+    kind = payload_kind(b.coding)
+    return SendPipeline(b, pre, b.encoder(threads), kind, paper=bool(spec.get("invert")))
 
 
 def stream_send(
@@ -282,7 +339,7 @@ def stream_send(
     on_log: Log | None = None,
     stop: threading.Event | None = None,
 ) -> SenderStats:
-    """Open everything by name and run :func:`run_sender`; closes what it opened (the link flushes).
+    """Open everything by name and run the :func:`send_pipeline`; closes what it opened (the link flushes).
 
     Args:
         source: a source spec for :func:`~cae_edge.device.capture.open_source` or an open source.
@@ -302,37 +359,19 @@ def stream_send(
         BundleError: the bundle is missing or broken.
         ConfigError: a bad option or endpoint.
     """
-    from .bundle import load_bundle
-
     options = options or SendOptions()
     options.check()
-    b = load_bundle(bundle) if isinstance(bundle, str | Path) else bundle
-    spec = dict(b.preprocess)
-    spec.update(preprocess or {})
-    pre = Preprocessor(spec)
-    kind = payload_kind(b.coding)
-    encoder = b.encoder(threads)
-    src = source
-    if isinstance(source, str):
-        src = open_source(source, loop=loop, paper=bool(spec.get("invert")))
+    pipe = send_pipeline(bundle, preprocess=preprocess, threads=threads)
+    src = open_source(source, loop=loop, paper=pipe.paper) if isinstance(source, str) else source
     log = on_log or (lambda _msg: None)
     try:
         with PushSender(connect, link_options or SenderOptions()) as link:
+            b, kind = pipe.bundle, pipe.kind.name.lower()
             log(
                 f"sending {src.description} as {options.name!r} (id {wire.sender_id(options.name):#06x}) to "
-                f"{connect} with bundle {b.pair_id} ({b.latent_dim}-byte latent, {kind.name.lower()})"
+                f"{connect} with bundle {b.pair_id} ({b.latent_dim}-byte latent, {kind})"
             )
-            stats = run_sender(
-                src,
-                pre,
-                encoder,
-                link,
-                pair_id=b.pair_id,
-                options=options,
-                kind=kind,
-                on_stats=on_stats,
-                stop=stop,
-            )
+            stats = pipe.run(src, link, options, on_stats=on_stats, stop=stop)
             link.close()
             stats.absorb(link.stats)
     finally:

@@ -49,3 +49,37 @@ def payload_kind(coding: dict) -> PayloadKind:
 def mean_us(total_ns: int, n: int) -> float:
     """``total_ns`` over ``n`` calls, in µs rounded to 0.01 (0 when ``n`` is 0)."""
     return round(total_ns / n / 1000, 2) if n else 0.0
+
+
+class StageTimer:
+    """Time spent in each stage of a loop, summed, for the per-frame means the statistics report.
+
+    One object replaces a local total per stage: the loop takes ``time.perf_counter_ns()`` marks and hands
+    them over (:meth:`split` for back-to-back stages, :meth:`add` for one); :meth:`mean_us` divides by the
+    count that stage ran. :attr:`start` is when the timer (the loop) started.
+    """
+
+    __slots__ = ("ns", "start")
+
+    def __init__(self, *stages: str) -> None:
+        self.ns = dict.fromkeys(stages, 0)
+        """Nanoseconds per stage so far."""
+        self.start = time.perf_counter()
+        """``time.perf_counter()`` at creation."""
+
+    def split(self, *marks: int) -> None:
+        """Add ``marks[i + 1] - marks[i]`` to the i-th stage (the stages in the order given at creation)."""
+        for stage, a, b in zip(self.ns, marks, marks[1:], strict=False):
+            self.ns[stage] += b - a
+
+    def add(self, stage: str, elapsed_ns: int) -> None:
+        """Add ``elapsed_ns`` to ``stage``."""
+        self.ns[stage] += elapsed_ns
+
+    def mean_us(self, stage: str, n: int) -> float:
+        """Mean µs of ``stage`` over ``n`` runs (0 when ``n`` is 0)."""
+        return mean_us(self.ns[stage], n)
+
+    def elapsed_s(self) -> float:
+        """Seconds since :attr:`start`, rounded to ms."""
+        return round(time.perf_counter() - self.start, 3)
