@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cae_edge.cli.stream import node_config
 from cae_edge.device import config, security
 from cae_edge.errors import ConfigError, KeyFileError
 
@@ -226,14 +227,12 @@ def test_shipped_example_is_valid(tmp_path: Path) -> None:
 def test_command_line_flags_override_the_file(node_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(node_dir, GOOD)
     monkeypatch.chdir(node_dir)
-    cfg = config.resolve_node_config(
-        path, {"fps": 30.0, "queue.size": 8, "connect": "tcp://10.0.0.2:6000", "name": None}
-    )
+    cfg = node_config(path, {"fps": 30.0, "queue.size": 8, "connect": "tcp://10.0.0.2:6000", "name": None})
     assert cfg.fps == 30.0 and cfg.queue.size == 8 and cfg.connect == "tcp://10.0.0.2:6000"
     assert cfg.name == "cam-1" and cfg.queue.policy == "drop-newest"  # untouched keys come from the file
     assert cfg.preprocess.overrides() == {"invert": True, "crop": "letterbox"}
     # flags alone, paths relative to the working directory
-    cfg = config.resolve_node_config(
+    cfg = node_config(
         None,
         {
             "source": "synthetic",
@@ -244,15 +243,13 @@ def test_command_line_flags_override_the_file(node_dir: Path, monkeypatch: pytes
     )
     assert cfg.path is None and cfg.security.key == node_dir / "keys" / "cam-1.key_secret"
     with pytest.raises(ConfigError, match="--connect required"):
-        config.resolve_node_config(None, {"source": "0"})
+        node_config(None, {"source": "0"})
     with pytest.raises(ConfigError, match="--keys .* --server-key .* or --insecure"):
-        config.resolve_node_config(None, {"source": "0", "connect": "tcp://127.0.0.1:5555"})
-    cfg = config.resolve_node_config(
-        None, {"source": "0", "connect": "tcp://127.0.0.1:5555", "security.insecure": True}
-    )
+        node_config(None, {"source": "0", "connect": "tcp://127.0.0.1:5555"})
+    cfg = node_config(None, {"source": "0", "connect": "tcp://127.0.0.1:5555", "security.insecure": True})
     assert cfg.security.insecure
     with pytest.raises(ConfigError, match="fps = -2.0"):
-        config.resolve_node_config(path, {"fps": -2.0})
+        node_config(path, {"fps": -2.0})
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import CaeEdgeError
+from .common import write_json
 
 err = Console(stderr=True)
 
@@ -117,8 +117,6 @@ def soak(
         err.print(f"[red]hang:[/red] {h}")
     verdict = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in d["verdict"].items())
     typer.echo(f"verdict: {verdict}")
-    if stats_json is not None:
-        stats_json.parent.mkdir(parents=True, exist_ok=True)
-        stats_json.write_text(json.dumps(d, indent=2) + "\n")
+    write_json(stats_json, d)
     if not result.ok:
         raise typer.Exit(1)

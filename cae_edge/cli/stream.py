@@ -9,16 +9,17 @@ mid-stream (camera unplugged); 4 receiver --timeout passed without a single deco
 
 from __future__ import annotations
 
-import json
-import signal
-import threading
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import CaeEdgeError
+from ..errors import CaeEdgeError, ConfigError
+from .common import fail, say, stop_on_signals, write_json
+
+if TYPE_CHECKING:
+    from ..device.config import NodeConfig
 
 EXIT_SOURCE_FAILED = 3
 """``send``: the frame source failed mid-stream (camera unplugged, stream dropped)."""
@@ -41,41 +42,6 @@ class Crop(str, Enum):
     letterbox = "letterbox"
 
 
-def _say(msg: str) -> None:
-    typer.echo(msg, err=True)
-
-
-def _fail(e: Exception) -> typer.Exit:
-    _say(f"error: {e}")
-    return typer.Exit(1)
-
-
-def _stop_on_signals() -> threading.Event:
-    """First Ctrl-C/SIGTERM: finish cleanly (stats summary). A second Ctrl-C: stop at once."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
-def _write_json(path: Path | None, data: dict) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _default_name() -> str:
-    from ..device.config import default_name
-
-    return default_name()
-
-
 def _warn_insecure(role: str) -> None:
     typer.secho(
         f"WARNING: --insecure: this {role} streams WITHOUT encryption or authentication; anyone on the "
@@ -85,6 +51,57 @@ def _warn_insecure(role: str) -> None:
         bold=True,
         err=True,
     )
+
+
+NODE_FLAGS: dict[str, tuple[str, str]] = {
+    "source": ("source", "--source"),
+    "connect": ("connect", "--connect"),
+    "bundle": ("bundle", "--bundle"),
+    "name": ("name", "--name"),
+    "fps": ("fps", "--fps"),
+    "max_frames": ("max_frames", "--max-frames"),
+    "queue": ("queue.size", "--queue"),
+    "policy": ("queue.policy", "--policy"),
+    "threads": ("threads", "--threads"),
+    "invert": ("preprocess.invert", "--invert/--no-invert"),
+    "crop": ("preprocess.crop", "--crop"),
+    "keys": ("security.key", "--keys"),
+    "server_key": ("security.server_key", "--server-key"),
+    "insecure": ("security.insecure", "--insecure"),
+}
+"""``stream send`` parameters that override a node config file: parameter -> (config key, flag)."""
+_FLAG = {key: flag for key, flag in NODE_FLAGS.values()}
+
+
+def node_config(path: Path | None, given: dict[str, Any], *, check_key_files: bool = True) -> NodeConfig:
+    """The node config from ``--config`` (if any), overridden by the flags the user gave.
+
+    Args:
+        path: The ``--config`` file, or ``None`` to build the config from the flags alone.
+        given: Node config keys (``"fps"``, ``"queue.size"``, ``"security.key"``, ...) to the values of the
+            flags actually given (see :data:`NODE_FLAGS`).
+        check_key_files: Load the CURVE key files now.
+
+    Raises:
+        ConfigError: as :func:`~cae_edge.device.config.resolve_node_config`; without a file, a missing
+            ``--source``/``--connect`` or missing keys (without ``--insecure``) name the flags to add.
+        KeyFileError: a key file is missing, has bad content or unsafe permissions.
+    """
+    from ..device.config import resolve_node_config
+
+    if path is None:
+        have = {k for k, v in given.items() if v is not None}
+        missing = [_FLAG[k] for k in ("source", "connect") if k not in have]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} required (or --config NODE.toml with them)")
+        keyed = "security.key" in have and "security.server_key" in have
+        if not given.get("security.insecure") and not keyed:
+            raise ConfigError(
+                "the sender needs --keys (this node's NAME.key_secret) and --server-key (the receiver's "
+                "public .key) for an encrypted, authenticated link (make them with `cae-edge keys generate "
+                "NAME`), or --insecure to stream in the clear"
+            )
+    return resolve_node_config(path, given, origin="(command line)", check_key_files=check_key_files)
 
 
 KeysFile = Annotated[
@@ -168,43 +185,33 @@ def send(
     from ..device.sender import SenderStats, SendOptions, stream_send
     from ..device.transport import SenderOptions
 
-    overrides: dict[str, Any] = {}
-    if invert is not None:
-        overrides["invert"] = invert
-    if crop is not None:
-        overrides["crop"] = crop.value
-
     def live(s: SenderStats) -> None:
         state = "connected" if s.connected else "no receiver"
         if s.refused and not s.connected:
             state = f"REFUSED by the receiver {s.refused}x (this node's key is not in its --allowed-keys)"
-        _say(
+        say(
             f"{s.name}: {s.frames} frames, {s.fps_recent:.1f} fps, encode {s.encode_us:.0f} µs, "
             f"preprocess {s.preprocess_us:.0f} µs, {s.bytes_per_frame:.0f} B/frame, sent {s.sent}, "
             f"dropped {s.dropped}, {state}"
         )
 
-    from ..device.config import resolve_node_config
     from ..device.security import client_security
 
     # flags the user gave override the config file; the rest come from the file (or the defaults)
-    flag_keys = {
-        "source": ("source", source), "connect": ("connect", connect), "bundle": ("bundle", bundle),
-        "name": ("name", name), "fps": ("fps", fps), "max_frames": ("max_frames", max_frames),
-        "queue": ("queue.size", queue), "policy": ("queue.policy", policy.value),
-        "threads": ("threads", threads), "invert": ("preprocess.invert", overrides.get("invert")),
-        "crop": ("preprocess.crop", overrides.get("crop")),
-        "keys": ("security.key", keys), "server_key": ("security.server_key", server_key),
-        "insecure": ("security.insecure", insecure or None),
+    values = {
+        "source": source, "connect": connect, "bundle": bundle, "name": name, "fps": fps,
+        "max_frames": max_frames, "queue": queue, "policy": policy.value, "threads": threads,
+        "invert": invert, "crop": None if crop is None else crop.value,
+        "keys": keys, "server_key": server_key, "insecure": insecure or None,
     }  # fmt: skip
     given = {
-        key: value
-        for param, (key, value) in flag_keys.items()
+        NODE_FLAGS[param][0]: value
+        for param, value in values.items()
         if getattr(ctx.get_parameter_source(param), "name", "DEFAULT") != "DEFAULT"  # given, not defaulted
     }
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     try:
-        node = resolve_node_config(config, given)
+        node = node_config(config, given)
         if node.security.insecure:
             _warn_insecure("sender")
         opts = SendOptions(
@@ -227,21 +234,21 @@ def send(
             threads=node.threads,
             loop=loop,
             on_stats=None if quiet else live,
-            on_log=_say,
+            on_log=say,
             stop=stop,
         )
     except CaeEdgeError as e:
-        raise _fail(e) from None
-    _say(
+        raise fail(e) from None
+    say(
         f"{stats.status}: {stats.frames} frames in {stats.elapsed_s:.1f} s ({stats.fps:.1f} fps), "
         f"sent {stats.sent}, dropped {stats.dropped} (queue full), lost at close {stats.lost_at_close}, "
         f"{stats.bytes_per_frame:.1f} B/frame on the wire ({stats.payload_bytes:.0f} B payload), "
         f"preprocess {stats.preprocess_us:.0f} µs, encode {stats.encode_us:.0f} µs, "
         f"pack {stats.pack_us:.1f} µs, send {stats.send_us:.1f} µs"
     )
-    _write_json(stats_json, stats.to_dict())
+    write_json(stats_json, stats.to_dict())
     if stats.status == "source-error":
-        _say(f"error: {stats.error}")
+        say(f"error: {stats.error}")
         raise typer.Exit(EXIT_SOURCE_FAILED)
 
 
@@ -300,7 +307,7 @@ def receive(
             parts.append(f"{p.name}: {p.fps:.1f} fps, latency p50 {lat:.1f} ms, lost {p.lost}")
         if s.rejected:
             parts.append("rejected " + ", ".join(f"{k} {v}" for k, v in sorted(s.rejected.items())))
-        _say(" | ".join(parts))
+        say(" | ".join(parts))
 
     from ..device.security import CurveServer, SecurityOptions
     from ..device.status import StatusFile, receiver_status
@@ -311,7 +318,7 @@ def receive(
     def on_deny(key: str) -> None:
         if key not in refused:
             refused.add(key)
-            _say(f"refused a sender with unknown key {key} (not in --allowed-keys); further attempts counted")
+            say(f"refused a sender with unknown key {key} (not in --allowed-keys); further attempts counted")
 
     curve: CurveServer | None = None
     status_file: StatusFile | None = None
@@ -323,7 +330,7 @@ def receive(
             doc = receiver_status(s, curve.stats if curve else None, secured=curve is not None)
             status_file.update(doc, force=force)
 
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     try:
         sec = SecurityOptions(key=keys, allowed_keys=allowed_keys, insecure=insecure)
         sec.check_server()
@@ -348,29 +355,29 @@ def receive(
             sinks=sinks,
             threads=threads,
             on_stats=None if quiet and status_file is None else report,
-            on_log=_say,
+            on_log=say,
             stop=stop,
         )
     except CaeEdgeError as e:
         if curve is not None:
             curve.close()
-        raise _fail(e) from None
+        raise fail(e) from None
     report(stats, force=True)
-    _say(
+    say(
         f"{stats.status}: {stats.frames} frames in {stats.elapsed_s:.1f} s ({stats.fps:.1f} fps), "
         f"decode {stats.decode_us:.0f} µs, unpack {stats.unpack_us:.1f} µs, rejected {stats.rejected_total}"
         + (f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.rejected.items()))})" if stats.rejected else "")
     )
     for p in stats.senders.values():
         lat = p.latency_ms
-        _say(
+        say(
             f"  {p.name} (id {p.sender_id:#06x}): {p.frames} frames, lost {p.lost}, restarts {p.restarts}, "
             f"latency mean {lat.get('mean', 0):.2f} ms p95 {lat.get('p95', 0):.2f} ms"
             + (f", key {p.peer}" if p.peer else "")
         )
     if curve is not None and curve.stats.denied:
-        _say(f"  refused {curve.stats.denied} connection attempts with unknown keys")
-    _write_json(stats_json, stats.to_dict())
+        say(f"  refused {curve.stats.denied} connection attempts with unknown keys")
+    write_json(stats_json, stats.to_dict())
     if stats.status == "nothing-received":
         raise typer.Exit(EXIT_NOTHING_RECEIVED)
 
@@ -395,14 +402,14 @@ def compare(
     from .. import metrics
 
     if not sent.is_dir() or not received.is_dir():
-        raise _fail(ValueError(f"{sent if not sent.is_dir() else received}: not a folder"))
+        raise fail(ValueError(f"{sent if not sent.is_dir() else received}: not a folder"))
     pairs = sorted(
         p.relative_to(received)
         for p in received.glob("*/*.png")
         if (sent / p.relative_to(received)).is_file()
     )
     if not pairs:
-        raise _fail(ValueError(f"no frame is in both {sent} and {received} (same <name>/<seq>.png)"))
+        raise fail(ValueError(f"no frame is in both {sent} and {received} (same <name>/<seq>.png)"))
     a = np.stack([cv2.imread(str(sent / p), cv2.IMREAD_GRAYSCALE) for p in pairs])
     b = np.stack([cv2.imread(str(received / p), cv2.IMREAD_GRAYSCALE) for p in pairs])
     q = metrics.quality(a, b)
@@ -414,14 +421,14 @@ def compare(
     grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), grid):
-        raise _fail(ValueError(f"{out}: cannot write the PNG"))
+        raise fail(ValueError(f"{out}: cannot write the PNG"))
     result = {
         "frames": len(pairs),
         "psnr": round(q["psnr"], 2),
         "ssim": round(q["ssim"], 4),
         "image": str(out),
     }
-    _write_json(stats_json, result)
+    write_json(stats_json, result)
     typer.echo(
         f"{len(pairs)} frames matched: PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.4f}; wrote {out} "
         f"({len(pick)} pairs, originals on top)"
@@ -456,7 +463,7 @@ def bench(
     try:
         r = run_bench(bundle, frames, threads=threads, source=source.value)
     except CaeEdgeError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     cpu = r.stage_cpu_us
     tx = ", ".join(f"{k} {cpu[k]:.1f}" for k in ("preprocess", "encode", "pack", "send"))
     rx = ", ".join(f"{k} {cpu[k]:.1f}" for k in ("unpack", "decode"))
@@ -470,7 +477,7 @@ def bench(
         f"total {r.receiver_cpu_us:.1f}); wall clock here {r.receiver_fps:,.0f} frames/s"
     )
     typer.echo(f"wire:     {r.bytes_per_frame:.1f} bytes/frame (+2 B ZeroMQ framing), {r.dropped} dropped")
-    _write_json(stats_json, r.to_dict())
+    write_json(stats_json, r.to_dict())
 
 
 from .soak import soak as _soak  # noqa: E402  (the soak command lives in its own module)

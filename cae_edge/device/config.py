@@ -326,30 +326,24 @@ def load_node_config(path: str | Path, *, check_key_files: bool = True) -> NodeC
     return parse_node_config(data, path, check_key_files=check_key_files)
 
 
-CLI_FLAGS = {
-    "source": "--source",
-    "connect": "--connect",
-    "security.key": "--keys",
-    "security.server_key": "--server-key",
-    "security.insecure": "--insecure",
-}
-"""Command-line flags of ``cae-edge stream send`` for the keys that need one in messages."""
-
-
 def resolve_node_config(
-    path: str | Path | None, flags: dict[str, Any], *, check_key_files: bool = True
+    path: str | Path | None,
+    overrides: dict[str, Any],
+    *,
+    origin: str = "(overrides)",
+    check_key_files: bool = True,
 ) -> NodeConfig:
-    """The node config from a file (if any), overridden by the flags given on the command line.
+    """The node config from a file (if any), with some keys overridden (by command-line flags, say).
 
     Args:
-        path: The TOML file, or ``None`` to build the config from the flags alone.
-        flags: Dotted config keys (``"fps"``, ``"queue.size"``, ``"security.key"``, ...) to values, only
-            for flags the user actually gave. Relative paths are taken relative to the working directory.
+        path: The TOML file, or ``None`` to build the config from the overrides alone.
+        overrides: Dotted config keys (``"fps"``, ``"queue.size"``, ``"security.key"``, ...) to values;
+            ``None`` values are ignored. Relative paths are taken relative to the working directory.
+        origin: Without a file, what messages name as the source of the keys (in the working directory).
         check_key_files: Load the CURVE key files now.
 
     Raises:
-        ConfigError: as :func:`load_node_config`; without a file, missing ``--source``/``--connect`` or
-            keys (without ``--insecure``) name the flags to add.
+        ConfigError: as :func:`load_node_config` (messages name ``origin`` when there is no file).
         KeyFileError: a key file is missing, has bad content or unsafe permissions.
     """
     data: dict[str, Any] = {}
@@ -357,7 +351,7 @@ def resolve_node_config(
         path = Path(path).expanduser()
         load_node_config(path, check_key_files=False)  # validates the file on its own first
         data = _read_toml(path)
-    for dotted, value in flags.items():
+    for dotted, value in overrides.items():
         if value is None:
             continue
         if isinstance(value, Path):
@@ -367,20 +361,8 @@ def resolve_node_config(
         for part in parents:
             table = table.setdefault(part, {})
         table[leaf] = value
-    if path is None:
-        missing = [CLI_FLAGS[k] for k in ("source", "connect") if k not in data]
-        if missing:
-            raise ConfigError(f"{' and '.join(missing)} required (or --config NODE.toml with them)")
-        sec = data.get("security", {})
-        if not sec.get("insecure") and not (sec.get("key") and sec.get("server_key")):
-            raise ConfigError(
-                "the sender needs --keys (this node's NAME.key_secret) and --server-key (the receiver's "
-                "public .key) for an encrypted, authenticated link (make them with `cae-edge keys generate "
-                "NAME`), or --insecure to stream in the clear"
-            )
-    cfg = parse_node_config(
-        data, path if path is not None else Path.cwd() / "(command line)", check_key_files=check_key_files
-    )
+    where = path if path is not None else Path.cwd() / origin
+    cfg = parse_node_config(data, where, check_key_files=check_key_files)
     if path is None:
         cfg.path = None
     return cfg
