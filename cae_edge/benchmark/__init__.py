@@ -2,7 +2,10 @@
 
 Modules: :mod:`.latency` (LiteRT timing, model size, LiteRT tool cross-check), :mod:`.codecs` (classical
 codecs and how their bytes are counted), :mod:`.rd` (quality vs bytes rows), :mod:`.sysinfo` (the machine),
-:mod:`.report` (JSON schema, tables, plot), :mod:`.run` (one benchmark run).
+:mod:`.report` (JSON schema, tables, plot), :mod:`.run` (one benchmark run). Stream harnesses, run through
+``cae-edge stream``: :mod:`.stream_bench` (both ends' throughput) and :mod:`.soak` (K sender processes, the
+receiver killed and restarted, every frame accounted for); both drive the real sender and receiver from
+:mod:`cae_edge.device`.
 """
 
 from .report import SCHEMA, SCHEMA_VERSION, BenchmarkReport, validate
