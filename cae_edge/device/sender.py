@@ -150,6 +150,47 @@ class Encoder(Protocol):
     def encode(self, image_u8: np.ndarray) -> bytes: ...
 
 
+class _Pacer:
+    """The frame-rate cap: keeps the cadence, but never bursts to catch up after a stall."""
+
+    def __init__(self, fps: float, start: float) -> None:
+        self.period = 1.0 / fps if fps > 0 else 0.0
+        self.next = start
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Wait for the next frame's turn; False when ``stop`` was set meanwhile."""
+        if not self.period:
+            return True
+        now = time.perf_counter()
+        if now < self.next and stop.wait(self.next - now):
+            return False
+        self.next = max(self.next + self.period, time.perf_counter() - self.period)
+        return True
+
+
+class _NameCadence:
+    """Which packets carry the sender name: the first, the first after each new connection (the link's
+    connect count is looked at every 50 ms), and then one at least every ``every_s``."""
+
+    def __init__(self, name: str, every_s: float, link: PushSender, start: float) -> None:
+        self.name, self.every_s, self.link = name, every_s, link
+        self.next_link_check = start
+        self.last = -math.inf
+        self.seen_connects = -1
+
+    def __call__(self, now: float) -> str | None:
+        """The name to put in a packet made at ``now``, or ``None``."""
+        if now >= self.next_link_check:
+            self.next_link_check = now + 0.05
+            connects = self.link.stats.connects
+            if connects != self.seen_connects:
+                self.seen_connects, self.last = connects, -math.inf  # new connection: tell it who we are
+        if now - self.last >= self.every_s:
+            self.last = now
+            return self.name
+        return None
+
+
 def run_sender(
     source: FrameSource,
     preprocess: Callable[[np.ndarray], np.ndarray],
@@ -185,16 +226,13 @@ def run_sender(
     clock = time.perf_counter
     ns = time.perf_counter_ns
     wire_bytes = payload_bytes = 0
-    period = 1.0 / options.fps if options.fps > 0 else 0.0
     if options.wait_connected_s > 0:
         link.wait_connected(options.wait_connected_s)
     timer = StageTimer(*SEND_STAGES)
     start = timer.start
-    next_frame = start
+    pacer = _Pacer(options.fps, start)
+    name_for = _NameCadence(options.name, options.name_every_s, link, start)
     next_stats = start + options.stats_every_s
-    next_link_check = start
-    last_name = -math.inf
-    seen_connects = -1
     frames_at_report, time_at_report = 0, start
     seq = 0
     status = "stopped"
@@ -203,12 +241,8 @@ def run_sender(
             if options.max_frames and seq >= options.max_frames:
                 status = "finished"
                 break
-            if period:
-                now = clock()
-                if now < next_frame and stop.wait(next_frame - now):
-                    break
-                # keep the cadence, but never burst to catch up after a stall
-                next_frame = max(next_frame + period, clock() - period)
+            if not pacer.wait(stop):
+                break
             t0 = ns()
             try:
                 frame = source.read()
@@ -225,15 +259,7 @@ def run_sender(
             payload = encoder.encode(image)
             t3 = ns()
             now = clock()
-            if now >= next_link_check:
-                next_link_check = now + 0.05
-                connects = link.stats.connects
-                if connects != seen_connects:
-                    seen_connects, last_name = connects, -math.inf  # new connection: tell it who we are
-            name = None
-            if now - last_name >= options.name_every_s:
-                name, last_name = options.name, now
-            data = wire.pack(Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind, name))
+            data = wire.pack(Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind, name_for(now)))
             t4 = ns()
             link.send(data)
             t5 = ns()
