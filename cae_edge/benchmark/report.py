@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .latency import ModelLatency, ModelSize, PathLatency, ToolComparison
-from .rd import CAE_FLOAT, CAE_INT8, CAE_KERAS, RDPoint
+from .curves import CAE_FLOAT, CAE_INT8, CAE_KERAS, RDPoint
 from .sysinfo import SystemInfo
 
 SCHEMA_VERSION = 1

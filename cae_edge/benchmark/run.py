@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import __version__, datasets, wire
 from ..errors import ConfigError
-from . import codecs, latency, rd, sysinfo
+from . import codecs, curves, latency, sysinfo
 from .report import BenchmarkReport, BundleResult
 
 Progress = Callable[[str, int, int], None]
@@ -293,10 +293,10 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress | None = None) -> B
                 )
         stage += 1
         step(f"{spec}: quality on {len(test)} {ds_name} test images", stage, n_stages)
-        report.rd.extend(rd.bundle_points(b, spec, ds_name, test))
+        report.rd.extend(curves.bundle_points(b, spec, ds_name, test))
         run_dir = _keras_run_dir(b, opts)
         if run_dir is not None and keras_available():
-            report.rd.append(rd.keras_point(run_dir, spec, ds_name, test, b.latent_dim))
+            report.rd.append(curves.keras_point(run_dir, spec, ds_name, test, b.latent_dim))
         elif opts.keras_run and not keras_available():
             report.notes.append(f"{spec}: Keras float row left out: TensorFlow/Keras not installed")
         elif run_dir is None:
@@ -318,7 +318,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress | None = None) -> B
                 step(f"{what} ({done}/{total})", base, n_stages)
 
             report.rd.extend(
-                rd.codec_points(
+                curves.codec_points(
                     ds_name,
                     test,
                     ds.x_train,
