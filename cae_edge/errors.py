@@ -50,3 +50,8 @@ class RuntimeMissingError(CaeEdgeError):
 
 class ExportError(CaeEdgeError):
     """An export failed its checks (int8 quality loss over the margin, non-builtin op, bad run directory)."""
+
+
+class RunDirError(ConfigError, ExportError):
+    """A training run directory is missing a file, or a file in it is unreadable (bad ``--init-from`` or
+    ``cae-edge export`` input): both a :class:`ConfigError` and an :class:`ExportError`."""

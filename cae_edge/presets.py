@@ -1,11 +1,12 @@
 """Named operating points of the codec: a small table mapping a preset name to everything that makes it.
 
-No TensorFlow: the device side resolves ``--bundle mnist-hq`` with this table too.
+No TensorFlow, and nothing from ``train/``: the table is data (the model config comes from
+:mod:`cae_edge.rundir`); :mod:`cae_edge.train.options` reads it to fill a ``--preset`` run's options.
 
-A preset fixes the architecture (:class:`~cae_edge.train.model.ModelConfig`), the rate-distortion weight
-``lam`` of :mod:`cae_edge.train.rd` (per dataset: digits and clothes need different weights for the same
-bytes), the training length, and the payload coding the bundle declares. The shipped bundle of dataset
-``D`` and preset ``P`` is ``cae_edge/bundles/D-P/``.
+A preset fixes the architecture (:class:`~cae_edge.rundir.ModelConfig`), the rate-distortion weight
+``lam`` of :mod:`cae_edge.train.ratedistortion` (per dataset: digits and clothes need different weights
+for the same bytes), the training length, and the payload coding the bundle declares. The shipped bundle
+of dataset ``D`` and preset ``P`` is ``cae_edge/bundles/D-P/``.
 
 =======  ==============  ===========================================================
 preset   byte budget     what it is for
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from . import datasets
 from .errors import ConfigError
-from .train.model import ModelConfig
+from .rundir import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -132,11 +133,6 @@ def resolve(name: str) -> Preset:
     if key not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
     return PRESETS[key]
-
-
-def bundle_name(dataset: str, preset: str) -> str:
-    """Name of the shipped bundle for a dataset and preset, e.g. ``mnist-hq``."""
-    return f"{datasets.canonical_name(dataset)}-{resolve(preset).name}"
 
 
 def split_bundle_name(name: str) -> tuple[str, str] | None:

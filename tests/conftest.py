@@ -28,7 +28,8 @@ TINY_LATENT = 8
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A 2-epoch run on 300 real MNIST images, latent 8: the TrainResult (run_dir, metrics, models)."""
-    from cae_edge.train.train import TrainOptions, train
+    from cae_edge.train.options import TrainOptions
+    from cae_edge.train.train import train
 
     out = tmp_path_factory.mktemp("tiny") / "run"
     opts = TrainOptions(

@@ -61,7 +61,7 @@ def tiny_run(tmp_path_factory, mnist):
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
-    from cae_edge.export.bundle import ExportOptions, export
+    from cae_edge.export.writer import ExportOptions, export
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     steps = []
@@ -319,7 +319,7 @@ def test_forced_latent_quantization_is_used_on_both_sides(forced):
 
 
 def test_margin_failure_leaves_nothing_behind(tiny_run, tmp_path):
-    from cae_edge.export.bundle import ExportOptions, export
+    from cae_edge.export.writer import ExportOptions, export
 
     out = tmp_path / "bad"
     with pytest.raises(ExportError, match="over the 0.5 dB margin"):
@@ -347,7 +347,7 @@ def test_cli_bundle_info_and_errors(exported, tiny_run, tmp_path):
 @pytest.fixture(scope="module")
 def coarse_pair(tiny_run, tmp_path_factory):
     """The same run exported twice with a coarse forced latent step: as is, and with --adapt-decoder 3."""
-    from cae_edge.export.bundle import ExportOptions, export
+    from cae_edge.export.writer import ExportOptions, export
 
     root = tmp_path_factory.mktemp("adapt")
     common = dict(calib=100, verify_limit=VERIFY, latent_scale=COARSE_STEP, margin_db=100.0)
@@ -391,7 +391,7 @@ def test_adapt_options_and_inputs_are_checked(tiny_run, tmp_path):
 
     from cae_edge.errors import ConfigError
     from cae_edge.export.adapt import AdaptOptions, adapt_decoder
-    from cae_edge.export.bundle import ExportOptions
+    from cae_edge.export.writer import ExportOptions
 
     with pytest.raises(ConfigError, match="adapt epochs -1"):
         ExportOptions(tiny_run, tmp_path / "x", adapt_epochs=-1).validate()
@@ -466,7 +466,7 @@ def test_percentile_calibration_narrows_only_intermediate_ranges(tiny_run, mnist
 
 def test_calibration_percentile_is_checked(tiny_run, tmp_path):
     from cae_edge.errors import ConfigError
-    from cae_edge.export.bundle import ExportOptions
+    from cae_edge.export.writer import ExportOptions
 
     with pytest.raises(ConfigError, match="calibration percentile 30"):
         ExportOptions(tiny_run, tmp_path / "x", calib_percentile=30).validate()

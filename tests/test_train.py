@@ -12,9 +12,11 @@ import pytest
 
 from cae_edge.errors import ConfigError, DataNotFoundError
 from cae_edge.metrics import quality, to_uint8
+from cae_edge.rundir import RUN_FILES, check_out_dir, load_run
 from cae_edge.train.augment import AugmentOptions, random_affine
 from cae_edge.train.noise import NoiseKind, add_noise, noise_kind
-from cae_edge.train.train import RUN_FILES, TrainOptions, check_out_dir, load_run, split_train, train
+from cae_edge.train.options import TrainOptions
+from cae_edge.train.train import split_train, train
 
 # ---------------------------------------------------------------- a real run
 

@@ -13,8 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .latency import ModelLatency, ModelSize, PathLatency, ToolComparison
 from .curves import CAE_FLOAT, CAE_INT8, CAE_KERAS, RDPoint
+from .latency import ModelLatency, ModelSize, PathLatency, ToolComparison
 from .sysinfo import SystemInfo
 
 SCHEMA_VERSION = 1

@@ -48,7 +48,9 @@ def _register() -> None:
     from . import export as _export
 
     app.command("export")(_export.export)
-    app.add_typer(_export.bundle_app, name="bundle")
+    from . import bundle as _bundle
+
+    app.add_typer(_bundle.app, name="bundle")
     from . import benchmark as _benchmark
 
     app.command("benchmark")(_benchmark.benchmark)

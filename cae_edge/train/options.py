@@ -1,0 +1,359 @@
+"""Options of a training run, plain or rate-distortion: one dataclass, checked before TensorFlow is imported.
+
+A plain run (:func:`cae_edge.train.train.train`) minimises MSE with a float latent; a rate-distortion run
+(:func:`cae_edge.train.ratedistortion.train_rd`) is the same options with :attr:`TrainOptions.rd` set. Values
+left ``None`` take the defaults of the kind of run, and for a ``--preset`` run the preset's
+(:mod:`cae_edge.presets`): explicitly given values always win.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .. import datasets
+from .. import presets as presets_mod
+from ..errors import ConfigError
+from ..rundir import ModelConfig
+from .noise import DEFAULT_AMOUNT, NoiseKind, check_amount, noise_kind
+
+INITS = ("he", "keras")
+"""Accepted values of :attr:`TrainOptions.init`."""
+
+RD_LATENT_GAIN = 8.0
+"""Initial latent spread (see ``ModelConfig.latent_gain``) of rate-distortion runs without a preset."""
+
+
+class LrDecay(str, Enum):
+    """Learning-rate schedule over the whole run."""
+
+    COSINE = "cosine"
+    EXPONENTIAL = "exponential"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Values a run takes for options left ``None`` (a preset's values come first)."""
+
+    latent_dim: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+
+
+PLAIN_DEFAULTS = Defaults(latent_dim=128, epochs=10, batch_size=128, learning_rate=3e-3)
+"""Plain runs. 3e-3 with the cosine decay: 10 MNIST epochs at latent 128 reach ~22 dB test PSNR
+(1e-3: ~20.4 dB; 5e-3: ~22.3 dB)."""
+RD_DEFAULTS = Defaults(latent_dim=64, epochs=20, batch_size=64, learning_rate=2e-3)
+"""Rate-distortion runs without a preset."""
+
+
+@dataclass
+class RDOptions:
+    """What makes a run rate-distortion (integer latent, learned prior, entropy-coded bundle)."""
+
+    preset: str | None = None
+    """Preset name (``tiny``, ``small``, ``hq``): fills model, lam, target, epochs, batch and learning
+    rate; explicitly given values override it."""
+    lam: float | None = None
+    """Rate weight (loss = MSE on the 0-255 scale + lam * bits/image); larger = fewer bytes.
+    None: the preset's, else 1."""
+    target_bytes: float | None = None
+    """Steer ``lam`` during training so the rounded latent costs about this many bytes per image under the
+    learned prior (a multiplicative controller on ``lam``); None: the preset's; 0 keeps ``lam`` fixed."""
+    init_from: str | None = None
+    """Start from the weights (and prior) of an earlier run directory of the same architecture
+    (fine-tuning: e.g. more epochs, or ``latent_jitter``)."""
+    latent_jitter: float = 0.0
+    """Std of Gaussian noise added to the latent before rounding on the decoder's path (latent units). About
+    0.2 mimics the int8 encoder, which moves ~30 % of latent values by +-1, so the decoder learns to
+    tolerate it."""
+    max_test: int | None = None
+    """Evaluate on at most this many test images (None: the full test split)."""
+
+
+@dataclass
+class TrainOptions:
+    """Everything that defines a training run. ``to_command()`` gives the CLI line that reproduces it."""
+
+    dataset: str = "mnist"
+    """``mnist`` or ``fashion`` (aliases like ``fashion-mnist`` accepted)."""
+    latent_dim: int | None = None
+    """Length of the latent vector, >= 1 (bytes per image as plain int8; an upper bound for rate-distortion).
+    None: 128; rate-distortion: the preset's, else 64."""
+    enc_widths: tuple[int, int, int] | None = None
+    """Encoder filter counts (see :class:`ModelConfig`); None keeps the preset's or the model's default."""
+    dec_widths: tuple[int, int, int] | None = None
+    """Decoder filter counts (see :class:`ModelConfig`); None keeps the preset's or the model's default."""
+    epochs: int | None = None
+    """Passes over the training images, >= 1. None: 10; rate-distortion: the preset's, else 20."""
+    batch_size: int | None = None
+    """Images per Adam step, >= 1. None: 128; rate-distortion: the preset's, else 64."""
+    learning_rate: float | None = None
+    """Initial Adam learning rate, > 0. None: 3e-3 (cosine decay to 5 %); rate-distortion: the preset's,
+    else 2e-3 (cosine decay to 2 %)."""
+    lr_decay: str = "cosine"
+    """``cosine``, ``exponential`` (both end at 5 % of the initial rate) or ``none``. Plain runs only."""
+    noise: str = "none"
+    """Denoising: ``none``, ``gaussian`` or ``salt-pepper``; input corrupted, target kept clean. Plain runs
+    only."""
+    noise_amount: float | None = None
+    """Gaussian sigma (0-1 scale) or salt-and-pepper pixel fraction; None picks 0.2 / 0.05."""
+    augment: bool | None = None
+    """Random small shifts/rotations of training images; None = on for small sets (the 8,000 MNIST digits)."""
+    seed: int = 0
+    """Seeds numpy, Python and TensorFlow (data split, augmentation, noise, initial weights)."""
+    out_dir: str | None = None
+    """Run directory; None means ``runs/<dataset>-latent<latent_dim>`` (rate-distortion:
+    ``runs/<dataset>-<preset or rd>``)."""
+    max_samples: int | None = None
+    """Use at most this many training-split images (before the validation hold-out), for quick runs."""
+    data_dir: str | None = None
+    """Directory with the IDX ``.gz`` files, tried before the standard places."""
+    val_fraction: float = 0.1
+    """Fraction of the training images held out for validation loss, in [0, 0.5]. Plain runs only."""
+    init: str = "he"
+    """Conv kernel initialisation: ``he`` (He-normal, re-drawn after building) or ``keras`` (as built).
+    With the builder's Glorot kernels the signal shrinks ~1000x through the decoder and Adam drives the
+    sigmoid output to all-black within an epoch (test PSNR stuck near 10 dB); He-normal trains. Plain
+    runs only."""
+    rd: RDOptions | None = None
+    """Rate-distortion training (:mod:`cae_edge.train.ratedistortion`); None for a plain run."""
+
+    # ---- resolution ---------------------------------------------------------------------------------
+
+    def _preset(self) -> presets_mod.Preset | None:
+        return presets_mod.resolve(self.rd.preset) if self.rd is not None and self.rd.preset else None
+
+    def _defaults(self) -> Defaults:
+        """The values of unset options: the preset's, else those of the kind of run."""
+        if self.rd is None:
+            return PLAIN_DEFAULTS
+        preset = self._preset()
+        if preset is None:
+            return RD_DEFAULTS
+        name = datasets.canonical_name(self.dataset)
+        return Defaults(
+            preset.model.latent_dim, preset.epochs_for(name), preset.batch_size, preset.learning_rate
+        )
+
+    def model_config(self) -> ModelConfig:
+        """The :class:`ModelConfig` these options describe (validated).
+
+        Raises:
+            ConfigError: latent dim < 1 or bad widths.
+        """
+        if self.rd is None:
+            base = ModelConfig()
+        else:
+            preset = self._preset()
+            base = preset.model if preset else ModelConfig(latent_gain=RD_LATENT_GAIN)
+        latent = self._defaults().latent_dim if self.latent_dim is None else self.latent_dim
+        kw: dict[str, Any] = {"latent_dim": _as_int(latent, "latent dim")}
+        if self.enc_widths is not None:
+            kw["enc_widths"] = tuple(int(w) for w in self.enc_widths)
+        if self.dec_widths is not None:
+            kw["dec_widths"] = tuple(int(w) for w in self.dec_widths)
+        return replace(base, **kw).validate()
+
+    def validated(self) -> TrainOptions:
+        """A copy with names canonicalised, unset values filled in and every value checked.
+
+        ``augment=None`` stays None here (it depends on the data); training resolves it.
+
+        Raises:
+            ConfigError: with the bad value and what is allowed.
+        """
+        name = datasets.canonical_name(self.dataset)
+        cfg = self.model_config()
+        dflt = self._defaults()
+        epochs = _as_int(dflt.epochs if self.epochs is None else self.epochs, "epochs")
+        if epochs < 1:
+            raise ConfigError(f"epochs {self.epochs}: must be >= 1")
+        batch = _as_int(dflt.batch_size if self.batch_size is None else self.batch_size, "batch size")
+        if batch < 1:
+            raise ConfigError(f"batch size {self.batch_size}: must be >= 1")
+        lr = float(dflt.learning_rate if self.learning_rate is None else self.learning_rate)
+        if not (math.isfinite(lr) and lr > 0):
+            hint = "3e-3" if self.rd is None else "2e-3"
+            raise ConfigError(f"learning rate {self.learning_rate}: must be > 0, e.g. {hint}")
+        try:
+            decay = LrDecay(str(getattr(self.lr_decay, "value", self.lr_decay)).lower())
+        except ValueError:
+            choices = ", ".join(d.value for d in LrDecay)
+            raise ConfigError(f"unknown lr decay {self.lr_decay!r}: use one of {choices}") from None
+        kind = noise_kind(self.noise)
+        amount = DEFAULT_AMOUNT[kind] if self.noise_amount is None else float(self.noise_amount)
+        if kind is not NoiseKind.NONE:
+            amount = check_amount(kind, amount)
+        cap = None if self.max_samples is None else _as_int(self.max_samples, "max samples")
+        if cap is not None and cap < 1:
+            raise ConfigError(f"max samples {self.max_samples}: must be >= 1 (or omit it to use all images)")
+        val = float(self.val_fraction)
+        if not 0.0 <= val <= 0.5:
+            raise ConfigError(f"validation fraction {self.val_fraction}: must be in [0, 0.5]")
+        init = str(self.init).strip().lower()
+        if init not in INITS:
+            raise ConfigError(f"unknown init {self.init!r}: use one of {', '.join(INITS)}")
+        rd = None if self.rd is None else self._validated_rd(name)
+        if self.out_dir is not None:
+            out = str(self.out_dir)
+        elif rd is None:
+            out = str(Path("runs") / f"{name}-latent{cfg.latent_dim}")
+        else:
+            out = str(Path("runs") / f"{name}-{rd.preset or 'rd'}")
+        keep = rd is not None  # rate-distortion runs record their widths (the preset's or the model's)
+        return replace(
+            self,
+            dataset=name,
+            latent_dim=cfg.latent_dim,
+            enc_widths=cfg.enc_widths if self.enc_widths is not None or keep else None,
+            dec_widths=cfg.dec_widths if self.dec_widths is not None or keep else None,
+            epochs=epochs,
+            batch_size=batch,
+            learning_rate=lr,
+            lr_decay=decay.value,
+            noise=kind.value,
+            noise_amount=amount if kind is not NoiseKind.NONE else None,
+            augment=None if self.augment is None else bool(self.augment),
+            seed=_as_int(self.seed, "seed"),
+            out_dir=out,
+            max_samples=cap,
+            data_dir=None if self.data_dir is None else str(self.data_dir),
+            val_fraction=val,
+            init=init,
+            rd=rd,
+        )
+
+    def _validated_rd(self, dataset: str) -> RDOptions:
+        rd = self.rd
+        assert rd is not None
+        preset = self._preset()
+        lam = rd.lam if rd.lam is not None else (preset.lam_for(dataset) if preset else 1.0)
+        target = rd.target_bytes if rd.target_bytes is not None else (preset.target_bytes if preset else 0.0)
+        if not (math.isfinite(float(target)) and float(target) >= 0):
+            raise ConfigError(f"target bytes {target}: must be >= 0 (0 = fixed lam)")
+        if not (math.isfinite(float(lam)) and float(lam) >= 0):
+            raise ConfigError(f"lam {lam}: must be >= 0 (0 = no rate term)")
+        max_test = None if rd.max_test is None else _as_int(rd.max_test, "max test")
+        if max_test is not None and max_test < 1:
+            raise ConfigError(f"max test {rd.max_test}: must be >= 1 (or omit it)")
+        jitter = float(rd.latent_jitter)
+        if not (math.isfinite(jitter) and jitter >= 0):
+            raise ConfigError(f"latent jitter {rd.latent_jitter}: must be >= 0 (0 = off)")
+        return replace(
+            rd,
+            preset=preset.name if preset else None,
+            lam=float(lam),
+            target_bytes=float(target),
+            init_from=None if rd.init_from is None else str(rd.init_from),
+            latent_jitter=jitter,
+            max_test=max_test,
+        )
+
+    # ---- (de)serialisation --------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict of all fields (tuples become lists; ``rd`` a dict or None)."""
+        d = asdict(self)
+        for k in ("enc_widths", "dec_widths"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainOptions:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        known = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for k in ("enc_widths", "dec_widths"):
+            if known.get(k) is not None:
+                known[k] = tuple(int(w) for w in known[k])
+        if isinstance(known.get("rd"), dict):
+            known["rd"] = RDOptions(
+                **{f.name: known["rd"][f.name] for f in fields(RDOptions) if f.name in known["rd"]}
+            )
+        return cls(**known)
+
+    def to_command(self) -> str:
+        """The ``cae-edge train`` command line that reproduces these options."""
+        return shlex.join(self._rd_args() if self.rd is not None else self._plain_args())
+
+    def _plain_args(self) -> list[str]:
+        args = ["cae-edge", "train", "--dataset", self.dataset, "--latent", str(self.latent_dim)]
+        args += ["--epochs", str(self.epochs), "--batch-size", str(self.batch_size)]
+        args += ["--lr", f"{self.learning_rate:g}", "--lr-decay", _value(self.lr_decay)]
+        args += ["--noise", _value(self.noise)]
+        if self.noise_amount is not None and _value(self.noise) != "none":
+            args += ["--noise-amount", f"{self.noise_amount:g}"]
+        if self.augment is not None:
+            args.append("--augment" if self.augment else "--no-augment")
+        if self.enc_widths is not None:
+            args += ["--enc-widths", ",".join(str(w) for w in self.enc_widths)]
+        if self.dec_widths is not None:
+            args += ["--dec-widths", ",".join(str(w) for w in self.dec_widths)]
+        args += [
+            "--seed",
+            str(self.seed),
+            "--val-fraction",
+            f"{self.val_fraction:g}",
+            "--init",
+            str(self.init),
+        ]
+        if self.max_samples is not None:
+            args += ["--max-samples", str(self.max_samples)]
+        if self.data_dir is not None:
+            args += ["--data-dir", str(self.data_dir)]
+        if self.out_dir is not None:
+            args += ["--out", str(self.out_dir)]
+        return args
+
+    def _rd_args(self) -> list[str]:
+        rd = self.rd
+        assert rd is not None
+        args = ["cae-edge", "train", "--dataset", self.dataset]
+        if rd.preset:
+            args += ["--preset", rd.preset]
+        args += ["--latent", str(self.latent_dim), "--lam", repr(rd.lam), "--epochs", str(self.epochs)]
+        if rd.target_bytes:
+            args += ["--target-bytes", repr(rd.target_bytes)]
+        args += ["--enc-widths", ",".join(map(str, self.enc_widths or ()))]
+        args += ["--dec-widths", ",".join(map(str, self.dec_widths or ()))]
+        args += [
+            "--batch-size",
+            str(self.batch_size),
+            "--lr",
+            repr(self.learning_rate),
+            "--seed",
+            str(self.seed),
+        ]
+        if self.augment is not None:
+            args.append("--augment" if self.augment else "--no-augment")
+        if self.max_samples is not None:
+            args += ["--max-samples", str(self.max_samples)]
+        if rd.init_from:
+            args += ["--init-from", str(rd.init_from)]
+        if rd.latent_jitter:
+            args += ["--latent-jitter", repr(rd.latent_jitter)]
+        if self.data_dir is not None:
+            args += ["--data-dir", str(self.data_dir)]
+        args += ["--out", str(self.out_dir)]
+        return args
+
+
+def _value(choice: Any) -> str:
+    return str(getattr(choice, "value", choice))
+
+
+def _as_int(value: Any, what: str) -> int:
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} {value!r}: must be an integer") from None
+    if not as_float.is_integer():
+        raise ConfigError(f"{what} {value!r}: must be an integer")
+    return int(as_float)
