@@ -11,7 +11,16 @@ import pytest
 from PIL import Image
 
 from cae_edge import datasets, metrics
-from cae_edge.benchmark import SCHEMA, BenchmarkOptions, codecs, latency, rd, report, run_benchmark, validate
+from cae_edge.benchmark import (
+    SCHEMA,
+    BenchmarkOptions,
+    codecs,
+    curves,
+    latency,
+    report,
+    run_benchmark,
+    validate,
+)
 from cae_edge.device.bundle import load_bundle
 from cae_edge.errors import ConfigError
 
@@ -178,27 +187,27 @@ def test_batched_ssim_equals_scikit_image(mnist):
     rng = np.random.default_rng(1)
     x = mnist.x_test[:40]
     y = np.clip(x + rng.normal(0, 25, x.shape), 0, 255).astype(np.uint8)
-    np.testing.assert_allclose(rd.ssim_batch(x, y), metrics.ssim_per_image(x, y), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(rd.ssim_batch(x, x), 1.0)
+    np.testing.assert_allclose(curves.ssim_batch(x, y), metrics.ssim_per_image(x, y), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(curves.ssim_batch(x, x), 1.0)
     with pytest.raises(ValueError, match="shape mismatch"):
-        rd.ssim_batch(x, y[:3])
+        curves.ssim_batch(x, y[:3])
 
 
 def test_identical_images_report_the_cap(mnist):
     imgs = mnist.x_test[:10]
-    p = rd.score("mnist", "png", "lossless", imgs, imgs.copy(), 100, 120)
+    p = curves.score("mnist", "png", "lossless", imgs, imgs.copy(), 100, 120)
     assert p.psnr == metrics.PSNR_CAP and p.capped == 10 and p.mse == 0.0 and p.ssim == pytest.approx(1.0)
-    png = rd.codec_points(
+    png = curves.codec_points(
         "mnist", imgs, mnist.x_train[:500], jpeg_qualities=[], webp_qualities=[], pca_dims=[]
     )
-    lossless = [r for r in png if r.codec == rd.PNG][0]
+    lossless = [r for r in png if r.codec == curves.PNG][0]
     assert lossless.psnr == metrics.PSNR_CAP and lossless.capped == 10
     assert json.loads(json.dumps(report._finite({"psnr": float("inf")}))) == {"psnr": None}
 
 
 def test_codec_points_bytes_match_encoded_buffers(mnist):
     imgs = mnist.x_test[:8]
-    rows = rd.codec_points(
+    rows = curves.codec_points(
         "mnist", imgs, mnist.x_train[:300], jpeg_qualities=[30], webp_qualities=[30], pca_dims=[]
     )
     by = {r.codec: r for r in rows}
@@ -211,13 +220,13 @@ def test_codec_points_bytes_match_encoded_buffers(mnist):
 def test_bundle_points_count_payload_and_packet(bundle, mnist):
     from cae_edge import wire
 
-    rows = rd.bundle_points(bundle, "mnist", "mnist", mnist.x_test[:20])
-    int8 = [r for r in rows if r.codec == rd.CAE_INT8][0]
+    rows = curves.bundle_points(bundle, "mnist", "mnist", mnist.x_test[:20])
+    int8 = [r for r in rows if r.codec == curves.CAE_INT8][0]
     assert int8.bytes_payload == bundle.bytes_per_image
     assert int8.bytes_total == bundle.bytes_per_image + wire.OVERHEAD_BYTES
     q = bundle.manifest.quality["tflite_int8"]["psnr"]
     assert abs(int8.psnr - q) < 3.0  # same model as the export-time check, on a subset
-    flt = [r for r in rows if r.codec == rd.CAE_FLOAT][0]
+    flt = [r for r in rows if r.codec == curves.CAE_FLOAT][0]
     assert flt.bytes_payload == 4 * bundle.latent_dim
 
 
