@@ -243,7 +243,20 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
         epochs=opts.epochs,
         seconds=seconds,
     )
-    config = RunConfig(
+    config = _run_config(opts, cfg, ds, len(x_train), len(x_test), lam_final, prior)
+    metrics = {**result.to_dict(), "mse": ev["mse"], "latent_range": ev["latent_range"]}
+    write_run(out, config, encoder, decoder, history, metrics)
+    _plots(history, encoder, decoder, ds.x_test, ds.y_test[: len(x_test)], out, opts, ev)
+    return result
+
+
+def _run_config(
+    opts: TrainOptions, cfg: ModelConfig, ds, n_train: int, n_test: int, lam_final: float, prior: _Prior
+) -> RunConfig:
+    """What ``config.json`` records of a rate-distortion run (the ``rd`` block: what export needs)."""
+    rd = opts.rd
+    assert rd is not None
+    return RunConfig(
         dataset=opts.dataset,
         model=cfg,
         train=opts.to_dict(),
@@ -251,8 +264,8 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
         data={
             **ds.summary(),
             "source": ds.source_name,
-            "train_images": int(len(x_train)),
-            "test_images": int(len(x_test)),
+            "train_images": int(n_train),
+            "test_images": int(n_test),
         },
         device=describe_device(),
         versions=run_versions(),
@@ -267,10 +280,6 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
             "prior": prior.to_dict(),
         },
     )
-    metrics = {**result.to_dict(), "mse": ev["mse"], "latent_range": ev["latent_range"]}
-    write_run(out, config, encoder, decoder, history, metrics)
-    _plots(history, encoder, decoder, ds.x_test, ds.y_test[: len(x_test)], out, opts, ev)
-    return result
 
 
 def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarray, rng, progress):
