@@ -55,3 +55,11 @@ class ExportError(CaeEdgeError):
 class RunDirError(ConfigError, ExportError):
     """A training run directory is missing a file, or a file in it is unreadable (bad ``--init-from`` or
     ``cae-edge export`` input): both a :class:`ConfigError` and an :class:`ExportError`."""
+
+
+class RuntimeCrashError(CaeEdgeError):
+    """The TFLite interpreter crashed (killed by a signal) or hung while loading and running a model.
+
+    Found by :func:`cae_edge.device.probe.probe_interpreter` in a child process, so the node reports it
+    instead of dying mid-stream.
+    """

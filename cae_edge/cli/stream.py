@@ -214,6 +214,11 @@ def send(
         node = node_config(config, given)
         if node.security.insecure:
             _warn_insecure("sender")
+        from ..device.probe import probe_interpreter
+
+        probe = probe_interpreter(node.bundle)  # a crashing interpreter: one error line, not a dead node
+        if not quiet:
+            say(f"interpreter: {probe.package} {probe.version} runs {node.bundle} ({probe.seconds:.1f} s)")
         opts = SendOptions(
             name=node.name,
             fps=node.fps,

@@ -1,11 +1,17 @@
 """The one place that imports a TFLite interpreter: ``ai_edge_litert`` first, then ``tflite_runtime``.
 
 A Raspberry Pi gets either with pip (``pip install ai-edge-litert`` or the older ``tflite-runtime``); neither
-needs TensorFlow. Everything else in cae-edge calls :func:`make_interpreter`.
+needs TensorFlow. Everything else in cae-edge calls :func:`make_interpreter`. Neither package publishes a
+wheel for 32-bit ARM with a current Python, so a 32-bit Raspberry Pi OS gets an error that says a 64-bit OS
+is required.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +22,58 @@ TFLITE_IDENTIFIER = b"TFL3"
 MIN_MODEL_BYTES = 32
 
 _BACKEND: tuple[str, Any] | None = None
+PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
+"""Interpreter modules, in the order they are tried, and the pip package that provides each."""
+
+
+def is_32bit_arm(machine: str | None = None, pointer_bits: int | None = None) -> bool:
+    """True on a 32-bit ARM userland (``armv7l``/``armv6l``, or a 64-bit kernel under a 32-bit OS).
+
+    Args:
+        machine: ``platform.machine()`` (default: this machine's).
+        pointer_bits: The interpreter's pointer size in bits (default: this Python's).
+    """
+    machine = (machine if machine is not None else platform.machine()).lower()
+    bits = pointer_bits if pointer_bits is not None else (64 if sys.maxsize > 2**32 else 32)
+    return machine.startswith("arm") or (machine in ("aarch64", "arm64") and bits == 32)
+
+
+def installed_packages() -> list[tuple[str, str, str]]:
+    """The interpreter packages present, found without importing them (an import may crash).
+
+    Returns:
+        ``(module, pip package, version)`` for each of :data:`PACKAGES` that is installed, in search order;
+        the version is ``"?"`` when the module has no package metadata (a copied or shimmed module).
+    """
+    found = []
+    for module, package in PACKAGES.items():
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            continue
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        found.append((module, package, version))
+    return found
+
+
+def missing_runtime_message(errors: list[str]) -> str:
+    """The error for "no interpreter could be imported": what failed and what to install on this machine."""
+    why = "; ".join(errors)
+    if is_32bit_arm():
+        return (
+            f"no TFLite interpreter installed ({why}): this is a 32-bit ARM system ({platform.machine()}, "
+            f"Python {platform.python_version()}) and ai-edge-litert publishes no wheel for it; a 64-bit OS "
+            "is required: install Raspberry Pi OS (64-bit), then `pip install 'cae-edge[node]'`"
+        )
+    return (
+        f"no TFLite interpreter installed ({why}); run `pip install ai-edge-litert` "
+        "(or `pip install 'cae-edge[node]'`)"
+    )
 
 
 def _load_backend() -> tuple[str, Any]:
@@ -34,16 +92,22 @@ def _load_backend() -> tuple[str, Any]:
                 _BACKEND = ("tflite_runtime", Interpreter)
             except ImportError as e2:
                 errors.append(f"tflite_runtime: {e2}")
-                raise RuntimeMissingError(
-                    "no TFLite interpreter installed (" + "; ".join(errors) + "); "
-                    "run `pip install ai-edge-litert` (or `pip install 'cae-edge[device]'`)"
-                ) from None
+                raise RuntimeMissingError(missing_runtime_message(errors)) from None
     return _BACKEND
 
 
 def backend_name() -> str:
-    """Name of the interpreter package in use (``ai_edge_litert`` or ``tflite_runtime``)."""
+    """Name of the interpreter module in use (``ai_edge_litert`` or ``tflite_runtime``)."""
     return _load_backend()[0]
+
+
+def backend_package() -> tuple[str, str]:
+    """The pip package in use and its version, e.g. ``("ai-edge-litert", "2.3.0")`` (``"?"`` if unknown)."""
+    package = PACKAGES[backend_name()]
+    try:
+        return package, importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return package, "?"
 
 
 def check_model_bytes(data: bytes, name: str = "model") -> None:
