@@ -67,7 +67,7 @@ for name in ${DATASETS:-mnist fashion}; do
   done
 done
 
-echo "== golden int8 latents"
+echo "== golden int8 latents and the bundles' self-tests (selftest.npz)"
 "$py" tests/golden/regenerate.py
 for name in ${DATASETS:-mnist fashion}; do
   "$cli" bundle info "$name"

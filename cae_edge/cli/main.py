@@ -57,6 +57,9 @@ def _register() -> None:
     from . import stream as _stream
 
     app.add_typer(_stream.app, name="stream")
+    from . import doctor as _doctor
+
+    app.command("doctor")(_doctor.doctor)
 
 
 _register()

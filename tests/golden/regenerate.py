@@ -3,6 +3,8 @@
 For a few fixed test images, the golden file stores the int8 latent bytes (hex) the shipped encoder
 produces through LiteRT and the sha256 of the decoded image, with XNNPACK and with the builtin kernels.
 tests/test_device_bundle.py asserts the bundles still reproduce them bit-exactly.
+It also writes each bundle's shipped self-test, cae_edge/bundles/<bundle>/selftest.npz (the same images as
+uint8 and their XNNPACK int8 latents), which `cae-edge doctor` checks a node against.
 Run this after `make bundles` (and commit the result).
 """
 
@@ -28,9 +30,11 @@ def golden_for(name: str) -> dict:
     from cae_edge import datasets
     from cae_edge.device.bundle import load_bundle
     from cae_edge.device.litert import backend_name
+    from cae_edge.device.selftest import write_selftest
 
     bundle = load_bundle(name)
     ds = datasets.load(bundle.manifest.dataset["name"])
+    print(f"wrote {write_selftest(bundle, ds.x_test[list(INDICES)])}")
     golden = {
         "bundle": name,
         "pair_id": bundle.pair_id,
