@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -200,3 +202,16 @@ def test_shipped_selftest_matches_the_golden_latents(name):
         assert [q.tobytes().hex() for q in z["latents"]] == golden["xnnpack"]["latents_hex"]
     r = run_selftest(bundle)
     assert r.ok and r.differing == 0 and r.images == len(golden["indices"])
+
+
+def test_doctor_runs_with_tensorflow_unimportable():
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "from typer.testing import CliRunner; from cae_edge.cli.main import app\n"
+        "r = CliRunner().invoke(app, ['doctor', '-b', 'mnist-tiny', '--source', 'synthetic', '--insecure'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert not [m for m, v in sys.modules.items() if v and m.split('.')[0] in ('tensorflow', 'keras')]\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
