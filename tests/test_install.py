@@ -113,6 +113,16 @@ def test_node_side_resolves_to_wheels_only(extra, target, tmp_path):
 
 
 @pytest.mark.network
+def test_node_resolves_with_bookworms_own_numpy(tmp_path):
+    # A venv made with --system-site-packages (to see the OS's picamera2) keeps Debian Bookworm's numpy
+    # 1.24.2, which picamera2's compiled parts need (README: Raspberry Pi); the node extra must fit it.
+    proc, report = resolve(CORE + EXTRAS["node"] + ["numpy==1.24.2"], "pi-bookworm", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    versions = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in report["install"]}
+    assert versions["numpy"] == "1.24.2" and "ai-edge-litert" in versions
+
+
+@pytest.mark.network
 def test_a_package_without_an_aarch64_wheel_fails_the_same_resolution(tmp_path):
     # constriction publishes x86_64 and macOS wheels but none for Linux aarch64: the check must catch that.
     proc, _ = resolve(CORE + EXTRAS["node"] + ["constriction>=0.4"], "pi-bookworm", tmp_path / "pi")
