@@ -181,6 +181,21 @@ def test_no_source_and_no_camera_fails(node, monkeypatch):
     assert len(fails) == 1 and fails[0].startswith("FAIL cameras: ") and "python3-picamera2" in fails[0]
 
 
+@pytest.mark.parametrize(
+    "capabilities,device_caps,camera",
+    [
+        (0x84200001, 0x04200001, True),  # uvcvideo: a USB webcam
+        (0x84A00001, 0x04A00001, True),  # a CSI receiver node (unicam / rp1-cfe)
+        (0x84204000, 0x04204000, False),  # bcm2835-codec: memory-to-memory, multi-planar
+        (0x84208000, 0x04208000, False),  # an M2M converter
+        (0x00000001, 0x00000000, True),  # an old driver without device_caps
+        (0x84800000, 0x00800000, False),  # metadata only
+    ],
+)
+def test_only_capture_devices_count_as_cameras(capabilities, device_caps, camera):
+    assert doctor.is_capture_device(capabilities, device_caps) is camera
+
+
 def test_32bit_arm_fails_the_platform_check(monkeypatch):
     monkeypatch.setattr(doctor.platform, "machine", lambda: "armv7l")
     c = doctor.check_platform()

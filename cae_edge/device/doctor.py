@@ -205,9 +205,51 @@ def check_bundle(path: Path, name: str) -> Check:
     return Check(label, "ok", detail)
 
 
+_VIDIOC_QUERYCAP = 0x80685600
+"""``_IOR('V', 0, struct v4l2_capability)``: the 104-byte capability struct of a V4L2 device."""
+_CAP_VIDEO_CAPTURE, _CAP_VIDEO_CAPTURE_MPLANE = 0x1, 0x1000
+_CAP_M2M = 0x4000 | 0x8000  # memory-to-memory (codec, ISP): capture *and* output, not a camera
+_CAP_DEVICE_CAPS = 0x80000000
+
+
+def is_capture_device(capabilities: int, device_caps: int) -> bool:
+    """From ``VIDIOC_QUERYCAP``: does this node capture video (a camera), rather than convert it (a codec)?"""
+    caps = device_caps if capabilities & _CAP_DEVICE_CAPS else capabilities
+    return bool(caps & (_CAP_VIDEO_CAPTURE | _CAP_VIDEO_CAPTURE_MPLANE)) and not caps & _CAP_M2M
+
+
+def _v4l2_camera(path: str) -> str | None:
+    """``path`` described if it is a capture device; ``None`` for codecs, ISPs and vanished nodes."""
+    import fcntl
+    import os
+    import struct
+
+    name = Path(f"/sys/class/video4linux/{Path(path).name}/name")
+    label = name.read_text().strip() if name.is_file() else "?"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    except PermissionError:
+        return f"{path} ({label}, no access: add this user to the video group)"
+    except OSError:
+        return None
+    try:
+        buf = bytearray(104)
+        fcntl.ioctl(fd, _VIDIOC_QUERYCAP, buf)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    capabilities, device_caps = struct.unpack_from("<II", buf, 84)
+    return f"{path} ({label})" if is_capture_device(capabilities, device_caps) else None
+
+
 def list_cameras() -> list[str]:
-    """Camera sources present: V4L2 devices (``/dev/video*``) and ``picamera2`` cameras."""
-    found = sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))
+    """Camera sources present: V4L2 capture devices (not the Pi's codec/ISP nodes) and picamera2 cameras."""
+    found = []
+    for path in sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p)):
+        described = _v4l2_camera(path)
+        if described is not None:
+            found.append(described)
     if importlib.util.find_spec("picamera2") is not None:
         try:
             from picamera2 import Picamera2  # type: ignore[import-not-found]
