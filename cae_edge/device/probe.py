@@ -27,8 +27,8 @@ from pathlib import Path
 
 from ..errors import BundleError, CaeEdgeError, ConfigError, RuntimeCrashError, RuntimeMissingError
 
-DEFAULT_TIMEOUT_S = 60.0
-"""Long enough for a Pi Zero 2 to start Python and load a bundle; a healthy probe takes about a second."""
+DEFAULT_TIMEOUT_S = 30.0
+"""Room for a slow board to start Python from a cold SD card; healthy probes took 0.2-0.7 s here."""
 _ERRORS: dict[str, type[CaeEdgeError]] = {
     "RuntimeMissingError": RuntimeMissingError,
     "BundleError": BundleError,
