@@ -159,6 +159,15 @@ def test_an_unreachable_receiver_fails_with_what_to_start(node):
     assert f"cae-edge stream receive --bind tcp://*:{port}" in fails[0]
 
 
+def test_a_malformed_receiver_address_is_one_fail_line(node):
+    node["connect"] = "tcp://127.0.0.1"
+    r = CliRunner().invoke(app, _args(node))
+    assert r.exit_code == 1, r.output
+    fails = _fails(r.output)
+    assert len(fails) == 1 and fails[0].startswith("FAIL receiver: tcp://127.0.0.1: "), r.output
+    assert "tcp://HOST:PORT" in fails[0]
+
+
 def test_a_receiver_that_refuses_this_node_fails_with_the_allowed_keys_fix(node):
     other = security.generate_keypair("cam2", node["tmp"] / "other")  # not in the receiver's allowed keys
     node["key"] = other.secret_path

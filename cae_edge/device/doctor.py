@@ -352,6 +352,8 @@ def _tcp_address(endpoint: str) -> tuple[str, int] | None:
     if not endpoint.startswith("tcp://"):
         return None
     host, _, port = endpoint[len("tcp://") :].rpartition(":")
+    if not host or not port.isdigit():
+        return None  # not HOST:PORT: the socket below refuses it with the fix
     return host.strip("[]"), int(port)
 
 
