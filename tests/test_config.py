@@ -262,8 +262,8 @@ def test_a_node_runs_from_its_config_file(node_dir: Path) -> None:
     from cae_edge.cli.main import app
     from cae_edge.device.bundle import load_bundle
     from cae_edge.device.receiver import ReceiveOptions, run_receiver
-    from cae_edge.device.stream import payload_kind
     from cae_edge.device.transport import PullReceiver, ReceiverOptions
+    from cae_edge.payload import payload_kind
 
     allowed = node_dir / "allowed"
     allowed.mkdir()

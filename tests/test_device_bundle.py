@@ -14,16 +14,10 @@ import numpy as np
 import pytest
 
 from cae_edge import datasets
-from cae_edge.device.bundle import (
-    CODECS,
-    Int8Codec,
-    available_bundles,
-    load_bundle,
-    register_codec,
-    resolve_bundle,
-)
+from cae_edge.device.bundle import available_bundles, load_bundle, resolve_bundle
 from cae_edge.errors import BundleError, ConfigError, PacketError, PairMismatchError
 from cae_edge.metrics import psnr_per_image
+from cae_edge.payload import CODECS, Int8Codec, register_codec
 
 GOLDEN = Path(__file__).parent / "golden"
 SHIPPED = ("mnist", "fashion")
@@ -55,6 +49,64 @@ def shipped(request):
 @pytest.fixture(scope="module")
 def mnist_bundle():
     return load_bundle("mnist")
+
+
+def test_entropy_coded_bundles_work_without_constriction():
+    """A node without ``constriction`` (no wheel for aarch64) encodes and decodes the entropy-coded presets,
+    bit-identical to what a node with it sends (the golden latents' payloads, computed here with it)."""
+    from cae_edge.payload import make_codec  # noqa: F401 - imported before blocking, as a node would
+
+    names = [n for n in ("mnist-tiny", "mnist-small", "mnist-hq") if n in available_bundles()]
+    assert names, "no entropy-coded preset is shipped"
+    expected = {}
+    for name in names:
+        b = load_bundle(name)
+        assert b.coding["kind"] == "entropy"
+        golden = json.loads((GOLDEN / f"{name}.json").read_text())
+        latents = [np.frombuffer(bytes.fromhex(h), np.int8) for h in golden["xnnpack"]["latents_hex"]]
+        expected[name] = [(q.tobytes().hex(), _constriction_payload(b, q).hex()) for q in latents]
+    code = textwrap.dedent(
+        f"""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "constriction":
+                    raise ImportError(f"{{name}} is blocked: nodes must not need it")
+                return None
+        sys.meta_path.insert(0, _Block())
+        import numpy as np
+        from cae_edge.device.bundle import load_bundle
+        for name, pairs in {expected!r}.items():
+            codec = load_bundle(name).codec()
+            for latent_hex, payload_hex in pairs:
+                q = np.frombuffer(bytes.fromhex(latent_hex), np.int8)
+                assert codec.encode(q).hex() == payload_hex, (name, latent_hex)
+                assert (codec.decode(bytes.fromhex(payload_hex)) == q).all(), (name, latent_hex)
+        assert not [m for m in sys.modules if m.startswith("constriction")]
+        print("OK")
+        """
+    )
+    r = run_python(code)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stderr
+
+
+def _constriction_payload(bundle, q: np.ndarray) -> bytes:
+    """The legacy stream of ``q`` as ``constriction`` codes it (the reference the shipped bundles use)."""
+    import constriction
+
+    model = bundle.codec().model
+    enc = constriction.stream.queue.RangeEncoder()
+    sym = np.clip(q.astype(np.int32), model.lo, model.hi) - model.lo
+    enc.encode(sym, constriction.stream.model.Categorical(perfect=False), model.probabilities)
+    n_words, (lower, width) = enc.pos()
+    head = np.asarray(enc.get_compressed(), dtype=np.uint32)[:n_words].astype(">u4").tobytes()
+    top = min(lower + width, 1 << 64)
+    for keep in range(9):
+        unit = 1 << (64 - 8 * keep)
+        value = -(-lower // unit) * unit
+        if value < top:
+            return (head + (value >> (64 - 8 * keep)).to_bytes(keep, "big")).rstrip(b"\0")
+    raise AssertionError("unreachable")
 
 
 def test_shipped_bundles_are_listed_by_directory():

@@ -1,7 +1,15 @@
-"""The static entropy model and the byte-trimmed range coder (no TensorFlow)."""
+"""The static entropy model and the byte-trimmed range coder (no TensorFlow).
+
+``constriction`` (a dev dependency) is the reference: the pure-Python coder must produce its bytes and
+read its streams.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import constriction
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +17,83 @@ from hypothesis import strategies as st
 
 from cae_edge import entropy
 from cae_edge.errors import BundleError, ConfigError, EntropyError, PacketError
+
+GOLDEN = Path(__file__).parent / "golden"
+BUNDLES = Path(entropy.__file__).parent / "bundles"
+FAMILY = constriction.stream.model.Categorical(perfect=False)
+
+
+# ---------------------------------------------------------------- the reference: constriction
+
+
+Seq = list[tuple[np.ndarray, int]]
+"""A stream as (probabilities, symbol) pairs."""
+
+
+def reference_symbols(model: entropy.EntropyModel, q: np.ndarray, escapes: bool) -> Seq:
+    """The stream's symbol sequence, as (probabilities, symbol), per the format in cae_edge.entropy."""
+    lo, hi = model.lo, model.hi
+    q = [int(v) for v in q]
+    seq = [(row, min(max(v, lo), hi) - lo) for row, v in zip(model.probabilities, q, strict=True)]
+    if escapes:
+        flag = np.array([1 - entropy.ESCAPE_PROBABILITY, entropy.ESCAPE_PROBABILITY])
+        for v in q:
+            if lo > -128 and v <= lo:
+                seq.append((flag, int(v < lo)))
+                if v < lo and lo + 128 >= 2:
+                    seq.append((np.ones(lo + 128), lo - 1 - v))
+            elif hi < 127 and v >= hi:
+                seq.append((flag, int(v > hi)))
+                if v > hi and 127 - hi >= 2:
+                    seq.append((np.ones(127 - hi), v - hi - 1))
+    return seq
+
+
+def reference_encode(seq: Seq) -> bytes:
+    """constriction's range coder, then the byte trimming of the legacy cae-edge coder."""
+    enc = constriction.stream.queue.RangeEncoder()
+    for probs, s in seq:
+        enc.encode(np.array([s], dtype=np.int32), FAMILY, np.asarray(probs, dtype=np.float64)[None, :])
+    n_words, (lower, width) = enc.pos()
+    head = np.asarray(enc.get_compressed(), dtype=np.uint32)[:n_words].astype(">u4").tobytes()
+    top = min(lower + width, 1 << 64)
+    for keep in range(9):
+        unit = 1 << (64 - 8 * keep)
+        value = -(-lower // unit) * unit
+        if value < top:
+            return (head + (value >> (64 - 8 * keep)).to_bytes(keep, "big")).rstrip(b"\0")
+    raise AssertionError("unreachable")
+
+
+def reference_decode(payload: bytes, seq: Seq) -> list[int]:
+    """constriction decoding ``payload`` with the models of ``seq`` (zero-padded, as the receiver does)."""
+    words = max(2, (len(payload) + 3) // 4)
+    padded = payload + b"\0" * (4 * words - len(payload))
+    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(padded, dtype=">u4").astype(np.uint32))
+    return [int(dec.decode(FAMILY, np.asarray(probs, dtype=np.float64)[None, :])[0]) for probs, _ in seq]
+
+
+@st.composite
+def models(draw, max_dim: int = 40) -> entropy.EntropyModel:
+    """Random models: any alphabet inside int8 (from 2 symbols to all 256), frequencies from 1 to 2**20."""
+    k = draw(st.sampled_from([2, 3, 5, 13, 40, 114, 219, 256]) | st.integers(2, 256))
+    lo = draw(st.integers(-128, 128 - k))
+    d = draw(st.integers(1, max_dim))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    top = 2 ** rng.integers(1, 21, size=(d, 1))
+    return entropy.EntropyModel(lo, rng.integers(1, top + 1, size=(d, k)).astype(np.uint32))
+
+
+def latents(model: entropy.EntropyModel, rng: np.random.Generator, inside: bool) -> np.ndarray:
+    """A latent drawn from the model (``inside``) or mixed with arbitrary int8 values and the edges."""
+    p = model.probabilities
+    q = np.array([rng.choice(model.alphabet_size, p=row) for row in p]) + model.lo
+    if not inside:
+        pick = rng.random(model.latent_dim)
+        q = np.where(pick < 0.3, rng.integers(-128, 128, model.latent_dim), q)
+        q = np.where((pick >= 0.3) & (pick < 0.4), model.lo, q)
+        q = np.where((pick >= 0.4) & (pick < 0.5), model.hi, q)
+    return q.astype(np.int8)
 
 
 def _laplace_latents(rng: np.random.Generator, n: int, scales: np.ndarray) -> np.ndarray:
@@ -42,19 +127,34 @@ def test_round_trip_is_lossless_and_near_the_information_content(fitted):
     for q, p in zip(test, payloads, strict=True):
         out = coder.decode(p)
         assert out.dtype == np.int8
-        np.testing.assert_array_equal(out, model.clamp(q))
+        np.testing.assert_array_equal(out, q)  # exact, also beyond the alphabet
     mean_bytes = np.mean([len(p) for p in payloads])
     ideal_bytes = model.bits(test).mean() / 8
     assert ideal_bytes <= mean_bytes <= ideal_bytes + 1.0  # trimmed stream: within a byte of the model
     assert mean_bytes < test.shape[1]  # cheaper than the raw int8 latent
 
 
-def test_out_of_alphabet_values_are_clamped(fitted):
+def test_out_of_alphabet_values_escape_exactly_and_are_counted(fitted):
     model, test = fitted
     coder = entropy.EntropyCoder(model)
     q = test[0].copy()
+    q[5], q[6], q[7], q[8] = 127, -128, model.hi, model.lo  # beyond both edges, and on them
+    payload = coder.encode(q)
+    assert coder.escaped == 2
+    receiver = entropy.EntropyCoder(model)
+    np.testing.assert_array_equal(receiver.decode(payload), q)
+    assert receiver.escaped == 2
+    # an escape costs its edge symbol, 12 bits for the flag and log2(values beyond the edge) (<= 8 bits)
+    assert len(payload) * 8 <= model.bits(q) + 2 * (12 + 8) + 8 + 1
+
+
+def test_legacy_format_clamps_and_counts(fitted):
+    model, test = fitted
+    coder = entropy.EntropyCoder(model, entropy.CODER_CLAMP)
+    q = test[0].copy()
     q[5], q[6] = 127, -128
     out = coder.decode(coder.encode(q))
+    assert coder.escaped == 2
     assert out[5] == model.hi and out[6] == model.lo
     np.testing.assert_array_equal(np.delete(out, [5, 6]), np.delete(q, [5, 6]))
 
@@ -73,11 +173,12 @@ def test_round_trip_property(fitted, data):
     assert not payload.endswith(b"\0")  # canonical: trailing zero bytes are never sent
 
 
+@pytest.mark.parametrize("coder_name", entropy.CODERS)
 @settings(max_examples=150, deadline=None)
-@given(st.binary(max_size=40))
-def test_garbage_raises_entropy_error_or_decodes_canonically(fitted, blob):
+@given(blob=st.binary(max_size=40))
+def test_garbage_raises_entropy_error_or_decodes_canonically(fitted, coder_name, blob):
     model, _ = fitted
-    coder = entropy.EntropyCoder(model)
+    coder = entropy.EntropyCoder(model, coder_name)
     try:
         q = coder.decode(blob)
     except EntropyError as e:
@@ -94,6 +195,8 @@ def test_tampered_payloads_are_rejected(fitted):
         coder.decode(payload + b"\0")  # padded
     with pytest.raises(EntropyError):
         coder.decode(payload + b"\x01\x02\x03")  # trailing junk
+    with pytest.raises(EntropyError):
+        coder.decode(b"\xff" * 64)  # a quantile outside the model
 
 
 def test_zero_byte_payload_when_everything_is_certain():
@@ -151,3 +254,67 @@ def test_describe_declares_the_coding(fitted):
     model, _ = fitted
     d = model.describe()
     assert d["kind"] == "entropy" and d["latent_dim"] == 24 and d["alphabet"] == [model.lo, model.hi]
+
+
+# ---------------------------------------------------------------- interoperability with constriction
+
+
+@settings(max_examples=200, deadline=None)
+@given(model=models(), seed=st.integers(0, 2**32 - 1))
+def test_legacy_stream_is_constrictions_both_ways(model, seed):
+    q = latents(model, np.random.default_rng(seed), inside=True)
+    seq = reference_symbols(model, q, escapes=False)
+    ours = entropy.EntropyCoder(model, entropy.CODER_CLAMP)
+    payload = ours.encode(q)
+    assert payload == reference_encode(seq)
+    assert reference_decode(payload, seq) == [s for _, s in seq]  # constriction reads our stream
+    np.testing.assert_array_equal(ours.decode(reference_encode(seq)), q)  # and we read its stream
+    if not ((q == model.lo) | (q == model.hi)).any():  # away from the edges both formats are one stream
+        assert entropy.EntropyCoder(model).encode(q) == payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(model=models(), seed=st.integers(0, 2**32 - 1))
+def test_escape_stream_is_constrictions_both_ways_and_exact(model, seed):
+    q = latents(model, np.random.default_rng(seed), inside=False)
+    seq = reference_symbols(model, q, escapes=True)
+    ours = entropy.EntropyCoder(model)
+    payload = ours.encode(q)
+    assert payload == reference_encode(seq)
+    assert reference_decode(payload, seq) == [s for _, s in seq]
+    receiver = entropy.EntropyCoder(model)
+    np.testing.assert_array_equal(receiver.decode(payload), q)  # every int8 value, exactly
+    assert receiver.escaped == ours.escaped == model.outside(q)
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in BUNDLES.glob("*/entropy.npz")))
+def test_shipped_bundles_code_their_golden_latents_like_constriction(name):
+    coding = json.loads((BUNDLES / name / "manifest.json").read_text())["coding"]
+    model = entropy.load(BUNDLES / name / coding["file"])
+    coder = entropy.EntropyCoder(model, coding["coder"])
+    golden = json.loads((GOLDEN / f"{name}.json").read_text())
+    for hexq in golden["xnnpack"]["latents_hex"] + golden["builtin"]["latents_hex"]:
+        q = np.frombuffer(bytes.fromhex(hexq), np.int8)
+        seq = reference_symbols(model, q, escapes=coding["coder"] == entropy.CODER)
+        payload = coder.encode(q)
+        assert payload == reference_encode(seq)
+        np.testing.assert_array_equal(coder.decode(payload), q)
+
+
+def test_leaky_cdf_rules():
+    cdf = entropy.leaky_cdf([0.0, 1.0, 0.0])
+    assert cdf[0] == 0 and cdf[-1] == 1 << entropy.PRECISION
+    assert all(b - a >= 1 for a, b in zip(cdf, cdf[1:], strict=False))  # impossible symbols stay codable
+    for bad in ([1.0], [0.5, -0.1], [0.0, 0.0], [float("nan"), 1.0]):
+        with pytest.raises(ConfigError):
+            entropy.leaky_cdf(bad)
+
+
+def test_from_bytes_and_unknown_coder(fitted):
+    model, _ = fitted
+    again = entropy.from_bytes(model.to_bytes(), "x.npz")
+    np.testing.assert_array_equal(again.freqs, model.freqs)
+    with pytest.raises(BundleError, match="x.npz"):
+        entropy.from_bytes(b"not a zip", "x.npz")
+    with pytest.raises(ConfigError, match="upgrade"):
+        entropy.EntropyCoder(model, "range-coder-9")

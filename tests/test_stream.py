@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from cae_edge import datasets, wire
 from cae_edge.cli.main import app
-from cae_edge.device import sender, stream
+from cae_edge.device import sender
 from cae_edge.device.bundle import load_bundle
 from cae_edge.device.capture import ArraySource, VideoCaptureSource
 from cae_edge.device.preprocess import Preprocessor
@@ -32,6 +32,7 @@ from cae_edge.device.sender import SendOptions, run_sender
 from cae_edge.device.sinks import MemorySink
 from cae_edge.device.transport import PullReceiver, PushSender, SenderOptions
 from cae_edge.errors import ConfigError, SourceError
+from cae_edge.payload import payload_kind
 from cae_edge.wire import Packet, PayloadKind
 
 WAIT_S = 60.0  # upper bound for things that must happen (slow shared CI box); never a timing assertion
@@ -86,7 +87,7 @@ class _ReceiverThread:
                 self.link,
                 bundle.decoder(),
                 pair_id=bundle.pair_id,
-                kind=stream.payload_kind(bundle.coding),
+                kind=payload_kind(bundle.coding),
                 sinks=[self.sink],
                 options=options,
                 on_log=self.logs.append,
@@ -235,7 +236,7 @@ def entropy_bundle(bundle, tmp_path_factory):
 
 def test_entropy_coded_stream(bundle, entropy_bundle, digits) -> None:
     frames = paper_frames(digits[:12])
-    assert stream.payload_kind(entropy_bundle.coding) is PayloadKind.ENTROPY
+    assert payload_kind(entropy_bundle.coding) is PayloadKind.ENTROPY
     rx = _ReceiverThread(entropy_bundle, ReceiveOptions(max_frames=len(frames), idle_timeout_s=WAIT_S))
     int8_rx = _ReceiverThread(bundle, ReceiveOptions(stats_every_s=0.0))  # same pair id, other coding
     with (

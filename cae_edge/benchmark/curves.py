@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics, wire
+from ..payload import payload_kind
 from . import codecs
 
 Progress = Callable[[str, int, int], None]
@@ -228,7 +229,7 @@ def bundle_points(bundle, name: str, dataset: str, test: np.ndarray, threads: in
     """
     points = []
     enc, dec = bundle.encoder(threads), bundle.decoder(threads)
-    kind = wire.PayloadKind.INT8 if bundle.coding.get("kind") == "int8" else wire.PayloadKind.ENTROPY
+    kind = payload_kind(bundle.coding)
     prefix = wire.pair_prefix(bundle.pair_id)
     sid = wire.sender_id("bench")
     t0 = time.perf_counter()

@@ -152,7 +152,10 @@ class BundleResult:
     latency: list[ModelLatency] = field(default_factory=list)
     """One entry per model and thread count."""
     paths: list[PathLatency] = field(default_factory=list)
-    """Sender and receiver per-frame paths."""
+    """Sender and receiver per-frame paths (for entropy-coded bundles also the entropy coder alone)."""
+    escaped_values: int = 0
+    """Latent values of the test images outside the entropy model's alphabet (escaped exactly, or clamped by
+    a legacy-format bundle); 0 for raw int8 coding."""
     litert_tool: list[ToolComparison] = field(default_factory=list)
     """Cross-checks against LiteRT's benchmark tool (``--litert-tool``), else empty."""
 

@@ -184,6 +184,37 @@ def _paths(bundle, test: np.ndarray, threads: int, opts: BenchmarkOptions) -> li
     ]
 
 
+def _coding_paths(bundle, test: np.ndarray, opts: BenchmarkOptions) -> tuple[list[latency.PathLatency], int]:
+    """The payload codec alone, on the int8 latents of the test images: per-frame encode (sender) and decode
+    (receiver) rows, and how many latent values lay outside the entropy model's alphabet (escaped, or
+    clamped by a legacy-format bundle). Entropy-coded bundles only."""
+    codec = bundle.codec()
+    if getattr(codec, "kind", "") != "entropy":
+        return [], 0
+    enc = bundle.encoder(1)
+    latents = [np.array(enc.encode_latent(img)) for img in test[:2000]]
+    payloads = [codec.encode(q) for q in latents]
+    escaped = sum(codec.model.outside(q) for q in latents)
+    n = len(latents)
+    runs = min(opts.runs, 2000)
+    size = f"{n} test latents, {np.mean([len(p) for p in payloads]):.1f} B mean, {escaped} values escaped"
+    rows = [
+        latency.PathLatency(
+            "sender",
+            f"entropy encode: int8 latent -> payload ({codec.coder}; {size})",
+            1,
+            latency.time_callable(lambda i: codec.encode(latents[i % n]), runs, opts.warmup),
+        ),
+        latency.PathLatency(
+            "receiver",
+            f"entropy decode: payload -> int8 latent ({codec.coder}; {size})",
+            1,
+            latency.time_callable(lambda i: codec.decode(payloads[i % n]), runs, opts.warmup),
+        ),
+    ]
+    return rows, int(escaped)
+
+
 def _keras_run_dir(bundle, opts: BenchmarkOptions) -> Path | None:
     """``--run``, else the training run the manifest names, if it is still there and still the same run
     (its ``config.json`` equals the one recorded in the manifest; a retrained directory is not used)."""
@@ -282,6 +313,8 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress | None = None) -> B
         step(f"{spec}: per-frame paths", stage, n_stages)
         for t in threads:
             res.paths.extend(_paths(b, test, t, opts))
+        coding_rows, res.escaped_values = _coding_paths(b, test, opts)
+        res.paths.extend(coding_rows)
         stage += 1
         if opts.litert_tool:
             step(f"{spec}: LiteRT benchmark tool", stage, n_stages)

@@ -11,23 +11,20 @@ dtype, shape, scale and zero point against the manifest. The hot path (``encode`
 bytes: pixels become int8 by one XOR (scale 1/255, zero point -128), output bytes become pixels through a
 256-entry table.
 
-Payload codecs: ``manifest["coding"]["kind"]`` picks how a latent becomes payload bytes. ``int8`` (the raw
-latent bytes) is built in; other kinds register a factory with :func:`register_codec` (the module named in
-:data:`CODEC_MODULES` is imported on first use, so a bundle declaring ``{"kind": "entropy", ...}`` works as
-soon as that module registers itself).
+Payload codecs: ``manifest["coding"]`` picks how a latent becomes payload bytes (:mod:`cae_edge.payload`:
+raw int8 or the entropy coder); :meth:`Bundle.codec` builds it once from the files verified here.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError, PacketError, PairMismatchError
+from ..errors import BundleError, ConfigError, PairMismatchError
 from ..manifest import MANIFEST_NAME, Manifest, ModelSpec, TensorSpec, sha256_bytes
+from ..payload import PayloadCodec, make_codec
 from ..quant import PIXEL_SCALE, PIXEL_ZERO_POINT, QuantParams, output_to_pixel_lut
 from .litert import check_model_bytes, make_interpreter
 
@@ -36,77 +33,6 @@ BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
 IMAGE_SHAPE = (28, 28)
 _PIXEL_ZERO_POINTS = {"int8": PIXEL_ZERO_POINT, "uint8": 0}
 """Zero point that makes a quantized encoder input take raw pixel bytes (with scale 1/255)."""
-
-# ---- payload codecs -------------------------------------------------------------------------------------
-
-
-class PayloadCodec(Protocol):
-    """Turns an int8 latent into the payload bytes sent on the wire, and back."""
-
-    kind: str
-
-    def encode(self, q: np.ndarray) -> bytes:
-        """int8 latent (latent_dim,) → payload bytes."""
-        ...
-
-    def decode(self, payload: bytes) -> np.ndarray:
-        """Payload bytes → int8 latent (latent_dim,). Raises PacketError on a malformed payload."""
-        ...
-
-
-CodecFactory = Callable[["Bundle"], PayloadCodec]
-CODECS: dict[str, CodecFactory] = {}
-"""Registered payload codecs by ``coding.kind``."""
-CODEC_MODULES: dict[str, str] = {"entropy": "cae_edge.entropy"}
-"""Modules imported on first use of a coding kind; they call :func:`register_codec` at import."""
-
-
-def register_codec(kind: str, factory: CodecFactory) -> None:
-    """Make ``coding.kind == kind`` usable; ``factory(bundle)`` builds the codec (may read bundle files)."""
-    CODECS[kind] = factory
-
-
-class Int8Codec:
-    """Payload = the int8 latent bytes, one byte per latent value."""
-
-    kind = "int8"
-
-    def __init__(self, latent_dim: int) -> None:
-        self.latent_dim = int(latent_dim)
-
-    def encode(self, q: np.ndarray) -> bytes:
-        return q.tobytes()
-
-    def decode(self, payload: bytes) -> np.ndarray:
-        if len(payload) != self.latent_dim:
-            raise PacketError(
-                f"int8 payload of {len(payload)} bytes: this bundle's latent is {self.latent_dim} bytes",
-                reason="payload",
-            )
-        return np.frombuffer(payload, dtype=np.int8)
-
-
-register_codec("int8", lambda bundle: Int8Codec(bundle.latent_dim))
-
-
-def _make_codec(bundle: Bundle) -> PayloadCodec:
-    coding = bundle.manifest.coding
-    kind = str(coding.get("kind", ""))
-    if kind not in CODECS and kind in CODEC_MODULES:
-        try:
-            importlib.import_module(CODEC_MODULES[kind])
-        except ImportError as e:
-            raise BundleError(
-                f"{bundle.path / MANIFEST_NAME}: coding kind {kind!r} needs module "
-                f"{CODEC_MODULES[kind]} ({e})"
-            ) from None
-    if kind not in CODECS:
-        raise BundleError(
-            f"{bundle.path / MANIFEST_NAME}: unknown coding kind {kind!r} (known: {sorted(CODECS)}); "
-            "upgrade cae-edge or re-export the bundle"
-        )
-    return CODECS[kind](bundle)
-
 
 # ---- interpreter checks ---------------------------------------------------------------------------------
 
@@ -326,7 +252,7 @@ class Bundle:
     def codec(self) -> PayloadCodec:
         """The payload codec the manifest's ``coding`` selects (built once)."""
         if self._codec is None:
-            self._codec = _make_codec(self)
+            self._codec = make_codec(self)
         return self._codec
 
     def encoder(self, num_threads: int = 1, *, precision: str = "int8", xnnpack: bool = True) -> Encoder:

@@ -20,9 +20,10 @@ import numpy as np
 
 from .. import wire
 from ..errors import CaeEdgeError, PacketError
+from ..payload import payload_kind
 from ..wire import Packet, PayloadKind
 from .sinks import FrameSink
-from .stream import Log, StageTimer, now_us, payload_kind
+from .stream import Log, StageTimer, now_us
 from .transport import PullReceiver, ReceiverOptions
 
 

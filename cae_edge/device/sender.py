@@ -20,11 +20,12 @@ import numpy as np
 
 from .. import wire
 from ..errors import ConfigError, SourceError
+from ..payload import payload_kind
 from ..wire import Packet, PayloadKind
 from .capture import FrameSource, open_source
 from .preprocess import Preprocessor
 from .sinks import PngSink
-from .stream import Log, StageTimer, now_us, payload_kind
+from .stream import Log, StageTimer, now_us
 from .transport import LinkStats, PushSender, SenderOptions
 
 SEND_STAGES = ("capture", "preprocess", "encode", "pack", "send")

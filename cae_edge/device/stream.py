@@ -1,4 +1,5 @@
-"""What both ends of a stream share: the payload kind a bundle sends, the clock, the log callback type.
+"""What both ends of a stream share: the clock, the log callback type, the stage timer (the payload kind a
+bundle sends is :func:`cae_edge.payload.payload_kind`).
 
 ::
 
@@ -21,29 +22,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..errors import ConfigError
-from ..wire import PayloadKind
-
 Log = Callable[[str], None]
 
 
 def now_us() -> int:
     """Unix time in microseconds (the clock packets are stamped with)."""
     return time.time_ns() // 1000
-
-
-def payload_kind(coding: dict) -> PayloadKind:
-    """The wire payload kind for a bundle's ``coding`` block.
-
-    Raises:
-        ConfigError: for a coding kind the wire format has no code for.
-    """
-    kind = str((coding or {}).get("kind", "int8"))
-    if kind == "int8":
-        return PayloadKind.INT8
-    if kind == "entropy":
-        return PayloadKind.ENTROPY
-    raise ConfigError(f"coding kind {kind!r}: the wire format knows int8 and entropy")
 
 
 def mean_us(total_ns: int, n: int) -> float:
