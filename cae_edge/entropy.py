@@ -340,7 +340,7 @@ class EntropyCoder:
 
     The integer tables are built once here; ``encode`` and ``decode`` are plain Python integer arithmetic
     (about 15 and 30 µs for 96 dimensions on a desktop CPU; ``cae-edge benchmark`` reports it). Thread-safe
-    (calls share only read-only tables; the :attr:`escaped` counter is approximate under threads).
+    (calls share only read-only tables; the escape counters are approximate under threads).
 
     Args:
         model: the probability model.
@@ -356,9 +356,10 @@ class EntropyCoder:
         self.coder = coder
         self.escapes = coder == CODER
         """Whether values beyond the alphabet are escaped (else clamped)."""
-        self.escaped = 0
-        """Latent values outside the alphabet met so far: escaped (or, legacy format, clamped) by
-        :meth:`encode`, plus escapes found by :meth:`decode`."""
+        self.escaped_encoded = 0
+        """Latent values outside the alphabet :meth:`encode` met so far (escaped; legacy format: clamped)."""
+        self.escaped_decoded = 0
+        """Escaped values :meth:`decode` restored so far (what a receiver reports)."""
         lo, hi, k = model.lo, model.hi, model.alphabet_size
         self._lo, self._hi, self._dim = lo, hi, model.latent_dim
         self._shape = (model.latent_dim,)
@@ -407,7 +408,7 @@ class EntropyCoder:
         """Entropy-code one int8 latent (D,) into a byte string.
 
         Every value round-trips exactly with :data:`CODER`; the legacy :data:`CODER_CLAMP` format clamps
-        values outside the alphabet. Either way :attr:`escaped` counts them.
+        values outside the alphabet. Either way :attr:`escaped_encoded` counts them.
 
         Raises:
             ConfigError: wrong shape, a non-integer dtype or values outside int8.
@@ -434,7 +435,7 @@ class EntropyCoder:
         lo, hi = self._lo, self._hi
         values = np.frombuffer(raw, dtype=np.int8).tolist()
         if not self.escapes:  # legacy: the main symbols were clamped, nothing more is sent
-            self.escaped += sum(v < lo or v > hi for v in values)
+            self.escaped_encoded += sum(v < lo or v > hi for v in values)
             return low, rng, n
         symbols: list[tuple[list[int], int]] = []
         flag = self._flag
@@ -447,7 +448,7 @@ class EntropyCoder:
                 symbols.append((flag, int(v > hi)))
                 if v > hi and self._above is not None:
                     symbols.append((self._above, v - hi - 1))
-            self.escaped += v < lo or v > hi
+            self.escaped_encoded += v < lo or v > hi
         for cdf, s in symbols:
             scale = rng >> 24
             low += scale * cdf[s]
@@ -526,7 +527,7 @@ class EntropyCoder:
                 if cdf is not None:
                     offset, diff, rng = _decode_symbol(cdf, diff, rng, nxt)
                 values[j] = edge + step * (offset + 1)
-                self.escaped += 1
+                self.escaped_decoded += 1
         return np.array(values, dtype=np.int8).tobytes(), diff, rng
 
     def encode_batch(self, q: np.ndarray) -> list[bytes]:

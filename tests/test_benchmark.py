@@ -341,3 +341,19 @@ def test_keras_run_is_used_only_when_it_is_the_bundles_run(bundle, tmp_path, mon
     (run / "config.json").write_text(json.dumps(dict(train, note="retrained")))
     assert _keras_run_dir(bundle, BenchmarkOptions()) is None
     assert _keras_run_dir(bundle, BenchmarkOptions(keras_run=str(tmp_path))) == tmp_path
+
+
+def test_coding_paths_time_the_entropy_coder_and_count_escapes(bundle, mnist):
+    from cae_edge.benchmark.run import _coding_paths
+
+    coded = load_bundle("mnist-tiny")
+    opts = BenchmarkOptions(runs=5, warmup=1)
+    test = mnist.x_test[:40]
+    rows, escaped = _coding_paths(coded, test, opts)
+    assert [r.path for r in rows] == ["sender", "receiver"]
+    assert "entropy encode" in rows[0].steps and "entropy decode" in rows[1].steps
+    assert all(r.stats.runs == 5 and r.stats.mean_us > 0 for r in rows)
+    enc, model = coded.encoder(), coded.codec().model
+    assert escaped == sum(model.outside(enc.encode_latent(img)) for img in test)
+    assert f"{escaped} values escaped" in rows[0].steps
+    assert _coding_paths(bundle, test, opts) == ([], 0)  # raw int8 payloads: nothing to time

@@ -225,7 +225,8 @@ def entropy_bundle(bundle, tmp_path_factory):
     enc = bundle.encoder()
     ds = datasets.load("mnist")
     latents = np.stack([enc.encode_latent(im) for im in ds.x_train[:300]])
-    coding, _ = entropy.write_bundle_coding(path, latents)
+    lo, hi = np.percentile(latents, [1, 99]).astype(int)  # a narrow alphabet: real frames need escapes
+    coding, _ = entropy.write_bundle_coding(path, np.clip(latents, lo, hi))
     manifest = json.loads((path / "manifest.json").read_text())
     blob = (path / entropy.ENTROPY_FILE).read_bytes()
     manifest["coding"] = coding
@@ -265,6 +266,7 @@ def test_entropy_coded_stream(bundle, entropy_bundle, digits) -> None:
         int8_rx.join()
     assert s.payload_bytes < bundle.latent_dim  # variable-length payloads, smaller than the raw latent
     assert rx.stats.frames == len(frames) and rx.stats.rejected == {}
+    assert rx.stats.escaped > 0  # values beyond the alphabet arrived, exactly (next lines), and were counted
     for seq, want in enumerate(direct(bundle, frames)):  # lossless coding: same images as the int8 bundle
         np.testing.assert_array_equal(rx.sink.frames[("ent", seq)], want)
     assert int8_rx.stats.frames == 0 and int8_rx.stats.rejected == {"coding": len(frames)}

@@ -106,6 +106,11 @@ class Encoder:
     def latent_dim(self) -> int:
         return int(self.spec.output.shape[-1])
 
+    @property
+    def codec(self) -> PayloadCodec | None:
+        """The bundle's payload codec (``None`` for a float encoder)."""
+        return self._codec
+
     def encode_latent(self, image_u8: np.ndarray) -> np.ndarray:
         """One 28x28 uint8 image → the latent (int8 (latent_dim,) for the int8 model, float32 for float).
 
@@ -164,6 +169,11 @@ class Decoder:
     @property
     def latent_dim(self) -> int:
         return self._latent_shape[0]
+
+    @property
+    def codec(self) -> PayloadCodec | None:
+        """The bundle's payload codec (``None`` for a float decoder)."""
+        return self._codec
 
     def decode_latent(self, q: np.ndarray) -> np.ndarray:
         """Latent (int8 (latent_dim,), float32 for a float decoder) → 28x28 uint8 image.

@@ -100,6 +100,8 @@ class ReceiverStats:
     """Mean decoder time (payload → 28x28 image)."""
     sink_us: float = 0.0
     """Mean time writing a frame to the sinks."""
+    escaped: int = 0
+    """Latent values beyond the entropy model's alphabet, decoded exactly through the coder's escape."""
     connects: int = 0
     """Sender connections accepted so far."""
     peers: int = 0
@@ -270,6 +272,7 @@ class _Receiving:
         stats.unpack_us = timer.mean_us("unpack", self.unpacked)
         stats.decode_us = timer.mean_us("decode", frames)
         stats.sink_us = timer.mean_us("sink", frames)
+        stats.escaped = getattr(getattr(self.decoder, "codec", None), "escaped_decoded", 0)
         if not self.link.closed:
             ls = self.link.stats
             stats.connects, stats.peers = ls.connects, ls.peers
