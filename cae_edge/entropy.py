@@ -414,13 +414,14 @@ class EntropyCoder:
             ConfigError: wrong shape, a non-integer dtype or values outside int8.
         """
         raw = self._latent_bytes(q)
-        low, rng, n = 0, _STATE_MAX, 0
+        # The hot loop spells its constants out (2**64 - 1, 2**32): literals are faster than globals.
+        low, rng, n = 0, 0xFFFFFFFFFFFFFFFF, 0
         for table, b in zip(self._enc, raw, strict=True):
             cum, freq = table[b]
-            scale = rng >> 24
-            low += scale * cum
+            scale = rng >> 24  # PRECISION
+            low += scale * cum  # exact: carries run into the words already written
             rng = scale * freq
-            if rng < _WORD:
+            if rng < 0x100000000:
                 rng <<= 32
                 low <<= 32
                 n += 1
@@ -474,17 +475,18 @@ class EntropyCoder:
         it = iter(words)
         nxt = it.__next__
         diff = (nxt() << 32) | nxt()  # the stream's 64-bit window minus the coder's lower bound
-        rng = _STATE_MAX
+        rng = 0xFFFFFFFFFFFFFFFF
         out = []
         append = out.append
+        bisect = bisect_right
         try:
             for cdf, table in self._dec:
                 scale = rng >> 24
-                cum, freq, b = table[bisect_right(cdf, diff // scale)]
+                cum, freq, b = table[bisect(cdf, diff // scale)]
                 append(b)
                 diff -= scale * cum
                 rng = scale * freq
-                if rng < _WORD:
+                if rng < 0x100000000:
                     rng <<= 32
                     diff = (diff << 32) | nxt()
             raw = bytes(out)
