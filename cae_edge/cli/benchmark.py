@@ -74,7 +74,8 @@ def benchmark(
 
     Latency: LiteRT invoke() timed with perf_counter_ns, per model and thread count (µs percentiles).
 
-    Per frame: sender (preprocess, encode, pack) and receiver (unpack, decode) paths.
+    Per frame: sender (preprocess, encode, pack) and receiver (unpack, decode) paths; for entropy-coded
+    bundles also the entropy coder alone (encode, decode) and the latent values it had to escape.
 
     Quality: PSNR/SSIM over the test split at the bytes actually sent (JSON: docs/benchmark-schema.md).
     """
