@@ -365,7 +365,6 @@ class EntropyCoder:
         self._lo, self._hi, self._dim = lo, hi, model.latent_dim
         self._shape = (model.latent_dim,)
         cdfs = [leaky_cdf(row) for row in model.probabilities.tolist()]
-        self._cdfs = cdfs
         # Encoder: per dimension, (cum, freq) by the latent's byte (int8 as 0..255), clamped to the alphabet.
         clamp_sym = [min(max((b ^ 0x80) - 0x80, lo), hi) - lo for b in range(256)]
         self._enc = [[(c[s], c[s + 1] - c[s]) for s in clamp_sym] for c in cdfs]
