@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,8 +22,9 @@ from .. import wire
 from ..errors import CaeEdgeError, PacketError
 from ..payload import payload_kind
 from ..wire import Packet, PayloadKind
+from .mqtt import MqttReceiver, MqttReceiverOptions
 from .sinks import FrameSink
-from .stream import Log, StageTimer, now_us
+from .stream import Log, ReceiverLink, StageTimer, now_us
 from .transport import PullReceiver, ReceiverOptions
 
 
@@ -53,6 +54,9 @@ class PeerStats:
     """Frames decoded."""
     lost: int = 0
     """Frames missing from the sequence (gaps in seq: dropped at the sender or lost in transit)."""
+    skipped: int = 0
+    """Gaps in seq on a shared subscription (MQTT, ``link.shared``): frames another receiver of the group
+    took, or lost; one receiver cannot tell which, so they are not counted in ``lost``."""
     restarts: int = 0
     """Times the sequence number went backwards (the sender process restarted)."""
     last_seq: int = -1
@@ -154,7 +158,7 @@ class _Receiving:
 
     def __init__(
         self,
-        link: PullReceiver,
+        link: ReceiverLink,
         decoder: Decoder,
         pair_id: str,
         kind: PayloadKind,
@@ -163,6 +167,8 @@ class _Receiving:
     ) -> None:
         self.link, self.decoder, self.sinks, self.log = link, decoder, sinks, log
         self.pair_id, self.kind = pair_id, kind
+        self.shared = bool(getattr(link, "shared", False))
+        """The link splits each sender's frames over several receivers: seq gaps are not losses."""
         self.my_pair = wire.pair_prefix(pair_id)
         self.stats = ReceiverStats(pair_id=pair_id, endpoint=link.endpoint)
         self.peers: dict[int, _Peer] = {}
@@ -254,6 +260,8 @@ class _Receiving:
             if gap >= 1 << 31:
                 ps.restarts += 1
                 self.log(f"sender {ps.name} restarted (seq {ps.last_seq} -> {p.seq})")
+            elif self.shared:
+                ps.skipped += gap
             else:
                 ps.lost += gap
         ps.last_seq = p.seq
@@ -285,7 +293,7 @@ class _Receiving:
 
 
 def run_receiver(
-    link: PullReceiver,
+    link: ReceiverLink,
     decoder: Decoder,
     *,
     pair_id: str,
@@ -358,7 +366,7 @@ class ReceivePipeline:
 
     def run(
         self,
-        link: PullReceiver,
+        link: ReceiverLink,
         sinks: list[FrameSink] | None = None,
         options: ReceiveOptions | None = None,
         *,
@@ -394,11 +402,26 @@ def receive_pipeline(bundle: str | Path | Any, *, threads: int = 1) -> ReceivePi
     return ReceivePipeline(b, decoder, payload_kind(b.coding))
 
 
+def open_receiver_link(
+    bind: str, options: ReceiverOptions | MqttReceiverOptions | None, *, pair_id: str = ""
+) -> PullReceiver | MqttReceiver:
+    """The link the options ask for: a share of the frames through an MQTT broker for
+    :class:`~cae_edge.device.mqtt.MqttReceiverOptions` (``bind`` is the broker), else ZeroMQ PULL bound to
+    ``bind``. ``pair_id`` lets the MQTT link name nodes that announce another bundle.
+
+    Raises:
+        ConfigError: a bad endpoint or option, or the address is in use.
+    """
+    if isinstance(options, MqttReceiverOptions):
+        return MqttReceiver(bind, replace(options, pair_id=options.pair_id or pair_id))
+    return PullReceiver(bind, options or ReceiverOptions())
+
+
 def stream_receive(
     bind: str,
     bundle: str | Path | Any = "mnist",
     options: ReceiveOptions | None = None,
-    link_options: ReceiverOptions | None = None,
+    link_options: ReceiverOptions | MqttReceiverOptions | None = None,
     *,
     sinks: list[FrameSink] | None = None,
     threads: int = 1,
@@ -406,7 +429,8 @@ def stream_receive(
     on_log: Log | None = None,
     stop: threading.Event | None = None,
 ) -> ReceiverStats:
-    """Build the :func:`receive_pipeline`, bind, and run it; closes the link and the sinks.
+    """Build the :func:`receive_pipeline`, bind (or subscribe: MQTT link options), and run it; closes the
+    link and the sinks.
 
     Raises:
         BundleError: the bundle is missing or broken.
@@ -416,7 +440,7 @@ def stream_receive(
     log = on_log or (lambda _msg: None)
     sinks = sinks or []
     try:
-        with PullReceiver(bind, link_options or ReceiverOptions()) as link:
+        with open_receiver_link(bind, link_options, pair_id=pipe.pair_id) as link:
             b = pipe.bundle
             what = f"{b.latent_dim}-byte latent, {pipe.kind.name.lower()}"
             log(f"listening on {link.endpoint} with bundle {b.pair_id} ({what})")

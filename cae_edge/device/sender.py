@@ -23,9 +23,10 @@ from ..errors import ConfigError, SourceError
 from ..payload import payload_kind
 from ..wire import Packet, PayloadKind
 from .capture import FrameSource, open_source
+from .mqtt import MqttSender, MqttSenderOptions
 from .preprocess import Preprocessor
 from .sinks import PngSink
-from .stream import Log, StageTimer, now_us
+from .stream import Log, SenderLink, StageTimer, now_us
 from .transport import LinkStats, PushSender, SenderOptions
 
 SEND_STAGES = ("capture", "preprocess", "encode", "pack", "send")
@@ -127,7 +128,7 @@ class SenderStats:
         self.refused = link.refused
         return self
 
-    def absorb_open(self, link: PushSender) -> SenderStats:
+    def absorb_open(self, link: SenderLink) -> SenderStats:
         """:meth:`absorb` the link's counters unless it is closed already (then they were taken at close)."""
         if not link.closed:
             self.absorb(link.stats)
@@ -173,7 +174,7 @@ class _NameCadence:
     """Which packets carry the sender name: the first, the first after each new connection (the link's
     connect count is looked at every 50 ms), and then one at least every ``every_s``."""
 
-    def __init__(self, name: str, every_s: float, link: PushSender, start: float) -> None:
+    def __init__(self, name: str, every_s: float, link: SenderLink, start: float) -> None:
         self.name, self.every_s, self.link = name, every_s, link
         self.next_link_check = start
         self.last = -math.inf
@@ -196,7 +197,7 @@ def run_sender(
     source: FrameSource,
     preprocess: Callable[[np.ndarray], np.ndarray],
     encoder: Encoder,
-    link: PushSender,
+    link: SenderLink,
     *,
     pair_id: str,
     options: SendOptions,
@@ -308,7 +309,7 @@ class SendPipeline:
     def run(
         self,
         source: FrameSource,
-        link: PushSender,
+        link: SenderLink,
         options: SendOptions,
         *,
         on_stats: Callable[[SenderStats], None] | None = None,
@@ -352,12 +353,27 @@ def send_pipeline(
     return SendPipeline(b, pre, b.encoder(threads), kind, paper=bool(spec.get("invert")))
 
 
+def open_sender_link(
+    connect: str, options: SenderOptions | MqttSenderOptions | None, *, name: str, pair_id: str
+) -> PushSender | MqttSender:
+    """The link the options ask for: through an MQTT broker for
+    :class:`~cae_edge.device.mqtt.MqttSenderOptions` (``connect`` is the broker, ``name`` the node's topic),
+    else ZeroMQ PUSH to the receiver at ``connect``.
+
+    Raises:
+        ConfigError: a bad endpoint or option.
+    """
+    if isinstance(options, MqttSenderOptions):
+        return MqttSender(connect, name, options, pair_id=pair_id)
+    return PushSender(connect, options or SenderOptions())
+
+
 def stream_send(
     source: str | FrameSource,
     connect: str,
     bundle: str | Path | Any = "mnist",
     options: SendOptions | None = None,
-    link_options: SenderOptions | None = None,
+    link_options: SenderOptions | MqttSenderOptions | None = None,
     *,
     preprocess: dict | None = None,
     threads: int = 1,
@@ -370,10 +386,12 @@ def stream_send(
 
     Args:
         source: a source spec for :func:`~cae_edge.device.capture.open_source` or an open source.
-        connect: the receiver, e.g. ``tcp://192.168.1.10:5555``.
+        connect: the receiver, e.g. ``tcp://192.168.1.10:5555``, or with MQTT link options the broker,
+            e.g. ``mqtts://broker.lan:8883``.
         bundle: shipped bundle name, bundle directory or a loaded bundle.
         options: loop options (name, fps, ...).
-        link_options: queue, drop policy, reconnect, security.
+        link_options: queue, drop policy, reconnect, security;
+            :class:`~cae_edge.device.mqtt.MqttSenderOptions` picks the MQTT transport.
         preprocess: overrides of the bundle manifest's ``preprocess`` block.
         threads: encoder interpreter threads.
         loop: replay files and folders endlessly.
@@ -392,7 +410,7 @@ def stream_send(
     src = open_source(source, loop=loop, paper=pipe.paper) if isinstance(source, str) else source
     log = on_log or (lambda _msg: None)
     try:
-        with PushSender(connect, link_options or SenderOptions()) as link:
+        with open_sender_link(connect, link_options, name=options.name, pair_id=pipe.pair_id) as link:
             b, kind = pipe.bundle, pipe.kind.name.lower()
             log(
                 f"sending {src.description} as {options.name!r} (id {wire.sender_id(options.name):#06x}) to "

@@ -21,8 +21,42 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 Log = Callable[[str], None]
+
+
+class SenderLink(Protocol):
+    """What the sender loop needs of a link: ``transport.PushSender`` (ZeroMQ) or ``mqtt.MqttSender``."""
+
+    endpoint: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def stats(self) -> Any: ...  # a transport.LinkStats
+
+    def send(self, data: bytes) -> bool: ...
+
+    def wait_connected(self, timeout_s: float) -> bool: ...
+
+
+class ReceiverLink(Protocol):
+    """What the receiver loop needs of a link: ``transport.PullReceiver`` (ZeroMQ) or ``mqtt.MqttReceiver``.
+
+    A link whose ``shared`` attribute is true spreads each sender's frames over several receivers.
+    """
+
+    endpoint: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def stats(self) -> Any: ...  # a transport.LinkStats
+
+    def recv_many(self, max_n: int = 256, timeout_s: float = 0.1) -> list: ...
 
 
 def now_us() -> int:
