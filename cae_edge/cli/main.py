@@ -60,6 +60,9 @@ def _register() -> None:
     from . import doctor as _doctor
 
     app.command("doctor")(_doctor.doctor)
+    from . import mqtt as _mqtt
+
+    app.add_typer(_mqtt.app, name="mqtt")
 
 
 _register()

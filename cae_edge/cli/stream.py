@@ -37,6 +37,11 @@ class Policy(str, Enum):
     drop_newest = "drop-newest"
 
 
+class Transport(str, Enum):
+    zmq = "zmq"
+    mqtt = "mqtt"
+
+
 class Crop(str, Enum):
     center = "center"
     letterbox = "letterbox"
@@ -68,6 +73,12 @@ NODE_FLAGS: dict[str, tuple[str, str]] = {
     "keys": ("security.key", "--keys"),
     "server_key": ("security.server_key", "--server-key"),
     "insecure": ("security.insecure", "--insecure"),
+    "transport": ("transport", "--transport"),
+    "broker": ("mqtt.broker", "--broker"),
+    "username": ("mqtt.username", "--username"),
+    "password_file": ("mqtt.password_file", "--password-file"),
+    "ca_file": ("mqtt.ca_file", "--ca-file"),
+    "topic_prefix": ("mqtt.topic_prefix", "--topic-prefix"),
 }
 """``stream send`` parameters that override a node config file: parameter -> (config key, flag)."""
 _FLAG = {key: flag for key, flag in NODE_FLAGS.values()}
@@ -91,11 +102,12 @@ def node_config(path: Path | None, given: dict[str, Any], *, check_key_files: bo
 
     if path is None:
         have = {k for k, v in given.items() if v is not None}
-        missing = [_FLAG[k] for k in ("source", "connect") if k not in have]
+        mqtt = given.get("transport") == "mqtt"
+        missing = [_FLAG[k] for k in ("source", "mqtt.broker" if mqtt else "connect") if k not in have]
         if missing:
             raise ConfigError(f"{' and '.join(missing)} required (or --config NODE.toml with them)")
         keyed = "security.key" in have and "security.server_key" in have
-        if not given.get("security.insecure") and not keyed:
+        if not mqtt and not given.get("security.insecure") and not keyed:
             raise ConfigError(
                 "the sender needs --keys (this node's NAME.key_secret) and --server-key (the receiver's "
                 "public .key) for an encrypted, authenticated link (make them with `cae-edge keys generate "
@@ -112,7 +124,35 @@ KeysFile = Annotated[
 ]
 MaxFrames = Annotated[int, typer.Option("--max-frames", min=0, help="Stop after N frames; 0 = no limit.")]
 Insecure = Annotated[
-    bool, typer.Option("--insecure", help="No encryption, no authentication (CURVE is on otherwise).")
+    bool,
+    typer.Option(
+        "--insecure", help="No encryption, no authentication (CURVE, or TLS + broker password, otherwise)."
+    ),
+]
+TransportOpt = Annotated[
+    Transport,
+    typer.Option(
+        "--transport",
+        help="zmq: ZeroMQ straight between node and receiver; mqtt: through an MQTT v5 broker (--broker).",
+    ),
+]
+Broker = Annotated[
+    str | None, typer.Option("--broker", help="MQTT transport: the broker, mqtts://HOST:PORT.")
+]
+Username = Annotated[
+    str | None,
+    typer.Option("--username", help="MQTT transport: broker user name (sender default: its --name)."),
+]
+PasswordFile = Annotated[
+    Path | None,
+    typer.Option("--password-file", help="MQTT transport: file with this client's broker password (0600)."),
+]
+CaFile = Annotated[
+    Path | None,
+    typer.Option("--ca-file", help="MQTT transport: CA certificate of the broker (default: system CAs)."),
+]
+TopicPrefix = Annotated[
+    str, typer.Option("--topic-prefix", help="MQTT transport: first topic level(s) of every topic.")
 ]
 
 
@@ -141,6 +181,12 @@ def send(
         typer.Option("--server-key", help="The receiver's public key file (receiver.key), pinned."),
     ] = None,
     insecure: Insecure = False,
+    transport: TransportOpt = Transport.zmq,
+    broker: Broker = None,
+    username: Username = None,
+    password_file: PasswordFile = None,
+    ca_file: CaFile = None,
+    topic_prefix: TopicPrefix = "cae-edge",
     bundle: Annotated[
         str, typer.Option("--bundle", "-b", help="Shipped bundle name or bundle directory.")
     ] = "mnist",
@@ -182,13 +228,17 @@ def send(
     Live statistics (fps, encode time, bytes per frame, drops) go to stderr once a second; a summary at the
     end. Exit codes: 0 done or stopped, 1 could not start, 3 the source failed mid-stream.
     """
+    from ..device.mqtt import MqttSenderOptions
     from ..device.sender import SenderStats, SendOptions, stream_send
     from ..device.transport import SenderOptions
 
+    peer = "receiver"
+
     def live(s: SenderStats) -> None:
-        state = "connected" if s.connected else "no receiver"
+        state = "connected" if s.connected else f"no {peer}"
         if s.refused and not s.connected:
-            state = f"REFUSED by the receiver {s.refused}x (this node's key is not in its --allowed-keys)"
+            why = "user name/password" if peer == "broker" else "this node's key is not in its --allowed-keys"
+            state = f"REFUSED by the {peer} {s.refused}x ({why})"
         say(
             f"{s.name}: {s.frames} frames, {s.fps_recent:.1f} fps, encode {s.encode_us:.0f} µs, "
             f"preprocess {s.preprocess_us:.0f} µs, {s.bytes_per_frame:.0f} B/frame, sent {s.sent}, "
@@ -203,6 +253,8 @@ def send(
         "max_frames": max_frames, "queue": queue, "policy": policy.value, "threads": threads,
         "invert": invert, "crop": None if crop is None else crop.value,
         "keys": keys, "server_key": server_key, "insecure": insecure or None,
+        "transport": transport.value, "broker": broker, "username": username, "password_file": password_file,
+        "ca_file": ca_file, "topic_prefix": topic_prefix,
     }  # fmt: skip
     given = {
         NODE_FLAGS[param][0]: value
@@ -226,12 +278,22 @@ def send(
             wait_connected_s=wait,
             save_inputs=save_inputs,
         )
-        link = SenderOptions(
-            queue_size=node.queue.size, policy=node.queue.policy, security=client_security(node.security)
-        )
+        connect: str = node.connect
+        link: SenderOptions | MqttSenderOptions
+        if node.transport == "mqtt":
+            m, peer, connect = node.mqtt, "broker", node.mqtt.broker or ""
+            link = MqttSenderOptions(
+                username=m.username, password_file=m.password_file, ca_file=m.ca_file,
+                insecure=node.security.insecure, topic_prefix=m.topic_prefix,
+                queue_size=node.queue.size, policy=node.queue.policy, on_log=say,
+            )  # fmt: skip
+        else:
+            link = SenderOptions(
+                queue_size=node.queue.size, policy=node.queue.policy, security=client_security(node.security)
+            )
         stats = stream_send(
             node.source,
-            node.connect,
+            connect,
             node.bundle,
             opts,
             link,
@@ -260,6 +322,20 @@ def send(
 @app.command()
 def receive(
     bind: Annotated[str, typer.Option("--bind", help="Where to listen, e.g. tcp://*:5555.")] = "tcp://*:5555",
+    transport: TransportOpt = Transport.zmq,
+    broker: Broker = None,
+    username: Username = None,
+    password_file: PasswordFile = None,
+    ca_file: CaFile = None,
+    topic_prefix: TopicPrefix = "cae-edge",
+    group: Annotated[
+        str,
+        typer.Option(
+            "--group",
+            help="MQTT transport: shared-subscription group; receivers in one group split the frames "
+            '("" = take every frame).',
+        ),
+    ] = "cae-edge",
     bundle: Annotated[
         str, typer.Option("--bundle", "-b", help="Shipped bundle name or bundle directory.")
     ] = "mnist",
@@ -300,6 +376,8 @@ def receive(
     """Receive packets from any number of nodes, decode each frame, write/show it, and keep per-sender stats.
 
     Packets that are malformed or made with another bundle (pair id) are refused and counted by reason.
+    With --transport mqtt it subscribes at --broker instead of binding, sharing the frames with the other
+    receivers of its --group.
     Exit codes: 0 done or stopped, 1 could not start, 4 --timeout passed without any frame.
     """
     from ..device.receiver import ReceiveOptions, ReceiverStats, stream_receive
@@ -327,22 +405,43 @@ def receive(
 
     curve: CurveServer | None = None
     status_file: StatusFile | None = None
+    mqtt = transport == Transport.mqtt
+    nodes: dict[str, dict] = {}
 
     def report(s: ReceiverStats, force: bool = False) -> None:
         if not quiet and not force:
             live(s)
         if status_file is not None:
-            doc = receiver_status(s, curve.stats if curve else None, secured=curve is not None)
+            doc = receiver_status(s, curve.stats if curve else None, secured=curve is not None or secure_mqtt)
+            if mqtt:
+                doc["mqtt"] = {"broker": broker, "group": group, "nodes": dict(nodes)}
             status_file.update(doc, force=force)
 
+    from ..device.mqtt import MqttReceiverOptions
+
+    link: ReceiverOptions | MqttReceiverOptions
+    secure_mqtt = mqtt and not insecure
     stop = stop_on_signals()
     try:
-        sec = SecurityOptions(key=keys, allowed_keys=allowed_keys, insecure=insecure)
-        sec.check_server()
-        if insecure:
-            _warn_insecure("receiver")
+        if mqtt:
+            if broker is None:
+                raise ConfigError("--transport mqtt needs --broker mqtts://HOST:PORT (the MQTT broker)")
+            if insecure:
+                _warn_insecure("receiver")
+            link = MqttReceiverOptions(
+                username=username, password_file=password_file, ca_file=ca_file, insecure=insecure,
+                topic_prefix=topic_prefix, group=group, on_log=say,
+                on_status=lambda st: nodes.__setitem__(st.node, st.to_dict()),
+            )  # fmt: skip
+            bind = broker
         else:
-            curve = CurveServer(sec, on_deny=on_deny)
+            sec = SecurityOptions(key=keys, allowed_keys=allowed_keys, insecure=insecure)
+            sec.check_server()
+            if insecure:
+                _warn_insecure("receiver")
+            else:
+                curve = CurveServer(sec, on_deny=on_deny)
+            link = ReceiverOptions(security=curve)
         if status is not None:
             status_file = StatusFile(status)
         sinks: list = []
@@ -356,7 +455,7 @@ def receive(
             bind,
             bundle,
             ReceiveOptions(max_frames=max_frames, idle_timeout_s=timeout),
-            ReceiverOptions(security=curve),
+            link,
             sinks=sinks,
             threads=threads,
             on_stats=None if quiet and status_file is None else report,
@@ -377,7 +476,8 @@ def receive(
         lat = p.latency_ms
         say(
             f"  {p.name} (id {p.sender_id:#06x}): {p.frames} frames, lost {p.lost}, restarts {p.restarts}, "
-            f"latency mean {lat.get('mean', 0):.2f} ms p95 {lat.get('p95', 0):.2f} ms"
+            + (f"skipped {p.skipped} (other receivers' share or lost), " if p.skipped else "")
+            + f"latency mean {lat.get('mean', 0):.2f} ms p95 {lat.get('p95', 0):.2f} ms"
             + (f", key {p.peer}" if p.peer else "")
         )
     if curve is not None and curve.stats.denied:

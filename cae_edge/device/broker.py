@@ -248,6 +248,7 @@ def write_broker_config(
     *,
     hosts: list[str] | None = None,
     port: int = DEFAULT_TLS_PORT,
+    bind: str | None = None,
     conf_dir: str | None = None,
     prefix: str = DEFAULT_PREFIX,
     tls: bool = True,
@@ -262,6 +263,7 @@ def write_broker_config(
         hosts: names/addresses nodes use to reach the broker (the certificate's subjectAltName); the first
             is also the common name and goes into the node configs. Default: ``localhost``, ``127.0.0.1``.
         port: the TLS listener port.
+        bind: listen on this address only (default: every interface).
         conf_dir: where the files will live on the broker (paths inside ``mosquitto.conf``); default ``out``.
         prefix: first topic level(s).
         tls: make the CA and server certificate (needs ``openssl``).
@@ -279,7 +281,7 @@ def write_broker_config(
     out.mkdir(parents=True, exist_ok=True)
     conf_dir = conf_dir or str(out.resolve())
     files = BrokerFiles(out=out, conf=out / "mosquitto.conf")
-    files.conf.write_text(mosquitto_conf(conf_dir, port))
+    files.conf.write_text(mosquitto_conf(conf_dir, port, bind=bind))
     (out / "acl").write_text(acl_file(nodes, receivers, prefix))
     lines = []
     secrets_dir = out / "secrets"

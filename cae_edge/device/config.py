@@ -19,6 +19,14 @@ One file per node (see ``docs/node.example.toml``)::
     key = "keys/kitchen-cam.key_secret"  # relative paths are relative to this file
     server_key = "keys/receiver.key"
 
+Or through an MQTT broker (``transport = "mqtt"``; ``connect`` and ``[security]`` keys are then not needed)::
+
+    transport = "mqtt"
+    [mqtt]
+    broker = "mqtts://broker.lan:8883"
+    password_file = "kitchen-cam.password"  # user name: the node name unless ``username`` is set
+    ca_file = "ca.crt"
+
 Loading is strict: an unknown key (a typo) is an error naming it and listing the valid keys; a value of the
 wrong type or out of range is an error quoting the value; missing keys files, unsafe key permissions and
 bad key content fail at load, not at the first frame. All errors are :class:`~cae_edge.errors.ConfigError`
@@ -47,6 +55,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 QUEUE_POLICIES = ("drop-oldest", "drop-newest")
 """What a full send queue does with a new frame: drop the oldest queued frame (live video) or the new one."""
 CROP_MODES = ("center", "letterbox")
+TRANSPORTS = ("zmq", "mqtt")
+"""``zmq``: ZeroMQ straight to the receiver (``connect``); ``mqtt``: through an MQTT broker (``[mqtt]``)."""
 _ENDPOINT_RE = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})|ipc://.+|inproc://.+)$")
 
 
@@ -90,13 +100,29 @@ class QueueOptions:
 
 
 @dataclass
+class MqttNodeOptions:
+    """The ``[mqtt]`` table: how the node reaches the broker when ``transport = "mqtt"``."""
+
+    broker: str | None = None
+    """The broker, ``mqtts://HOST:PORT`` (``mqtt://`` only with ``[security] insecure = true``)."""
+    username: str | None = None
+    """Broker user name; default: the node name."""
+    password_file: Path | None = None
+    """File holding the broker password (mode 0600)."""
+    ca_file: Path | None = None
+    """CA certificate of the broker's TLS certificate; default: the system's CAs."""
+    topic_prefix: str = "cae-edge"
+    """First topic level(s); frames go to ``PREFIX/<name>/frames``."""
+
+
+@dataclass
 class NodeConfig:
     """Everything a camera node needs to stream: the contents of one node config file."""
 
     source: str
     """Frame source: camera index, ``/dev/videoN``, video file, RTSP/HTTP URL, image folder, ``synthetic``."""
     connect: str
-    """The receiver's ZeroMQ endpoint, e.g. ``tcp://192.168.1.10:5555``."""
+    """The receiver's ZeroMQ endpoint, e.g. ``tcp://192.168.1.10:5555`` (``""`` with the MQTT transport)."""
     name: str = field(default_factory=default_name)
     """Sender name in receiver stats, logs and output paths (default: the host name)."""
     bundle: str = "mnist"
@@ -113,6 +139,10 @@ class NodeConfig:
     """Send queue size and drop policy."""
     security: SecurityOptions = field(default_factory=SecurityOptions)
     """CURVE keys (``key``, ``server_key``) or ``insecure = true``."""
+    transport: str = "zmq"
+    """``zmq`` (straight to the receiver at ``connect``) or ``mqtt`` (through the ``[mqtt]`` broker)."""
+    mqtt: MqttNodeOptions = field(default_factory=MqttNodeOptions)
+    """The broker, credentials and CA for ``transport = "mqtt"``."""
     path: Path | None = None
     """The file this was loaded from (not a config key)."""
 
@@ -120,6 +150,7 @@ class NodeConfig:
         """JSON-friendly form (paths as strings)."""
         d = asdict(self)
         d["security"] = self.security.to_dict()
+        d["mqtt"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.mqtt).items()}
         d["path"] = str(self.path) if self.path else None
         return d
 
@@ -137,15 +168,18 @@ _TOP_KEYS = (
     "preprocess",
     "queue",
     "security",
+    "transport",
+    "mqtt",
 )
 _SECTIONS = {
     "preprocess": ("invert", "crop", "mnist_normalize"),
     "queue": ("size", "policy"),
     "security": ("key", "server_key", "insecure"),
+    "mqtt": ("broker", "username", "password_file", "ca_file", "topic_prefix"),
 }
 _REQUIRED = {
     "source": 'the frame source, e.g. source = "0" (first camera) or source = "video.mp4"',
-    "connect": 'the receiver address, e.g. connect = "tcp://192.168.1.10:5555"',
+    "connect": 'the receiver address, e.g. connect = "tcp://192.168.1.10:5555" (or transport = "mqtt")',
 }
 
 
@@ -222,21 +256,24 @@ def parse_node_config(
     path = Path(path)
     c = _Checker(path)
     c.keys(data, _TOP_KEYS, "")
+    transport = c.choice("transport", data.get("transport", "zmq"), TRANSPORTS)
     for key, what in _REQUIRED.items():
-        if key not in data:
+        if key not in data and not (key == "connect" and transport == "mqtt"):
             raise c.fail(f"missing {key!r}: {what}")
 
     source = c.string("source", data["source"], "a camera index, device, file, URL or folder as a string")
     if _looks_like_path(source) and (c.local_path(source)).exists():
         source = str(c.local_path(source))
-    connect = c.string("connect", data["connect"], 'a ZeroMQ endpoint like "tcp://HOST:PORT"')
-    if "*" in connect:
-        raise c.fail(f"connect = {connect!r}: a sender connects to one host; '*' is for binding")
-    m = _ENDPOINT_RE.match(connect)
-    if not m or (m.group(3) and not 1 <= int(m.group(3)) <= 65535):
-        raise c.fail(f'connect = {connect!r}: must be a ZeroMQ endpoint like "tcp://192.168.1.10:5555"')
+    connect = ""
+    if "connect" in data:
+        connect = c.string("connect", data["connect"], 'a ZeroMQ endpoint like "tcp://HOST:PORT"')
+        if "*" in connect:
+            raise c.fail(f"connect = {connect!r}: a sender connects to one host; '*' is for binding")
+        m = _ENDPOINT_RE.match(connect)
+        if not m or (m.group(3) and not 1 <= int(m.group(3)) <= 65535):
+            raise c.fail(f'connect = {connect!r}: must be a ZeroMQ endpoint like "tcp://192.168.1.10:5555"')
 
-    cfg = NodeConfig(source=source, connect=connect, path=path)
+    cfg = NodeConfig(source=source, connect=connect, transport=transport, path=path)
     if "name" in data:
         name = c.string("name", data["name"], "a sender name")
         try:
@@ -283,7 +320,8 @@ def parse_node_config(
     for key in ("key", "server_key"):
         if key in sec:
             setattr(s, key, c.local_path(c.string(f"security.{key}", sec[key], "a key file path")))
-    if not s.insecure:
+    _parse_mqtt(c, data, cfg, check_key_files)
+    if not s.insecure and transport == "zmq":
         missing = [k for k in ("key", "server_key") if getattr(s, k) is None]
         if missing:
             raise c.fail(
@@ -294,6 +332,40 @@ def parse_node_config(
         if check_key_files:
             client_security(s)  # loads both files: content + permissions
     return cfg
+
+
+def _parse_mqtt(c: _Checker, data: dict, cfg: NodeConfig, check_files: bool) -> None:
+    """The ``[mqtt]`` table; with ``transport = "mqtt"`` the broker and (unless insecure) the password."""
+    from .mqtt import MqttOptions
+
+    t = c.table("mqtt", data.get("mqtt", {}))
+    c.keys(t, _SECTIONS["mqtt"], "mqtt")
+    m = cfg.mqtt
+    for key in ("broker", "username", "topic_prefix"):
+        if key in t:
+            setattr(m, key, c.string(f"mqtt.{key}", t[key], f"a {key.replace('_', ' ')} string"))
+    for key in ("password_file", "ca_file"):
+        if key in t:
+            setattr(m, key, c.local_path(c.string(f"mqtt.{key}", t[key], "a file path")))
+    if m.username is not None:
+        try:
+            check_sender_name(m.username)
+        except ConfigError as e:
+            raise c.fail(f"mqtt.username = {m.username!r}: {e}") from None
+    if cfg.transport != "mqtt":
+        return
+    if m.broker is None:
+        raise c.fail('transport = "mqtt" needs [mqtt] broker = "mqtts://HOST:8883" (the MQTT broker)')
+    ca = m.ca_file if check_files else None  # the CA file is looked at with the key files
+    opts = MqttOptions(m.username, m.password_file, ca, cfg.security.insecure, m.topic_prefix)
+    try:
+        opts.check(m.broker)
+        if check_files and m.password_file is not None:
+            from .mqtt import read_password_file
+
+            read_password_file(m.password_file)
+    except ConfigError as e:
+        raise c.fail(f"[mqtt] {e}") from None
 
 
 def load_node_config(path: str | Path, *, check_key_files: bool = True) -> NodeConfig:
@@ -386,6 +458,8 @@ __all__ = [
     "QueueOptions",
     "QUEUE_POLICIES",
     "CROP_MODES",
+    "MqttNodeOptions",
+    "TRANSPORTS",
     "config_keys",
     "default_name",
     "load_node_config",

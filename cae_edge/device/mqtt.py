@@ -15,6 +15,9 @@ The packets are the same ``cae_edge.wire`` packets; only the path differs::
   as soon as the broker notices (at once for a closed connection, 1.5 keep-alives for a silent one). Frames
   of one node are spread over the group, so a receiver sees gaps in that node's sequence that are not losses:
   :attr:`MqttReceiver.shared` tells the receiver loop to count them as ``skipped``, not ``lost``.
+* **At least once.** Frames travel with QoS 1, so the broker acknowledges each one (that is the sender's flow
+  control); after a broken connection a node resends what was not acknowledged, and the receiver drops the
+  copies it already has (``stats.duplicates``; a copy routed to another receiver of the group is not seen).
 * **Identity.** The broker authenticates each client (user name + password over TLS) and its ACL lets a node
   publish only under its own topic, so the topic's node level is the sender's identity: it arrives as
   :attr:`Received.peer`, like the CURVE key name on the ZeroMQ path.
@@ -235,6 +238,9 @@ class MqttLinkStats(LinkStats):
     """Messages on a topic that is not ``PREFIX/<node>/frames|status`` (receiver)."""
     bad_status: int = 0
     """Status messages that are not the JSON a node publishes (receiver)."""
+    duplicates: int = 0
+    """Frames that arrived twice and were dropped (receiver): QoS 1 is at-least-once, so a node resends what
+    the broker had not acknowledged when the connection broke."""
 
 
 @dataclass
@@ -391,6 +397,8 @@ class MqttSender(_MqttLink):
         self._window = options.window
         self._drop_oldest = options.policy == "drop-oldest"
         self._inflight: deque[tuple[float, Any]] = deque()
+        self._denied_mids: set[int] = set()  # frames the broker refused (added by paho's thread)
+        self._status_mids: set[int] = set()  # status publishes in flight (paho's thread only)
         self._ack_timeout = max(2.0 * options.keepalive_s, 5.0)
         self._props: Any = None
         super().__init__(url, options, options.client_id or node)
@@ -417,11 +425,17 @@ class MqttSender(_MqttLink):
         client.on_publish = self._on_publish
 
     def _connected_now(self, client: Any) -> None:
-        client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        info = client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        self._status_mids.add(info.mid)
 
-    def _on_publish(self, _client: Any, _ud: Any, _mid: int, rc: Any, _props: Any) -> None:
-        if rc.is_failure:  # runs under paho's lock: only count here
+    def _on_publish(self, _client: Any, _ud: Any, mid: int, rc: Any, _props: Any) -> None:
+        # runs under paho's lock, before the message counts as published: only note things here
+        status = mid in self._status_mids
+        self._status_mids.discard(mid)
+        if rc.is_failure:
             self._stats.denied += 1
+            if not status:
+                self._denied_mids.add(mid)
             self._refused(
                 f"publishing to {self.topic}", f"{rc} (its ACL must let {self._username()!r} write there)"
             )
@@ -433,7 +447,9 @@ class MqttSender(_MqttLink):
             stale = time.monotonic() - self._ack_timeout
             while inflight and (inflight[0][1].is_published() or inflight[0][0] < stale):
                 _t, info = inflight.popleft()
-                if info.is_published():
+                if info.mid in self._denied_mids:
+                    self._denied_mids.discard(info.mid)
+                elif info.is_published():
                     self._stats.acked += 1
         return len(inflight)
 
@@ -542,6 +558,8 @@ class MqttReceiver(_MqttLink):
         self.nodes: dict[str, NodeStatus] = {}
         """Every node's last status, by name."""
         self._on_status = options.on_status
+        self._subscribed = threading.Event()
+        self._recent: dict[str, tuple[deque[int], set[int]]] = {}
         user = options.username or "rx"
         super().__init__(url, options, options.client_id or f"{user}-{uuid.uuid4().hex[:8]}")
         self.endpoint = f"{url} ({self.subscription})"
@@ -560,7 +578,10 @@ class MqttReceiver(_MqttLink):
 
     def _on_subscribe(self, _client: Any, _ud: Any, _mid: int, codes: list, _props: Any) -> None:
         for topic, rc in zip((self.subscription, status_topic("+", self.prefix)), codes, strict=False):
-            if rc.is_failure:
+            if not rc.is_failure:
+                if topic == self.subscription:
+                    self._subscribed.set()
+            else:
                 self._stats.refused += 1
                 self._refused(
                     f"the subscription {topic}", f"{rc} (its ACL must let {self._username()!r} read)"
@@ -576,6 +597,9 @@ class MqttReceiver(_MqttLink):
         except ConfigError:
             kind = ""
         if kind == "frames":
+            if self._duplicate(node, msg.payload):
+                self._stats.duplicates += 1
+                return
             with self._cond:
                 if len(self._frames) >= self._max:
                     self._frames.popleft()
@@ -586,6 +610,29 @@ class MqttReceiver(_MqttLink):
             self._take_status(node, msg.payload)
         else:
             self._stats.bad_topic += 1
+
+    def _duplicate(self, node: str, data: bytes) -> bool:
+        """Seen among this node's last 64 packets? (Each packet is unique: its seq and time differ.)"""
+        recent = self._recent.get(node)
+        if recent is None:
+            recent = self._recent[node] = (deque(), set())
+        order, seen = recent
+        h = hash(data)
+        if h in seen:
+            return True
+        order.append(h)
+        seen.add(h)
+        if len(order) > 64:
+            seen.discard(order.popleft())
+        return False
+
+    def _on_disconnect(self, client: Any, ud: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._subscribed.clear()
+        super()._on_disconnect(client, ud, flags, rc, props)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until subscribed (frames published from now on reach this receiver's group); True if so."""
+        return self._subscribed.wait(timeout_s)
 
     def _take_status(self, node: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message: the node was removed

@@ -203,8 +203,11 @@ class _Receiving:
             self.timer.add("unpack", ns() - t0)
         peer = self.peers.get(p.sender_id)
         label = peer.stats.name if peer is not None else f"id-{p.sender_id:04x}"
-        if p.sender_name is not None:
-            label = p.sender_name
+        name = p.sender_name
+        if name is None and msg.peer and (peer is None or not peer.named):
+            name = self.peer_as_name(msg.peer, p.sender_id)
+        if name is not None:
+            label = name
         if p.pair != self.my_pair:
             self.reject(
                 "pair",
@@ -229,14 +232,21 @@ class _Receiving:
             self.reject(reason, (p.sender_id,), f"refused a frame from {label}: {e}")
             return
         t2 = ns()
-        ps = self._account(peer, label, p, msg)
+        ps = self._account(peer, label, name, p, msg)
         for sink in self.sinks:
             sink.write(ps.name, p.seq, image)
         self.timer.add("decode", t2 - t1)
         self.timer.add("sink", ns() - t2)
         self.frames += 1
 
-    def _account(self, peer: _Peer | None, label: str, p: Packet, msg: Any) -> PeerStats:
+    @staticmethod
+    def peer_as_name(peer: str, sender_id: int) -> str | None:
+        """The authenticated identity when it is the sender's name (its hash is the packet's sender id): an
+        MQTT topic, a CURVE key named after the node. Names frames that do not carry the name themselves (on
+        a shared MQTT subscription, the ones that do may all go to another receiver)."""
+        return peer if wire.sender_id(peer) == sender_id else None
+
+    def _account(self, peer: _Peer | None, label: str, name: str | None, p: Packet, msg: Any) -> PeerStats:
         """A decoded frame of ``p``'s sender: names, sequence gaps and restarts, bytes, latency."""
         arrived_us = now_us()
         if peer is None:
@@ -246,13 +256,13 @@ class _Receiving:
                 + (f", authenticated as {msg.peer}" if msg.peer else "")
             )
         ps = peer.stats
-        if p.sender_name is not None and p.sender_name != ps.name:
+        if name is not None and name != ps.name:
             if peer.named:
                 self.log(
-                    f"sender id {p.sender_id:#06x} now calls itself {p.sender_name} (was {ps.name}): "
+                    f"sender id {p.sender_id:#06x} now calls itself {name} (was {ps.name}): "
                     "two senders share an id, or one was renamed; give them distinct names"
                 )
-            ps.name, peer.named = p.sender_name, True
+            ps.name, peer.named = name, True
         if msg.peer:
             ps.peer = msg.peer
         if ps.last_seq >= 0:
