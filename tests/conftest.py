@@ -59,3 +59,14 @@ def no_data(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_DIR", tmp_path / "debian" / "fashion-mnist")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path):
+    """A running mosquitto on a free 127.0.0.1 port with TLS, passwords and ACLs (``tests/mqtt_broker.py``);
+    nodes cam1, cam2, receivers rx1, rx2. Skips, saying why, only where no broker can be had."""
+    from mqtt_broker import Broker
+
+    broker = Broker(tmp_path / "broker").start()
+    yield broker
+    broker.stop()
