@@ -110,7 +110,8 @@ class Broker:
 
     def sender_options(self, name: str, **kw) -> MqttSenderOptions:
         kw.setdefault("password_file", self.password_file(name))
-        return MqttSenderOptions(ca_file=self.files.ca, **kw)
+        kw.setdefault("ca_file", self.files.ca)
+        return MqttSenderOptions(**kw)
 
     def receiver_options(self, name: str, **kw) -> MqttReceiverOptions:
         pw = self.password_file(name)

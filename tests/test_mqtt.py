@@ -406,6 +406,23 @@ def test_node_without_credentials_is_refused(mqtt_broker, bundle, tmp_path: Path
     assert r.frames == 0 and r.rejected == {} and rx.link.nodes == {}
 
 
+def test_wrong_ca_or_no_broker_is_a_clear_error(mqtt_broker, tmp_path: Path) -> None:
+    brokercfg.make_tls(tmp_path / "other", ["127.0.0.1"])  # a CA that did not sign the broker's certificate
+    logs: list[str] = []
+    opts = mqtt_broker.sender_options("cam1", ca_file=tmp_path / "other" / "ca.crt", on_log=logs.append)
+    with MqttSender(mqtt_broker.url, "cam1", opts) as tx:
+        wait_for("failed TLS handshakes", lambda: tx.stats.connect_failures >= 2)  # retried
+        assert not tx.connected and tx.stats.last_error.startswith("TLS: ")
+        assert "--ca-file" in tx.stats.last_error
+        assert sum("cannot connect to the broker" in line for line in logs) == 1  # logged once
+    port = mqtt_broker.port
+    mqtt_broker.stop()
+    with MqttSender(f"mqtts://127.0.0.1:{port}", "cam1", mqtt_broker.sender_options("cam1")) as tx:
+        wait_for("connection refused", lambda: tx.stats.connect_failures >= 2)  # and it keeps trying
+        assert not tx.connected and "refused" in tx.stats.last_error.lower()
+        assert tx.send(b"x") and tx.stats.queued == 1  # never blocks
+
+
 def test_node_publishing_under_another_nodes_topic_is_refused(mqtt_broker, bundle, digits) -> None:
     rx = _Rx(mqtt_broker, "rx1", bundle)
     frames = paper_frames(digits[:5])

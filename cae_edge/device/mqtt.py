@@ -38,6 +38,7 @@ import json
 import os
 import ssl
 import stat
+import sys
 import threading
 import time
 import uuid
@@ -234,6 +235,10 @@ class MqttLinkStats(LinkStats):
     """Connections to the broker lost."""
     refused_reason: str = ""
     """The broker's last reason for refusing the connection or a publish/subscription."""
+    connect_failures: int = 0
+    """Connection attempts that failed before MQTT (broker unreachable, TLS verification failed)."""
+    last_error: str = ""
+    """Why the last connection attempt failed."""
     bad_topic: int = 0
     """Messages on a topic that is not ``PREFIX/<node>/frames|status`` (receiver)."""
     bad_status: int = 0
@@ -278,6 +283,7 @@ class _MqttLink:
         self._log = options.on_log or (lambda _msg: None)
         self._connected = threading.Event()
         self._refusals_logged: set[str] = set()
+        self._connect_failure_logged = False
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if options.password_file is not None or options.username:
             password = read_password_file(options.password_file) if options.password_file else None
@@ -316,6 +322,7 @@ class _MqttLink:
             self._refused(f"the connection as {self._username()!r}", f"{rc}{hint}")
             return
         self._stats.broker_connects += 1
+        self._connect_failure_logged = False
         self._connected.set()
         self._log(f"connected to {self.url} as {self._username()!r}")
         self._connected_now(client)
@@ -331,7 +338,18 @@ class _MqttLink:
                 self._log(f"lost the broker {self.url} ({rc}); reconnecting")
 
     def _on_connect_fail(self, _client: Any, _ud: Any) -> None:
-        self._refused("a connection attempt", "broker unreachable; retrying")
+        err = sys.exc_info()[1]  # paho calls this while handling the connect error
+        if isinstance(err, ssl.SSLCertVerificationError):
+            why = f"TLS: {err.verify_message} (--ca-file must be the CA that signed the broker's certificate)"
+        else:
+            why = f"{err or 'cannot connect'}"
+        self._stats.connect_failures += 1
+        self._stats.last_error = why
+        if not self._connect_failure_logged:
+            self._connect_failure_logged = True
+            self._log(
+                f"cannot connect to the broker {self.url}: {why}; retrying (further failures only counted)"
+            )
 
     @property
     def connected(self) -> bool:
