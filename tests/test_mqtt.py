@@ -25,7 +25,6 @@ from typer.testing import CliRunner
 from cae_edge import wire
 from cae_edge.cli.main import app
 from cae_edge.device import broker as brokercfg
-from cae_edge.device import stream
 from cae_edge.device.capture import ArraySource
 from cae_edge.device.config import parse_node_config
 from cae_edge.device.mqtt import (
@@ -41,6 +40,7 @@ from cae_edge.device.receiver import ReceiveOptions, run_receiver
 from cae_edge.device.sender import SendOptions, run_sender
 from cae_edge.device.sinks import MemorySink
 from cae_edge.errors import ConfigError
+from cae_edge.payload import payload_kind
 from cae_edge.wire import PayloadKind
 
 WAIT_S = 60.0  # upper bound for things that must happen (slow shared CI box); never a timing assertion
@@ -81,7 +81,7 @@ class _Rx:
                 self.link,
                 bundle.decoder(),
                 pair_id=bundle.pair_id,
-                kind=stream.payload_kind(bundle.coding),
+                kind=payload_kind(bundle.coding),
                 sinks=[self.sink],
                 options=options or ReceiveOptions(stats_every_s=0.0),
                 on_log=self.logs.append,
