@@ -554,3 +554,29 @@ def test_processes_receiver_killed_the_other_takes_over_and_the_node_will(
         assert late.nodes["cam1"].state == "offline" and late.nodes["cam1"].pair_id == bundle.pair_id
     finally:
         late.close()
+
+
+def test_doctor_checks_the_broker_of_an_mqtt_node_config(mqtt_broker, digits, tmp_path: Path) -> None:
+    import cv2
+
+    from cae_edge.device import doctor
+    from cae_edge.device.config import load_node_config
+
+    toml = mqtt_broker.files.node_configs["cam1"]
+    shutil.copy(mqtt_broker.password_file("cam1"), toml.parent / "cam1.password")
+    shutil.copy(mqtt_broker.files.ca, toml.parent / "ca.crt")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "0.png"), digits[0])
+    opts = doctor.DoctorOptions(bundles=["mnist"], source=str(frames), config=toml, connect_timeout_s=WAIT_S)
+    report = doctor.run_doctor(opts)
+    checks = {c.name: c for c in report.checks}
+    assert report.ok, [c for c in report.checks if c.status == "fail"]
+    assert checks["broker"].status == "ok" and "connected as 'cam1'" in checks["broker"].detail
+    assert "key" not in checks and "receiver" not in checks  # no CURVE keys, no ZeroMQ receiver here
+    (toml.parent / "cam1.password").write_text("wrong-password\n")
+    bad = doctor.check_broker(load_node_config(toml), WAIT_S)
+    assert bad.status == "fail" and "Not authorized" in bad.detail and "passwd" in bad.fix
+    mqtt_broker.stop()
+    down = doctor.check_broker(load_node_config(toml), 1.0)
+    assert down.status == "fail" and "no MQTT connection" in down.detail and "refused" in down.detail.lower()

@@ -4,6 +4,7 @@
 
     platform ─ python ─ interpreter (child-process probe) ─ bundles (load + self-test) ─ cameras / source
              ─ keys (content, modes) ─ receiver (TCP connect, then a ZeroMQ/CURVE handshake)
+               or, for a node config with ``transport = "mqtt"``: broker (TLS + credentials, MQTT connect)
 
 Every check yields one :class:`Check`: ``ok``, ``warn`` (works, but look at it), ``skip`` (nothing to check,
 or an earlier failure makes it moot) or ``fail`` with a ``fix`` that says what to do. The node can stream
@@ -18,12 +19,17 @@ import platform
 import socket
 import stat
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CaeEdgeError
 from .probe import DEFAULT_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
 
 STATUSES = ("ok", "warn", "skip", "fail")
 MIN_PYTHON = (3, 10)
@@ -407,6 +413,42 @@ def check_receiver(
     )
 
 
+def check_broker(cfg: NodeConfig, timeout_s: float) -> Check:
+    """Connect to an MQTT node config's broker as that node: TLS, its credentials, then MQTT's CONNACK."""
+    from .mqtt import MqttSender, MqttSenderOptions
+
+    label, m = "broker", cfg.mqtt
+    url = m.broker or ""
+    opts = MqttSenderOptions(
+        username=m.username, password_file=m.password_file, ca_file=m.ca_file, insecure=cfg.security.insecure,
+        topic_prefix=m.topic_prefix, close_flush_s=0, client_id=f"{cfg.name}-doctor",
+    )  # fmt: skip
+    try:
+        with MqttSender(url, cfg.name, opts) as link:
+            deadline = time.monotonic() + timeout_s
+            stats = link.stats  # stop at the first answer: connected, refused, or the connect failed
+            while (
+                not (link.connected or stats.refused or stats.connect_failures)
+                and time.monotonic() < deadline
+            ):
+                link.wait_connected(0.02)
+            connected = link.connected
+    except CaeEdgeError as e:
+        return Check(label, "fail", str(e))
+    if connected:
+        return Check(label, "ok", f"{url}: connected as {m.username or cfg.name!r}")
+    if stats.refused:
+        fix = "check password_file against the broker's passwd entry for this user (see docs/fleet.md)"
+        return Check(label, "fail", f"{url}: {stats.refused_reason}", fix)
+    why = stats.last_error or "no answer"
+    return Check(
+        label,
+        "fail",
+        f"{url}: no MQTT connection within {timeout_s:g} s ({why})",
+        "check the broker address and port, that mosquitto runs there, the firewall, and ca_file",
+    )
+
+
 # ---- all together -----------------------------------------------------------------------------------------
 
 
@@ -443,6 +485,7 @@ def run_doctor(opts: DoctorOptions, on_check: Callable[[Check], None] | None = N
     source, connect = opts.source, opts.connect
     key, server_key, insecure = opts.key, opts.server_key, opts.insecure
     config_bundle = None
+    mqtt_cfg = None
     if opts.config is not None:
         from .config import load_node_config
 
@@ -455,7 +498,10 @@ def run_doctor(opts: DoctorOptions, on_check: Callable[[Check], None] | None = N
                 Check("config", "ok", f"{cfg.path} (sender {cfg.name!r}, mode {_mode(Path(cfg.path or ''))})")
             )
             source = source or cfg.source
-            connect = connect or cfg.connect
+            if cfg.transport == "mqtt":
+                mqtt_cfg = cfg  # the broker replaces the receiver and CURVE keys
+            else:
+                connect = connect or cfg.connect
             config_bundle = cfg.bundle
             if key is None and server_key is None and not insecure:
                 key, server_key, insecure = cfg.security.key, cfg.security.server_key, cfg.security.insecure
@@ -477,6 +523,9 @@ def run_doctor(opts: DoctorOptions, on_check: Callable[[Check], None] | None = N
         add(check_source(source))
     else:
         add(Check("source", "skip", "none given", "pass --source (or --config) to read a frame from it"))
+    if mqtt_cfg is not None and connect is None:
+        add(check_broker(mqtt_cfg, opts.connect_timeout_s))
+        return report
     for check in check_keys(key, server_key, insecure):
         add(check)
     if connect is not None:
