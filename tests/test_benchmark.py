@@ -247,6 +247,8 @@ def test_report_json_matches_schema(tiny_report, tmp_path):
         s = m["stats"]
         assert s["min_us"] <= s["p50_us"] <= s["p95_us"] <= s["p99_us"] <= s["max_us"]
     assert {p["path"] for p in b["paths"]} == {"sender", "receiver"}
+    steps = [p["steps"] for p in b["paths"] if p["path"] == "sender"]
+    assert any("480x640 BGR" in st for st in steps) and any("480x640 Y plane" in st for st in steps)
     codecs_seen = {r["codec"] for r in d["rd"]}
     assert {"cae-edge int8", "cae-edge tflite-float", "jpeg", "webp", "png", "pca-int8"} <= codecs_seen
     assert {r["setting"] for r in d["rd"] if r["codec"] == "pca-int8"} == {"k=8", f"k={b['latent_dim']}"}
@@ -357,3 +359,19 @@ def test_coding_paths_time_the_entropy_coder_and_count_escapes(bundle, mnist):
     assert escaped == sum(model.outside(enc.encode_latent(img)) for img in test)
     assert f"{escaped} values escaped" in rows[0].steps
     assert _coding_paths(bundle, test, opts) == ([], 0)  # raw int8 payloads: nothing to time
+
+
+def test_y_plane_frame_is_a_picamera2_like_luma_view(mnist):
+    """The benchmark's Y-plane frame: 2-D uint8, the top of a YUV420-sized buffer, equal to the BGR frame's
+    luma, and preprocessed to the same 28x28 input as that BGR frame."""
+    import cv2
+
+    from cae_edge.benchmark.run import _camera_frame, _y_plane
+    from cae_edge.device.preprocess import Preprocessor
+
+    bgr = _camera_frame(mnist.x_test[0], (240, 330), invert=True)
+    y = _y_plane(bgr)
+    assert y.shape == (240, 330) and y.dtype == np.uint8 and y.base.shape == (360, 384)
+    np.testing.assert_array_equal(y, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    pre = Preprocessor({"invert": True, "mnist_normalize": True})
+    np.testing.assert_array_equal(pre(y), pre(bgr))

@@ -4,7 +4,8 @@ unless Keras rows are asked for and TensorFlow is installed.
 ::
 
     for each --bundle:  load_bundle ─► sizes ─► invoke latency (each model × each thread count)
-                                    ─► sender path (camera frame → preprocess → encode → pack)
+                                    ─► sender paths (BGR frame | picamera2-like Y plane → preprocess
+                                                     → encode → entropy code → pack)
                                     ─► receiver path (unpack → decode)
                                     ─► [--litert-tool] LiteRT benchmark tool + CompiledModel cross-check
                                     ─► RD rows: int8 through the wire format, float TFLite, [Keras float]
@@ -114,6 +115,17 @@ def _camera_frame(img: np.ndarray, shape: tuple[int, int], invert: bool) -> np.n
     return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
 
 
+def _y_plane(bgr: np.ndarray) -> np.ndarray:
+    """The luma of a BGR frame laid out as picamera2 hands over a YUV420 frame: the first H rows of an
+    (H * 3/2, stride) buffer, stride a multiple of 64 (a 2-D uint8 view, as ``Picamera2Source`` returns)."""
+    import cv2
+
+    h, w = bgr.shape[:2]
+    buf = np.full((h * 3 // 2, -(-w // 64) * 64), 128, dtype=np.uint8)
+    buf[:h, :w] = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    return buf[:h, :w]
+
+
 def _model_samples(bundle, image: np.ndarray) -> dict[str, np.ndarray]:
     """A real input tensor for every model of the bundle (a test image, or its latent for decoders)."""
     from ..quant import pixels_to_int8
@@ -143,12 +155,17 @@ def _paths(bundle, test: np.ndarray, threads: int, opts: BenchmarkOptions) -> li
     dec = receive_pipeline(bundle, threads=threads).decoder
     images = test[: min(len(test), 64)]
     frames = [_camera_frame(img, opts.frame_shape, tx.paper) for img in images]
+    planes = [_y_plane(f) for f in frames]
     prefix, sid = wire.pair_prefix(bundle.pair_id), wire.sender_id("bench")
     n = len(images)
     pack, unpack, packet_cls, mask = wire.pack, wire.unpack, wire.Packet, wire.MASK32
 
     def sender(i: int) -> bytes:
         payload = enc.encode(pre(frames[i % n]))
+        return pack(packet_cls(prefix, sid, i & mask, (time.time_ns() // 1000) & mask, payload, kind))
+
+    def sender_y(i: int) -> bytes:
+        payload = enc.encode(pre(planes[i % n]))
         return pack(packet_cls(prefix, sid, i & mask, (time.time_ns() // 1000) & mask, payload, kind))
 
     def sender_28(i: int) -> bytes:
@@ -168,6 +185,12 @@ def _paths(bundle, test: np.ndarray, threads: int, opts: BenchmarkOptions) -> li
             f"preprocess({h}x{w} BGR) -> encode -> pack",
             threads,
             latency.time_callable(sender, runs, opts.warmup),
+        ),
+        latency.PathLatency(
+            "sender",
+            f"preprocess({h}x{w} Y plane) -> encode -> pack",
+            threads,
+            latency.time_callable(sender_y, runs, opts.warmup),
         ),
         latency.PathLatency(
             "sender",

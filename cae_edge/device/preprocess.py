@@ -362,7 +362,7 @@ class Plan:
 
 @functools.lru_cache(maxsize=32)
 def plan(height: int, width: int, spec: PreprocessSpec) -> Plan:
-    """Where to cut an HxW frame, how often to halve it and how to pad it, for ``spec``.
+    """Where to cut an HxW frame, how often to halve it and how to pad it, for ``spec`` (cached per shape).
 
     The square is reduced while it stays >= ``REDUCE_TO * size`` (480 -> 120 for 28): without normalisation
     by exact halvings of the size-multiple side (476 -> 238 -> 119, then INTER_AREA 119 -> 28); with
@@ -380,19 +380,25 @@ def plan(height: int, width: int, spec: PreprocessSpec) -> Plan:
             k = halvings(side, floor)
         y, x = (height - side) // 2, (width - side) // 2
         return Plan((y, y + side, x, x + side), k, None)
-    # letterbox: reduce the frame (its sides cut to multiples of 2**k, < 2**k pixels each), then pad
+    # letterbox: the frame sits at ((S - H) // 2, (S - W) // 2) in the full-resolution square of side S; keep
+    # the part of it on whole blocks of that square (< 2**k pixels off each edge), halve it, pad with blocks
     big = max(height, width)
     if spec.mnist_normalize:
         k = max(0, (big // floor).bit_length() - 1)
     else:
         big = -(-big // n) * n
         k = halvings(big, floor)
-    k = min(k, max(0, min(height, width).bit_length() - 1))  # a sliver of a frame cannot be halved away
-    h, w = height - height % (1 << k), width - width % (1 << k)
-    y, x = (height - h) // 2, (width - w) // 2
-    side = max(-(-big >> k), h >> k, w >> k)
-    ph, pw = side - (h >> k), side - (w >> k)
-    return Plan((y, y + h, x, x + w), k, (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2))
+    while True:
+        b = 1 << k
+        oy, ox = (big - height) // 2, (big - width) // 2
+        y0, y1 = -oy % b, height - (oy + height) % b
+        x0, x1 = -ox % b, width - (ox + width) % b
+        if k == 0 or (y1 > y0 and x1 > x0):
+            break
+        k -= 1  # a sliver of a frame, thinner than a block
+    side, top, left = -(-big // b), (oy + y0) // b, (ox + x0) // b
+    pad = (top, side - top - (y1 - y0) // b, left, side - left - (x1 - x0) // b)
+    return Plan((y0, y1, x0, x1), k, pad)
 
 
 class Preprocessor:
