@@ -310,7 +310,8 @@ def area_resample(
     gray: np.ndarray, box: tuple[float, float, float, float], shape: tuple[int, int], lo: float = 0
 ) -> np.ndarray:
     """INTER_AREA of a fractional box: each output pixel the area-weighted mean of what it covers, minus
-    ``lo``, rounded and saturated to uint8 (float32: two small matrix products).
+    ``lo`` (at most the smallest pixel in the box), rounded and saturated to uint8 (float32: two small matrix
+    products).
 
     A pixel i's coverage up to x is clip(x - i, 0, 1); an output pixel's weights are the differences of
     that at its two edges, divided by its width. Rows and columns share one vectorised pass.
@@ -342,10 +343,9 @@ def area_resample(
     wy = cover[1 : ny + 1, :my] - cover[:ny, :my]
     wx = cover[ny + 2 :, :mx] - cover[ny + 1 : -1, :mx]
     region = gray[y0 : y0 + my, x0 : x0 + mx].astype(np.float32)
-    out = (wy @ region @ wx.T) * np.float32(1 / (sy * sx))
-    if lo:
-        out -= np.float32(lo)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    # |sum / area - lo|, rounded and saturated in one call; the sums are >= area * lo whenever lo is at
+    # most the smallest pixel covered (as for the darkest level), so the abs() changes nothing
+    return cv2.convertScaleAbs(wy @ region @ wx.T, alpha=1 / (sy * sx), beta=-float(lo))
 
 
 @dataclass(frozen=True)
@@ -413,6 +413,7 @@ class Preprocessor:
 
     def __init__(self, spec: dict[str, Any] | PreprocessSpec | None = None):
         self.spec = spec if isinstance(spec, PreprocessSpec) else PreprocessSpec.from_dict(spec)
+        self._plans: dict[tuple[int, ...], Plan] = {}
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """Frame (HxW gray or Y plane, HxWx3 BGR or HxWx4 BGRA uint8) -> (size, size) uint8.
@@ -425,7 +426,9 @@ class Preprocessor:
         """
         s = self.spec
         check_frame(frame)
-        p = plan(frame.shape[0], frame.shape[1], s)
+        p = self._plans.get(frame.shape[:2])
+        if p is None:
+            p = self._plans[frame.shape[:2]] = plan(frame.shape[0], frame.shape[1], s)
         y0, y1, x0, x1 = p.crop
         full_res = to_gray(frame)[y0:y1, x0:x1]  # cvtColor of a whole frame beats that of a strided crop
         gray = halve(full_res, p.halvings)
