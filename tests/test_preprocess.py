@@ -262,6 +262,28 @@ def test_normalised_path_matches_the_reference(digits, fashion, shape) -> None:
         assert (per_frame <= 1.0).mean() >= 0.85, per_frame.round(2)
 
 
+@pytest.mark.parametrize("side", [16, 48, 128, 200])
+def test_normalised_path_small_objects(digits, side) -> None:
+    """Objects well under the frame (a digit far from the camera): block means would blur them, so the
+    threshold and the resize use their full-resolution pixels -- on a plain background, the reference."""
+    for d in digits[:6]:
+        frame = np.full((480, 640), 255, np.uint8)
+        frame[100 : 100 + side, 300 : 300 + side] = 255 - cv2.resize(d, (side, side))
+        np.testing.assert_array_equal(Preprocessor(NORM)(frame), _reference(frame, NORM))
+
+
+def test_otsu_of_a_histogram_is_cv2s(digits) -> None:
+    rng = np.random.default_rng(1)
+    images = [
+        rng.integers(0, 256, (40, 50), dtype=np.uint8),
+        *digits[:8],
+        cv2.GaussianBlur(digits[8], (5, 5), 0),
+    ]
+    for im in images:
+        expected = cv2.threshold(im, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0]
+        assert pp.otsu(cv2.calcHist([im], [0], None, [256], [0, 256])) == expected
+
+
 def test_normalised_path_on_the_synthetic_source(digits) -> None:
     """Digits moving across a 640x480 sheet of paper, partly leaving the crop; BGR and Y plane alike."""
     from cae_edge.device.capture import SyntheticSource

@@ -21,9 +21,12 @@ background is then 255 so that it becomes 0). With normalisation the side is a m
 and inversion runs before, on the reduced square, because the object is found as the bright part.
 
 How a frame is cut and reduced depends only on its shape and the spec: :func:`plan` works it out once per
-shape. The output equals the full-resolution computation up to rounding (the halvings round each 2x2 mean)
-and, with normalisation, up to the object box being found on the reduced grid (tests/test_preprocess.py
-keeps the full-resolution reference and bounds the difference).
+shape (a letterboxed frame keeps the part of it on whole blocks of the padded square, so content does not
+shift). The output equals the full-resolution computation up to rounding (the halvings round each 2x2 mean;
+mean difference ~0.3 levels on 480x640 frames of real images) and, with normalisation, up to bright specks
+more than a block outside the object and the odd one-pixel change of placement when the centre of mass sits
+on a rounding edge (~0.2-0.8 levels); tests/test_preprocess.py keeps the full-resolution reference and
+bounds the difference.
 """
 
 from __future__ import annotations
@@ -199,7 +202,8 @@ def mnist_normalize(
     box edges are then found to the full-resolution pixel in bands one block either side of each edge
     (:func:`refine_box`), and the object is area-resampled from ``gray`` with that fractional box
     (:func:`area_resample`) -- the full-resolution result up to rounding, at ~1/16 of the pixels. An object
-    smaller than ``box`` is enlarged from its full-resolution pixels (INTER_LINEAR), as without ``full``.
+    too small for that (under 2 blocks per output pixel: < 160 px for 4x) is resized from its
+    full-resolution pixels, as without ``full`` (at most 160x160 of them).
 
     Args:
         gray: The square, light object on dark (reduced when ``full`` is given).
@@ -220,9 +224,13 @@ def mnist_normalize(
     f = 1 if full is None else int(factor)
     if f > 1:
         x, y, ow, oh = refine_box(full, (x, y, ow, oh), f, t, origin=origin, invert=full_invert)
+        if max(oh, ow) < 2 * box * f:  # a small object: block means blur it, its own pixels decide
+            x, y, ow, oh = small_object_box(
+                gray, full, (x, y, ow, oh), f, lo, origin=origin, invert=full_invert
+            )
     k = box / max(oh, ow)
     nh, nw = max(1, round(oh * k)), max(1, round(ow * k))
-    if f > 1 and k < 1:
+    if f > 1 and max(oh, ow) >= 2 * box * f:  # >= 2 blocks per output pixel: the block means suffice
         oy, ox = origin
         small = area_resample(gray, ((y + oy) / f, (x + ox) / f, oh / f, ow / f), (nh, nw), lo)
     else:
@@ -301,6 +309,70 @@ def refine_box(
     band = _bright_rect(full[top:bottom, max(0, x1 - factor) : xb], t, invert)
     right = max(0, x1 - factor) + band[0] + band[2] if band[2] else min(ww, x1)
     return left, top, max(1, right - left), max(1, bottom - top)
+
+
+def otsu(hist: np.ndarray) -> int:
+    """Otsu's threshold of a 256-bin histogram (cv2's rule: the first level maximising the between-class
+    variance; pixels above it are the bright class)."""
+    p = np.asarray(hist, np.float64).ravel()
+    q1 = np.cumsum(p)
+    m1 = np.cumsum(p * np.arange(256))
+    total, mt = q1[-1], m1[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = (m1 * total - mt * q1) ** 2 / (q1 * (total - q1))
+    return int(np.argmax(np.nan_to_num(sigma, nan=0.0, posinf=0.0)))
+
+
+def small_object_box(
+    gray: np.ndarray,
+    full: np.ndarray,
+    rect: tuple[int, int, int, int],
+    factor: int,
+    lo: float,
+    *,
+    origin: tuple[int, int] = (0, 0),
+    invert: bool = False,
+) -> tuple[int, int, int, int]:
+    """The box of a small object, thresholded as at full resolution.
+
+    Block means blur a small object, which lowers Otsu's threshold on the reduced image. The histogram is
+    rebuilt as the full-resolution one would be: the object's region (its box and a block around it) from
+    its full-resolution pixels, every other block's mean counted ``factor**2`` times (exact where blocks are
+    uniform, as a plain background is); the box is then that of the region's pixels above the new threshold.
+
+    Args:
+        gray: The reduced image (bright object).
+        full: The full-resolution image.
+        rect: (x, y, w, h) of the object in ``full``'s pixels.
+        factor: Reduction factor.
+        lo: The darkest level.
+        origin: (y, x) of ``full``'s top-left pixel in the reduced grid scaled by ``factor``.
+        invert: ``full`` has dark objects on light.
+
+    Returns:
+        (x, y, w, h) in ``full``'s pixels (``rect`` when nothing is above the new threshold).
+    """
+    x, y, w, h = rect
+    oy, ox = origin
+    hh, ww = full.shape[:2]
+    ry0, ry1 = (
+        max(oy // factor, (y + oy) // factor - 1),
+        min((oy + hh) // factor, -(-(y + h + oy) // factor) + 1),
+    )
+    rx0, rx1 = (
+        max(ox // factor, (x + ox) // factor - 1),
+        min((ox + ww) // factor, -(-(x + w + ox) // factor) + 1),
+    )
+    region = full[ry0 * factor - oy : ry1 * factor - oy, rx0 * factor - ox : rx1 * factor - ox]
+    if invert:
+        region = cv2.bitwise_not(region)
+    bins = ([0], None, [256], [0, 256])
+    hist = (cv2.calcHist([gray], *bins) - cv2.calcHist([gray[ry0:ry1, rx0:rx1]], *bins)) * factor**2
+    t = (lo + otsu(hist + cv2.calcHist([region], *bins))) / 2
+    bx, by, bw, bh = cv2.boundingRect(cv2.threshold(region, t, 255, cv2.THRESH_BINARY)[1])
+    if not bw:  # pragma: no cover - the region holds the brightest pixels, above any Otsu threshold
+        return rect
+    return rx0 * factor - ox + bx, ry0 * factor - oy + by, bw, bh
 
 
 _STEPS = np.arange(4097, dtype=np.float32)
