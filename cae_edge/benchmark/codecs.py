@@ -1,4 +1,5 @@
-"""The codecs a user would use instead of cae-edge: JPEG, WebP, PNG (Pillow) and PCA, on 28x28 gray images.
+"""The codecs a user would use instead of cae-edge: JPEG, WebP, PNG (Pillow), JPEG XL (imagecodecs) and PCA,
+on 28x28 gray images.
 
 Every codec reports two byte counts per image:
 
@@ -18,6 +19,13 @@ Every codec reports two byte counts per image:
       ``9d 01 2a`` and the 14-bit width/height fields); kept are the 3-byte frame tag (key frame flag,
       version, first-partition size) and both partitions. Removed: the 12-byte RIFF/WEBP header, the 8-byte
       chunk header and the pad byte of odd-sized chunks (sizes follow from the payload length).
+    * **JPEG XL** (libjxl through ``imagecodecs``, lossy VarDCT, a bare codestream: the ``.jxl`` file libjxl
+      writes when there are no metadata boxes; the ISO BMFF container would add 40 bytes): the codestream
+      minus its image header: the 2-byte signature ``ff 0a``, the SizeHeader and the ImageMetadata (bit
+      depth, colour encoding, transform data) up to the byte boundary before the first frame (8 bytes for a
+      28x28 8-bit gray image). :func:`jpegxl_header_bytes` parses it bit by bit. Kept are the frame header
+      and its table of contents (about 4 bytes): libjxl picks coding tools per image, so they are not the
+      same for every image at a setting (on MNIST about 1 image in 200 gets a different frame header).
     * **PNG** (lossless, ``optimize=True``): the IDAT chunk data (the zlib stream). Removed: the signature,
       IHDR (constant for 28x28 8-bit gray), chunk headers/CRCs and IEND.
     * **PCA**: ``k`` int8 coefficients, one byte each (no container), like the int8 latent.
@@ -37,6 +45,10 @@ JPEG_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
 """Default JPEG quality sweep (Pillow scale 1-95)."""
 WEBP_QUALITIES = (1, 5, 10, 25, 50, 75, 90)
 """Default WebP quality sweep (libwebp scale 0-100)."""
+JPEGXL_DISTANCES = (4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0)
+"""Default JPEG XL distance sweep (libjxl butteraugli distance 0.1-25; 25, the coarsest, is ~130 B)."""
+JPEGXL_EFFORT = 7
+"""libjxl encoder effort (1-10; 7 is libjxl's default)."""
 PCA_DIMS = (4, 8, 16, 32, 64, 128)
 """Default PCA sizes (bytes/image); the latent sizes of the benchmarked bundles are added."""
 
@@ -120,6 +132,117 @@ def webp_payload_bytes(data: bytes) -> int:
     return size - _WEBP_CONST_VP8_BYTES
 
 
+class _Bits:
+    """Reads a JPEG XL codestream's bit fields, least significant bit first (ISO/IEC 18181-1)."""
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data, self.pos = data, pos  # pos in bits
+
+    def u(self, n: int) -> int:
+        if self.pos + n > 8 * len(self.data):
+            raise ValueError(f"JPEG XL header runs past the end of the {len(self.data)}-byte codestream")
+        v = 0
+        for i in range(n):
+            bit = (self.data[(self.pos + i) >> 3] >> ((self.pos + i) & 7)) & 1
+            v |= bit << i
+        self.pos += n
+        return v
+
+    def u32(self, *dist: tuple[int, int]) -> int:
+        """``U32``: a 2-bit selector picks ``(bits, offset)``; ``bits`` 0 means the constant ``offset``."""
+        bits, offset = dist[self.u(2)]
+        return offset + (self.u(bits) if bits else 0)
+
+    def u64(self) -> int:
+        sel = self.u(2)
+        if sel == 0:
+            return 0
+        if sel == 1:
+            return 1 + self.u(4)
+        if sel == 2:
+            return 17 + self.u(8)
+        v, shift = self.u(12), 12
+        while self.u(1):
+            if shift == 60:
+                return v | self.u(4) << shift
+            v |= self.u(8) << shift
+            shift += 8
+        return v
+
+    def enum(self) -> int:
+        return self.u32((0, 0), (0, 1), (4, 2), (6, 18))
+
+    def size(self, small: bool) -> int:
+        return 8 * (self.u(5) + 1) if small else self.u32((9, 1), (13, 1), (18, 1), (30, 1))
+
+
+_JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
+
+
+def jpegxl_header_bytes(data: bytes) -> tuple[int, tuple[int, int]]:
+    """Length of a bare JPEG XL codestream's image header, and the image size it declares.
+
+    The image header is the signature ``ff 0a``, the SizeHeader, the ImageMetadata and the transform data,
+    zero-padded to a byte (ISO/IEC 18181-1, section "Headers"); the first frame starts after it. Parsed for
+    what libjxl writes for plain images: no extra fields (orientation, preview, animation), no extra channels,
+    an enumerated colour encoding (no ICC profile, no custom white point or primaries), default transform
+    data, no extensions. Anything else is refused rather than guessed.
+
+    Returns:
+        ``(header bytes, (height, width))``.
+
+    Raises:
+        ValueError: not a bare codestream, or a header field this parser does not handle.
+    """
+    if data[:2] != b"\xff\x0a":
+        raise ValueError(f"not a bare JPEG XL codestream: starts with {data[:2].hex()} (expected ff0a)")
+    r = _Bits(data, 16)
+    small = bool(r.u(1))
+    height = r.size(small)
+    ratio = r.u(3)
+    if ratio:
+        num, den = _JXL_RATIOS[ratio]
+        width = height * num // den
+    else:
+        width = r.size(small)
+    if not r.u(1):  # ImageMetadata.all_default is false
+        if r.u(1):
+            raise ValueError("JPEG XL extra fields (orientation, preview, animation): unsupported")
+        if r.u(1):  # float samples
+            r.u32((0, 32), (0, 16), (0, 24), (6, 1))
+            r.u(4)
+        else:
+            r.u32((0, 8), (0, 10), (0, 12), (6, 1))
+        r.u(1)  # modular_16_bit_buffer_sufficient
+        extra = r.u32((0, 0), (0, 1), (4, 2), (12, 1))
+        if extra:
+            raise ValueError(f"JPEG XL image with {extra} extra channel(s): unsupported")
+        xyb = bool(r.u(1))
+        if not r.u(1):  # ColorEncoding.all_default is false
+            if r.u(1):
+                raise ValueError("JPEG XL image with an ICC profile: unsupported")
+            space = r.enum()  # 0 RGB, 1 gray, 2 XYB, 3 unknown
+            if space != 2:
+                if r.enum() == 2:  # white point: 1 D65, 2 custom, 10 E, 11 DCI
+                    raise ValueError("JPEG XL colour encoding with a custom white point: unsupported")
+                if space != 1 and r.enum() == 2:  # primaries: 2 custom
+                    raise ValueError("JPEG XL colour encoding with custom primaries: unsupported")
+                if r.u(1):  # have_gamma
+                    r.u(24)
+                else:
+                    r.enum()  # transfer function
+            r.enum()  # rendering intent
+        if r.u64():
+            raise ValueError("JPEG XL ImageMetadata with extensions: unsupported")
+        del xyb  # only the opsin matrix of non-default transform data depends on it
+    if not r.u(1):  # CustomTransformData.all_default
+        raise ValueError("JPEG XL header with custom transform data (opsin matrix, upsampling): unsupported")
+    pad = -r.pos % 8
+    if r.u(pad):
+        raise ValueError("JPEG XL image header not zero-padded to a byte")
+    return r.pos // 8, (height, width)
+
+
 def png_idat_bytes(data: bytes) -> int:
     """Total IDAT data (the zlib stream) of a PNG file.
 
@@ -178,6 +301,42 @@ def webp(img: np.ndarray, quality: int) -> Encoded:
         raise ConfigError(f"WebP quality {quality}: must be 0-100")
     data = _save(img, "WEBP", quality=int(quality), method=6, lossless=False)
     return Encoded(data, webp_payload_bytes(data), _load_gray(data))
+
+
+def jpegxl(img: np.ndarray, distance: float, effort: int = JPEGXL_EFFORT) -> Encoded:
+    """Lossy JPEG XL (libjxl VarDCT via ``imagecodecs``) at butteraugli ``distance`` (0.1-25): a codestream.
+
+    Raises:
+        ConfigError: a setting out of range, or ``imagecodecs`` (the ``bench`` extra) without JPEG XL.
+    """
+    if not 0.1 <= float(distance) <= 25:
+        raise ConfigError(f"JPEG XL distance {distance}: must be 0.1-25 (libjxl's range for lossy coding)")
+    if not 1 <= int(effort) <= 10:
+        raise ConfigError(f"JPEG XL effort {effort}: must be 1-10")
+    ic = jpegxl_codec()
+    data = bytes(ic.jpegxl_encode(_check_image(img), distance=float(distance), effort=int(effort)))
+    head, size = jpegxl_header_bytes(data)
+    if size != img.shape:
+        raise ValueError(f"JPEG XL header says {size}, the image is {img.shape}")
+    decoded = np.asarray(ic.jpegxl_decode(data))
+    return Encoded(data, len(data) - head, decoded.reshape(img.shape).astype(np.uint8, copy=False))
+
+
+def jpegxl_codec():
+    """The ``imagecodecs`` module, checked for JPEG XL support.
+
+    Raises:
+        ConfigError: not installed, or built without libjxl.
+    """
+    try:
+        import imagecodecs
+    except ImportError:
+        raise ConfigError(
+            "JPEG XL needs the imagecodecs package: pip install 'cae-edge[bench]' (or imagecodecs)"
+        ) from None
+    if not imagecodecs.JPEGXL.available:
+        raise ConfigError(f"imagecodecs {imagecodecs.__version__} was built without JPEG XL (libjxl)")
+    return imagecodecs
 
 
 def png(img: np.ndarray) -> Encoded:

@@ -6,7 +6,8 @@ Every row is a mean over the same test images (``cae_edge.metrics``: per-image P
     test images ─┬─ bundle int8:   Encoder.encode ─► payload ─ wire.pack ─► packet   Decoder.decode(payload)
                  ├─ bundle float:  encoder_float ─► float32 latent ─► decoder_float  (reference, 4 B/value)
                  ├─ Keras float:   the training run's models (only with TensorFlow and a run directory)
-                 ├─ JPEG / WebP over a quality sweep, PNG (lossless)      (see codecs.py for byte counting)
+                 ├─ JPEG / WebP over a quality sweep, JPEG XL over a distance sweep, PNG (lossless)
+                 │                                                        (see codecs.py for byte counting)
                  └─ PCA fitted on the train split: k int8 coefficients (and float32 at the latent sizes)
 
 Bytes: ``bytes_payload`` is what carries the image (latent payload / header-stripped codec data);
@@ -31,7 +32,8 @@ Progress = Callable[[str, int, int], None]
 CAE_INT8 = "cae-edge int8"
 CAE_FLOAT = "cae-edge tflite-float"
 CAE_KERAS = "cae-edge keras-float"
-JPEG, WEBP, PNG, PCA_INT8, PCA_FLOAT = "jpeg", "webp", "png", "pca-int8", "pca-float32"
+JPEG, WEBP, JPEGXL, PNG = "jpeg", "webp", "jpegxl", "png"
+PCA_INT8, PCA_FLOAT = "pca-int8", "pca-float32"
 
 
 @dataclass
@@ -41,10 +43,11 @@ class RDPoint:
     dataset: str
     """Dataset the images come from (``mnist`` or ``fashion``)."""
     codec: str
-    """``cae-edge int8``, ``cae-edge tflite-float``, ``cae-edge keras-float``, ``jpeg``, ``webp``, ``png``,
-    ``pca-int8`` or ``pca-float32``."""
+    """``cae-edge int8``, ``cae-edge tflite-float``, ``cae-edge keras-float``, ``jpeg``, ``webp``, ``jpegxl``,
+    ``png``, ``pca-int8`` or ``pca-float32``."""
     setting: str
-    """The codec setting, e.g. ``q=10``, ``k=32``, or the bundle name for cae-edge rows."""
+    """The codec setting, e.g. ``q=10``, ``d=8`` (JPEG XL distance), ``k=32``, or the bundle name for cae-edge
+    rows."""
     images: int
     """Number of test images."""
     bytes_payload: float
@@ -151,11 +154,12 @@ def codec_points(
     *,
     jpeg_qualities: Sequence[int] = codecs.JPEG_QUALITIES,
     webp_qualities: Sequence[int] = codecs.WEBP_QUALITIES,
+    jpegxl_distances: Sequence[float] = (),
     pca_dims: Sequence[int] = codecs.PCA_DIMS,
     pca_float_dims: Sequence[int] = (),
     progress: Progress | None = None,
 ) -> list[RDPoint]:
-    """JPEG and WebP sweeps, PNG, and PCA (fitted on ``train``) over the ``test`` images.
+    """JPEG, WebP and JPEG XL sweeps, PNG, and PCA (fitted on ``train``) over the ``test`` images.
 
     Args:
         dataset: Dataset name for the rows.
@@ -163,19 +167,27 @@ def codec_points(
         train: (M, 28, 28) uint8 images to fit PCA on.
         jpeg_qualities: JPEG settings.
         webp_qualities: WebP settings.
+        jpegxl_distances: JPEG XL distances (effort :data:`codecs.JPEGXL_EFFORT`); needs ``imagecodecs``.
         pca_dims: PCA sizes with int8 coefficients (k bytes/image).
         pca_float_dims: PCA sizes also reported with float32 coefficients (4k bytes/image).
         progress: Callback ``(what, done, total)``.
 
     Returns:
         One :class:`RDPoint` per setting.
+
+    Raises:
+        ConfigError: JPEG XL distances given and ``imagecodecs`` has no JPEG XL.
     """
     step = progress or (lambda what, done, total: None)
+    if jpegxl_distances:
+        codecs.jpegxl_codec()  # fail before any work
     jobs: list[tuple[str, str, Callable[[], tuple[np.ndarray, float, float]], str]] = []
     for q in jpeg_qualities:
         jobs.append((JPEG, f"q={q}", lambda q=q: _run_codec(lambda im: codecs.jpeg(im, q), test), ""))
     for q in webp_qualities:
         jobs.append((WEBP, f"q={q}", lambda q=q: _run_codec(lambda im: codecs.webp(im, q), test), ""))
+    for d in jpegxl_distances:
+        jobs.append((JPEGXL, f"d={d:g}", lambda d=d: _run_codec(lambda im: codecs.jpegxl(im, d), test), ""))
     jobs.append((PNG, "lossless", lambda: _run_codec(codecs.png, test), ""))
     dims = sorted({int(k) for k in (*pca_dims, *pca_float_dims)})
     pca: list[codecs.PCA] = []

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .bdrate import BDelta
 from .curves import CAE_FLOAT, CAE_INT8, CAE_KERAS, RDPoint
 from .latency import ModelLatency, ModelSize, PathLatency, ToolComparison
 from .sysinfo import SystemInfo
@@ -42,6 +43,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "system": (dict,),
         "bundles": (list,),
         "rd": (list,),
+        "bd": (list,),
         "peak_rss_bytes": (int,),
         "wall_s": NUM,
         "notes": (list,),
@@ -123,6 +125,22 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "seconds": NUM,
         "note": (str,),
     },
+    "bd": {
+        "dataset": (str,),
+        "curve": (str,),
+        "family": (list,),
+        "anchor": (str,),
+        "bytes_counted": (str,),
+        "method": (str,),
+        "bd_rate": OPT_NUM,
+        "bd_psnr": OPT_NUM,
+        "psnr_range": (list, type(None)),
+        "bytes_range": (list, type(None)),
+        "points": (int,),
+        "anchor_points": (int,),
+        "dropped": (list,),
+        "reason": (str,),
+    },
 }
 """Every field of the JSON report by record kind, with the Python types its value may have."""
 
@@ -178,6 +196,8 @@ class BenchmarkReport:
     """Per-bundle sizes and latencies."""
     rd: list[RDPoint] = field(default_factory=list)
     """Rate–distortion rows: cae-edge bundles and baselines, per dataset."""
+    bd: list[BDelta] = field(default_factory=list)
+    """Bjøntegaard deltas of each dataset's bundle family against WebP and JPEG XL (:mod:`.bdrate`)."""
     peak_rss_bytes: int = 0
     """Peak resident memory of the benchmark process (includes datasets and baselines, not only LiteRT)."""
     wall_s: float = 0.0
@@ -253,6 +273,8 @@ def validate(report: dict) -> list[str]:
                     _check(rec["stats"], "stats", f"{w}.{key}[{j}].stats", problems)
     for i, r in enumerate(report["rd"]):
         _check(r, "rd", f"rd[{i}]", problems)
+    for i, r in enumerate(report["bd"]):
+        _check(r, "bd", f"bd[{i}]", problems)
     return problems
 
 
@@ -362,7 +384,39 @@ def tables(report: BenchmarkReport) -> list:
             style=style,
         )
     out.append(rd)
+    if report.bd:
+        bd = Table(
+            title="Bjøntegaard delta of each bundle family against WebP and JPEG XL "
+            f"({report.bd[0].method}, no extrapolation)",
+            title_justify="left",
+        )
+        for col in ("dataset", "family", "vs", "bytes", "BD-rate", "BD-PSNR", "PSNR range", "note"):
+            bd.add_column(col, justify="right" if col.startswith("BD") else "left")
+        for d in report.bd:
+            bd.add_row(
+                d.dataset,
+                ", ".join(d.family),
+                d.anchor,
+                d.bytes_counted,
+                bd_text(d.bd_rate, "%"),
+                bd_text(d.bd_psnr, "dB"),
+                _range(d.psnr_range, "dB"),
+                d.reason,
+                style="bold" if d.bd_rate is not None and d.bd_rate < 0 else "",
+            )
+        out.append(bd)
     return out
+
+
+def bd_text(value: float | None, unit: str) -> str:
+    """``-41.3 %`` / ``+0.52 dB``, or ``n/a`` for an undefined delta."""
+    if value is None:
+        return "n/a"
+    return f"{value:+.1f} %" if unit == "%" else f"{value:+.2f} dB"
+
+
+def _range(r: list[float] | None, unit: str) -> str:
+    return "-" if r is None else f"{r[0]:.2f}-{r[1]:.2f} {unit}"
 
 
 # ---------------------------------------------------------------- plot
@@ -370,15 +424,20 @@ def tables(report: BenchmarkReport) -> list:
 _STYLE = {
     "jpeg": ("tab:blue", "o"),
     "webp": ("tab:orange", "s"),
+    "jpegxl": ("tab:red", "h"),
     "png": ("tab:gray", "D"),
     "pca-int8": ("tab:purple", "^"),
     "pca-float32": ("tab:pink", "v"),
 }
 
 
+_STRIPPED = ("jpeg", "webp", "jpegxl")
+
+
 def plot(report: BenchmarkReport, path: str | Path) -> Path:
     """RD curves per dataset (bytes/image on a log x axis, PSNR on y; codecs as curves, cae-edge points
-    marked with stars) plus a latency bar chart (p50 and p95 per model and thread count). Matplotlib Agg.
+    marked with stars, the family's BD-rate against WebP and JPEG XL written in the corner) plus a latency
+    bar chart (p50 and p95 per model and thread count). Matplotlib Agg.
     """
     import matplotlib
 
@@ -399,9 +458,9 @@ def plot(report: BenchmarkReport, path: str | Path) -> Path:
                 marker=marker,
                 color=color,
                 ms=4,
-                label=f"{codec} (header-stripped)" if codec in ("jpeg", "webp") else codec,
+                label=f"{codec} (header-stripped)" if codec in _STRIPPED else codec,
             )
-            if codec in ("jpeg", "webp"):
+            if codec in _STRIPPED:
                 ax.plot(
                     [r.bytes_total for r in pts],
                     [r.psnr for r in pts],
@@ -449,6 +508,24 @@ def plot(report: BenchmarkReport, path: str | Path) -> Path:
                         xytext=(6, -12),
                         fontsize=8,
                     )
+        bd = [d for d in report.bd if d.dataset == ds]
+        if bd:
+            lines = [f"BD-rate of {CAE_INT8} ({bd[0].method}):"]
+            for anchor in dict.fromkeys(d.anchor for d in bd):
+                by = {d.bytes_counted: d for d in bd if d.anchor == anchor}
+                lines.append(
+                    f"vs {anchor}: " + ", ".join(f"{k} {bd_text(d.bd_rate, '%')}" for k, d in by.items())
+                )
+            ax.text(
+                0.98,
+                0.03,
+                "\n".join(lines),
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=8,
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "tab:green"},
+            )
         ax.set_xscale("log")
         ax.set_xlabel("bytes per image")
         ax.set_ylabel("PSNR (dB)")
@@ -493,7 +570,8 @@ def markdown(report: dict) -> str:
     """A README-ready summary of a JSON report (the dict form, so saved reports render too).
 
     Sections: the machine and command, latency p50/p95 per model and thread count with file sizes, the
-    per-frame paths, and per dataset the rate–distortion rows sorted by bytes.
+    per-frame paths, and per dataset the rate–distortion rows sorted by bytes and the bundle family's
+    Bjøntegaard deltas.
     """
     s = report["system"]
     lines = [
@@ -542,4 +620,19 @@ def markdown(report: dict) -> str:
                 f"| {bold}{r['codec']}{bold} | {Path(r['setting']).name} | {r['bytes_payload']:.1f} "
                 f"| {r['bytes_total']:.1f} | {bold}{r['psnr']:.2f}{bold} | {r['ssim']:.3f} |"
             )
+        bd = [d for d in report.get("bd", []) if d["dataset"] == ds]
+        if bd:
+            lines += [
+                "",
+                f"Bjøntegaard delta of the {bd[0]['curve']} family ({', '.join(bd[0]['family'])}; "
+                f"{bd[0]['method']}, over the PSNR / byte range both curves cover, no extrapolation):",
+                "",
+                "| vs | bytes | BD-rate | BD-PSNR | PSNR range | note |",
+                "|---|---|---|---|---|---|",
+            ]
+            for d in bd:
+                lines.append(
+                    f"| {d['anchor']} | {d['bytes_counted']} | **{bd_text(d['bd_rate'], '%')}** "
+                    f"| {bd_text(d['bd_psnr'], 'dB')} | {_range(d['psnr_range'], 'dB')} | {d['reason']} |"
+                )
     return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@ unless Keras rows are asked for and TensorFlow is installed.
                                     ─► receiver path (unpack → decode)
                                     ─► [--litert-tool] LiteRT benchmark tool + CompiledModel cross-check
                                     ─► RD rows: int8 through the wire format, float TFLite, [Keras float]
-    for each dataset:   JPEG / WebP sweeps, PNG, PCA (fit on train) on the same test images
+    for each dataset:   JPEG / WebP / JPEG XL sweeps, PNG, PCA (fit on train) on the same test images
+    then:               BD-rate / BD-PSNR of each dataset's bundle family against WebP and JPEG XL
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from .. import __version__, datasets, wire
 from ..errors import ConfigError
-from . import codecs, curves, latency, sysinfo
+from . import bdrate, codecs, curves, latency, sysinfo
 from .report import BenchmarkReport, BundleResult
 
 Progress = Callable[[str, int, int], None]
@@ -53,6 +54,8 @@ class BenchmarkOptions:
     """JPEG quality sweep."""
     webp_qualities: list[int] = field(default_factory=lambda: list(codecs.WEBP_QUALITIES))
     """WebP quality sweep."""
+    jpegxl_distances: list[float] = field(default_factory=lambda: list(codecs.JPEGXL_DISTANCES))
+    """JPEG XL distance sweep (needs ``imagecodecs`` with JPEG XL, else the rows are left out with a note)."""
     pca_dims: list[int] = field(default_factory=lambda: list(codecs.PCA_DIMS))
     """PCA sizes (int8 coefficients); each bundle's latent size is added."""
     keras_run: str | None = None
@@ -82,6 +85,9 @@ class BenchmarkOptions:
             raise ConfigError(f"warmup {self.warmup}: must be >= 0")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit {self.limit}: must be >= 1 (or omitted for the whole test split)")
+        bad = [d for d in self.jpegxl_distances if not 0.1 <= d <= 25]
+        if bad:
+            raise ConfigError(f"JPEG XL distances {bad}: each must be 0.1-25")
         if self.threads is not None and (not self.threads or any(t < 1 for t in self.threads)):
             raise ConfigError(f"threads {self.threads}: each must be >= 1")
         if self.dataset is not None:
@@ -363,6 +369,13 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress | None = None) -> B
         stage += 1
         report.bundles.append(res)
 
+    jpegxl_distances = opts.jpegxl_distances
+    if opts.baselines and jpegxl_distances:
+        try:
+            codecs.jpegxl_codec()
+        except ConfigError as e:
+            report.notes.append(f"JPEG XL rows left out: {e}")
+            jpegxl_distances = []
     if opts.baselines:
         for ds_name in sorted({d for _, _, d in bundles}):
             ds = dataset(ds_name)
@@ -380,12 +393,14 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress | None = None) -> B
                     ds.x_train,
                     jpeg_qualities=opts.jpeg_qualities,
                     webp_qualities=opts.webp_qualities,
+                    jpegxl_distances=jpegxl_distances,
                     pca_dims=sorted({*opts.pca_dims, *latents}),
                     pca_float_dims=latents,
                     progress=sub,
                 )
             )
             stage += 1
+    report.bd = bdrate.family_deltas(report.rd)
     report.peak_rss_bytes = sysinfo.peak_rss_bytes()
     report.wall_s = time.perf_counter() - t_start
     if system.load_average and system.load_average[0] > system.cores:
