@@ -42,7 +42,7 @@ def tiny_report():
     """A real run on the shipped MNIST bundle: 30 images, 20 runs, one thread, short sweeps."""
     opts = BenchmarkOptions(
         bundles=["mnist"], threads=[1], runs=20, warmup=2, limit=30,
-        jpeg_qualities=[10, 50], webp_qualities=[1, 50], pca_dims=[8],
+        jpeg_qualities=[10, 50], webp_qualities=[1, 50], jpegxl_distances=[8, 20], pca_dims=[8],
     )  # fmt: skip
     return run_benchmark(opts)
 
@@ -99,6 +99,50 @@ def test_webp_stripped_bytes_are_constant_or_lengths(mnist):
     assert len(consts) == 1
 
 
+@pytest.mark.parametrize("distance", [4.0, 25.0])
+def test_jpegxl_bytes_are_the_real_buffer(mnist, distance):
+    import imagecodecs
+
+    for img in mnist.x_test[:5]:
+        enc = codecs.jpegxl(img, distance)
+        data = imagecodecs.jpegxl_encode(img, distance=distance, effort=codecs.JPEGXL_EFFORT)
+        assert enc.data == bytes(data) and enc.data[:2] == b"\xff\x0a"  # a bare codestream
+        np.testing.assert_array_equal(enc.decoded, imagecodecs.jpegxl_decode(data))
+        # 28x28 8-bit gray: signature 2 + SizeHeader/ImageMetadata/transform data 6 (bit-packed)
+        assert enc.payload_bytes == len(enc.data) - 8
+
+
+def test_jpegxl_stripped_header_is_the_same_for_every_image_and_distance(mnist):
+    """A receiver that knows the image size rebuilds the header; the next byte (frame header) may differ."""
+    heads, sizes = set(), set()
+    for img in (*mnist.x_test[:10], np.zeros((28, 28), np.uint8), np.full((28, 28), 255, np.uint8)):
+        for d in (1.0, 8.0, 25.0):
+            data = codecs.jpegxl(img, d).data
+            head, size = codecs.jpegxl_header_bytes(data)
+            heads.add(data[:head])
+            sizes.add(size)
+    assert len(heads) == 1 and sizes == {(28, 28)}
+
+
+def test_jpegxl_header_parser_reads_other_sizes_and_refuses_what_it_does_not_know(mnist):
+    import imagecodecs
+
+    rng = np.random.default_rng(0)
+    for shape in ((32, 40), (100, 37), (256, 256)):  # small (multiple of 8) and U32 sizes, aspect ratios
+        data = imagecodecs.jpegxl_encode(rng.integers(0, 256, shape, dtype=np.uint8), distance=2.0)
+        assert codecs.jpegxl_header_bytes(data)[1] == shape
+    with pytest.raises(ValueError, match="not a bare JPEG XL codestream"):
+        codecs.jpegxl_header_bytes(b"\x00\x00\x00\x0cJXL \r\n\x87\n")  # the ISO BMFF container
+    data = bytearray(codecs.jpegxl(mnist.x_test[0], 8.0).data)
+    with pytest.raises(ValueError, match="runs past the end"):
+        codecs.jpegxl_header_bytes(bytes(data[:5]))
+    # bit 32: ImageMetadata.extra_fields (after the 16-bit signature, 15-bit SizeHeader, all_default = 0)
+
+    data[4] |= 1
+    with pytest.raises(ValueError, match="extra fields"):
+        codecs.jpegxl_header_bytes(bytes(data))
+
+
 def test_png_is_lossless_and_counts_idat(mnist):
     img = mnist.x_test[0]
     enc = codecs.png(img)
@@ -123,6 +167,10 @@ def test_codecs_reject_bad_input_and_settings():
         codecs.jpeg(np.zeros((28, 28), np.uint8), 0)
     with pytest.raises(ConfigError, match="quality 101"):
         codecs.webp(np.zeros((28, 28), np.uint8), 101)
+    with pytest.raises(ConfigError, match="JPEG XL distance 30"):
+        codecs.jpegxl(np.zeros((28, 28), np.uint8), 30)
+    with pytest.raises(ConfigError, match="JPEG XL effort 11"):
+        codecs.jpegxl(np.zeros((28, 28), np.uint8), 8, effort=11)
 
 
 @pytest.mark.slow
@@ -208,9 +256,14 @@ def test_identical_images_report_the_cap(mnist):
 def test_codec_points_bytes_match_encoded_buffers(mnist):
     imgs = mnist.x_test[:8]
     rows = curves.codec_points(
-        "mnist", imgs, mnist.x_train[:300], jpeg_qualities=[30], webp_qualities=[30], pca_dims=[]
-    )
+        "mnist", imgs, mnist.x_train[:300], jpeg_qualities=[30], webp_qualities=[30],
+        jpegxl_distances=[8], pca_dims=[],
+    )  # fmt: skip
     by = {r.codec: r for r in rows}
+    assert by["jpegxl"].setting == "d=8"
+    jxl = [codecs.jpegxl(i, 8) for i in imgs]
+    assert by["jpegxl"].bytes_total == pytest.approx(np.mean([len(e.data) for e in jxl]))
+    assert by["jpegxl"].bytes_payload == pytest.approx(np.mean([e.payload_bytes for e in jxl]))
     assert by["jpeg"].bytes_total == pytest.approx(np.mean([len(codecs.jpeg(i, 30).data) for i in imgs]))
     assert by["webp"].bytes_total == pytest.approx(np.mean([len(codecs.webp(i, 30).data) for i in imgs]))
     assert by["jpeg"].bytes_payload < by["jpeg"].bytes_total
@@ -252,6 +305,12 @@ def test_report_json_matches_schema(tiny_report, tmp_path):
     codecs_seen = {r["codec"] for r in d["rd"]}
     assert {"cae-edge int8", "cae-edge tflite-float", "jpeg", "webp", "png", "pca-int8"} <= codecs_seen
     assert {r["setting"] for r in d["rd"] if r["codec"] == "pca-int8"} == {"k=8", f"k={b['latent_dim']}"}
+    assert {r["setting"] for r in d["rd"] if r["codec"] == "jpegxl"} == {"d=8", "d=20"}
+    # one bundle is one point: no curve, so every delta is undefined and says why
+    assert [(x["anchor"], x["bytes_counted"]) for x in d["bd"]] == [
+        ("webp", "payload"), ("webp", "total"), ("jpegxl", "payload"), ("jpegxl", "total")
+    ]  # fmt: skip
+    assert all(x["bd_rate"] is None and "1 point(s)" in x["reason"] for x in d["bd"])
     assert d["peak_rss_bytes"] > 0 and d["system"]["cores"] >= 1
 
 
@@ -259,7 +318,9 @@ def test_report_json_matches_schema(tiny_report, tmp_path):
 def test_markdown_summary(tiny_report):
     md = report.markdown(tiny_report.to_dict())
     assert "| mnist | encoder | int8 | 1 |" in md
-    assert "**cae-edge int8**" in md and "| jpeg | q=10 |" in md
+    assert "**cae-edge int8**" in md and "| jpeg | q=10 |" in md and "| jpegxl | d=8 |" in md
+    assert "Bjøntegaard delta of the cae-edge int8 family (mnist; pchip" in md
+    assert "| webp | payload | **n/a** |" in md
     assert md.count("\n| ") > 10
 
 
@@ -294,6 +355,7 @@ def test_tables_and_plot(tiny_report, tmp_path):
         console.print(t)
     text = console.export_text()
     assert "cae-edge int8" in text and "p50" in text and "encoder.tflite" in text
+    assert "Bjøntegaard delta" in text and "jpegxl" in text
     out = report.plot(tiny_report, tmp_path / "rd.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out) as im:

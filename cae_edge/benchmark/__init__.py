@@ -1,7 +1,9 @@
-"""``cae-edge benchmark``: latency, size and rate–distortion against JPEG, WebP, PNG and PCA. No TensorFlow.
+"""``cae-edge benchmark``: latency, size and rate–distortion against JPEG, WebP, JPEG XL, PNG and PCA. No
+TensorFlow.
 
 Modules: :mod:`.latency` (LiteRT timing, model size, LiteRT tool cross-check), :mod:`.codecs` (classical
-codecs and how their bytes are counted), :mod:`.rd` (quality vs bytes rows), :mod:`.sysinfo` (the machine),
+codecs and how their bytes are counted), :mod:`.curves` (quality vs bytes rows), :mod:`.bdrate` (Bjøntegaard
+delta rate / PSNR of bundle families against WebP and JPEG XL), :mod:`.sysinfo` (the machine),
 :mod:`.report` (JSON schema, tables, plot), :mod:`.run` (one benchmark run). Stream harnesses, run through
 ``cae-edge stream``: :mod:`.stream_bench` (both ends' throughput) and :mod:`.soak` (K sender processes, the
 receiver killed and restarted, every frame accounted for); both drive the real sender and receiver from

@@ -1,5 +1,5 @@
-"""`cae-edge benchmark`: latency, size and rate–distortion against JPEG, WebP, PNG and PCA. No TensorFlow
-import here; Keras float rows need TensorFlow and ``--run``.
+"""`cae-edge benchmark`: latency, size and rate–distortion against JPEG, WebP, JPEG XL, PNG and PCA. No
+TensorFlow import here; Keras float rows need TensorFlow and ``--run``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def benchmark(
     limit: Annotated[
         int | None, typer.Option(min=1, help="Use the first N test images for quality (default: all).")
     ] = None,
-    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip JPEG/WebP/PNG/PCA.")] = False,
+    no_baselines: Annotated[
+        bool, typer.Option("--no-baselines", help="Skip JPEG/WebP/JPEG XL/PNG/PCA.")
+    ] = False,
     run: Annotated[
         Path | None,
         typer.Option(
@@ -70,14 +72,15 @@ def benchmark(
         Path | None, typer.Option("--data-dir", file_okay=False, help="Directory with the IDX .gz files.")
     ] = None,
 ) -> None:
-    """Measure latency, size and quality-vs-bytes of bundles against JPEG, WebP, PNG and PCA.
+    """Measure latency, size and quality-vs-bytes of bundles against JPEG, WebP, JPEG XL, PNG and PCA.
 
     Latency: LiteRT invoke() timed with perf_counter_ns, per model and thread count (µs percentiles).
 
     Per frame: sender (preprocess, encode, pack) and receiver (unpack, decode) paths; for entropy-coded
     bundles also the entropy coder alone (encode, decode) and the latent values it had to escape.
 
-    Quality: PSNR/SSIM over the test split at the bytes actually sent (JSON: docs/benchmark-schema.md).
+    Quality: PSNR/SSIM over the test split at the bytes actually sent, and the Bjontegaard delta (BD-rate,
+    BD-PSNR) of each dataset's bundle family against WebP and JPEG XL (JSON: docs/benchmark-schema.md).
     """
     from ..benchmark.report import markdown as to_markdown
     from ..benchmark.report import plot as draw
