@@ -165,4 +165,4 @@ def test_family_deltas_for_each_anchor_and_byte_count():
     assert pay.bd_psnr is None and pay.bytes_range is None  # 40-55 B against 80-110 B
     assert pay.reason.startswith("BD-PSNR: byte ranges do not overlap") and "BD-rate" not in pay.reason
     assert -50.0 < tot.bd_rate < 0  # 24 B of packet header vs 27 B of file header on half the data
-    assert jxl.bd_rate is None and jxl.bd_psnr is None and "no jpegxl rows on mnist" in jxl.reason
+    assert jxl.bd_rate is None and jxl.bd_psnr is None and jxl.reason == "no jpegxl rows on mnist"

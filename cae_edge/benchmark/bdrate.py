@@ -292,10 +292,11 @@ def family_deltas(
                 t = ([getattr(r, attr) for r in fam], [r.psnr for r in fam])
                 if not anc_rows:
                     rate = dpsnr = BDResult(None, reason=f"no {anchor} rows on {ds}")
+                    reasons = [rate.reason]
                 else:
                     rate, dpsnr = bd_rate(a, t, method), bd_psnr(a, t, method)
-                reasons = [f"BD-rate: {rate.reason}"] if rate.value is None else []
-                reasons += [f"BD-PSNR: {dpsnr.reason}"] if dpsnr.value is None else []
+                    reasons = [f"BD-rate: {rate.reason}"] if rate.value is None else []
+                    reasons += [f"BD-PSNR: {dpsnr.reason}"] if dpsnr.value is None else []
                 out.append(
                     BDelta(
                         dataset=ds,
