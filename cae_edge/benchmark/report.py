@@ -513,9 +513,10 @@ def plot(report: BenchmarkReport, path: str | Path) -> Path:
             lines = [f"BD-rate of {CAE_INT8} ({bd[0].method}):"]
             for anchor in dict.fromkeys(d.anchor for d in bd):
                 by = {d.bytes_counted: d for d in bd if d.anchor == anchor}
-                lines.append(
-                    f"vs {anchor}: " + ", ".join(f"{k} {bd_text(d.bd_rate, '%')}" for k, d in by.items())
-                )
+                over = next((d.psnr_range for d in by.values() if d.psnr_range), None)
+                span = f" ({over[0]:.1f}-{over[1]:.1f} dB)" if over else ""
+                deltas = ", ".join(f"{k} {bd_text(d.bd_rate, '%')}" for k, d in by.items())
+                lines.append(f"vs {anchor}{span}: {deltas}")
             ax.text(
                 0.98,
                 0.03,
