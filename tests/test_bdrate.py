@@ -166,3 +166,11 @@ def test_family_deltas_for_each_anchor_and_byte_count():
     assert pay.reason.startswith("BD-PSNR: byte ranges do not overlap") and "BD-rate" not in pay.reason
     assert -50.0 < tot.bd_rate < 0  # 24 B of packet header vs 27 B of file header on half the data
     assert jxl.bd_rate is None and jxl.bd_psnr is None and jxl.reason == "no jpegxl rows on mnist"
+
+
+def test_narrow_overlap_gets_a_caveat_in_tables():
+    from cae_edge.benchmark.report import bd_note
+
+    assert bd_note([23.90, 24.03], "").startswith("narrow overlap (0.13 dB)")
+    assert bd_note([25.3, 28.6], "") == ""
+    assert bd_note(None, "BD-rate: no webp rows") == "BD-rate: no webp rows"

@@ -401,7 +401,7 @@ def tables(report: BenchmarkReport) -> list:
                 bd_text(d.bd_rate, "%"),
                 bd_text(d.bd_psnr, "dB"),
                 _range(d.psnr_range, "dB"),
-                d.reason,
+                bd_note(d.psnr_range, d.reason),
                 style="bold" if d.bd_rate is not None and d.bd_rate < 0 else "",
             )
         out.append(bd)
@@ -413,6 +413,22 @@ def bd_text(value: float | None, unit: str) -> str:
     if value is None:
         return "n/a"
     return f"{value:+.1f} %" if unit == "%" else f"{value:+.2f} dB"
+
+
+NARROW_DB = 1.0
+"""A BD-rate over a PSNR overlap narrower than this (dB) gets a caveat in tables and markdown."""
+
+
+def bd_note(psnr_range: list[float] | None, reason: str) -> str:
+    """The reason a delta is missing, plus a caveat when the BD-rate's PSNR overlap is narrow."""
+    notes = [reason] if reason else []
+    if psnr_range and psnr_range[1] - psnr_range[0] < NARROW_DB:
+        notes.insert(
+            0,
+            f"narrow overlap ({psnr_range[1] - psnr_range[0]:.2f} dB): BD-rate is about the byte ratio at "
+            "one PSNR, not an average over the curves",
+        )
+    return "; ".join(notes)
 
 
 def _range(r: list[float] | None, unit: str) -> str:
@@ -634,6 +650,7 @@ def markdown(report: dict) -> str:
             for d in bd:
                 lines.append(
                     f"| {d['anchor']} | {d['bytes_counted']} | **{bd_text(d['bd_rate'], '%')}** "
-                    f"| {bd_text(d['bd_psnr'], 'dB')} | {_range(d['psnr_range'], 'dB')} | {d['reason']} |"
+                    f"| {bd_text(d['bd_psnr'], 'dB')} | {_range(d['psnr_range'], 'dB')} "
+                    f"| {bd_note(d['psnr_range'], d['reason'])} |"
                 )
     return "\n".join(lines) + "\n"
