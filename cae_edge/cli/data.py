@@ -1,4 +1,4 @@
-"""`cae-edge data`: obtain, cache and describe the datasets."""
+"""`cae-edge data`: obtain, cache and describe the datasets; record your own frames; make the demo video."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from rich.table import Table
 from .. import datasets
 from ..errors import CaeEdgeError
 
-app = typer.Typer(help="Obtain, cache and describe MNIST / Fashion-MNIST.", no_args_is_help=True)
+app = typer.Typer(
+    help="Obtain, cache and describe MNIST / Fashion-MNIST; record your own frames; make the demo video.",
+    no_args_is_help=True,
+)
 err = Console(stderr=True)
 
 DataDir = Annotated[
@@ -78,3 +81,99 @@ def info(
         Console().print(table)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def record(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            "-s",
+            help="Camera index, /dev/videoN, picamera2, URL, video file or image folder (as `stream send`).",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Recording directory to write.")],
+    bundle: Annotated[
+        str | None,
+        typer.Option(
+            "--bundle",
+            "-b",
+            help="Preprocess frames as this bundle does (shipped name or directory). Default: a scene as "
+            "the camera sees it (centre square, gray, 28x28; no inversion, no digit normalisation).",
+        ),
+    ] = None,
+    seconds: Annotated[
+        float | None,
+        typer.Option("--seconds", help="Stop after this long (a camera: wall clock; a video: its own time)."),
+    ] = None,
+    frames: Annotated[int | None, typer.Option("--frames", help="Stop after this many frames.")] = None,
+    fps: Annotated[
+        float | None, typer.Option("--fps", help="Keep at most this many frames per second (default: all).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing recording.")] = False,
+) -> None:
+    """Record frames after the bundle's preprocessing, with capture times: a dataset for `train --dataset`.
+
+    Writes OUT/frames.npy (uint8 N x 28 x 28), OUT/timestamps.npy (seconds) and OUT/meta.json. A camera
+    records until --seconds / --frames or Ctrl-C; a video file or folder until its end (or a limit).
+    """
+    from ..device.record import RecordOptions
+    from ..device.record import record as do_record
+
+    try:
+        preprocess = None
+        if bundle is not None:
+            from ..device.bundle import resolve_bundle
+            from ..manifest import Manifest
+
+            preprocess = dict(Manifest.read(resolve_bundle(bundle)).preprocess)
+        opts = RecordOptions(
+            out_dir=out,
+            preprocess=preprocess,
+            bundle=bundle,
+            seconds=seconds,
+            frames=frames,
+            fps=fps,
+            overwrite=overwrite,
+        )
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("recording", total=frames)
+
+            def progress(n: int, t: float) -> None:
+                bar.update(task, completed=n, description=f"recording {t:.1f} s")
+
+            result = do_record(opts, source, progress=progress)
+    except CaeEdgeError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    note = " (stopped by Ctrl-C)" if result.interrupted else ""
+    typer.echo(
+        f"recorded {result.frames} frames over {result.seconds:.1f} s ({result.clock} clock) "
+        f"from {result.source}{note}"
+    )
+    typer.echo(f"recording: {result.path}")
+
+
+@app.command("demo-video")
+def demo_video(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Video file to write (.avi or .mp4).")],
+    seconds: Annotated[float, typer.Option("--seconds", help="Length of the video.")] = 60.0,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the video.")] = 10.0,
+    width: Annotated[int, typer.Option("--width", help="Frame width in pixels.")] = 320,
+    height: Annotated[int, typer.Option("--height", help="Frame height in pixels.")] = 240,
+) -> None:
+    """Write a demo video: a virtual camera panning across real photographs (CC0 / public domain).
+
+    A stand-in for a camera when there is none: `cae-edge data record --source VIDEO` records it like one.
+    """
+    from ..photos import write_pan_video
+
+    try:
+        info = write_pan_video(out, seconds=seconds, fps=fps, size=(width, height))
+    except CaeEdgeError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {info['path']}: {info['frames']} frames at {info['fps']:g} fps, {width}x{height}")
+    for p in info["photos"]:
+        typer.echo(f"  {p['file']}: {p['what']} ({p['licence']})")

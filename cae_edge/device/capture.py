@@ -155,6 +155,8 @@ class VideoCaptureSource(_Source):
 
         self.description = f"camera index {target}" if isinstance(target, int) else str(target)
         self._live = live
+        self.live = live
+        """A camera or stream (frames come in real time) rather than a file."""
         self._max_failures = max_failures
         with _quiet_opencv():
             cap = cv2.VideoCapture(target)
