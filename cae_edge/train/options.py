@@ -4,6 +4,11 @@ A plain run (:func:`cae_edge.train.train.train`) minimises MSE with a float late
 (:func:`cae_edge.train.ratedistortion.train_rd`) is the same options with :attr:`TrainOptions.rd` set. Values
 left ``None`` take the defaults of the kind of run, and for a ``--preset`` run the preset's
 (:mod:`cae_edge.presets`): explicitly given values always win.
+
+The data is MNIST, Fashion-MNIST, or a user's own frames (:mod:`cae_edge.recording`: a recording directory,
+a folder of images or a video file, split by time). ``init_from`` starts from an earlier run or a bundle
+(:mod:`cae_edge.train.from_bundle`): the run takes its architecture, is rate-distortion when it was, and
+takes its rate weight and byte target, with short fine-tuning defaults (:data:`FINETUNE_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .. import datasets
+from .. import datasets, recording
 from .. import presets as presets_mod
 from ..errors import ConfigError
 from ..rundir import ModelConfig
+from .from_bundle import StartPoint, read_start
 from .noise import DEFAULT_AMOUNT, NoiseKind, check_amount, noise_kind
 
 INITS = ("he", "keras")
@@ -51,6 +57,9 @@ PLAIN_DEFAULTS = Defaults(latent_dim=128, epochs=10, batch_size=128, learning_ra
 (1e-3: ~20.4 dB; 5e-3: ~22.3 dB)."""
 RD_DEFAULTS = Defaults(latent_dim=64, epochs=20, batch_size=64, learning_rate=2e-3)
 """Rate-distortion runs without a preset."""
+FINETUNE_DEFAULTS = Defaults(latent_dim=0, epochs=5, batch_size=64, learning_rate=5e-4)
+"""Runs that start from ``init_from`` (the latent dim is the start's): a few epochs at a small rate, so a
+shipped bundle adapts to a user's own frames in minutes on a CPU."""
 
 
 @dataclass
@@ -66,9 +75,6 @@ class RDOptions:
     target_bytes: float | None = None
     """Steer ``lam`` during training so the rounded latent costs about this many bytes per image under the
     learned prior (a multiplicative controller on ``lam``); None: the preset's; 0 keeps ``lam`` fixed."""
-    init_from: str | None = None
-    """Start from the weights (and prior) of an earlier run directory of the same architecture
-    (fine-tuning: e.g. more epochs, or ``latent_jitter``)."""
     latent_jitter: float = 0.0
     """Std of Gaussian noise added to the latent before rounding on the decoder's path (latent units). About
     0.2 mimics the int8 encoder, which moves ~30 % of latent values by +-1, so the decoder learns to
@@ -82,7 +88,8 @@ class TrainOptions:
     """Everything that defines a training run. ``to_command()`` gives the CLI line that reproduces it."""
 
     dataset: str = "mnist"
-    """``mnist`` or ``fashion`` (aliases like ``fashion-mnist`` accepted)."""
+    """``mnist`` or ``fashion`` (aliases like ``fashion-mnist`` accepted), or the path of a user's own frames:
+    a recording directory (``cae-edge data record``), a folder of images or a video file."""
     latent_dim: int | None = None
     """Length of the latent vector, >= 1 (bytes per image as plain int8; an upper bound for rate-distortion).
     None: 128; rate-distortion: the preset's, else 64."""
@@ -124,6 +131,37 @@ class TrainOptions:
     runs only."""
     rd: RDOptions | None = None
     """Rate-distortion training (:mod:`cae_edge.train.ratedistortion`); None for a plain run."""
+    init_from: str | None = None
+    """Start from the weights of an earlier run directory or of a bundle (shipped name or directory), same
+    architecture: fine-tuning. A rate-distortion start makes a rate-distortion run and carries its prior."""
+    test_fraction: float = recording.TEST_FRACTION
+    """User datasets: share of the frames, the latest by time, held out as the test split."""
+    gap: int = recording.GAP_FRAMES
+    """User datasets: frames dropped between the training and the test split."""
+
+    # ---- the data and the starting point ------------------------------------------------------------
+
+    @property
+    def user_data(self) -> bool:
+        """True when :attr:`dataset` is a path (a user's own frames), not a dataset name."""
+        return recording.is_user_dataset(self.dataset)
+
+    def start(self) -> StartPoint | None:
+        """What :attr:`init_from` names (read from JSON, no Keras), or None.
+
+        Raises:
+            ConfigError: it is neither a run directory nor a bundle.
+        """
+        return None if self.init_from is None else read_start(self.init_from)
+
+    def _family(self) -> str:
+        """The dataset whose preset values apply: the named one; a user's frames: the start's, else mnist."""
+        if not self.user_data:
+            return datasets.canonical_name(self.dataset)
+        start = self.start()
+        if start is not None and not recording.is_user_dataset(start.dataset):
+            return datasets.canonical_name(start.dataset)
+        return "mnist"
 
     # ---- resolution ---------------------------------------------------------------------------------
 
@@ -132,12 +170,14 @@ class TrainOptions:
 
     def _defaults(self) -> Defaults:
         """The values of unset options: the preset's, else those of the kind of run."""
+        preset = self._preset()
+        if self.init_from is not None and preset is None:
+            return FINETUNE_DEFAULTS
         if self.rd is None:
             return PLAIN_DEFAULTS
-        preset = self._preset()
         if preset is None:
             return RD_DEFAULTS
-        name = datasets.canonical_name(self.dataset)
+        name = self._family()
         return Defaults(
             preset.model.latent_dim, preset.epochs_for(name), preset.batch_size, preset.learning_rate
         )
@@ -148,12 +188,16 @@ class TrainOptions:
         Raises:
             ConfigError: latent dim < 1 or bad widths.
         """
-        if self.rd is None:
+        start = self.start()
+        preset = self._preset()
+        if start is not None and preset is None:
+            base = start.model
+        elif self.rd is None:
             base = ModelConfig()
         else:
-            preset = self._preset()
             base = preset.model if preset else ModelConfig(latent_gain=RD_LATENT_GAIN)
-        latent = self._defaults().latent_dim if self.latent_dim is None else self.latent_dim
+        dflt = base.latent_dim if start is not None and preset is None else self._defaults().latent_dim
+        latent = dflt if self.latent_dim is None else self.latent_dim
         kw: dict[str, Any] = {"latent_dim": _as_int(latent, "latent dim")}
         if self.enc_widths is not None:
             kw["enc_widths"] = tuple(int(w) for w in self.enc_widths)
@@ -164,13 +208,34 @@ class TrainOptions:
     def validated(self) -> TrainOptions:
         """A copy with names canonicalised, unset values filled in and every value checked.
 
-        ``augment=None`` stays None here (it depends on the data); training resolves it.
+        ``augment=None`` stays None here (it depends on the data); training resolves it. A rate-distortion
+        start (``init_from``) makes a rate-distortion run.
 
         Raises:
-            ConfigError: with the bad value and what is allowed.
+            ConfigError: with the bad value and what is allowed (a user dataset path is checked when the data
+                is loaded).
         """
-        name = datasets.canonical_name(self.dataset)
+        start = self.start()
+        if start is not None and start.rd and self.rd is None:
+            return replace(self, rd=RDOptions()).validated()
+        name = str(self.dataset) if self.user_data else datasets.canonical_name(self.dataset)
+        if self.user_data and not Path(name).expanduser().exists():
+            raise ConfigError(
+                f"unknown dataset {name!r}: use one of {', '.join(datasets.DATASETS)}, or the path of a "
+                "recording (`cae-edge data record`), a folder of images or a video file"
+            )
         cfg = self.model_config()
+        if start is not None and cfg != start.model:
+            raise ConfigError(
+                f"--init-from {start.name}: its model {start.model.to_dict()} is not {cfg.to_dict()}; "
+                "leave out --latent / --enc-widths / --dec-widths / --preset to take the start's"
+            )
+        frac = float(self.test_fraction)
+        if not 0.0 < frac <= 0.9:
+            raise ConfigError(f"test fraction {self.test_fraction}: must be in (0, 0.9], e.g. 0.2")
+        gap = _as_int(self.gap, "gap")
+        if gap < 0:
+            raise ConfigError(f"gap {self.gap}: must be >= 0 frames")
         dflt = self._defaults()
         epochs = _as_int(dflt.epochs if self.epochs is None else self.epochs, "epochs")
         if epochs < 1:
@@ -200,13 +265,14 @@ class TrainOptions:
         init = str(self.init).strip().lower()
         if init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}: use one of {', '.join(INITS)}")
-        rd = None if self.rd is None else self._validated_rd(name)
+        rd = None if self.rd is None else self._validated_rd(start)
+        stem = Path(name).stem if self.user_data else name
         if self.out_dir is not None:
             out = str(self.out_dir)
         elif rd is None:
-            out = str(Path("runs") / f"{name}-latent{cfg.latent_dim}")
+            out = str(Path("runs") / f"{stem}-latent{cfg.latent_dim}")
         else:
-            out = str(Path("runs") / f"{name}-{rd.preset or 'rd'}")
+            out = str(Path("runs") / f"{stem}-{rd.preset or 'rd'}")
         keep = rd is not None  # rate-distortion runs record their widths (the preset's or the model's)
         return replace(
             self,
@@ -228,14 +294,26 @@ class TrainOptions:
             val_fraction=val,
             init=init,
             rd=rd,
+            init_from=None if self.init_from is None else str(self.init_from),
+            test_fraction=frac,
+            gap=gap,
         )
 
-    def _validated_rd(self, dataset: str) -> RDOptions:
+    def _validated_rd(self, start: StartPoint | None) -> RDOptions:
         rd = self.rd
         assert rd is not None
         preset = self._preset()
-        lam = rd.lam if rd.lam is not None else (preset.lam_for(dataset) if preset else 1.0)
-        target = rd.target_bytes if rd.target_bytes is not None else (preset.target_bytes if preset else 0.0)
+        begun = (start.rd or {}) if start is not None else {}
+        if rd.lam is not None:
+            lam = rd.lam
+        elif preset:
+            lam = preset.lam_for(self._family())
+        else:
+            lam = begun.get("lam_final", begun.get("lam", 1.0))
+        if rd.target_bytes is not None:
+            target = rd.target_bytes
+        else:
+            target = preset.target_bytes if preset else begun.get("target_bytes", 0.0)
         if not (math.isfinite(float(target)) and float(target) >= 0):
             raise ConfigError(f"target bytes {target}: must be >= 0 (0 = fixed lam)")
         if not (math.isfinite(float(lam)) and float(lam) >= 0):
@@ -251,7 +329,6 @@ class TrainOptions:
             preset=preset.name if preset else None,
             lam=float(lam),
             target_bytes=float(target),
-            init_from=None if rd.init_from is None else str(rd.init_from),
             latent_jitter=jitter,
             max_test=max_test,
         )
@@ -274,6 +351,8 @@ class TrainOptions:
             if known.get(k) is not None:
                 known[k] = tuple(int(w) for w in known[k])
         if isinstance(known.get("rd"), dict):
+            if known["rd"].get("init_from") and not known.get("init_from"):  # recorded there before
+                known["init_from"] = known["rd"]["init_from"]
             known["rd"] = RDOptions(
                 **{f.name: known["rd"][f.name] for f in fields(RDOptions) if f.name in known["rd"]}
             )
@@ -306,10 +385,20 @@ class TrainOptions:
         ]
         if self.max_samples is not None:
             args += ["--max-samples", str(self.max_samples)]
-        if self.data_dir is not None:
-            args += ["--data-dir", str(self.data_dir)]
+        args += self._data_args()
         if self.out_dir is not None:
             args += ["--out", str(self.out_dir)]
+        return args
+
+    def _data_args(self) -> list[str]:
+        """``--init-from``, the time split of a user dataset and ``--data-dir``."""
+        args = []
+        if self.init_from:
+            args += ["--init-from", str(self.init_from)]
+        if self.user_data:
+            args += ["--test-fraction", f"{self.test_fraction:g}", "--gap", str(self.gap)]
+        if self.data_dir is not None:
+            args += ["--data-dir", str(self.data_dir)]
         return args
 
     def _rd_args(self) -> list[str]:
@@ -335,12 +424,9 @@ class TrainOptions:
             args.append("--augment" if self.augment else "--no-augment")
         if self.max_samples is not None:
             args += ["--max-samples", str(self.max_samples)]
-        if rd.init_from:
-            args += ["--init-from", str(rd.init_from)]
         if rd.latent_jitter:
             args += ["--latent-jitter", repr(rd.latent_jitter)]
-        if self.data_dir is not None:
-            args += ["--data-dir", str(self.data_dir)]
+        args += self._data_args()
         args += ["--out", str(self.out_dir)]
         return args
 

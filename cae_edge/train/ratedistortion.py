@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import datasets
 from .. import entropy as entropy_mod
 from ..errors import ConfigError
 from ..metrics import mse_per_image, psnr_per_image, ssim_per_image, to_uint8
@@ -45,14 +44,20 @@ from ..rundir import (
     ModelConfig,
     RunConfig,
     check_out_dir,
-    load_run,
     make_out_dir,
     write_run,
 )
 from .augment import random_affine
 from .model import build_decoder, build_encoder
 from .options import TrainOptions
-from .train import AUTO_AUGMENT_MAX_TRAIN, describe_device, run_versions
+from .train import (
+    AUTO_AUGMENT_MAX_TRAIN,
+    data_record,
+    describe_device,
+    example_indices,
+    load_data,
+    run_versions,
+)
 
 Progress = Callable[[int, dict], None]
 """Progress callback ``(epoch, logs)``: epoch 0 before training, then 1-based after each epoch with
@@ -204,7 +209,7 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
     assert rd is not None
     cfg = opts.model_config()
     out = check_out_dir(opts.out_dir)
-    ds = datasets.load(opts.dataset, opts.data_dir)
+    ds = load_data(opts)
     rng = np.random.default_rng(opts.seed)
     x_train = ds.x_train[rng.permutation(len(ds.x_train))]
     if opts.max_samples:
@@ -221,8 +226,7 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
     encoder = build_encoder(cfg)
     decoder = build_decoder(cfg)
     prior = _Prior(tf, cfg.latent_dim)
-    if rd.init_from:
-        _load_start(rd.init_from, cfg, encoder, decoder, prior)
+    start = _load_start(opts, encoder, decoder, prior) if opts.init_from else None
     if progress:
         progress(0, {"train_images": len(x_train), "test_images": len(x_test), "epochs": opts.epochs})
     t_start = time.perf_counter()
@@ -243,15 +247,22 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
         epochs=opts.epochs,
         seconds=seconds,
     )
-    config = _run_config(opts, cfg, ds, len(x_train), len(x_test), lam_final, prior)
+    config = _run_config(opts, cfg, ds, len(x_train), len(x_test), lam_final, prior, start)
     metrics = {**result.to_dict(), "mse": ev["mse"], "latent_range": ev["latent_range"]}
     write_run(out, config, encoder, decoder, history, metrics)
-    _plots(history, encoder, decoder, ds.x_test, ds.y_test[: len(x_test)], out, opts, ev)
+    _plots(history, encoder, decoder, ds, len(x_test), out, opts, ev)
     return result
 
 
 def _run_config(
-    opts: TrainOptions, cfg: ModelConfig, ds, n_train: int, n_test: int, lam_final: float, prior: _Prior
+    opts: TrainOptions,
+    cfg: ModelConfig,
+    ds,
+    n_train: int,
+    n_test: int,
+    lam_final: float,
+    prior: _Prior,
+    start: dict | None = None,
 ) -> RunConfig:
     """What ``config.json`` records of a rate-distortion run (the ``rd`` block: what export needs)."""
     rd = opts.rd
@@ -259,14 +270,9 @@ def _run_config(
     return RunConfig(
         dataset=opts.dataset,
         model=cfg,
-        train=opts.to_dict(),
+        train={**opts.to_dict(), **({"start": start} if start else {})},
         command=opts.to_command(),
-        data={
-            **ds.summary(),
-            "source": ds.source_name,
-            "train_images": int(n_train),
-            "test_images": int(n_test),
-        },
+        data=data_record(ds, {"train_images": n_train, "test_images": n_test}),
         device=describe_device(),
         versions=run_versions(),
         rd={
@@ -345,31 +351,35 @@ def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarra
     return history, float(lam.numpy())
 
 
-def _load_start(run_dir: str, cfg: ModelConfig, encoder, decoder, prior: _Prior) -> None:
-    """Copy weights and prior of an earlier run into freshly built models (same architecture)."""
-    try:
-        old_enc, old_dec, config = load_run(run_dir)
-    except ConfigError as e:
-        raise ConfigError(f"--init-from {run_dir}: cannot load the run ({e})") from None
-    if config.model != cfg:
-        raise ConfigError(f"--init-from {run_dir}: its model {config.model.to_dict()} is not {cfg.to_dict()}")
-    encoder.set_weights(old_enc.get_weights())
-    decoder.set_weights(old_dec.get_weights())
-    old = (config.rd or {}).get("prior") or {}
+def _load_start(opts: TrainOptions, encoder, decoder, prior: _Prior) -> dict:
+    """Copy weights and prior of the run or bundle ``opts.init_from`` into freshly built models (same
+    architecture, checked by the options); what the run records of its start."""
+    from .from_bundle import load_start
+
+    start = opts.start()
+    assert start is not None
+    record = load_start(start, encoder, decoder)
+    old = start.prior or {}
     if "loc" in old and "scale" in old:
         scale = np.maximum(np.asarray(old["scale"], np.float32) - MIN_SCALE, 1e-4)
         prior.loc.assign(np.asarray(old["loc"], np.float32))
         prior.raw_scale.assign(np.log(np.expm1(scale)))
+    elif "prior starts afresh" not in " ".join(record["notes"]):
+        record["notes"].append(f"{start.kind} {start.name} records no learned prior: the prior starts afresh")
+    return record
 
 
-def _plots(history: dict, encoder, decoder, x_test, y_test, out: Path, opts: TrainOptions, ev: dict) -> None:
+def _plots(history: dict, encoder, decoder, ds, n_test: int, out: Path, opts: TrainOptions, ev: dict) -> None:
     """``loss.png`` (MSE per epoch) and ``recon.png`` (one test image per class through the rounded
     latent, original above reconstruction), as a plain training run writes them."""
-    from .plots import pick_examples, plot_loss, plot_recon
+    from dataclasses import replace as dc_replace
 
-    title = f"{opts.dataset} lam={opts.rd.lam if opts.rd else ''}"
+    from .plots import plot_loss, plot_recon
+
+    title = f"{ds.name} lam={opts.rd.lam if opts.rd else ''}"
     plot_loss({"loss": history["mse"]}, out / LOSS_PLOT, title=title)
-    sample = x_test[pick_examples(y_test)]
+    shown = dc_replace(ds, x_test=ds.x_test[:n_test], y_test=ds.y_test[:n_test])
+    sample = shown.x_test[example_indices(shown)]
     rec = decode_integer(decoder, encode_integer(encoder, (sample.astype(np.float32) / 255.0)[..., None]))
     plot_recon(
         sample,

@@ -1,8 +1,8 @@
-"""Train the autoencoder on real MNIST / Fashion-MNIST and write a run directory.
+"""Train the autoencoder on real MNIST / Fashion-MNIST or a user's own frames and write a run directory.
 
 Data flow::
 
-    datasets.load ─► uint8 (N,28,28) ─► seeded shuffle ─► [sample cap] ─► train | validation hold-out
+    load_data ─► uint8 (N,28,28) ─► seeded shuffle ─► [sample cap] ─► train | validation hold-out
         each epoch: train ─► [random shift/rotate] ─► target ─► [noise] ─► input ─► Adam step on MSE
     after training: full test split ─► encoder ─► decoder ─► uint8 ─► PSNR / SSIM / MSE (cae_edge.metrics)
 
@@ -13,6 +13,10 @@ Run directory (the contract other steps read; :mod:`cae_edge.rundir`)::
 
 Options (:class:`~cae_edge.train.options.TrainOptions`) are shared with rate-distortion training
 (:mod:`cae_edge.train.ratedistortion`), which sets ``TrainOptions.rd``.
+
+``load_data`` is :func:`cae_edge.datasets.load` for MNIST / Fashion-MNIST, and
+:func:`cae_edge.recording.load_user_dataset` for a recording, a folder of images or a video file (test split
+by time). ``init_from`` (a run or a bundle, :mod:`cae_edge.train.from_bundle`) sets the starting weights.
 
 Options are checked and the data is loaded before TensorFlow is imported, so bad input fails fast.
 """
@@ -27,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, datasets
+from .. import __version__, datasets, recording
 from ..errors import ConfigError
 from ..metrics import quality, to_uint8
 from ..rundir import LOSS_PLOT, RECON_PLOT, RunConfig, check_out_dir, make_out_dir, write_run
@@ -96,6 +100,48 @@ def split_train(
         order = order[:max_samples]
     n_val = min(int(round(len(order) * val_fraction)), len(order) - 1)
     return x[order[n_val:]], x[order[:n_val]]
+
+
+def load_data(opts: TrainOptions) -> datasets.Dataset:
+    """The run's dataset: MNIST / Fashion-MNIST, or a user's own frames split by time.
+
+    Images and video frames get the preprocessing of the bundle the run starts from (``init_from``), else
+    :data:`cae_edge.recording.DEFAULT_PREPROCESS`; a recording keeps the preprocessing it was recorded with.
+
+    Raises:
+        DataNotFoundError: no source has the dataset, or the path is not there.
+        ConfigError: a user dataset that is unreadable or too small for the split.
+        SourceError: images or a video OpenCV cannot read.
+    """
+    if not opts.user_data:
+        return datasets.load(opts.dataset, opts.data_dir)
+    start = opts.start()
+    preprocess = None
+    if start is not None and start.preprocess and recording.dataset_kind(opts.dataset) != "recording":
+        preprocess = start.preprocess
+    return recording.load_user_dataset(
+        opts.dataset, preprocess=preprocess, test_fraction=opts.test_fraction, gap=opts.gap
+    )
+
+
+def data_record(ds: datasets.Dataset, counts: dict[str, int]) -> dict:
+    """What ``config.json["data"]`` says of the data: summary, source name, counts; for a user's frames also
+    where they are, their preprocessing, the time split and the time ranges of both splits."""
+    info = {**ds.summary(), "source": ds.source_name, **{k: int(v) for k, v in counts.items()}}
+    if ds.user is not None:
+        info["user"] = ds.user.to_dict()
+        info["time_train"] = [float(ds.t_train.min()), float(ds.t_train.max())]
+        info["time_test"] = [float(ds.t_test.min()), float(ds.t_test.max())]
+    return info
+
+
+def example_indices(ds: datasets.Dataset, count: int = 10) -> np.ndarray:
+    """Test images for ``recon.png``: one per class, or for a user's frames ``count`` spread over time."""
+    from .plots import pick_examples
+
+    if ds.user is None:
+        return pick_examples(ds.y_test)
+    return np.unique(np.linspace(0, len(ds.x_test) - 1, min(count, len(ds.x_test))).round().astype(np.int64))
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
@@ -185,7 +231,7 @@ def train(opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
         )
     cfg = opts.model_config()
     out = check_out_dir(opts.out_dir)
-    ds = datasets.load(opts.dataset, opts.data_dir)
+    ds = load_data(opts)
     augment = opts.augment if opts.augment is not None else len(ds.x_train) < AUTO_AUGMENT_MAX_TRAIN
     opts = replace(opts, augment=augment)
 
@@ -204,11 +250,16 @@ def train(opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
     encoder, decoder, autoencoder = build_autoencoder(cfg)
     if opts.init == "he":
         he_init_convs(encoder, decoder)
+    start = None
+    if opts.init_from:
+        from .from_bundle import load_start
+
+        start = load_start(opts.start(), encoder, decoder)
     steps = math.ceil(len(x_train) / opts.batch_size)
     optimizer = keras.optimizers.Adam(learning_rate=_schedule(opts, steps))
     autoencoder.compile(optimizer=optimizer, loss="mse")
     counts = {"train_images": len(x_train), "val_images": len(x_val), "test_images": len(x_test)}
-    data_info = {**ds.summary(), "source": ds.source_name, **{k: int(v) for k, v in counts.items()}}
+    data_info = data_record(ds, counts)
     if progress:
         progress(0, {"device": device, **counts, "epochs": opts.epochs, "source": ds.source})
 
@@ -217,14 +268,14 @@ def train(opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
     config = RunConfig(
         dataset=opts.dataset,
         model=cfg,
-        train=opts.to_dict(),
+        train={**opts.to_dict(), **({"start": start} if start else {})},
         command=opts.to_command(),
         data=data_info,
         device=device,
         versions=run_versions(),
     )
     write_run(out, config, encoder, decoder, history, metrics)
-    _plots(out, history, ds, recon, metrics, f"{opts.dataset}, latent {cfg.latent_dim}")
+    _plots(out, history, ds, recon, metrics, f"{ds.name}, latent {cfg.latent_dim}")
     return TrainResult(
         run_dir=str(out),
         device=device,
@@ -292,10 +343,10 @@ def _evaluate(autoencoder, opts: TrainOptions, x_test_u8: np.ndarray, x_test: np
 
 def _plots(out, history: dict, ds, recon: np.ndarray, metrics: dict, title: str) -> None:
     """``loss.png`` and ``recon.png`` (one test image per class, original above reconstruction)."""
-    from .plots import pick_examples, plot_loss, plot_recon
+    from .plots import plot_loss, plot_recon
 
     plot_loss(history, out / LOSS_PLOT, title=title)
-    picks = pick_examples(ds.y_test)
+    picks = example_indices(ds)
     plot_recon(
         ds.x_test[picks],
         recon[picks],
