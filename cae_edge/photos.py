@@ -108,9 +108,9 @@ def load_photo(path: str | Path) -> np.ndarray:
 def pan_frames(photo: np.ndarray, count: int, size: tuple[int, int]) -> np.ndarray:
     """``count`` frames of a virtual camera panning and zooming across ``photo``.
 
-    The view is a window with the output's aspect ratio, 55-85 % of the photo's short side, whose centre
-    moves along a slow Lissajous path while it zooms in and out once: neighbouring frames differ by a few
-    pixels, as in a fixed camera's stream.
+    The view is a window with the output's aspect ratio, 65-85 % of the photo's short side, that drifts
+    once across the photo (left to right, with a slight rise and fall) and zooms in and back out on the
+    way: neighbouring frames differ by a few pixels, as in a fixed camera's stream of a slowly moving scene.
 
     Args:
         photo: HxW or HxWx3 uint8.
@@ -128,11 +128,12 @@ def pan_frames(photo: np.ndarray, count: int, size: tuple[int, int]) -> np.ndarr
     frames = np.empty((count, out_h, out_w, *photo.shape[2:]), np.uint8)
     for i in range(count):
         s = i / max(count - 1, 1)
-        zoom = 0.7 + 0.15 * math.cos(2 * math.pi * s)
+        ease = 0.5 - 0.5 * math.cos(math.pi * s)  # 0 -> 1, slow at both ends
+        zoom = 0.85 - 0.2 * math.sin(math.pi * s)
         win_h = min(h, int(min(h, w / aspect) * zoom))
         win_w = min(w, int(win_h * aspect))
-        cx = (w - win_w) * (0.5 + 0.45 * math.sin(2 * math.pi * s))
-        cy = (h - win_h) * (0.5 + 0.45 * math.sin(4 * math.pi * s + 1.0))
+        cx = (w - win_w) * (0.2 + 0.6 * ease)
+        cy = (h - win_h) * (0.5 - 0.3 * math.sin(math.pi * s))
         x0, y0 = int(round(cx)), int(round(cy))
         crop = photo[y0 : y0 + win_h, x0 : x0 + win_w]
         frames[i] = cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_AREA)
