@@ -200,11 +200,12 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
             imported).
         DataNotFoundError: the dataset is not available offline.
     """
+    opts = opts.validated()  # a rate-distortion init_from sets rd
     if opts.rd is None:
         raise ConfigError(
-            "train_rd needs rate-distortion options: set TrainOptions.rd (e.g. RDOptions(lam=1))"
+            "train_rd needs rate-distortion options: set TrainOptions.rd (e.g. RDOptions(lam=1)) or "
+            "init_from a rate-distortion run or bundle"
         )
-    opts = opts.validated()
     rd = opts.rd
     assert rd is not None
     cfg = opts.model_config()
