@@ -307,3 +307,36 @@ def test_user_dataset_errors(rec_dir, tmp_path):
     with pytest.raises(ConfigError, match="recorded with preprocessing"):
         recording.load_user_dataset(rec_dir, preprocess={"invert": True})
     assert recording.is_user_dataset(str(rec_dir)) and not recording.is_user_dataset("fashion-mnist")
+
+
+def test_a_node_records_with_tensorflow_unimportable(video, tmp_path):
+    """`data record` is the node's side: it runs where there is no TensorFlow."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+
+        class _BlockTF:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+                    raise ImportError(f"{{name}} is blocked: the device side must not import it")
+
+        sys.meta_path.insert(0, _BlockTF())
+        from typer.testing import CliRunner
+        from cae_edge.cli.main import app
+        from cae_edge import recording
+        out = {str(tmp_path / "r")!r}
+        args = ["data", "record", "--source", {str(video)!r}, "--bundle", "mnist-small", "--out", out]
+        r = CliRunner().invoke(app, args + ["--frames", "5"])
+        assert r.exit_code == 0, r.output
+        assert len(recording.load_user_dataset(out, test_fraction=0.2, gap=0).x_train) == 4
+        bad = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+        assert not bad, bad
+        print("OK")
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
