@@ -189,6 +189,8 @@ def test_record_a_live_source_paces_to_fps_on_the_wall_clock(photo_frames, tmp_p
 def test_a_camera_needs_a_limit(photo_frames, tmp_path):
     with pytest.raises(ConfigError, match="--seconds or --frames"):
         record(RecordOptions(tmp_path / "cam"), _Camera(photo_frames, loop=True))
+    with pytest.raises(ConfigError, match="synthetic source never ends"):
+        record(RecordOptions(tmp_path / "cam"), "synthetic")
     assert not (tmp_path / "cam").exists()
 
 

@@ -21,7 +21,14 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..recording import DEFAULT_PREPROCESS, Recording, write_recording
-from .capture import FrameSource, Picamera2Source, VideoCaptureSource, _LoopingVideo, open_source
+from .capture import (
+    FrameSource,
+    Picamera2Source,
+    SyntheticSource,
+    VideoCaptureSource,
+    _LoopingVideo,
+    open_source,
+)
 from .preprocess import Preprocessor
 
 Progress = Callable[[int, float], None]
@@ -133,10 +140,10 @@ def record(
     src = open_source(source) if isinstance(source, str) else source
     try:
         live = is_live(src)
-        if live and opts.seconds is None and opts.frames is None:
-            raise ConfigError(
-                f"{src}: a camera never ends; give --seconds or --frames (Ctrl-C also stops it)"
-            )
+        endless = live or (isinstance(src, SyntheticSource) and src._limit is None)
+        if endless and opts.seconds is None and opts.frames is None:
+            what = "a camera" if live else "the synthetic source"
+            raise ConfigError(f"{src}: {what} never ends; give --seconds or --frames (Ctrl-C also stops it)")
         frames, stamps, interrupted = _loop(src, pre, opts, live, progress, clock, sleep)
     finally:
         if owned:
