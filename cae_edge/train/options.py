@@ -212,8 +212,8 @@ class TrainOptions:
         start (``init_from``) makes a rate-distortion run.
 
         Raises:
-            ConfigError: with the bad value and what is allowed (a user dataset path is checked when the data
-                is loaded).
+            ConfigError: with the bad value and what is allowed (a user dataset path must exist here; its
+                content is checked when the data is loaded).
         """
         start = self.start()
         if start is not None and start.rd and self.rd is None:
