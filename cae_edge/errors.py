@@ -44,6 +44,11 @@ class KeyFileError(CaeEdgeError):
     """A CURVE key file is missing, unreadable, malformed, or a secret key file has unsafe permissions."""
 
 
+class LinkRefusedError(CaeEdgeError):
+    """The receiver keeps refusing this sender's handshake (key not allowed, wrong pinned key, security
+    mismatch); the message says which and what to do."""
+
+
 class RuntimeMissingError(CaeEdgeError):
     """Neither ai_edge_litert nor tflite_runtime is installed (the device runtime cannot run a model)."""
 

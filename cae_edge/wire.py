@@ -62,6 +62,9 @@ HEADER_BYTES = _HEADER.size
 OVERHEAD_BYTES = HEADER_BYTES + _CRC.size
 """Bytes on top of the payload when no name rides along (24)."""
 MAX_PAYLOAD = 0xFFFF
+MAX_PACKET_BYTES = OVERHEAD_BYTES + 1 + NAME_MAX + MAX_PAYLOAD
+"""The largest packet :func:`pack` can produce (name and a full payload): 65,624 bytes. Receivers refuse
+anything longer before reading it (ZeroMQ ``MAXMSGSIZE``)."""
 
 _FLAG_KIND = 0x03
 _FLAG_NAME = 0x04

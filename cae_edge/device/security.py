@@ -16,6 +16,13 @@ other key never completes the handshake, so nothing is sent to it.
     node: NAME.key_secret + receiver.key ──CURVE──▶ receiver: receiver.key_secret + allowed/*.key
                                                     └─ ZAP: key in allowed/? else refused before any frame
 
+The allowed-keys directory is re-read when it changes (at each handshake, and about once a second through
+:meth:`CurveServer.poll_revoked`), failing closed: a removed key, an emptied or vanished directory trusts no
+one for new handshakes; a damaged file is skipped (and reported), never a reason to keep an old key. A key
+removed while its node is connected is *revoked*: ZeroMQ cannot drop one peer of a bound socket, so the
+transport (``PullReceiver``) closes and reopens its listening endpoint; every node reconnects, and the ZAP
+handler refuses the revoked one.
+
 Everything here is pure pyzmq (libzmq's built-in CURVE); no TensorFlow.
 """
 
@@ -25,6 +32,8 @@ import datetime
 import os
 import re
 import stat
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -264,6 +273,36 @@ def load_public_key(path: str | Path) -> KeyPair:
     return KeyPair(name=_stem(path), public=public, secret=None, path=path)
 
 
+def scan_allowed_keys(directory: str | Path) -> tuple[dict[bytes, str], list[str]]:
+    """Read the usable ``*.key`` files of ``directory`` without raising: the receiver's reload (fail closed).
+
+    Returns:
+        ``({z85 public key: name}, problems)``: a missing or empty directory gives no keys; a bad file or a
+        repeated key is left out and described in ``problems``.
+    """
+    directory = Path(directory).expanduser()
+    keys: dict[bytes, str] = {}
+    problems: list[str] = []
+    try:
+        paths = sorted(directory.glob(f"*{PUBLIC_SUFFIX}")) if directory.is_dir() else None
+    except OSError as e:
+        paths, problems = None, [f"cannot list {directory}: {e.strerror or e}"]
+    if paths is None:
+        problems = problems or [f"allowed-keys directory {directory} not found: no sender is trusted"]
+        return keys, problems
+    for path in paths:
+        try:
+            pair = load_public_key(path)
+        except KeyFileError as e:
+            problems.append(str(e))
+            continue
+        if pair.public in keys:
+            problems.append(f"{path} repeats the key of {keys[pair.public]}{PUBLIC_SUFFIX}: ignored")
+            continue
+        keys[pair.public] = pair.name
+    return keys, problems
+
+
 def load_allowed_keys(directory: str | Path) -> dict[bytes, str]:
     """Read every ``*.key`` public key file in ``directory``.
 
@@ -404,24 +443,35 @@ class AuthStats:
     allowed_keys: int = 0
     """Number of public keys currently trusted."""
     accepted: dict[str, int] = field(default_factory=dict)
-    """Handshakes accepted per key name."""
+    """Handshakes accepted per key name (names of the keys trusted now or revoked while running)."""
     denied: int = 0
-    """Handshakes refused (unknown key)."""
+    """Handshakes refused (unknown or revoked key)."""
     denied_keys: list[str] = field(default_factory=list)
     """The last few refused public keys (Z85), newest last."""
+    revoked: list[str] = field(default_factory=list)
+    """Names of keys removed from the directory while they had connected (the last few, newest last)."""
     reload_error: str | None = None
-    """Why the last reload of the allowed-keys directory failed (old keys stay in force)."""
+    """What the last read of the allowed-keys directory could not use (bad files; a missing directory)."""
 
 
 class _AllowedKeys:
-    """ZAP credentials provider: the allowed-keys directory, reloaded when it changes."""
+    """ZAP credentials provider: the allowed-keys directory, reloaded (fail closed) when it changes.
+
+    Called from the ZAP thread (:meth:`callback`) and from the receiving socket's thread
+    (:meth:`take_revoked`); a lock keeps the two consistent.
+    """
 
     def __init__(self, directory: Path, on_deny: Callable[[str], None] | None = None) -> None:
         self.directory = directory
-        self.keys = load_allowed_keys(directory)
-        self._mtime = self._stamp()
+        self.keys = load_allowed_keys(directory)  # at start: an empty or bad directory is an error
+        self._stamp_value = self._stamp()
         self.stats = AuthStats(allowed_keys=len(self.keys))
         self._on_deny = on_deny
+        self._lock = threading.Lock()
+        self._accepted_keys: set[bytes] = set()
+        self._revoked: list[str] = []
+        self.last_name = "unknown"
+        """Name of the key the last :meth:`callback` admitted (the ZAP User-Id of that handshake)."""
 
     def _stamp(self) -> tuple:
         try:
@@ -430,29 +480,44 @@ class _AllowedKeys:
         except OSError:
             return ()
 
-    def _maybe_reload(self) -> None:
-        stamp = self._stamp()
-        if stamp == self._mtime:
-            return
-        self._mtime = stamp
-        try:
-            self.keys = load_allowed_keys(self.directory)
-            self.stats.reload_error = None
-        except KeyFileError as e:
-            self.stats.reload_error = str(e)
-        self.stats.allowed_keys = len(self.keys)
+    def reload(self) -> None:
+        """Re-read the directory if it changed; a key that connected and is gone is queued as revoked."""
+        with self._lock:
+            stamp = self._stamp()
+            if stamp == self._stamp_value:
+                return
+            self._stamp_value = stamp
+            keys, problems = scan_allowed_keys(self.directory)
+            for key, name in self.keys.items():
+                if keys.get(key) is None and key in self._accepted_keys:
+                    self._accepted_keys.discard(key)
+                    self._revoked.append(name)
+                    self.stats.revoked = [*self.stats.revoked[-7:], name]
+            self.keys = keys
+            self.stats.allowed_keys = len(keys)
+            self.stats.reload_error = "; ".join(problems) or None
+
+    def take_revoked(self) -> list[str]:
+        """Reload if changed; return (and forget) the names of connected keys revoked since the last call."""
+        self.reload()
+        with self._lock:
+            out, self._revoked = self._revoked, []
+        return out
 
     def callback(self, domain: str, key: bytes) -> bool:
-        self._maybe_reload()
-        name = self.keys.get(key)
-        if name is None:
-            self.stats.denied += 1
-            self.stats.denied_keys = [*self.stats.denied_keys[-7:], key.decode("ascii", "replace")]
-            if self._on_deny is not None:
-                self._on_deny(key.decode("ascii", "replace"))
-            return False
-        self.stats.accepted[name] = self.stats.accepted.get(name, 0) + 1
-        return True
+        self.reload()
+        with self._lock:
+            name = self.keys.get(key)
+            if name is None:
+                self.stats.denied += 1
+                self.stats.denied_keys = [*self.stats.denied_keys[-7:], key.decode("ascii", "replace")]
+            else:
+                self._accepted_keys.add(key)
+                self.stats.accepted[name] = self.stats.accepted.get(name, 0) + 1
+                self.last_name = name
+        if name is None and self._on_deny is not None:
+            self._on_deny(key.decode("ascii", "replace"))
+        return name is not None
 
 
 class _NamedAuthenticator(ThreadAuthenticator):
@@ -461,9 +526,8 @@ class _NamedAuthenticator(ThreadAuthenticator):
     provider: _AllowedKeys
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        from zmq.utils import z85
-
-        return self.provider.keys.get(z85.encode(client_public_key), "unknown")
+        # called right after a successful callback() for the same request, in the same thread
+        return self.provider.last_name
 
 
 class CurveServer:
@@ -496,11 +560,30 @@ class CurveServer:
         self.pair = load_secret_key(opts.key)
         self.provider = _AllowedKeys(Path(opts.allowed_keys).expanduser(), on_deny)
         self._auth: _NamedAuthenticator | None = None
+        self._next_revoke_check = 0.0
 
     @property
     def stats(self) -> AuthStats:
         """Handshakes accepted/denied so far."""
         return self.provider.stats
+
+    def poll_revoked(self, every_s: float = 1.0) -> list[str]:
+        """Names of keys removed from the allowed directory while connected, since the last call.
+
+        Re-reads the directory at most every ``every_s`` (the transport calls this from its receive loop and
+        drops every connection when the list is not empty, so the revoked nodes are refused on reconnect).
+        """
+        now = time.monotonic()
+        if now < self._next_revoke_check:
+            return []
+        self._next_revoke_check = now + every_s
+        return self.provider.take_revoked()
+
+    @property
+    def last_denied_key(self) -> str | None:
+        """The Z85 public key of the last refused handshake, if any."""
+        keys = self.provider.stats.denied_keys
+        return keys[-1] if keys else None
 
     def apply(self, sock: zmq.Socket) -> None:
         """Make ``sock`` a CURVE server (call before ``bind``); starts the ZAP handler on its context."""

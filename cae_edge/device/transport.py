@@ -25,25 +25,43 @@ Send policy (the capture loop never blocks):
   gap in sequence numbers.
 
 Reconnection: ZeroMQ reconnects by itself (``RECONNECT_IVL`` 100 ms, backing off to ``RECONNECT_IVL_MAX``),
-``LINGER`` is 0 so closing never waits on a dead peer, and ZMTP heartbeats (``HEARTBEAT_IVL``/``TIMEOUT``)
-detect a peer that vanished without closing its TCP connection (power loss, Wi-Fi gone). A socket monitor
-counts connects and disconnects for the stats.
+``LINGER`` is 0 so closing never waits on a dead peer. A peer that vanished without closing its TCP connection
+(power loss, Wi-Fi gone) is found by TCP itself: keepalive probes on both ends (an idle link) and, on the
+sender, ``TCP_MAXRT`` (Linux ``TCP_USER_TIMEOUT``: data unacknowledged for ``tcp_maxrt_ms``). A socket monitor
+counts connects, disconnects and refused handshakes for the stats.
+
+No ZMTP heartbeats by default (``heartbeat_ivl_ms`` 0), because of a libzmq abort (4.2.0 .. 4.3.5, and
+unfixed on master at the time of writing): ``Assertion failed: !_io_error (src/stream_engine_base.cpp:310)``.
+When the receiving socket's queue is full (``RCVHWM``), libzmq stops reading that connection; if the peer then
+closes it, the poller still reports the hang-up, and the engine marks itself ``_io_error`` (fd removed from
+the poller) but stays alive until the application drains the queue. Anything that makes the engine *write*
+before then asserts ``!_io_error`` in ``out_event``: the receiver's own heartbeat timer (``HEARTBEAT_IVL``),
+or a PING from the sender that was already read into the engine's buffer and is decoded when input restarts
+(the PONG reply). Both paths were reproduced on loopback (``tests/test_fleet.py``); with no PINGs in either
+direction neither exists. See docs/fleet.md.
+
+Refused handshakes are visible on both ends: the monitor reports ZAP refusals (key not allowed), CURVE
+failures (the sender pinned another receiver key) and mechanism mismatches (one end ``--insecure``). The
+receiver counts them by kind (``LinkStats.refused_by``) and reports each through ``on_event``; a sender that
+is refused for ``give_up_refused_s`` raises :class:`~cae_edge.errors.LinkRefusedError` with the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import NamedTuple, Protocol
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from ..errors import ConfigError
+from .. import wire
+from ..errors import ConfigError, LinkRefusedError
 
 POLICIES = ("drop-oldest", "drop-newest")
 """What a full send queue does: drop the oldest queued frame (live video) or the new frame."""
@@ -58,22 +76,70 @@ class SocketSecurity(Protocol):
     def apply(self, sock: zmq.Socket) -> None: ...
 
 
+_ENDPOINT_RE = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>[^:/]*)$")
+
+
+def check_endpoint(endpoint: str, *, bind: bool) -> str:
+    """Return ``endpoint`` if it is ``tcp://HOST:PORT`` with a port ZeroMQ will really use (or ``ipc://``,
+    ``inproc://``), else raise.
+
+    libzmq parses the port with ``strtol`` and keeps 16 bits, so ``tcp://127.0.0.1:99999`` would quietly bind
+    port 34463; such endpoints are refused here.
+
+    Args:
+        endpoint: e.g. ``tcp://192.168.1.10:5555``; for ``bind`` also ``tcp://*:5555`` or port ``*``/``0``
+            (any free port).
+        bind: the receiver's side (``--bind``) rather than a sender's ``--connect``.
+
+    Raises:
+        ConfigError: not ``tcp://HOST:PORT``, or the port is not 1 .. 65535 (``*``/``0`` only to bind).
+    """
+    example = "tcp://*:5555" if bind else "tcp://192.168.1.10:5555"
+    if isinstance(endpoint, str) and re.match(r"^(ipc|inproc)://.+", endpoint):
+        return endpoint  # local transports: no port to check
+    m = _ENDPOINT_RE.match(endpoint) if isinstance(endpoint, str) else None
+    if m is None:
+        raise ConfigError(f"endpoint {endpoint!r}: use tcp://HOST:PORT, e.g. {example}")
+    port = m.group("port")
+    if bind and port in ("*", "0"):
+        return endpoint
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        extra = " (or * for any free port)" if bind else ""
+        raise ConfigError(f"endpoint {endpoint!r}: port {port!r} must be 1 .. 65535{extra}, e.g. {example}")
+    if not bind and m.group("host") == "*":
+        raise ConfigError(f"{endpoint}: a sender connects to one host; '*' is for --bind on the receiver")
+    return endpoint
+
+
 @dataclass
 class LinkOptions:
     """Socket settings both ends share."""
 
-    heartbeat_ivl_ms: int = 1000
-    """Send a ZMTP PING this often when the link is idle."""
+    heartbeat_ivl_ms: int = 0
+    """ZMTP PING interval; 0 = off (default). Turning it on exposes the libzmq abort described in the module
+    docstring when the receiver falls behind; dead peers are found by TCP keepalive / ``TCP_MAXRT``."""
     heartbeat_timeout_ms: int = 3000
-    """Drop the connection when no traffic arrived for this long after a PING (dead peer)."""
+    """With heartbeats on: drop the connection when no traffic arrived for this long after a PING."""
+    keepalive_idle_s: int = 10
+    """TCP keepalive: probe a connection that carried nothing for this long (0 = the OS default, off)."""
+    keepalive_intvl_s: int = 2
+    """TCP keepalive: seconds between probes."""
+    keepalive_cnt: int = 3
+    """TCP keepalive: unanswered probes before the connection is dropped."""
     security: SocketSecurity | None = None
     """Applied to the socket before bind/connect (CURVE); the transport closes it on ``close()``."""
 
     def _apply(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ivl_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.heartbeat_timeout_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, self.heartbeat_timeout_ms)
+        if self.heartbeat_ivl_ms > 0:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ivl_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.heartbeat_timeout_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, self.heartbeat_timeout_ms)
+        if self.keepalive_idle_s > 0:
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, self.keepalive_idle_s)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, self.keepalive_intvl_s)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, self.keepalive_cnt)
         if self.security is not None:
             self.security.apply(sock)
 
@@ -96,6 +162,14 @@ class SenderOptions(LinkOptions):
     soak test's 2 s resume target; with 2000 ms senders resumed ~2.0-2.1 s after a 10 s outage)."""
     connect_timeout_ms: int = 2000
     """Give up one TCP connect attempt after this long (then retry): unreachable hosts don't stall it."""
+    tcp_maxrt_ms: int = 20_000
+    """Drop the connection when sent data stays unacknowledged this long (``TCP_MAXRT``, Linux
+    ``TCP_USER_TIMEOUT``): the receiver lost power or network. 0 = the kernel default (~15 minutes)."""
+    give_up_refused_s: float = 30.0
+    """Raise :class:`~cae_edge.errors.LinkRefusedError` from ``send``/``wait_connected`` once every handshake
+    for this long was refused (key not allowed or revoked, wrong pinned server key, one end ``--insecure``).
+    Until then refused handshakes are retried, so a key copied to the receiver late still connects.
+    0 = retry forever."""
     close_flush_s: float = 1.0
     """On ``close()``, keep trying to deliver queued frames for at most this long (0 = drop them)."""
     on_drop: Callable[[bytes, str], None] | None = None
@@ -110,6 +184,8 @@ class SenderOptions(LinkOptions):
             raise ConfigError(f"queue size {self.queue_size}: must be 1 .. 1000000")
         if self.sndhwm < 1:
             raise ConfigError(f"sndhwm {self.sndhwm}: must be >= 1")
+        if not self.give_up_refused_s >= 0:
+            raise ConfigError(f"give_up_refused_s {self.give_up_refused_s}: must be >= 0 (0 = never)")
 
 
 @dataclass
@@ -118,6 +194,16 @@ class ReceiverOptions(LinkOptions):
 
     rcvhwm: int = 10_000
     """Frames ZeroMQ may buffer per sender before it stops reading that sender's connection."""
+    max_message_bytes: int = wire.MAX_PACKET_BYTES + 64
+    """Longer messages are refused before they are read (``MAXMSGSIZE``) and their connection dropped: the
+    largest packet plus CURVE's per-message overhead (33 bytes). -1 = no limit."""
+    revoke_check_s: float = 1.0
+    """How often the security hook is asked for revoked keys (``poll_revoked``); when one is, every
+    connection is dropped (close + reopen of the listening endpoint) and the revoked node is refused on
+    reconnect."""
+    on_event: Callable[[str, str], None] | None = None
+    """Called with ``(kind, message)`` for each refused handshake (kind ``key``, ``crypto``, ``mechanism``,
+    ``protocol`` or ``handshake``) and each revocation (``revoked``); the caller rate-limits the log."""
 
 
 @dataclass
@@ -143,21 +229,46 @@ class LinkStats:
     peers: int = 0
     """Connections up now."""
     refused: int = 0
-    """Handshakes the receiver refused because it does not allow our CURVE key (sender). ZeroMQ itself never
-    retries after a refusal; the sender does, every ``reconnect_ivl_max_ms``, so a node whose key is added to
-    the receiver's allowed-keys directory later connects without a restart."""
+    """Handshakes that failed: refused by the receiver (sender), or refused by us (receiver). ZeroMQ itself
+    never retries after a refusal; the sender does, every ``reconnect_ivl_max_ms``, so a node whose key is
+    added to the receiver's allowed-keys directory later connects without a restart."""
+    refused_by: dict[str, int] = field(default_factory=dict)
+    """Failed handshakes by kind: ``key`` (CURVE key not allowed or revoked), ``crypto`` (the sender pinned
+    another receiver key), ``mechanism`` (one end ``--insecure``), ``protocol``, ``handshake`` (the peer closed
+    or timed out mid-handshake)."""
+    revocations: int = 0
+    """Times the receiver dropped every connection because an allowed key was removed (receiver)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def _failure_kind(event: int, value: int) -> str:
+    """The ``refused_by`` key of a failed-handshake monitor event."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return "key"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return "handshake"
+    if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return "crypto"
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return "mechanism"
+    return "protocol"
+
+
 class _Link:
     """Context, socket, monitor and close()/context-manager plumbing shared by both ends."""
 
-    _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+    _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _FAILED
+    _bind = False
 
     def __init__(self, kind: int, endpoint: str, options: LinkOptions) -> None:
-        self.endpoint = endpoint
+        self.endpoint = check_endpoint(endpoint, bind=self._bind)
         self.options = options
         self._stats = LinkStats()
         self._ctx = zmq.Context()
@@ -189,18 +300,25 @@ class _Link:
         if mon is None:
             return
         while mon.poll(0):
-            event = parse_monitor_message(mon.recv_multipart())["event"]
+            msg = parse_monitor_message(mon.recv_multipart())
+            event = msg["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._stats.connects += 1
                 self._stats.peers += 1
+                self._on_connected()
             elif event == zmq.EVENT_DISCONNECTED:
                 self._stats.disconnects += 1
                 self._stats.peers = max(0, self._stats.peers - 1)
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            elif event & _FAILED:
+                kind = _failure_kind(event, msg["value"])
                 self._stats.refused += 1
-                self._on_refused()
+                self._stats.refused_by[kind] = self._stats.refused_by.get(kind, 0) + 1
+                self._on_refused(kind)
 
-    def _on_refused(self) -> None:
+    def _on_connected(self) -> None:
+        pass
+
+    def _on_refused(self, kind: str) -> None:
         pass
 
     @property
@@ -262,12 +380,49 @@ class PushSender(_Link):
         self._on_drop = options.on_drop
         self._next_poll = 0.0
         self._retry_at = 0.0
+        self._refused_since = 0.0
+        self._refused_last = 0.0
+        self._refused_kind = ""
         super().__init__(zmq.PUSH, endpoint, options)
 
-    _EVENTS = _Link._EVENTS | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    _REASONS = {
+        "key": "the receiver refused this node's CURVE key (not in its --allowed-keys directory, or revoked): "
+        "copy NAME.key to the receiver's allowed-keys directory",
+        "crypto": "the receiver could not decrypt our handshake: the pinned --server-key is not this "
+        "receiver's key (copy its receiver.key again)",
+        "handshake": "the receiver closed the connection during the handshake: the pinned --server-key is "
+        "probably not this receiver's key (copy its receiver.key again)",
+        "mechanism": "security mismatch: one end uses CURVE keys and the other --insecure; use keys on both",
+        "protocol": "the receiver refused the ZeroMQ handshake (protocol error): is it a cae-edge receiver?",
+    }
 
-    def _on_refused(self) -> None:
-        self._retry_at = time.monotonic() + self.options.reconnect_ivl_max_ms / 1000  # type: ignore[attr-defined]
+    def _on_connected(self) -> None:
+        self._refused_since = 0.0
+
+    def _on_refused(self, kind: str) -> None:
+        now = time.monotonic()
+        self._refused_since = self._refused_since or now
+        self._refused_last, self._refused_kind = now, kind
+        if kind in ("key", "mechanism", "protocol"):  # ZeroMQ does not retry these by itself
+            self._retry_at = now + self.options.reconnect_ivl_max_ms / 1000  # type: ignore[attr-defined]
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the last handshake failed, while no handshake succeeded since; else ``None``."""
+        self._poll_monitor()
+        return self._REASONS.get(self._refused_kind) if self._refused_since else None
+
+    def _check_refused(self) -> None:
+        limit = self.options.give_up_refused_s  # type: ignore[attr-defined]
+        if not (limit and self._refused_since):
+            return
+        now = time.monotonic()
+        # refused for `limit` seconds, and still being refused (not merely a receiver that is down now)
+        if now - self._refused_since >= limit and now - self._refused_last <= max(5.0, limit / 2):
+            raise LinkRefusedError(
+                f"{self.endpoint}: every handshake for {now - self._refused_since:.0f} s was refused "
+                f"({self._stats.refused} attempts): {self._REASONS[self._refused_kind]}"
+            )
 
     def _poll_monitor(self) -> None:
         super()._poll_monitor()
@@ -284,10 +439,10 @@ class PushSender(_Link):
         sock.setsockopt(zmq.RECONNECT_IVL, o.reconnect_ivl_ms)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, o.reconnect_ivl_max_ms)
         sock.setsockopt(zmq.CONNECT_TIMEOUT, o.connect_timeout_ms)
+        if o.tcp_maxrt_ms > 0:
+            sock.setsockopt(zmq.TCP_MAXRT, o.tcp_maxrt_ms)
 
     def _open(self, sock: zmq.Socket, endpoint: str) -> None:
-        if "*" in endpoint:
-            raise ConfigError(f"{endpoint}: a sender connects to one host; '*' is for --bind on the receiver")
         sock.connect(endpoint)
 
     def _hint(self, e: zmq.ZMQError) -> str:
@@ -298,6 +453,9 @@ class PushSender(_Link):
 
         Returns:
             False when a frame was dropped because the queue was full (the new one or the oldest).
+
+        Raises:
+            LinkRefusedError: every handshake for ``give_up_refused_s`` was refused (the message says why).
         """
         sock = self._sock
         if sock is None:
@@ -306,6 +464,7 @@ class PushSender(_Link):
         if now >= self._next_poll:  # socket events (connects) at most every 10 ms
             self._next_poll = now + 0.01
             self._poll_monitor()
+            self._check_refused()
         q = self._queue
         if not q:  # fast path: nothing waiting, try the frame directly
             try:
@@ -352,12 +511,17 @@ class PushSender(_Link):
         return len(self._queue)
 
     def wait_connected(self, timeout_s: float) -> bool:
-        """Wait until a receiver is connected (handshake done); True if it is."""
+        """Wait until a receiver is connected (handshake done); True if it is.
+
+        Raises:
+            LinkRefusedError: every handshake for ``give_up_refused_s`` was refused (the message says why).
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             self._poll_monitor()
             if self._stats.peers > 0:
                 return True
+            self._check_refused()
             left = deadline - time.monotonic()
             if left <= 0 or self._monitor is None:
                 return False
@@ -419,14 +583,70 @@ class PullReceiver(_Link):
         ConfigError: bad endpoint, or the address is in use.
     """
 
-    _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+    _bind = True
+    _MESSAGES = {
+        "key": "refused a sender: its CURVE key is not in --allowed-keys (or was revoked)",
+        "crypto": "refused a sender: its CURVE handshake does not decrypt (it pinned another receiver key)",
+        "mechanism": "refused a sender: security mismatch (it is --insecure and this receiver uses CURVE, "
+        "or the reverse)",
+        "protocol": "refused a connection: ZeroMQ protocol error during the handshake",
+        "handshake": "a connection closed or timed out during the handshake",
+    }
 
     def __init__(self, endpoint: str, options: ReceiverOptions | None = None) -> None:
         super().__init__(zmq.PULL, endpoint, options or ReceiverOptions())
         self._secured = self.options.security is not None
+        self._next_check = 0.0
 
     def _configure(self, sock: zmq.Socket) -> None:
-        sock.setsockopt(zmq.RCVHWM, self.options.rcvhwm)  # type: ignore[attr-defined]
+        o: ReceiverOptions = self.options  # type: ignore[assignment]
+        sock.setsockopt(zmq.RCVHWM, o.rcvhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, o.max_message_bytes)
+
+    def _event(self, kind: str, message: str) -> None:
+        hook = self.options.on_event  # type: ignore[attr-defined]
+        if hook is not None:
+            hook(kind, message)
+
+    def _on_refused(self, kind: str) -> None:
+        message = self._MESSAGES[kind]
+        key = getattr(self.options.security, "last_denied_key", None) if kind == "key" else None
+        self._event(kind, message + (f"; key {key}" if key else "") + " (counted in refused_by)")
+
+    def _maintain(self) -> None:
+        """Socket events, and revoked keys: drop every connection so the revoked node is refused."""
+        self._poll_monitor()
+        poll_revoked = getattr(self.options.security, "poll_revoked", None)
+        if poll_revoked is None:
+            return
+        revoked = poll_revoked(self.options.revoke_check_s)  # type: ignore[attr-defined]
+        if revoked:
+            self._drop_all_connections()
+            self._stats.revocations += 1
+            self._event(
+                "revoked",
+                f"key {', '.join(revoked)} removed from --allowed-keys while connected: dropped every "
+                "connection (ZeroMQ cannot drop one peer); allowed nodes reconnect, the revoked one is refused",
+            )
+
+    def _drop_all_connections(self, timeout_s: float = 5.0) -> None:
+        """Close and reopen the listening endpoint: libzmq ends every connection accepted through it."""
+        sock = self._sock
+        assert sock is not None
+        sock.unbind(self.endpoint)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                sock.bind(self.endpoint)  # the old listener closes in the I/O thread: retry briefly
+                break
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"{self.endpoint}: cannot listen again after dropping connections ({e.strerror})"
+                    ) from None
+                time.sleep(0.005)
+        self._poll_monitor()
+        self._stats.peers = 0
 
     def _open(self, sock: zmq.Socket, endpoint: str) -> None:
         sock.bind(endpoint)
@@ -449,6 +669,10 @@ class PullReceiver(_Link):
         if sock is None:
             raise ConfigError(f"{self.endpoint}: receive on a closed receiver")
         out: list[Received] = []
+        now = time.monotonic()
+        if now >= self._next_check:  # refused handshakes, revoked keys: a few times a second
+            self._next_check = now + 0.1
+            self._maintain()
         if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
             self._poll_monitor()
             return out
