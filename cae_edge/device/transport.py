@@ -234,8 +234,8 @@ class LinkStats:
     added to the receiver's allowed-keys directory later connects without a restart."""
     refused_by: dict[str, int] = field(default_factory=dict)
     """Failed handshakes by kind: ``key`` (CURVE key not allowed or revoked), ``crypto`` (the sender pinned
-    another receiver key), ``mechanism`` (one end ``--insecure``), ``protocol``, ``handshake`` (the peer closed
-    or timed out mid-handshake)."""
+    another receiver key), ``mechanism`` (one end ``--insecure``), ``protocol``, ``handshake`` (the peer
+    closed or timed out mid-handshake)."""
     revocations: int = 0
     """Times the receiver dropped every connection because an allowed key was removed (receiver)."""
 
@@ -244,7 +244,9 @@ class LinkStats:
 
 
 _FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 
 
@@ -386,8 +388,8 @@ class PushSender(_Link):
         super().__init__(zmq.PUSH, endpoint, options)
 
     _REASONS = {
-        "key": "the receiver refused this node's CURVE key (not in its --allowed-keys directory, or revoked): "
-        "copy NAME.key to the receiver's allowed-keys directory",
+        "key": "the receiver refused this node's CURVE key (not in its --allowed-keys directory, or "
+        "revoked): copy NAME.key to the receiver's allowed-keys directory",
         "crypto": "the receiver could not decrypt our handshake: the pinned --server-key is not this "
         "receiver's key (copy its receiver.key again)",
         "handshake": "the receiver closed the connection during the handshake: the pinned --server-key is "
@@ -626,7 +628,8 @@ class PullReceiver(_Link):
             self._event(
                 "revoked",
                 f"key {', '.join(revoked)} removed from --allowed-keys while connected: dropped every "
-                "connection (ZeroMQ cannot drop one peer); allowed nodes reconnect, the revoked one is refused",
+                "connection (ZeroMQ cannot drop one peer); allowed nodes reconnect, the revoked one is "
+                "refused",
             )
 
     def _drop_all_connections(self, timeout_s: float = 5.0) -> None:
