@@ -22,6 +22,7 @@ Every failure to open or to keep reading raises :class:`~cae_edge.errors.SourceE
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,6 +218,8 @@ def _open_hint(target: int | str) -> str:
 def _read_image(path: Path) -> np.ndarray:
     import cv2
 
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{path}: cannot read this image (permission denied or gone)")
     frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if frame is None:
         raise SourceError(f"{path}: not an image OpenCV can read (corrupt or unsupported format)")
@@ -238,7 +241,15 @@ class ImageFolderSource(_Source):
     def __init__(self, path: str | Path, *, loop: bool = False):
         path = Path(path)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            try:
+                files = sorted(
+                    p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                )
+            except OSError as e:
+                raise SourceError(
+                    f"{path}/: cannot list this folder ({e.strerror or e}); check its permissions "
+                    f"(`ls -ld {path}`)"
+                ) from None
             if not files:
                 raise SourceError(f"{path}/: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         elif path.is_file():
