@@ -393,7 +393,9 @@ class PushSender(_Link):
         "crypto": "the receiver could not decrypt our handshake: the pinned --server-key is not this "
         "receiver's key (copy its receiver.key again)",
         "handshake": "the receiver closed the connection during the handshake: the pinned --server-key is "
-        "probably not this receiver's key (copy its receiver.key again)",
+        "probably not this receiver's key (copy its receiver.key again), or the receiver is --insecure",
+        "handshake-insecure": "the receiver closed the connection during the handshake: it probably "
+        "requires CURVE keys and this sender is --insecure",
         "mechanism": "security mismatch: one end uses CURVE keys and the other --insecure; use keys on both",
         "protocol": "the receiver refused the ZeroMQ handshake (protocol error): is it a cae-edge receiver?",
     }
@@ -403,8 +405,10 @@ class PushSender(_Link):
 
     def _on_refused(self, kind: str) -> None:
         now = time.monotonic()
+        if not self._refused_since or kind != "handshake":  # keep the most telling reason of a streak
+            self._refused_kind = kind
         self._refused_since = self._refused_since or now
-        self._refused_last, self._refused_kind = now, kind
+        self._refused_last = now
         if kind in ("key", "mechanism", "protocol"):  # ZeroMQ does not retry these by itself
             self._retry_at = now + self.options.reconnect_ivl_max_ms / 1000  # type: ignore[attr-defined]
 
@@ -412,7 +416,13 @@ class PushSender(_Link):
     def refusal(self) -> str | None:
         """Why the last handshake failed, while no handshake succeeded since; else ``None``."""
         self._poll_monitor()
-        return self._REASONS.get(self._refused_kind) if self._refused_since else None
+        return self._reason() if self._refused_since else None
+
+    def _reason(self) -> str:
+        kind = self._refused_kind
+        if kind == "handshake" and self.options.security is None:
+            kind = "handshake-insecure"
+        return self._REASONS[kind]
 
     def _check_refused(self) -> None:
         limit = self.options.give_up_refused_s  # type: ignore[attr-defined]
@@ -423,7 +433,7 @@ class PushSender(_Link):
         if now - self._refused_since >= limit and now - self._refused_last <= max(5.0, limit / 2):
             raise LinkRefusedError(
                 f"{self.endpoint}: every handshake for {now - self._refused_since:.0f} s was refused "
-                f"({self._stats.refused} attempts): {self._REASONS[self._refused_kind]}"
+                f"({self._stats.refused} attempts): {self._reason()}"
             )
 
     def _poll_monitor(self) -> None:
