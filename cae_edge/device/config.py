@@ -57,6 +57,10 @@ QUEUE_POLICIES = ("drop-oldest", "drop-newest")
 CROP_MODES = ("center", "letterbox")
 TRANSPORTS = ("zmq", "mqtt")
 """``zmq``: ZeroMQ straight to the receiver (``connect``); ``mqtt``: through an MQTT broker (``[mqtt]``)."""
+MIN_FPS = 1 / 3600
+"""The lowest frame-rate cap: one frame an hour (a cap of 1e-9 would wait 31 years between frames)."""
+MAX_FPS = 10_000.0
+"""The highest frame-rate cap."""
 _ENDPOINT_RE = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})|ipc://.+|inproc://.+)$")
 
 
@@ -284,8 +288,10 @@ def parse_node_config(
         bundle = c.string("bundle", data["bundle"], "a bundle name (mnist, fashion) or directory")
         cfg.bundle = str(c.local_path(bundle)) if _looks_like_path(bundle) else bundle
     if "fps" in data:
-        fps_what = "a number of frames per second, 0 .. 10000 (0 = no cap)"
-        cfg.fps = c.ranged("fps", data["fps"], float, 0.0, 10_000.0, fps_what)
+        fps_what = f"a number of frames per second, 0 (no cap) or {MIN_FPS:.6f} (one an hour) .. 10000"
+        cfg.fps = c.ranged("fps", data["fps"], float, 0.0, MAX_FPS, fps_what)
+        if 0 < cfg.fps < MIN_FPS:
+            raise c.fail(f"fps = {cfg.fps!r}: must be {fps_what}")
     if "max_frames" in data:
         what = "an integer >= 0 (0 = no limit)"
         cfg.max_frames = c.ranged("max_frames", data["max_frames"], int, 0, 2**62, what)
