@@ -23,6 +23,7 @@ from ..errors import ConfigError, SourceError
 from ..payload import payload_kind
 from ..wire import Packet, PayloadKind
 from .capture import FrameSource, open_source
+from .config import MAX_FPS, MIN_FPS
 from .mqtt import MqttSender, MqttSenderOptions
 from .preprocess import Preprocessor
 from .sinks import PngSink
@@ -56,8 +57,10 @@ class SendOptions:
     def check(self) -> None:
         """Raise :class:`ConfigError` for a bad value."""
         wire.check_sender_name(self.name)
-        if not (self.fps >= 0 and math.isfinite(self.fps)):
-            raise ConfigError(f"fps {self.fps!r}: must be >= 0 (0 = no cap)")
+        if not (self.fps == 0 or MIN_FPS <= self.fps <= MAX_FPS):
+            raise ConfigError(
+                f"fps {self.fps!r}: must be 0 (no cap) or {MIN_FPS:.6f} (one frame an hour) .. {MAX_FPS:.0f}"
+            )
         if self.max_frames < 0:
             raise ConfigError(f"max frames {self.max_frames}: must be >= 0 (0 = no limit)")
 
@@ -172,22 +175,26 @@ class _Pacer:
 
 class _NameCadence:
     """Which packets carry the sender name: the first, the first after each new connection (the link's
-    connect count is looked at every 50 ms), and then one at least every ``every_s``."""
+    connect count is looked at every 50 ms), then one at least every ``every_s`` — and every packet made while
+    no receiver is connected: those wait in the send queue and reach a (possibly restarted) receiver first, so
+    each must say whose it is."""
 
     def __init__(self, name: str, every_s: float, link: SenderLink, start: float) -> None:
         self.name, self.every_s, self.link = name, every_s, link
         self.next_link_check = start
         self.last = -math.inf
         self.seen_connects = -1
+        self.offline = True
 
     def __call__(self, now: float) -> str | None:
         """The name to put in a packet made at ``now``, or ``None``."""
         if now >= self.next_link_check:
             self.next_link_check = now + 0.05
-            connects = self.link.stats.connects
-            if connects != self.seen_connects:
-                self.seen_connects, self.last = connects, -math.inf  # new connection: tell it who we are
-        if now - self.last >= self.every_s:
+            stats = self.link.stats
+            self.offline = stats.peers == 0
+            if stats.connects != self.seen_connects:
+                self.seen_connects, self.last = stats.connects, -math.inf  # new connection: say who we are
+        if self.offline or now - self.last >= self.every_s:
             self.last = now
             return self.name
         return None
