@@ -419,12 +419,16 @@ def test_stream_processes_decode_only_allowed_senders(keys: dict, tmp_path: Path
         if rx.poll() is None:
             rx.kill()
     assert code == 0, out
-    assert "refused a sender with unknown key " + keys["rogue"].public_key in out
+    assert "refused a sender: its CURVE key is not in --allowed-keys" in out
+    assert "key " + keys["rogue"].public_key in out
     got = json.loads((tmp_path / "rx.json").read_text())
-    assert set(got["senders"]) == {"cam1"} and got["senders"]["cam1"]["frames"] == 30
-    assert got["senders"]["cam1"]["peer"] == "good-node" and got["rejected_total"] == 0
+    # identity from the key: filed under the key's name; the claimed name is a label, the mismatch counted
+    assert set(got["senders"]) == {"good-node"} and got["senders"]["good-node"]["frames"] == 30
+    cam = got["senders"]["good-node"]
+    assert cam["peer"] == "good-node" and cam["claimed"] == "cam1" and cam["name_mismatch"] >= 1
+    assert got["rejected_total"] == 0 and got["refused_by"]["key"] >= 1
     final = json.loads(status.read_text())
-    assert final["secured"] is True and set(final["senders"]) == {"cam1"}
+    assert final["secured"] is True and set(final["senders"]) == {"good-node"}
     assert final["auth"]["accepted"] == {"good-node": 1} and final["auth"]["denied"] >= 1
 
 

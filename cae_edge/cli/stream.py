@@ -222,11 +222,21 @@ def send(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No live statistics, only the summary.")
     ] = False,
+    give_up_after: Annotated[
+        float,
+        typer.Option(
+            "--give-up-after",
+            min=0,
+            help="Exit 1 with the reason once every handshake for S seconds was refused (key not allowed, "
+            "wrong --server-key, one end --insecure); 0 = keep retrying.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Capture, preprocess, encode with LiteRT and send each frame (never blocks on the network).
 
     Live statistics (fps, encode time, bytes per frame, drops) go to stderr once a second; a summary at the
-    end. Exit codes: 0 done or stopped, 1 could not start, 3 the source failed mid-stream.
+    end. Exit codes: 0 done or stopped, 1 could not start or the receiver keeps refusing this node (the
+    error says why), 3 the source failed mid-stream.
     """
     from ..device.mqtt import MqttSenderOptions
     from ..device.sender import SenderStats, SendOptions, stream_send
@@ -289,7 +299,10 @@ def send(
             )  # fmt: skip
         else:
             link = SenderOptions(
-                queue_size=node.queue.size, policy=node.queue.policy, security=client_security(node.security)
+                queue_size=node.queue.size,
+                policy=node.queue.policy,
+                security=client_security(node.security),
+                give_up_refused_s=give_up_after,
             )
         stats = stream_send(
             node.source,
@@ -317,6 +330,19 @@ def send(
     if stats.status == "source-error":
         say(f"error: {stats.error}")
         raise typer.Exit(EXIT_SOURCE_FAILED)
+
+
+def _outside_out(out: Path | None, files: dict[str, Path | None]) -> None:
+    """Refuse receiver files inside ``--out``, where each sender gets a folder named after it."""
+    if out is None:
+        return
+    root = out.expanduser().resolve()
+    for flag, path in files.items():
+        if path is not None and root in path.expanduser().resolve().parents:
+            raise ConfigError(
+                f"{flag} {path} is inside --out {out}, where every sender gets a folder named after it (a "
+                f"sender named {path.name!r} would collide with it): put it outside {out}"
+            )
 
 
 @app.command()
@@ -396,13 +422,6 @@ def receive(
     from ..device.status import StatusFile, receiver_status
     from ..device.transport import ReceiverOptions
 
-    refused: set[str] = set()
-
-    def on_deny(key: str) -> None:
-        if key not in refused:
-            refused.add(key)
-            say(f"refused a sender with unknown key {key} (not in --allowed-keys); further attempts counted")
-
     curve: CurveServer | None = None
     status_file: StatusFile | None = None
     mqtt = transport == Transport.mqtt
@@ -415,7 +434,8 @@ def receive(
             doc = receiver_status(s, curve.stats if curve else None, secured=curve is not None or secure_mqtt)
             if mqtt:
                 doc["mqtt"] = {"broker": broker, "group": group, "nodes": dict(nodes)}
-            status_file.update(doc, force=force)
+            if not status_file.update(doc, force=force) and status_file.error and status_file.errors == 1:
+                say(f"cannot write the status file (going on; counted): {status_file.error}")
 
     from ..device.mqtt import MqttReceiverOptions
 
@@ -423,6 +443,7 @@ def receive(
     secure_mqtt = mqtt and not insecure
     stop = stop_on_signals()
     try:
+        _outside_out(out, {"--status": status, "--json": stats_json, "--video": video})
         if mqtt:
             if broker is None:
                 raise ConfigError("--transport mqtt needs --broker mqtts://HOST:PORT (the MQTT broker)")
@@ -440,7 +461,7 @@ def receive(
             if insecure:
                 _warn_insecure("receiver")
             else:
-                curve = CurveServer(sec, on_deny=on_deny)
+                curve = CurveServer(sec)
             link = ReceiverOptions(security=curve)
         if status is not None:
             status_file = StatusFile(status)
@@ -480,8 +501,18 @@ def receive(
             + f"latency mean {lat.get('mean', 0):.2f} ms p95 {lat.get('p95', 0):.2f} ms"
             + (f", key {p.peer}" if p.peer else "")
         )
-    if curve is not None and curve.stats.denied:
-        say(f"  refused {curve.stats.denied} connection attempts with unknown keys")
+    if stats.refused_by:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats.refused_by.items()))
+        say(f"  refused {sum(stats.refused_by.values())} handshakes ({kinds})")
+    extra = {
+        "revocations (every connection dropped)": stats.revocations,
+        "frames the sinks could not write": stats.sink_errors,
+        "senders forgotten (over the limit)": stats.evicted,
+        "log lines suppressed (counted)": stats.log_suppressed,
+    }
+    for what, n in extra.items():
+        if n:
+            say(f"  {what}: {n}")
     write_json(stats_json, stats.to_dict())
     if stats.status == "nothing-received":
         raise typer.Exit(EXIT_NOTHING_RECEIVED)

@@ -4,14 +4,25 @@
 
     PullReceiver ─► wire.unpack ─► pair check ─► Decoder.decode ─► sinks (PNG, video, mosaic)
                       (rejects counted by reason)                    (per-sender stats)
+
+Who a sender is: the identity the link authenticated, when there is one — on a CURVE link the name of the
+sender's key in the allowed-keys directory (the ZAP ``User-Id`` each message carries), on MQTT the node of
+the topic. Per-sender state, output folders and videos are keyed by it; the name in the packets is then a
+label only, and a packet claiming another name is counted (``name_mismatch``). Without one (``--insecure``)
+the 16-bit sender id and the claimed name are all there is.
+
+Nothing one sender does stops the receiver or grows it without bound: a frame a sink cannot write is counted
+(``sink_errors``); per-sender state is kept for at most ``max_senders`` senders, the one seen longest ago
+forgotten first (``evicted``); refusals and other per-packet events are logged at most a few lines per kind
+every 10 s (:class:`~cae_edge.device.lograte.RateLimitedLog`), the rest counted.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,8 +33,9 @@ from .. import wire
 from ..errors import CaeEdgeError, PacketError
 from ..payload import payload_kind
 from ..wire import Packet, PayloadKind
+from .lograte import RateLimitedLog
 from .mqtt import MqttReceiver, MqttReceiverOptions
-from .sinks import FrameSink
+from .sinks import FrameSink, GuardedSink
 from .stream import Log, ReceiverLink, StageTimer, now_us
 from .transport import PullReceiver, ReceiverOptions
 
@@ -40,6 +52,9 @@ class ReceiveOptions:
     """Call ``on_stats`` this often."""
     batch: int = 256
     """Messages taken from the socket per wake-up."""
+    max_senders: int = 1024
+    """Senders whose state (counters, latencies) is kept; beyond that the one seen longest ago is forgotten
+    (``ReceiverStats.evicted``): a flood of made-up sender ids cannot grow the receiver or its status file."""
 
 
 @dataclass
@@ -47,9 +62,15 @@ class PeerStats:
     """One sender as the receiver sees it."""
 
     name: str
-    """Sender name (``id-XXXX`` until a packet carrying the name arrived)."""
+    """Who the sender is: the identity the link authenticated (CURVE key name, MQTT topic node) when there
+    is one — stats, folders and videos use it; else the name it claims (``id-XXXX`` until a packet carrying
+    the name arrived)."""
     sender_id: int
-    """16-bit wire id."""
+    """16-bit wire id (of the last packet)."""
+    claimed: str | None = None
+    """The name the sender's packets claim (a label only when the link authenticates senders)."""
+    name_mismatch: int = 0
+    """Packets whose claimed name is not the sender's authenticated identity."""
     frames: int = 0
     """Frames decoded."""
     lost: int = 0
@@ -110,6 +131,17 @@ class ReceiverStats:
     """Sender connections accepted so far."""
     peers: int = 0
     """Sender connections up now."""
+    refused_by: dict[str, int] = field(default_factory=dict)
+    """Handshakes refused, by kind (``key``, ``crypto``, ``mechanism``, ``protocol``, ``handshake``; see
+    :class:`~cae_edge.device.transport.LinkStats`)."""
+    revocations: int = 0
+    """Times every connection was dropped because a connected key was removed from the allowed keys."""
+    sink_errors: int = 0
+    """Frames a sink failed to write (counted and logged; the receiver goes on)."""
+    evicted: int = 0
+    """Senders whose state was forgotten to keep at most ``max_senders``."""
+    log_suppressed: int = 0
+    """Log lines not written because their kind exceeded its rate (the events are still counted)."""
 
     @property
     def rejected_total(self) -> int:
@@ -164,15 +196,22 @@ class _Receiving:
         kind: PayloadKind,
         sinks: list[FrameSink],
         log: Log,
+        max_senders: int = 1024,
     ) -> None:
-        self.link, self.decoder, self.sinks, self.log = link, decoder, sinks, log
+        self.link, self.decoder, self.log = link, decoder, log
+        self.rlog = RateLimitedLog(log)
+        self.sinks = [s if isinstance(s, GuardedSink) else GuardedSink(s, self.rlog) for s in sinks]
+        link_options = getattr(link, "options", None)
+        if getattr(link_options, "on_event", False) is None:  # refused handshakes, revocations: same log
+            link_options.on_event = self.rlog  # type: ignore[union-attr]
         self.pair_id, self.kind = pair_id, kind
         self.shared = bool(getattr(link, "shared", False))
         """The link splits each sender's frames over several receivers: seq gaps are not losses."""
         self.my_pair = wire.pair_prefix(pair_id)
         self.stats = ReceiverStats(pair_id=pair_id, endpoint=link.endpoint)
-        self.peers: dict[int, _Peer] = {}
-        self.logged: set[tuple] = set()
+        self.peers: OrderedDict[Hashable, _Peer] = OrderedDict()  # least recently seen first
+        self.max_senders = max(1, max_senders)
+        self.logged: OrderedDict[tuple, None] = OrderedDict()
         self.timer = StageTimer("unpack", "decode", "sink")
         self.unpacked = 0
         """Messages unpacked (or refused by ``wire.unpack``): the count ``unpack`` time is over."""
@@ -180,12 +219,18 @@ class _Receiving:
         """Frames decoded and handed to the sinks."""
 
     def reject(self, reason: str, key: tuple, message: str) -> None:
-        """Count a refusal by ``reason``; log ``message`` the first time for this reason and ``key``."""
+        """Count a refusal by ``reason``; log ``message`` the first time for this reason and ``key`` (the last
+        256 keys are remembered) unless this reason's log rate is used up."""
         rejected = self.stats.rejected
         rejected[reason] = rejected.get(reason, 0) + 1
-        if (reason, *key) not in self.logged:
-            self.logged.add((reason, *key))
-            self.log(message)
+        seen = (reason, *key)
+        if seen in self.logged:
+            self.logged.move_to_end(seen)
+            return
+        self.logged[seen] = None
+        if len(self.logged) > 256:
+            self.logged.popitem(last=False)
+        self.rlog(reason, message)
 
     def take(self, msg: Any) -> None:
         """Unpack → pair and coding check → decode → sinks for one message, or count why it was refused."""
@@ -194,18 +239,15 @@ class _Receiving:
         try:
             p = wire.unpack(msg.data)
         except PacketError as e:
-            self.reject(
-                e.reason, (), f"refused a packet: {e} (further {e.reason!r} refusals are only counted)"
-            )
+            self.reject(e.reason, (), f"refused a packet: {e}")
             return
         finally:
             self.unpacked += 1
             self.timer.add("unpack", ns() - t0)
-        peer = self.peers.get(p.sender_id)
+        key: Hashable = msg.peer or p.sender_id  # the authenticated identity when there is one
+        peer = self.peers.get(key)
         label = peer.stats.name if peer is not None else f"id-{p.sender_id:04x}"
-        name = p.sender_name
-        if name is None and msg.peer and (peer is None or not peer.named):
-            name = self.peer_as_name(msg.peer, p.sender_id)
+        name = msg.peer or p.sender_name
         if name is not None:
             label = name
         if p.pair != self.my_pair:
@@ -232,44 +274,58 @@ class _Receiving:
             self.reject(reason, (p.sender_id,), f"refused a frame from {label}: {e}")
             return
         t2 = ns()
-        ps = self._account(peer, label, name, p, msg)
+        ps = self._account(peer, key, label, name, p, msg)
         for sink in self.sinks:
             sink.write(ps.name, p.seq, image)
         self.timer.add("decode", t2 - t1)
         self.timer.add("sink", ns() - t2)
         self.frames += 1
 
-    @staticmethod
-    def peer_as_name(peer: str, sender_id: int) -> str | None:
-        """The authenticated identity when it is the sender's name (its hash is the packet's sender id): an
-        MQTT topic, a CURVE key named after the node. Names frames that do not carry the name themselves (on
-        a shared MQTT subscription, the ones that do may all go to another receiver)."""
-        return peer if wire.sender_id(peer) == sender_id else None
-
-    def _account(self, peer: _Peer | None, label: str, name: str | None, p: Packet, msg: Any) -> PeerStats:
+    def _account(
+        self, peer: _Peer | None, key: Hashable, label: str, name: str | None, p: Packet, msg: Any
+    ) -> PeerStats:
         """A decoded frame of ``p``'s sender: names, sequence gaps and restarts, bytes, latency."""
         arrived_us = now_us()
         if peer is None:
-            peer = self.peers[p.sender_id] = _Peer(p.sender_id)
-            self.log(
+            if len(self.peers) >= self.max_senders:
+                _, gone = self.peers.popitem(last=False)
+                self.stats.evicted += 1
+                self.rlog("evicted", f"forgot sender {gone.stats.name}: more than {self.max_senders} senders")
+            peer = self.peers[key] = _Peer(p.sender_id)
+            self.rlog(
+                "new-sender",
                 f"new sender {label} (id {p.sender_id:#06x})"
-                + (f", authenticated as {msg.peer}" if msg.peer else "")
+                + (f", authenticated as {msg.peer}" if msg.peer else ""),
             )
+        else:
+            self.peers.move_to_end(key)
         ps = peer.stats
-        if name is not None and name != ps.name:
+        ps.sender_id = p.sender_id
+        if p.sender_name is not None:
+            ps.claimed = p.sender_name
+        if msg.peer:  # the authenticated identity names the sender; the claimed name is a label
+            ps.name, ps.peer, peer.named = msg.peer, msg.peer, True
+            if p.sender_name is not None and p.sender_name != msg.peer:
+                ps.name_mismatch += 1
+                self.rlog(
+                    "name",
+                    f"the node authenticated as {msg.peer} calls itself {p.sender_name}: filed under "
+                    f"{msg.peer} (counted in name_mismatch)",
+                )
+        elif name is not None and name != ps.name:
             if peer.named:
-                self.log(
-                    f"sender id {p.sender_id:#06x} now calls itself {name} (was {ps.name}): "
-                    "two senders share an id, or one was renamed; give them distinct names"
+                self.rlog(
+                    "rename",
+                    f"sender id {p.sender_id:#06x} now calls itself {name} (was {ps.name}): two senders "
+                    "share an id, or one was renamed; give them distinct names (or use CURVE keys, which "
+                    "tell senders apart)",
                 )
             ps.name, peer.named = name, True
-        if msg.peer:
-            ps.peer = msg.peer
         if ps.last_seq >= 0:
             gap = (p.seq - ps.last_seq - 1) & wire.MASK32
             if gap >= 1 << 31:
                 ps.restarts += 1
-                self.log(f"sender {ps.name} restarted (seq {ps.last_seq} -> {p.seq})")
+                self.rlog("restart", f"sender {ps.name} restarted (seq {ps.last_seq} -> {p.seq})")
             elif self.shared:
                 ps.skipped += gap
             else:
@@ -294,10 +350,15 @@ class _Receiving:
         if not self.link.closed:
             ls = self.link.stats
             stats.connects, stats.peers = ls.connects, ls.peers
+            stats.refused_by = dict(getattr(ls, "refused_by", {}))
+            stats.revocations = getattr(ls, "revocations", 0)
+        stats.sink_errors = sum(s.errors for s in self.sinks)
+        stats.log_suppressed = self.rlog.suppressed
         senders = {}
         for peer in self.peers.values():
             ps = peer.report(interval)
-            senders[ps.name] = ps
+            name = ps.name if ps.name not in senders else f"{ps.name}#{ps.sender_id:04x}"
+            senders[name] = ps
         stats.senders = senders
         return stats
 
@@ -317,14 +378,17 @@ def run_receiver(
     """Receive → unpack → pair check → decode → sinks, until ``max_frames``, the idle timeout or ``stop``.
 
     Malformed packets, packets for another bundle (pair id) or coding, and payloads the decoder refuses are
-    counted in ``rejected`` by reason and skipped; the loop keeps serving the other senders. The first refusal
-    per sender and reason is logged (pair mismatches name both ids).
+    counted in ``rejected`` by reason and skipped; the loop keeps serving the other senders. Refusals are
+    logged at most a few lines per reason every 10 s (pair mismatches name both ids), the rest counted. A
+    frame a sink cannot write is counted in ``sink_errors``; the loop goes on.
 
     Does not close the link or the sinks (the caller owns them).
     """
     options = options or ReceiveOptions()
     stop = stop or threading.Event()
-    rx = _Receiving(link, decoder, pair_id, kind, sinks or [], on_log or (lambda _msg: None))
+    rx = _Receiving(
+        link, decoder, pair_id, kind, sinks or [], on_log or (lambda _msg: None), options.max_senders
+    )
     clock = time.perf_counter
     start = rx.timer.start
     last_frame = start
@@ -351,6 +415,7 @@ def run_receiver(
             on_stats(rx.report(now - time_at_report))
             time_at_report = now
     rx.stats.status = status
+    rx.rlog.flush()
     return rx.report(0.0)
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import CaeEdgeError, ConfigError
 
 
 class FrameSink(Protocol):
@@ -26,29 +27,51 @@ class FrameSink(Protocol):
     def close(self) -> None: ...
 
 
+MAX_SENDERS = 1024
+"""Senders a file sink makes folders or videos for; frames of further senders are refused (an error the
+receiver counts), so a flood of made-up sender names cannot fill the disk with folders or open files."""
+
+
+class SinkError(CaeEdgeError):
+    """A sink could not take one frame (disk full, a name taken by a file, too many senders)."""
+
+
 class PngSink:
     """Each frame as ``DIR/<sender>/<seq>.png`` (8-digit wire sequence number; a restarted sender overwrites).
+
+    Sender names (``[A-Za-z0-9][A-Za-z0-9._-]*``: no ``/``, no leading dot) cannot leave ``DIR``; keep the
+    receiver's own files (``--status``, ``--json``, ``--video``) outside it, or a sender of the same name
+    would collide with them (the CLI refuses that layout). A write that fails raises :class:`SinkError`.
 
     Raises:
         ConfigError: the folder cannot be created.
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, max_senders: int = MAX_SENDERS) -> None:
         import cv2
 
         self.dir = Path(directory)
         self._imwrite = cv2.imwrite
         self._made: set[str] = set()
+        self.max_senders = max_senders
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"{self.dir}: cannot create the output folder ({e.strerror})") from None
 
     def write(self, sender: str, seq: int, image: np.ndarray) -> None:
+        folder = self.dir / sender
         if sender not in self._made:
-            (self.dir / sender).mkdir(exist_ok=True)
+            if len(self._made) >= self.max_senders:
+                raise SinkError(f"{folder}: already {self.max_senders} sender folders in {self.dir}")
+            try:
+                folder.mkdir(exist_ok=True)
+            except OSError as e:
+                raise SinkError(f"{folder}: cannot create the sender's folder ({e.strerror or e})") from None
             self._made.add(sender)
-        self._imwrite(str(self.dir / sender / f"{seq:08d}.png"), image)
+        path = folder / f"{seq:08d}.png"
+        if not self._imwrite(str(path), image):
+            raise SinkError(f"{path}: OpenCV could not write the PNG (disk full, or the folder is gone?)")
 
     def close(self) -> None:
         pass
@@ -58,19 +81,56 @@ class VideoSink:
     """One video per sender: ``path`` for the first sender, ``<stem>-<sender><suffix>`` for the others
     (or put ``{sender}`` in the path). Frames are enlarged ``scale`` times (nearest neighbour).
 
-    Codec by suffix: ``.avi`` MJPG, ``.mkv`` FFV1 (lossless), otherwise mp4v.
+    Codec by suffix: ``.avi`` MJPG, ``.mkv`` FFV1 (lossless), ``.mp4`` mp4v. The suffix and OpenCV's
+    ability to write it are checked when the sink is made (a short probe file is written and removed), not at
+    the first frame; a video that cannot be opened later raises :class:`SinkError`.
+
+    Raises:
+        ConfigError: the folder is missing, the suffix is not one of the above, ``{...}`` fields other than
+            ``{sender}``, or this OpenCV cannot write the codec.
     """
 
-    def __init__(self, path: str | Path, fps: float = 30.0, scale: int = 4) -> None:
+    CODECS = {".avi": "MJPG", ".mkv": "FFV1", ".mp4": "mp4v"}
+
+    def __init__(
+        self, path: str | Path, fps: float = 30.0, scale: int = 4, max_senders: int = MAX_SENDERS
+    ) -> None:
         self.path = Path(path)
         self.fps = fps
         self.scale = max(1, int(scale))
+        self.max_senders = max_senders
         self._writers: dict[str, Any] = {}
         if not self.path.parent.is_dir():
             raise ConfigError(f"{self.path}: folder {self.path.parent} does not exist")
+        codec = self.CODECS.get(self.path.suffix.lower())
+        if codec is None:
+            raise ConfigError(
+                f"{self.path}: unknown video type {self.path.suffix or '(no suffix)'!r}: use .avi (MJPG), "
+                ".mkv (FFV1, lossless) or .mp4 (mp4v)"
+            )
+        try:
+            self._path_for("probe")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"{self.path}: the only field allowed in a video path is {{sender}}") from None
+        self._probe(codec)
+
+    def _probe(self, codec: str) -> None:
+        import cv2
+
+        probe = self.path.with_name(f".{self.path.stem}.probe{self.path.suffix}")
+        size = 28 * self.scale
+        writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*codec), self.fps, (size, size), False)
+        ok = writer.isOpened()
+        writer.release()
+        probe.unlink(missing_ok=True)
+        if not ok:
+            raise ConfigError(
+                f"{self.path}: this OpenCV cannot write {self.path.suffix} video (codec {codec}); "
+                "try .avi or .mkv"
+            )
 
     def _path_for(self, sender: str) -> Path:
-        if "{sender}" in str(self.path):
+        if "{" in str(self.path):
             return Path(str(self.path).format(sender=sender))
         if not self._writers:
             return self.path
@@ -81,12 +141,14 @@ class VideoSink:
 
         writer = self._writers.get(sender)
         if writer is None:
+            if len(self._writers) >= self.max_senders:
+                raise SinkError(f"{self.path}: already {self.max_senders} sender videos open")
             path = self._path_for(sender)
-            codec = {".avi": "MJPG", ".mkv": "FFV1"}.get(path.suffix.lower(), "mp4v")
+            codec = self.CODECS[path.suffix.lower()]
             size = 28 * self.scale
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), self.fps, (size, size), False)
             if not writer.isOpened():
-                raise ConfigError(f"{path}: OpenCV cannot write this video (codec {codec}); try .avi or .mkv")
+                raise SinkError(f"{path}: OpenCV cannot open this video for writing (codec {codec})")
             self._writers[sender] = writer
         if self.scale > 1:
             image = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_NEAREST)
@@ -152,3 +214,36 @@ class MemorySink:
 
     def close(self) -> None:
         pass
+
+
+class GuardedSink:
+    """Wraps a sink so that one frame it cannot take is counted and reported, never raised: a full disk, a
+    sender folder taken by a file, or a broken video writer must not stop the receiver or its other senders.
+
+    Args:
+        sink: the sink to protect.
+        on_error: called with ``("sink", message)`` for each failure (the receiver rate-limits its log).
+    """
+
+    def __init__(self, sink: FrameSink, on_error: Callable[[str, str], None] | None = None) -> None:
+        self.sink = sink
+        self.errors = 0
+        """Frames (and closes) this sink failed."""
+        self._on_error = on_error
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        self.errors += 1
+        if self._on_error is not None:
+            self._on_error("sink", f"{type(self.sink).__name__} {what}: {e} (counted in sink_errors)")
+
+    def write(self, sender: str, seq: int, image: np.ndarray) -> None:
+        try:
+            self.sink.write(sender, seq, image)
+        except Exception as e:  # any failure of one frame stays with that frame
+            self._failed(f"could not write frame {seq} of {sender}", e)
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        except Exception as e:
+            self._failed("could not close", e)

@@ -90,12 +90,25 @@ class StatusFile:
             raise ConfigError(f"status file {self.path}: directory {self.path.parent} does not exist")
         self.every_s = every_s
         self._next = 0.0
+        self.errors = 0
+        """Writes that failed (disk full, directory gone); the receiver goes on without its status file."""
+        self.error: str | None = None
+        """Why the last write failed."""
 
     def update(self, payload: dict, *, force: bool = False) -> bool:
-        """Write ``payload`` if ``every_s`` passed since the last write (or ``force``); True if written."""
+        """Write ``payload`` if ``every_s`` passed since the last write (or ``force``); True if written.
+
+        A failed write is counted in :attr:`errors` (reason in :attr:`error`) and returns False: a status
+        file that cannot be written must not stop the receiver.
+        """
         now = time.monotonic()
         if not force and now < self._next:
             return False
         self._next = now + self.every_s
-        write_json_atomic(self.path, payload)
+        try:
+            write_json_atomic(self.path, payload)
+        except (OSError, ConfigError) as e:
+            self.errors += 1
+            self.error = f"{self.path}: {getattr(e, 'strerror', None) or e}"
+            return False
         return True
