@@ -295,3 +295,229 @@ def test_overloaded_receiver_whose_senders_hang_up_does_not_abort() -> None:
         )
         assert r.returncode == 0, r.stderr[-500:]
         assert "no abort" in r.stdout
+
+
+# ----------------------------------------------------------------------------- receiver: identity, isolation
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from cae_edge.device.bundle import load_bundle
+
+    return load_bundle("mnist")
+
+
+@pytest.fixture(scope="module")
+def payload(bundle) -> bytes:
+    from cae_edge import datasets
+    from cae_edge.device.preprocess import Preprocessor
+
+    digit = datasets.load("mnist").x_test[0]
+    return bundle.encoder().encode(Preprocessor({**bundle.preprocess, "invert": False})(digit))
+
+
+def _packet(bundle, payload: bytes, name: str, seq: int, sid: int | None = None, pair=None) -> bytes:
+    from cae_edge.payload import payload_kind
+
+    sid = wire.sender_id(name) if sid is None else sid
+    return wire.pack(
+        wire.Packet(
+            pair or wire.pair_prefix(bundle.pair_id),
+            sid,
+            seq,
+            seq,
+            payload,
+            payload_kind(bundle.coding),
+            name if sid == wire.sender_id(name) else None,
+        )
+    )
+
+
+def _run_receiver(bundle, link: PullReceiver, sinks: list, logs: list, **opts):
+    """run_receiver on a thread; returns (thread, result holder)."""
+    import threading
+
+    from cae_edge.device.receiver import ReceiveOptions, run_receiver
+    from cae_edge.payload import payload_kind
+
+    out: dict = {}
+
+    def run() -> None:
+        out["stats"] = run_receiver(
+            link,
+            bundle.decoder(),
+            pair_id=bundle.pair_id,
+            kind=payload_kind(bundle.coding),
+            sinks=sinks,
+            options=ReceiveOptions(idle_timeout_s=WAIT_S, **opts),
+            on_log=logs.append,
+        )
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def _raw_push(ctx: zmq.Context, endpoint: str, keys: dict | None = None, who: str = "") -> zmq.Socket:
+    push = ctx.socket(zmq.PUSH)
+    push.linger = 2000
+    if keys is not None:
+        security.CurveClient(
+            security.SecurityOptions(key=keys[who].secret_path, server_key=keys["receiver"].public_path)
+        ).apply(push)
+    push.connect(endpoint)
+    return push
+
+
+def test_identity_comes_from_the_key_not_the_claimed_name(keys: dict, bundle, payload, tmp_path) -> None:
+    """Node b claims to be a: its frames stay b's (stats, folder); the claim is counted, not believed."""
+    from cae_edge.device.sinks import PngSink
+
+    logs: list[str] = []
+    rx = _server(keys)
+    thread, out = _run_receiver(bundle, rx, [PngSink(tmp_path / "out")], logs, max_frames=20)
+    ctx = zmq.Context()
+    a, b = _raw_push(ctx, rx.endpoint, keys, "a"), _raw_push(ctx, rx.endpoint, keys, "b")
+    try:
+        for seq in range(10):
+            a.send(_packet(bundle, payload, "a", seq))
+            b.send(_packet(bundle, payload, "a", 100 + seq))  # same claimed name and sender id as a
+        thread.join(WAIT_S)
+    finally:
+        a.close(), b.close(), ctx.term(), rx.close()
+    s = out["stats"]
+    assert set(s.senders) == {"a", "b"}
+    assert s.senders["a"].frames == 10 and s.senders["a"].name_mismatch == 0
+    assert s.senders["b"].frames == 10 and s.senders["b"].name_mismatch == 10
+    assert s.senders["b"].claimed == "a" and s.senders["b"].peer == "b"
+    assert s.senders["a"].lost == 0 and s.senders["b"].lost == 0 and s.senders["b"].restarts == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b"]
+    assert len(list((tmp_path / "out" / "b").glob("*.png"))) == 10
+    assert any("the node with key b calls itself a" in line for line in logs)
+
+
+def test_a_sink_failure_is_counted_and_the_receiver_goes_on(bundle, payload, tmp_path) -> None:
+    """A sender named status.json, where a file of that name already is: its frames fail, nothing stops."""
+    from cae_edge.device.sinks import PngSink
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "status.json").write_text("{}")
+    logs: list[str] = []
+    rx = PullReceiver("tcp://127.0.0.1:*")
+    thread, out = _run_receiver(bundle, rx, [PngSink(out_dir)], logs, max_frames=20)
+    ctx = zmq.Context()
+    push = _raw_push(ctx, rx.endpoint)
+    try:
+        for seq in range(10):
+            push.send(_packet(bundle, payload, "status.json", seq))
+            push.send(_packet(bundle, payload, "cam", seq))
+        thread.join(WAIT_S)
+    finally:
+        push.close(), ctx.term(), rx.close()
+    s = out["stats"]
+    assert s.status == "finished" and s.frames == 20 and s.sink_errors == 10
+    assert len(list((out_dir / "cam").glob("*.png"))) == 10
+    assert (out_dir / "status.json").read_text() == "{}"
+    sink_lines = [line for line in logs if "PngSink could not write" in line]
+    assert 1 <= len(sink_lines) <= 5  # rate-limited
+
+
+def test_floods_of_ids_and_bad_packets_are_bounded(bundle, payload) -> None:
+    """3000 distinct sender ids and 3000 packets with random pair ids: state capped, log lines capped."""
+    import os
+
+    logs: list[str] = []
+    rx = PullReceiver("tcp://127.0.0.1:*")
+    thread, out = _run_receiver(bundle, rx, [], logs, max_frames=3000, max_senders=100)
+    ctx = zmq.Context()
+    push = _raw_push(ctx, rx.endpoint)
+    try:
+        for i in range(3000):
+            push.send(_packet(bundle, payload, "x", 0, pair=os.urandom(4)))  # wrong bundle, random pair
+            push.send(_packet(bundle, payload, "x", 0, sid=(i * 7 + 1) & 0xFFFF))  # a new sender id
+        thread.join(WAIT_S)
+    finally:
+        push.close(), ctx.term(), rx.close()
+    s = out["stats"]
+    assert s.rejected["pair"] == 3000 and s.frames == 3000
+    assert len(s.senders) == 100 and s.evicted == 2900
+    assert len(logs) < 40, logs[:50]  # a few lines per kind, not one per packet or sender
+    assert s.log_suppressed > 5000
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from cae_edge.cli.main import app
+
+    return CliRunner().invoke(app, ["stream", *args])
+
+
+def _one_error_line(result, *words: str) -> None:
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1, result.output
+    assert len(errors) == 1 and all(w in errors[0] for w in words), result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_receive_refuses_a_port_out_of_range(keys: dict) -> None:
+    r = _cli(
+        "receive", "--bind", "tcp://127.0.0.1:99999", "--keys", str(keys["receiver"].secret_path),
+        "--allowed-keys", str(keys["allowed"]),
+    )  # fmt: skip
+    _one_error_line(r, "99999", "1 .. 65535")
+
+
+def test_cli_send_refuses_a_frame_rate_below_one_an_hour() -> None:
+    r = _cli(
+        "send", "--source", "synthetic", "--connect", "tcp://127.0.0.1:5555", "--insecure", "--fps", "1e-9"
+    )
+    _one_error_line(r, "fps", "1e-09", "one an hour")
+
+
+def test_cli_send_unlistable_folder_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)  # root ignores chmod 000, so deny it here
+    r = _cli("send", "--source", str(folder), "--connect", "tcp://127.0.0.1:5555", "--insecure")
+    _one_error_line(r, str(folder), "cannot list", "Permission denied")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--video", "x.xyz", ("unknown video type '.xyz'", ".avi")),
+        ("--video", "{name}.avi", ("only field",)),
+        ("--status", "out/status.json", ("--status", "inside --out", "status.json")),
+        ("--json", "out/sub/rx.json", ("--json", "inside --out")),
+    ],
+)
+def test_cli_receive_bad_output_paths(keys: dict, tmp_path: Path, flag: str, value: str, words) -> None:
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    r = _cli(
+        "receive", "--bind", "tcp://127.0.0.1:*", "--keys", str(keys["receiver"].secret_path),
+        "--allowed-keys", str(keys["allowed"]), "--out", str(tmp_path / "out"), flag, str(tmp_path / value),
+        "--timeout", "0.2",
+    )  # fmt: skip
+    _one_error_line(r, *words)
+
+
+def test_cli_refused_sender_exits_1_with_the_reason(keys: dict) -> None:
+    """A node whose key the receiver does not allow stops with the reason instead of `sent 0`, exit 0."""
+    with _server(keys) as rx:
+        r = _cli(
+            "send", "--source", "synthetic", "--connect", rx.endpoint, "--fps", "50", "--give-up-after", "1",
+            "--keys", str(keys["rogue"].secret_path), "--server-key", str(keys["receiver"].public_path), "-q",
+        )  # fmt: skip
+        _one_error_line(r, "refused", "not in its --allowed-keys")
