@@ -521,3 +521,11 @@ def test_cli_refused_sender_exits_1_with_the_reason(keys: dict) -> None:
             "--keys", str(keys["rogue"].secret_path), "--server-key", str(keys["receiver"].public_path), "-q",
         )  # fmt: skip
         _one_error_line(r, "refused", "not in its --allowed-keys")
+
+
+def test_allowed_key_file_names_must_be_usable_sender_names(keys: dict) -> None:
+    shutil.copy(keys["rogue"].public_path, keys["allowed"] / "..key")  # would be sender "." (the --out root)
+    with pytest.raises(security.KeyFileError, match="not a usable sender name"):
+        security.load_allowed_keys(keys["allowed"])
+    found, problems = security.scan_allowed_keys(keys["allowed"])
+    assert sorted(found.values()) == ["a", "b"] and "not a usable sender name" in problems[0]

@@ -273,6 +273,18 @@ def load_public_key(path: str | Path) -> KeyPair:
     return KeyPair(name=_stem(path), public=public, secret=None, path=path)
 
 
+def _check_allowed_name(pair: KeyPair) -> None:
+    """The file name of an allowed key is the sender's identity (folders, stats): it must be a valid name."""
+    try:
+        check_key_name(pair.name)
+    except ConfigError:
+        raise KeyFileError(
+            f"{pair.path}: {pair.name!r} is not a usable sender name (the file name is the node's identity "
+            "at the receiver): rename it NAME.key with 1-64 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit"
+        ) from None
+
+
 def scan_allowed_keys(directory: str | Path) -> tuple[dict[bytes, str], list[str]]:
     """Read the usable ``*.key`` files of ``directory`` without raising: the receiver's reload (fail closed).
 
@@ -293,7 +305,8 @@ def scan_allowed_keys(directory: str | Path) -> tuple[dict[bytes, str], list[str
     for path in paths:
         try:
             pair = load_public_key(path)
-        except KeyFileError as e:
+            _check_allowed_name(pair)
+        except (KeyFileError, ConfigError) as e:
             problems.append(str(e))
             continue
         if pair.public in keys:
@@ -320,6 +333,7 @@ def load_allowed_keys(directory: str | Path) -> dict[bytes, str]:
     keys: dict[bytes, str] = {}
     for path in sorted(directory.glob(f"*{PUBLIC_SUFFIX}")):
         pair = load_public_key(path)
+        _check_allowed_name(pair)
         if pair.public in keys:
             other = f"{keys[pair.public]}{PUBLIC_SUFFIX}"
             raise KeyFileError(f"{path} repeats the key of {other}: remove one of them")
