@@ -393,7 +393,7 @@ def test_identity_comes_from_the_key_not_the_claimed_name(keys: dict, bundle, pa
     assert s.senders["a"].lost == 0 and s.senders["b"].lost == 0 and s.senders["b"].restarts == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b"]
     assert len(list((tmp_path / "out" / "b").glob("*.png"))) == 10
-    assert any("the node with key b calls itself a" in line for line in logs)
+    assert any("the node authenticated as b calls itself a" in line for line in logs)
 
 
 def test_a_sink_failure_is_counted_and_the_receiver_goes_on(bundle, payload, tmp_path) -> None:
