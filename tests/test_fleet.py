@@ -529,3 +529,44 @@ def test_allowed_key_file_names_must_be_usable_sender_names(keys: dict) -> None:
         security.load_allowed_keys(keys["allowed"])
     found, problems = security.scan_allowed_keys(keys["allowed"])
     assert sorted(found.values()) == ["a", "b"] and "not a usable sender name" in problems[0]
+
+
+def test_frames_queued_during_an_outage_are_filed_under_the_name(bundle) -> None:
+    """The receiver goes away mid-stream; frames made meanwhile wait in the sender's queue and reach the new
+    receiver first: each must carry the name, or they would be filed (folders too) under id-XXXX."""
+    from cae_edge import datasets
+    from cae_edge.device.capture import ArraySource
+    from cae_edge.device.preprocess import Preprocessor
+    from cae_edge.device.sender import SendOptions, run_sender
+    from cae_edge.device.sinks import MemorySink
+    from cae_edge.payload import payload_kind
+
+    first = PullReceiver("tcp://127.0.0.1:*")
+    endpoint = first.endpoint
+    frames = datasets.load("mnist").x_test[:12]
+    pre = Preprocessor({**bundle.preprocess, "invert": False})
+
+    with PushSender(endpoint, SenderOptions(queue_size=100)) as tx:
+
+        class Outage(ArraySource):
+            def read(self):
+                if self._i == 4:  # the receiver dies; wait until the sender has noticed
+                    first.close()
+                    _until(lambda: tx.stats.peers == 0, lambda: time.sleep(0.01), "disconnect seen")
+                return super().read()
+
+        assert tx.wait_connected(WAIT_S)
+        run_sender(
+            Outage(frames), pre, bundle.encoder(), tx, pair_id=bundle.pair_id,
+            options=SendOptions(name="cam", name_every_s=3600), kind=payload_kind(bundle.coding),
+        )  # fmt: skip
+        queued = tx.stats.queued  # made after the disconnect, waiting for a receiver
+        assert queued >= 1
+        sink, logs = MemorySink(), []
+        second = PullReceiver(endpoint)
+        thread, out = _run_receiver(bundle, second, [sink], logs, max_frames=queued)
+        assert tx.flush(WAIT_S) == 0
+        thread.join(WAIT_S)
+        second.close()
+    assert len(sink.frames) == queued and all(seq >= 4 for _, seq in sink.frames)
+    assert {name for name, _ in sink.frames} == {"cam"} and set(out["stats"].senders) == {"cam"}

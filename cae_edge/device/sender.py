@@ -176,25 +176,26 @@ class _Pacer:
 class _NameCadence:
     """Which packets carry the sender name: the first, the first after each new connection (the link's
     connect count is looked at every 50 ms), then one at least every ``every_s`` — and every packet made while
-    no receiver is connected: those wait in the send queue and reach a (possibly restarted) receiver first, so
-    each must say whose it is."""
+    no receiver is connected: those wait in the queue and reach a (possibly restarted) receiver first, so each
+    must say whose it is (else an ``--insecure`` receiver files them under ``id-XXXX``; with CURVE the key
+    names them anyway). Frames queued while connected are not named (the wire cost under load would grow)."""
 
     def __init__(self, name: str, every_s: float, link: SenderLink, start: float) -> None:
         self.name, self.every_s, self.link = name, every_s, link
         self.next_link_check = start
         self.last = -math.inf
         self.seen_connects = -1
-        self.offline = True
 
     def __call__(self, now: float) -> str | None:
         """The name to put in a packet made at ``now``, or ``None``."""
+        link = self.link
         if now >= self.next_link_check:
             self.next_link_check = now + 0.05
-            stats = self.link.stats
-            self.offline = stats.peers == 0
-            if stats.connects != self.seen_connects:
-                self.seen_connects, self.last = stats.connects, -math.inf  # new connection: say who we are
-        if self.offline or now - self.last >= self.every_s:
+            connects = link.stats.connects
+            if connects != self.seen_connects:
+                self.seen_connects, self.last = connects, -math.inf  # new connection: say who we are
+        offline = not getattr(link, "online", True)  # as of the link's last look: no socket poll here
+        if offline or now - self.last >= self.every_s:
             self.last = now
             return self.name
         return None

@@ -522,6 +522,11 @@ class PushSender(_Link):
         self._poll_monitor()
         return len(self._queue)
 
+    @property
+    def online(self) -> bool:
+        """A receiver was connected at the last look at the socket events (``send`` looks every 10 ms)."""
+        return self._stats.peers > 0
+
     def wait_connected(self, timeout_s: float) -> bool:
         """Wait until a receiver is connected (handshake done); True if it is.
 
