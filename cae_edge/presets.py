@@ -133,14 +133,3 @@ def resolve(name: str) -> Preset:
     if key not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
     return PRESETS[key]
-
-
-def split_bundle_name(name: str) -> tuple[str, str] | None:
-    """``"mnist-hq"`` → ``("mnist", "hq")``; None when ``name`` is not ``<dataset>-<preset>``."""
-    head, sep, tail = str(name).strip().lower().rpartition("-")
-    if not sep or tail not in PRESETS:
-        return None
-    try:
-        return datasets.canonical_name(head), tail
-    except ConfigError:
-        return None

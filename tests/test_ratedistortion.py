@@ -63,12 +63,6 @@ def test_presets_resolve_with_budgets_in_order():
         presets.resolve("huge")
 
 
-def test_bundle_names_split():
-    assert presets.split_bundle_name("mnist-tiny") == ("mnist", "tiny")
-    assert presets.split_bundle_name("mnist") is None
-    assert presets.split_bundle_name("cifar-hq") is None
-
-
 def test_options_take_the_preset_and_explicit_values_win():
     opts = TrainOptions(dataset="fashion", epochs=2, rd=RDOptions(preset="small")).validated()
     p = presets.resolve("small")

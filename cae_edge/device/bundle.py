@@ -281,21 +281,6 @@ class Bundle:
                 "sender and receiver must use the same bundle"
             )
 
-    def summary(self) -> dict:
-        """Short JSON-friendly description."""
-        m = self.manifest
-        return {
-            "path": str(self.path),
-            "pair_id": m.pair_id,
-            "dataset": m.dataset.get("name"),
-            "latent_dim": m.latent_dim,
-            "bytes_per_image": m.bytes_per_image,
-            "coding": m.coding,
-            "latent_quant": m.latent_quant.to_dict(),
-            "quality": m.quality,
-            "files": {k: v.bytes for k, v in m.files.items()},
-        }
-
     def __repr__(self) -> str:
         return f"Bundle({str(self.path)!r}, pair_id={self.pair_id!r}, latent_dim={self.latent_dim})"
 
