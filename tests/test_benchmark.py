@@ -390,9 +390,11 @@ def test_litert_tool_cross_check_runs(bundle, mnist):
     assert t.ratio == pytest.approx(t.ours_p50_us / t.tool_median_us)
 
 
-def test_keras_run_is_used_only_when_it_is_the_bundles_run(bundle, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["mnist", "mnist-tiny"])  # mnist-tiny: a run config of the older schema
+def test_keras_run_is_used_only_when_it_is_the_bundles_run(name, tmp_path, monkeypatch):
     from cae_edge.benchmark.run import _keras_run_dir
 
+    bundle = load_bundle(name)
     run = tmp_path / "run"
     run.mkdir()
     for f in ("encoder.keras", "decoder.keras"):
@@ -402,7 +404,10 @@ def test_keras_run_is_used_only_when_it_is_the_bundles_run(bundle, tmp_path, mon
     monkeypatch.setattr(bundle.manifest, "train", train)
     (run / "config.json").write_text(json.dumps(train))
     assert _keras_run_dir(bundle, BenchmarkOptions()) == run
-    (run / "config.json").write_text(json.dumps(dict(train, note="retrained")))
+    retrained = dict(train, created="2031-01-01T00:00:00+00:00")
+    (run / "config.json").write_text(json.dumps(retrained))
+    assert _keras_run_dir(bundle, BenchmarkOptions()) is None
+    (run / "config.json").write_text("{")
     assert _keras_run_dir(bundle, BenchmarkOptions()) is None
     assert _keras_run_dir(bundle, BenchmarkOptions(keras_run=str(tmp_path))) == tmp_path
 

@@ -299,21 +299,14 @@ def keras_point(run_dir: str | Path, name: str, dataset: str, test: np.ndarray, 
 
     Raises:
         ImportError: Keras is not installed.
-        ConfigError: the run directory has no ``encoder.keras`` / ``decoder.keras``.
+        RunDirError: the run directory lacks ``config.json``, ``encoder.keras`` or ``decoder.keras``, or a
+            file is unreadable.
     """
-    import keras  # noqa: PLC0415 - optional, only when TensorFlow is installed
-
-    from ..errors import ConfigError
+    from ..rundir import load_run  # noqa: PLC0415 - imports Keras, only when TensorFlow is installed
 
     run = Path(run_dir)
-    paths = [run / "encoder.keras", run / "decoder.keras"]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise ConfigError(
-            f"run directory {run}: missing {', '.join(missing)} (made by `cae-edge train --out RUN`)"
-        )
     t0 = time.perf_counter()
-    encoder, decoder = (keras.models.load_model(p, compile=False) for p in paths)
+    encoder, decoder, _ = load_run(run)
     x = test.astype(np.float32)[..., None] / 255.0
     recon = metrics.to_uint8(
         decoder.predict(encoder.predict(x, batch_size=500, verbose=0), batch_size=500, verbose=0)

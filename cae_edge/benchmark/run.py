@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, datasets, wire
-from ..errors import ConfigError
+from ..errors import ConfigError, RunDirError
+from ..rundir import MODEL_FILES, RunConfig, read_config
 from . import bdrate, codecs, curves, latency, sysinfo
 from .report import BenchmarkReport, BundleResult
 
@@ -246,19 +247,16 @@ def _coding_paths(bundle, test: np.ndarray, opts: BenchmarkOptions) -> tuple[lis
 
 def _keras_run_dir(bundle, opts: BenchmarkOptions) -> Path | None:
     """``--run``, else the training run the manifest names, if it is still there and still the same run
-    (its ``config.json`` equals the one recorded in the manifest; a retrained directory is not used)."""
-    import json
-
+    (its ``config.json`` reads as the run config recorded in the manifest; a retrained directory is not
+    used)."""
     if opts.keras_run:
         return Path(opts.keras_run)
     out = (bundle.manifest.train.get("train") or {}).get("out_dir")
-    if not out or not all(
-        (Path(out) / f).is_file() for f in ("encoder.keras", "decoder.keras", "config.json")
-    ):
+    if not out or not all((Path(out) / f).is_file() for f in MODEL_FILES):
         return None
     try:
-        same = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")) == bundle.manifest.train
-    except (OSError, ValueError):
+        same = read_config(out).to_dict() == RunConfig.from_dict(bundle.manifest.train).to_dict()
+    except RunDirError:
         return None
     return Path(out) if same else None
 
