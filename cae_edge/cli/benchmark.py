@@ -11,11 +11,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import CaeEdgeError
-
-err = Console(stderr=True)
+from .common import fail, progress_bar
 
 
 def benchmark(
@@ -101,18 +99,10 @@ def benchmark(
         command="cae-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     try:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True
-        ) as bar:
-            task = bar.add_task("benchmark", total=None)
-
-            def progress(what: str, done: int, total: int) -> None:
-                bar.update(task, description=what, completed=done, total=total)
-
+        with progress_bar("benchmark") as progress:
             report = run_benchmark(opts, progress)
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs and files
     s = report.system
     console.print(

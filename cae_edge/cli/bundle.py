@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ..errors import CaeEdgeError
+from .common import fail, print_json
 
-err = Console(stderr=True)
 app = typer.Typer(
     help="Inspect model bundles (shipped or exported); needs no TensorFlow.", no_args_is_help=True
 )
-
-
-def _fail(e: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
 
 
 @app.command("info")
@@ -36,10 +29,10 @@ def info(
     try:
         b = load_bundle(bundle, verify=not no_verify)
     except CaeEdgeError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     m = b.manifest
     if as_json:
-        typer.echo(json.dumps(m.to_dict(), indent=2))
+        print_json(m.to_dict())
         return
     typer.echo(f"bundle   {b.path}")
     typer.echo(

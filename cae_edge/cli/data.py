@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from .. import datasets
 from ..errors import CaeEdgeError
+from .common import fail, print_json, progress_bar
 
 app = typer.Typer(
     help="Obtain, cache and describe MNIST / Fashion-MNIST; record your own frames; make the demo video.",
     no_args_is_help=True,
 )
-err = Console(stderr=True)
-
 DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Directory with the IDX .gz files, tried first.", file_okay=False),
@@ -34,16 +31,10 @@ def fetch(
 ) -> None:
     """Get a dataset from the first source that works and cache it as one compact file."""
     try:
-        with Progress(console=err, transient=True) as bar:
-            task = bar.add_task(f"fetching {name}", total=None)
-
-            def progress(what: str, done: int, total: int) -> None:
-                bar.update(task, description=what, completed=done, total=total)
-
+        with progress_bar(f"fetching {name}") as progress:
             ds, path = datasets.fetch(name, data_dir, download=not offline, progress=progress)
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     typer.echo(f"{ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test from {ds.source}")
     typer.echo(f"split: {ds.split}")
     typer.echo(f"cached at {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -59,8 +50,7 @@ def info(
     try:
         names = [datasets.canonical_name(name)] if name else list(datasets.DATASETS)
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     rows = []
     failed = False
     for n in names:
@@ -70,7 +60,7 @@ def info(
             failed = True
             rows.append({"name": n, "error": str(e)})
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        print_json(rows)
     else:
         table = Table("dataset", "train", "test", "split", "source")
         for r in rows:
@@ -137,16 +127,10 @@ def record(
             fps=fps,
             overwrite=overwrite,
         )
-        with Progress(console=err, transient=True) as bar:
-            task = bar.add_task("recording", total=frames)
-
-            def progress(n: int, t: float) -> None:
-                bar.update(task, completed=n, description=f"recording {t:.1f} s")
-
-            result = do_record(opts, source, progress=progress)
+        with progress_bar("recording", total=frames) as step:
+            result = do_record(opts, source, progress=lambda n, t: step(f"recording {t:.1f} s", n, frames))
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     note = " (stopped by Ctrl-C)" if result.interrupted else ""
     typer.echo(
         f"recorded {result.frames} frames over {result.seconds:.1f} s ({result.clock} clock) "
@@ -172,8 +156,7 @@ def demo_video(
     try:
         info = write_pan_video(out, seconds=seconds, fps=fps, size=(width, height))
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     typer.echo(f"wrote {info['path']}: {info['frames']} frames at {info['fps']:g} fps, {width}x{height}")
     for p in info["photos"]:
         typer.echo(f"  {p['file']}: {p['what']} ({p['licence']})")

@@ -5,11 +5,12 @@ No TensorFlow here: the checks live in ``cae_edge.device.doctor``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from .common import say, write_json
 
 
 def doctor(
@@ -68,14 +69,10 @@ def doctor(
         connect_timeout_s=timeout,
     )
     report = run_doctor(opts, on_check=lambda c: typer.echo(c.line()))
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    write_json(json_out, report.to_dict())
     if report.ok:
         typer.echo("this node can stream")
         return
     n = len(report.failures)
-    typer.echo(
-        f"{n} problem{'s' if n != 1 else ''}: fix the FAIL line{'s' if n != 1 else ''} above", err=True
-    )
+    say(f"{n} problem{'s' if n != 1 else ''}: fix the FAIL line{'s' if n != 1 else ''} above")
     raise typer.Exit(1)

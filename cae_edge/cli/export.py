@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -12,13 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import CaeEdgeError
-
-err = Console(stderr=True)
-
-
-def _fail(e: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
+from .common import dim, fail, print_json
 
 
 def export(
@@ -129,14 +122,14 @@ def export(
 
     def progress(what: str, done: int, total: int) -> None:
         if not as_json:
-            err.print(f"[dim]{what}[/dim]", highlight=False)
+            dim(what)
 
     try:
         result = do_export(opts, progress)
     except CaeEdgeError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict())
         return
     q = result.quality
     table = Table("model", "PSNR dB", "SSIM", title=f"test quality ({q['n_images']} images)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -13,13 +12,12 @@ from rich.table import Table
 
 from ..device import security
 from ..errors import CaeEdgeError
+from .common import err, fail, print_json
 
 app = typer.Typer(
     help="CURVE key pairs for encrypted, authenticated streams (one per node, one for the receiver).",
     no_args_is_help=True,
 )
-err = Console(stderr=True)
-
 KeysDir = Annotated[
     Path | None,
     typer.Option(
@@ -43,8 +41,7 @@ def generate(
     try:
         files = security.generate_keypair(name, directory, overwrite=force)
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     typer.echo(f"public key  {files.public_path}")
     typer.echo(f"secret key  {files.secret_path}  (mode 0600, never copy it)")
     typer.echo(f"key         {files.public_key}")
@@ -64,10 +61,9 @@ def list_(
     try:
         infos = security.list_keys(directory)
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     if as_json:
-        typer.echo(json.dumps([asdict(i) for i in infos], indent=2))
+        print_json([asdict(i) for i in infos])
     else:
         table = Table("name", "public key", "files", "status", title=str(directory))
         for i in infos:

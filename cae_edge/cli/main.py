@@ -6,9 +6,12 @@ Command modules import TensorFlow only inside command bodies, so ``cae-edge --he
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from .. import __version__
+from . import benchmark, bundle, data, doctor, export, keys, mqtt, stream, train
+from .common import print_version
 
 app = typer.Typer(
     name="cae-edge",
@@ -19,53 +22,24 @@ app = typer.Typer(
 )
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"cae-edge {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
-    ),
+    version: Annotated[
+        bool, typer.Option("--version", callback=print_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """Learned image compression for camera nodes: train, export int8 TFLite, benchmark, stream."""
 
 
-def _register() -> None:
-    # Each module adds its own command or group. Keep imports here light (no TensorFlow).
-    from . import data as _data
-
-    app.add_typer(_data.app, name="data")
-    from . import train as _train
-
-    app.command("train")(_train.train_cmd)
-    from . import keys as _keys
-
-    app.add_typer(_keys.app, name="keys")
-    from . import export as _export
-
-    app.command("export")(_export.export)
-    from . import bundle as _bundle
-
-    app.add_typer(_bundle.app, name="bundle")
-    from . import benchmark as _benchmark
-
-    app.command("benchmark")(_benchmark.benchmark)
-    from . import stream as _stream
-
-    app.add_typer(_stream.app, name="stream")
-    from . import doctor as _doctor
-
-    app.command("doctor")(_doctor.doctor)
-    from . import mqtt as _mqtt
-
-    app.add_typer(_mqtt.app, name="mqtt")
-
-
-_register()
+app.add_typer(data.app, name="data")
+app.command("train")(train.train_cmd)
+app.add_typer(keys.app, name="keys")
+app.command("export")(export.export)
+app.add_typer(bundle.app, name="bundle")
+app.command("benchmark")(benchmark.benchmark)
+app.add_typer(stream.app, name="stream")
+app.command("doctor")(doctor.doctor)
+app.add_typer(mqtt.app, name="mqtt")
 
 
 def main() -> None:  # console-script entry point

@@ -14,22 +14,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 from ..errors import CaeEdgeError, ConfigError, DataNotFoundError
+from .common import err, fail, say
 
 if TYPE_CHECKING:
     from ..train.options import TrainOptions
-
-err = Console(stderr=True)
 
 
 class NoiseChoice(str, Enum):
@@ -68,6 +67,18 @@ def _one_line(e: Exception) -> str:
         head = lines[0].split("Looked in")[0].rstrip(":. ")
         return f"{head}. {lines[-1].rstrip('.')}; `cae-edge data info` lists every place looked"
     return " ".join(lines)
+
+
+def _epoch_bar(*extra: ProgressColumn) -> Progress:
+    """The per-epoch bar on stderr: ``epoch N/M``, the bar, the task's ``logs`` field, time (+ ``extra``)."""
+    columns = (
+        TextColumn("[bold]epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[logs]}"),
+        TimeElapsedColumn(),
+    )
+    return Progress(*columns, *extra, console=err)
 
 
 def train_cmd(
@@ -224,23 +235,14 @@ def train_cmd(
             )
         check_out_dir(opts.out_dir)
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {_one_line(e)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(_one_line(e)) from None
 
     if opts.rd is not None:
         return _train_rd(opts)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (inside train)
     from ..train.train import train
 
-    columns = (
-        TextColumn("[bold]epoch"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[logs]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    bar = Progress(*columns, console=err)  # shown once data and device are known (the epoch-0 event)
+    bar = _epoch_bar(TimeRemainingColumn())  # shown once data and device are known (the epoch-0 event)
     task = bar.add_task("train", total=opts.epochs, logs="compiling")
 
     def progress(epoch: int, logs: dict) -> None:
@@ -261,8 +263,7 @@ def train_cmd(
         result = train(opts, progress)
     except CaeEdgeError as e:
         bar.stop()
-        err.print(f"[red]error:[/red] {_one_line(e)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(_one_line(e)) from None
     finally:
         bar.stop()
 
@@ -285,16 +286,9 @@ def _train_rd(opts: TrainOptions) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ..train.ratedistortion import train_rd
 
-    columns = (
-        TextColumn("[bold]epoch"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[logs]}"),
-        TimeElapsedColumn(),
-    )
-    err.print(f"rate-distortion run: {opts.to_command()}", highlight=False, soft_wrap=True)
+    say(f"rate-distortion run: {opts.to_command()}")
     try:
-        with Progress(*columns, console=err) as bar:
+        with _epoch_bar() as bar:
             task = bar.add_task("train", total=opts.epochs, logs="loading")
 
             def progress(epoch: int, logs: dict) -> None:
@@ -309,8 +303,7 @@ def _train_rd(opts: TrainOptions) -> None:
 
             result = train_rd(opts, progress)
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {_one_line(e)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(_one_line(e)) from None
     typer.echo(
         f"test: PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}  "
         f"{result.bytes_entropy:.2f} B/image entropy-coded ({result.active_dims} active dims)"
