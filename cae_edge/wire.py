@@ -6,13 +6,14 @@ Layout, version 1 (little-endian, 24 bytes of overhead per frame when the name i
     0      2    magic          b"\\xcaE"
     2      1    version        1
     3      1    flags          bits 0-1 payload kind (0 int8 latent, 1 entropy-coded), bit 2 name present,
-                               bits 3-7 reserved (must be 0)
+                               bit 3 epoch present (only with the name), bits 4-7 reserved (must be 0)
     4      4    pair prefix    first 4 bytes of the bundle's pair_id (16 hex chars -> 8 bytes)
     8      2    sender id      crc32(sender name) & 0xffff, see :func:`sender_id`
     10     4    seq            frame counter, wraps at 2**32
     14     4    t_us           capture time, µs since the Unix epoch modulo 2**32 (:func:`unwrap_us`)
     18     2    payload length
     20     [1 + n  name        only when flag bit 2: length byte n (1..64) + n ASCII bytes]
+    ...    [4      epoch       only when flag bit 3: the sender's stream epoch, see below]
     ...    len  payload
     end-4  4    crc32          zlib.crc32 of every byte before it
 
@@ -29,6 +30,12 @@ Why these choices:
   the full time against its own clock with :func:`unwrap_us`, which is exact while clock skew plus latency
   stays under 35 minutes. End-to-end latency across machines needs synchronised clocks (NTP) anyway.
 * **payload length + CRC32** — truncation and corruption are reported as such, independently of the transport.
+* **epoch, 4 bytes, with the name** — a random number a sender draws when its sequence starts at 0 (a new
+  process or loop). A receiver tells a restarted sender by a new epoch, not by the sequence number going
+  backwards alone (which two processes sharing a name, or a restart whose first packets were dropped, fake).
+  It rides only where the name does, so a frame costs nothing extra. Packets without it (older senders) stay
+  readable; receivers older than the epoch refuse packets that carry it (reason ``flags``): upgrade
+  receivers first.
 
 :func:`unpack` raises :class:`~cae_edge.errors.PacketError` — and nothing else — for every malformed
 input; its ``reason`` (``type``, ``short``, ``magic``, ``version``, ``length``, ``crc``, ``flags``, ``kind``,
@@ -68,7 +75,9 @@ anything longer before reading it (ZeroMQ ``MAXMSGSIZE``)."""
 
 _FLAG_KIND = 0x03
 _FLAG_NAME = 0x04
-_FLAG_RESERVED = 0xF8
+_FLAG_EPOCH = 0x08
+_FLAG_RESERVED = 0xF0
+_EPOCH = struct.Struct("<I")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -102,6 +111,9 @@ class Packet:
     """How the payload is coded."""
     sender_name: str | None = None
     """The sender's name, on the packets that carry it (else None)."""
+    epoch: int | None = None
+    """The sender's stream epoch (0 .. 2**32-1), drawn at random when its ``seq`` starts at 0; only on
+    packets that carry the name (None on the others, and from senders that predate it)."""
 
 
 def pair_prefix(pair_id: str) -> bytes:
@@ -157,9 +169,9 @@ def unwrap_us(t_us32: int, reference_us: int) -> int:
     return reference_us - d
 
 
-def packet_size(payload_bytes: int, name: str | None = None) -> int:
+def packet_size(payload_bytes: int, name: str | None = None, epoch: bool = False) -> int:
     """Bytes on the wire (before transport framing) for a payload of ``payload_bytes``."""
-    return OVERHEAD_BYTES + payload_bytes + (1 + len(name) if name else 0)
+    return OVERHEAD_BYTES + payload_bytes + (1 + len(name) + (4 if epoch else 0) if name else 0)
 
 
 def pack(p: Packet) -> bytes:
@@ -185,6 +197,13 @@ def pack(p: Packet) -> bytes:
             raise PacketError(msg, "field")
         name = bytes((len(raw),)) + raw
         flags |= _FLAG_NAME
+        if p.epoch is not None:
+            if not isinstance(p.epoch, int) or not 0 <= p.epoch <= MASK32:
+                raise PacketError(f"cannot pack: epoch {p.epoch!r} (u32)", "field")
+            name += _EPOCH.pack(p.epoch)
+            flags |= _FLAG_EPOCH
+    elif p.epoch is not None:
+        raise PacketError("cannot pack: an epoch rides only with the sender name", "field")
     try:
         head = _HEADER.pack(MAGIC, VERSION, flags, p.pair, p.sender_id, p.seq, p.t_us, len(p.payload))
     except struct.error as e:
@@ -213,18 +232,19 @@ def unpack(data: bytes | bytearray | memoryview) -> Packet:
         msg = f"wire version {version} (this receiver reads {VERSION}): upgrade the older side"
         raise PacketError(msg, "version")
     pos = HEADER_BYTES
-    nlen = 0
+    nlen = elen = 0
     if flags & _FLAG_NAME:
         nlen = data[pos] if n > pos else 0
         pos += 1
-    expected = pos + nlen + plen + _CRC.size
+        elen = _EPOCH.size if flags & _FLAG_EPOCH else 0
+    expected = pos + nlen + elen + plen + _CRC.size
     if n != expected:
         msg = f"packet is {n} bytes but its header says {expected} (truncated or padded)"
         raise PacketError(msg, "length")
     (crc,) = _CRC.unpack_from(data, n - _CRC.size)
     if zlib.crc32(memoryview(data)[: n - _CRC.size]) != crc:
         raise PacketError("CRC mismatch: packet corrupted in transit", "crc")
-    if flags & _FLAG_RESERVED:
+    if flags & _FLAG_RESERVED or (flags & _FLAG_EPOCH and not flags & _FLAG_NAME):
         raise PacketError(f"reserved flag bits set (flags {flags:#04x})", "flags")
     kind_value = flags & _FLAG_KIND
     if kind_value >= len(_KINDS):
@@ -237,4 +257,8 @@ def unpack(data: bytes | bytearray | memoryview) -> Packet:
             raise PacketError(f"bad sender name {text!r} for sender id {sid}", "name")
         name = text
         pos += nlen
-    return Packet(pair, sid, seq, t_us, data[pos : pos + plen], _KINDS[kind_value], name)
+    epoch = None
+    if elen:
+        (epoch,) = _EPOCH.unpack_from(data, pos)
+        pos += elen
+    return Packet(pair, sid, seq, t_us, data[pos : pos + plen], _KINDS[kind_value], name, epoch)

@@ -28,6 +28,7 @@ def packets(draw) -> Packet:
         payload=draw(st.binary(max_size=300)),
         kind=draw(st.sampled_from(PayloadKind)),
         sender_name=name,
+        epoch=draw(st.none() | st.integers(0, wire.MASK32)) if name else None,
     )
 
 
@@ -40,7 +41,7 @@ def _good() -> bytes:
 @settings(deadline=None)  # a loaded CI box must not turn into a failure: no timing in tests
 def test_round_trip(p: Packet) -> None:
     data = wire.pack(p)
-    assert len(data) == wire.packet_size(len(p.payload), p.sender_name)
+    assert len(data) == wire.packet_size(len(p.payload), p.sender_name, p.epoch is not None)
     assert wire.unpack(data) == p
     assert wire.unpack(bytearray(data)) == p
     assert wire.unpack(memoryview(data)) == p
@@ -99,6 +100,7 @@ def _with_crc(body: bytes) -> bytes:
         (lambda b: b[:-5] + b[-4:], "length"),
         (lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]), "crc"),
         (lambda b: _with_crc(b[:3] + bytes([b[3] | 0x80]) + b[4:-4]), "flags"),
+        (lambda b: _with_crc(b[:3] + bytes([b[3] | 0x10]) + b[4:-4]), "flags"),
         (lambda b: _with_crc(b[:3] + bytes([(b[3] & ~3) | 3]) + b[4:-4]), "kind"),
         (lambda b: _with_crc(b[:21] + b"x" + b[22:-4]), "name"),  # "xam1" does not match the id of "cam1"
         (lambda b: _with_crc(b[:21] + b"/" + b[22:-4]), "name"),  # not allowed in a name
@@ -127,12 +129,27 @@ def test_non_bytes_is_packet_error(bad) -> None:
         Packet(b"abcd", 1, 1, 1, b"x" * 70000),
         Packet(b"abcd", 1, 1, 1, b"", sender_name="has space"),
         Packet(b"abcd", 1, 1, 1, b"", sender_name="cam1"),  # id does not match the name
+        Packet(b"abcd", 1, 1, 1, b"", epoch=7),  # an epoch rides only with the name
+        Packet(b"abcd", wire.sender_id("cam1"), 1, 1, b"", sender_name="cam1", epoch=1 << 32),
     ],
 )
 def test_pack_rejects_bad_fields(p: Packet) -> None:
     with pytest.raises(PacketError) as e:
         wire.pack(p)
     assert e.value.reason == "field"
+
+
+def test_epoch_rides_with_the_name_and_older_packets_stay_readable() -> None:
+    sid = wire.sender_id("cam1")
+    old = wire.pack(Packet(b"abcd", sid, 5, 9, b"xyz", sender_name="cam1"))
+    new = wire.pack(Packet(b"abcd", sid, 5, 9, b"xyz", sender_name="cam1", epoch=0xDEADBEEF))
+    assert len(new) == len(old) + 4
+    assert wire.unpack(old).epoch is None and wire.unpack(new).epoch == 0xDEADBEEF
+    assert wire.unpack(new).payload == b"xyz" and wire.unpack(new).sender_name == "cam1"
+    no_name = wire.pack(Packet(b"abcd", sid, 5, 9, b"xyz"))  # the epoch bit without a name is refused
+    with pytest.raises(PacketError) as e:
+        wire.unpack(_with_crc(no_name[:3] + bytes([no_name[3] | 0x08]) + no_name[4:-4]))
+    assert e.value.reason == "flags"
 
 
 def test_pair_prefix_and_names() -> None:
