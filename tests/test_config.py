@@ -283,7 +283,7 @@ def test_a_node_runs_from_its_config_file(node_dir: Path) -> None:
         def receive() -> None:
             result["stats"] = run_receiver(
                 rx, b.decoder(1), pair_id=b.pair_id, kind=payload_kind(b.coding),
-                options=ReceiveOptions(max_frames=25, idle_timeout_s=60.0),
+                options=ReceiveOptions(max_frames=25, idle_timeout_s=60.0, max_age_ms=0),
             )  # fmt: skip
 
         thread = threading.Thread(target=receive)

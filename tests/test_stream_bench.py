@@ -32,7 +32,6 @@ def test_bench_smoke(bundle, tmp_path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "per idle core" in result.output and json.loads(out.read_text())["frame_shape"] == [28, 28]
-    assert (
-        wire.OVERHEAD_BYTES < r.bytes_per_frame <= wire.OVERHEAD_BYTES + bundle.latent_dim + 1 + len("bench")
-    )
+    named = 1 + len("bench") + 4  # name length, name and epoch, on the packets that carry the name
+    assert wire.OVERHEAD_BYTES < r.bytes_per_frame <= wire.OVERHEAD_BYTES + bundle.latent_dim + named
     json.dumps(r.to_dict())

@@ -378,6 +378,20 @@ def receive(
         float, typer.Option("--timeout", min=0, help="Stop after S seconds without a frame; 0 = never.")
     ] = 0.0,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Decoder interpreter threads.")] = 1,
+    max_age_ms: Annotated[
+        float,
+        typer.Option(
+            "--max-age-ms",
+            min=0,
+            help="Latency bound: drop frames older than this (ms since capture) undecoded; 0 = no bound.",
+        ),
+    ] = 250.0,
+    queue_per_sender: Annotated[
+        int,
+        typer.Option(
+            "--queue-per-sender", min=1, help="Frames waiting for decode per sender (full: oldest out)."
+        ),
+    ] = 256,
     stats_json: Annotated[
         Path | None, typer.Option("--json", help="Write the final statistics here.")
     ] = None,
@@ -401,7 +415,9 @@ def receive(
 ) -> None:
     """Receive packets from any number of nodes, decode each frame, write/show it, and keep per-sender stats.
 
-    Packets that are malformed or made with another bundle (pair id) are refused and counted by reason.
+    Packets that are malformed or made with another bundle (pair id) are refused and counted by reason. When
+    more frames arrive than this machine decodes, the newest win: frames older than --max-age-ms are dropped
+    undecoded (counted per sender: "stale"; a full per-sender queue: "backlog"); senders take turns.
     With --transport mqtt it subscribes at --broker instead of binding, sharing the frames with the other
     receivers of its --group.
     Exit codes: 0 done or stopped, 1 could not start, 4 --timeout passed without any frame.
@@ -413,7 +429,10 @@ def receive(
         parts = [f"{s.frames} frames"]
         for p in s.senders.values():
             lat = p.latency_ms.get("p50", 0.0)
-            parts.append(f"{p.name}: {p.fps:.1f} fps, latency p50 {lat:.1f} ms, lost {p.lost}")
+            drop = sum(p.dropped.values())
+            parts.append(
+                f"{p.name}: {p.fps:.1f} fps, latency p50 {lat:.1f} ms, dropped {drop}, lost {p.lost}"
+            )
         if s.rejected:
             parts.append("rejected " + ", ".join(f"{k} {v}" for k, v in sorted(s.rejected.items())))
         say(" | ".join(parts))
@@ -475,7 +494,12 @@ def receive(
         stats = stream_receive(
             bind,
             bundle,
-            ReceiveOptions(max_frames=max_frames, idle_timeout_s=timeout),
+            ReceiveOptions(
+                max_frames=max_frames,
+                idle_timeout_s=timeout,
+                max_age_ms=max_age_ms,
+                queue_per_sender=queue_per_sender,
+            ),
             link,
             sinks=sinks,
             threads=threads,
@@ -492,13 +516,19 @@ def receive(
         f"{stats.status}: {stats.frames} frames in {stats.elapsed_s:.1f} s ({stats.fps:.1f} fps), "
         f"decode {stats.decode_us:.0f} µs, unpack {stats.unpack_us:.1f} µs, rejected {stats.rejected_total}"
         + (f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.rejected.items()))})" if stats.rejected else "")
+        + (
+            f", dropped {', '.join(f'{k} {v}' for k, v in sorted(stats.dropped.items()))}"
+            if stats.dropped
+            else ""
+        )
     )
     for p in stats.senders.values():
         lat = p.latency_ms
         say(
-            f"  {p.name} (id {p.sender_id:#06x}): {p.frames} frames, lost {p.lost}, restarts {p.restarts}, "
+            f"  {p.name} (id {p.sender_id:#06x}): {p.frames} of {p.received} frames decoded, dropped "
+            f"{sum(p.dropped.values())} {p.dropped or ''}, lost {p.lost}, restarts {p.restarts}, "
             + (f"skipped {p.skipped} (other receivers' share or lost), " if p.skipped else "")
-            + f"latency mean {lat.get('mean', 0):.2f} ms p95 {lat.get('p95', 0):.2f} ms"
+            + f"latency p50 {lat.get('p50', 0):.2f} ms p99 {lat.get('p99', 0):.2f} ms"
             + (f", key {p.peer}" if p.peer else "")
         )
     if stats.refused_by:

@@ -1,9 +1,14 @@
-"""The receiver's end of a stream: receive → unpack → pair check → decode → sinks, with per-sender stats.
+"""The receiver's end of a stream: a receive thread drains the socket into bounded per-sender queues, the
+main loop decodes round-robin across senders, fresh frames first; every packet is decoded or counted.
 
 ::
 
-    PullReceiver ─► wire.unpack ─► pair check ─► Decoder.decode ─► sinks (PNG, video, mosaic)
-                      (rejects counted by reason)                    (per-sender stats)
+    receive thread (cheap: no decode)                main loop (the decode budget)
+    PullReceiver ─► wire.unpack ─► pair/coding ─┐    round-robin ─► age check ─► decode ─► sinks
+                    (rejects counted by reason) │    over senders   (too old:               (PNG, video,
+                                                ▼         ▲          "stale")                mosaic)
+                    per-sender queues, bounded ─┴─────────┘
+                    (full: the oldest is dropped, "backlog")
 
 Who a sender is: the identity the link authenticated, when there is one — on a CURVE link the name of the
 sender's key in the allowed-keys directory (the ZAP ``User-Id`` each message carries), on MQTT the node of
@@ -15,10 +20,26 @@ Nothing one sender does stops the receiver or grows it without bound: a frame a 
 (``sink_errors``); per-sender state is kept for at most ``max_senders`` senders, the one seen longest ago
 forgotten first (``evicted``); refusals and other per-packet events are logged at most a few lines per kind
 every 10 s (:class:`~cae_edge.device.lograte.RateLimitedLog`), the rest counted.
+
+Why this shape, under overload (more frames offered than the decoder can take):
+
+* **Age builds only in queues we count.** The receive thread takes every packet off the socket as it comes,
+  so ZeroMQ's own queue (``RCVHWM``) stays nearly empty. A full ZeroMQ queue would stop libzmq reading the
+  connection — its ZMTP heartbeats too, so a backlogged receiver would time its senders out and reconnect
+  them, losing what sat in the dropped connection without a count.
+* **Bounded age.** A frame is decoded only while it is fresh: when its turn comes, one older than
+  ``max_age_ms`` is dropped (reason ``stale``), and so is one older than half of it while a newer frame of the
+  same sender waits — the newest frames win and delivered frames stay well inside the bound.
+* **Fairness.** Each turn of the main loop serves the next sender with waiting frames, so a fast sender
+  cannot starve a slow one; each sender's queue holds ``queue_per_sender`` frames.
+* **Every packet accounted for.** Per sender: ``received = frames + sum(dropped.values()) + queued``, and the
+  gaps in its sequence numbers (``lost``) are what never arrived (dropped by the sender, lost in transit).
+  A restarted sender is told by its epoch (``cae_edge.wire``), not by the sequence going backwards alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict, deque
@@ -30,14 +51,26 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import wire
-from ..errors import CaeEdgeError, PacketError
+from ..errors import CaeEdgeError, ConfigError, PacketError
 from ..payload import payload_kind
 from ..wire import Packet, PayloadKind
 from .lograte import RateLimitedLog
 from .mqtt import MqttReceiver, MqttReceiverOptions
 from .sinks import FrameSink, GuardedSink
 from .stream import Log, ReceiverLink, StageTimer, now_us
-from .transport import PullReceiver, ReceiverOptions
+from .transport import PullReceiver, Received, ReceiverOptions
+
+DROP_REASONS = ("stale", "backlog", "shutdown", "evicted")
+"""Why an arrived frame was not decoded: too old when its turn came, pushed out of a full per-sender queue,
+still queued when the receiver stopped, or queued for a sender forgotten beyond ``max_senders``. (A payload
+the decoder refuses is counted under its reject reason, e.g. ``payload``.)"""
+SKEW_TOLERANCE_US = 1_000_000
+"""Clocks that disagree by less than this count as synchronised: a frame's age is its capture time's."""
+SKEW_WINDOW_US = 5_000_000
+"""The clock offset estimate is the fastest frame (arrival - capture) of the last 5-10 s."""
+JUMP_SLACK = 1000
+"""A forward sequence jump counts as lost frames only if the sender could have made them in the capture time
+between the two packets (at most one per 20 µs, plus this slack); a bigger jump is counted in ``jumps``."""
 
 
 @dataclass
@@ -51,15 +84,33 @@ class ReceiveOptions:
     stats_every_s: float = 1.0
     """Call ``on_stats`` this often."""
     batch: int = 256
-    """Messages taken from the socket per wake-up."""
+    """Messages the receive thread takes from the socket per wake-up."""
+    max_age_ms: float = 250.0
+    """Latency bound, capture → decoded: a frame older than this when its turn comes is dropped undecoded
+    (reason ``stale``), and so is one older than half of it while a newer frame of the same sender waits.
+    0 = no bound (decode everything that fits in the queues)."""
+    queue_per_sender: int = 256
+    """Frames waiting for decode per sender; a full queue drops its oldest (reason ``backlog``)."""
     max_senders: int = 1024
     """Senders whose state (counters, latencies) is kept; beyond that the one seen longest ago is forgotten
     (``ReceiverStats.evicted``): a flood of made-up sender ids cannot grow the receiver or its status file."""
 
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for a bad value."""
+        if not self.max_age_ms >= 0:
+            raise ConfigError(f"max age {self.max_age_ms!r} ms: must be >= 0 (0 = no bound)")
+        if not 1 <= self.queue_per_sender <= 1_000_000:
+            raise ConfigError(f"queue per sender {self.queue_per_sender}: must be 1 .. 1000000")
+        if self.batch < 1:
+            raise ConfigError(f"batch {self.batch}: must be >= 1")
+
 
 @dataclass
 class PeerStats:
-    """One sender as the receiver sees it."""
+    """One sender as the receiver sees it.
+
+    ``received = frames + sum(dropped.values()) + queued``; ``lost`` counts what never arrived.
+    """
 
     name: str
     """Who the sender is: the identity the link authenticated (CURVE key name, MQTT topic node) when there
@@ -73,26 +124,41 @@ class PeerStats:
     """Packets whose claimed name is not the sender's authenticated identity."""
     frames: int = 0
     """Frames decoded."""
+    received: int = 0
+    """Packets of this sender that arrived and passed the wire, pair and coding checks."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Arrived but not decoded, by reason (:data:`DROP_REASONS`, or the decoder's reject reason)."""
+    queued: int = 0
+    """Waiting for decode now."""
     lost: int = 0
-    """Frames missing from the sequence (gaps in seq: dropped at the sender or lost in transit)."""
+    """Frames that never arrived: gaps in the sequence numbers (dropped by the sender or lost in transit)."""
     skipped: int = 0
     """Gaps in seq on a shared subscription (MQTT, ``link.shared``): frames another receiver of the group
     took, or lost; one receiver cannot tell which, so they are not counted in ``lost``."""
     restarts: int = 0
-    """Times the sequence number went backwards (the sender process restarted)."""
+    """Times the sender started a new sequence (a new epoch; for senders without one, seq going backwards)."""
+    jumps: int = 0
+    """Forward sequence jumps too big for the time between the two frames (not counted in ``lost``)."""
+    id_conflict: bool = False
+    """Two sender processes send under this id at once (their epochs alternate); ``lost`` is not counted."""
     last_seq: int = -1
     """Last sequence number received."""
+    epoch: int | None = None
+    """The sender's current epoch (None for senders that do not send one)."""
     bytes: int = 0
     """Packet bytes received."""
     fps: float = 0.0
-    """Frames per second since the previous stats report."""
+    """Frames decoded per second since the previous stats report."""
     latency_ms: dict[str, float] = field(default_factory=dict)
-    """End-to-end latency capture → decoded (mean, p50, p95, max over the last 2048 frames; needs
-    synchronised clocks across machines)."""
+    """Age of each decoded frame, capture → decoded (mean, p50, p95, p99, max over the last 2048 frames).
+    Needs synchronised clocks across machines; see ``clock_offset_ms``."""
+    clock_offset_ms: float = 0.0
+    """The sender's clock behind the receiver's (ms, + = behind), when they disagree by more than 1 s: ages
+    are then measured from the fastest frame of the last 5-10 s instead of the sender's clock. 0 otherwise."""
     peer: str | None = None
     """Authenticated identity from the transport (CURVE key name), when secured."""
     last_seen: float = 0.0
-    """Unix time of the last frame."""
+    """Unix time of the last packet."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +177,14 @@ class ReceiverStats:
     ``nothing-received`` (timeout without frames)."""
     frames: int = 0
     """Frames decoded, all senders."""
+    received: int = 0
+    """Frames that arrived, all senders (packets refused by the checks are in ``rejected`` instead)."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Arrived frames not decoded, all senders, by reason (see :class:`PeerStats`)."""
+    queued: int = 0
+    """Frames waiting for decode now, all senders."""
+    max_age_ms: float = 0.0
+    """The age bound in force (0 = none)."""
     elapsed_s: float = 0.0
     """Seconds since the loop started."""
     fps: float = 0.0
@@ -120,7 +194,7 @@ class ReceiverStats:
     senders: dict[str, PeerStats] = field(default_factory=dict)
     """Per sender, by name."""
     unpack_us: float = 0.0
-    """Mean ``wire.unpack`` time."""
+    """Mean ``wire.unpack`` time (receive thread)."""
     decode_us: float = 0.0
     """Mean decoder time (payload → 28x28 image)."""
     sink_us: float = 0.0
@@ -139,7 +213,8 @@ class ReceiverStats:
     sink_errors: int = 0
     """Frames a sink failed to write (counted and logged; the receiver goes on)."""
     evicted: int = 0
-    """Senders whose state was forgotten to keep at most ``max_senders``."""
+    """Senders whose state was forgotten to keep at most ``max_senders`` (frames they still had queued are
+    counted in ``dropped`` as ``evicted``)."""
     log_suppressed: int = 0
     """Log lines not written because their kind exceeded its rate (the events are still counted)."""
 
@@ -153,30 +228,134 @@ class ReceiverStats:
         return d
 
 
+class Ledger(Protocol):
+    """Optional record of what became of each packet, for exact accounting (the soak test keeps one).
+
+    ``arrived`` is called on the receive thread before the packets are queued; ``dropped`` on either thread;
+    ``delivered`` on the main loop after the sinks took the frame. Implementations must be thread-safe.
+    """
+
+    def arrived(self, packets: list[Packet]) -> None: ...
+
+    def dropped(self, packet: Packet, reason: str) -> None: ...
+
+    def delivered(self, packet: Packet, age_us: int) -> None: ...
+
+
+class _ClockOffset:
+    """The sender clock's offset from ours: the smallest (arrival - capture) of the last 5-10 s."""
+
+    __slots__ = ("cur", "prev", "until", "correction")
+
+    def __init__(self) -> None:
+        self.cur = self.prev = None
+        self.until = 0
+        self.correction = 0
+        """What :meth:`update` returned last (µs)."""
+
+    def update(self, delay_us: int, now: int) -> int:
+        """Take one frame's (arrival - capture); return the correction to add to capture times."""
+        if now >= self.until:
+            self.prev, self.cur, self.until = self.cur, None, now + SKEW_WINDOW_US
+        if self.cur is None or delay_us < self.cur:
+            self.cur = delay_us
+        best = self.cur if self.prev is None else min(self.cur, self.prev)
+        self.correction = best if abs(best) > SKEW_TOLERANCE_US else 0
+        return self.correction
+
+
 class _Peer:
-    __slots__ = ("stats", "lat", "frames_at_report", "named")
+    """One sender's state: statistics, sequence tracking, clock offset and its queue of frames to decode."""
+
+    __slots__ = ("stats", "lat", "frames_at_report", "named", "queue", "in_ring", "epochs", "last_t", "clock")
 
     def __init__(self, sid: int) -> None:
         self.stats = PeerStats(name=f"id-{sid:04x}", sender_id=sid)
         self.lat: deque[int] = deque(maxlen=2048)
         self.frames_at_report = 0
         self.named = False
+        self.queue: deque[tuple[Packet, int]] = deque()
+        """(packet, capture time in our clock, µs) per frame waiting for decode, oldest first."""
+        self.in_ring = False
+        self.epochs: deque[int] = deque(maxlen=8)
+        self.last_t = 0
+        self.clock = _ClockOffset()
+
+    def sequence(self, p: Packet, t_us: int, log: Callable[[str, str], Any], shared: bool = False) -> None:
+        """Restarts, gaps and jumps from this packet's epoch and sequence number (``t_us``: capture time;
+        ``shared``: the link splits this sender's frames over several receivers, so gaps are ``skipped``)."""
+        ps = self.stats
+        e = p.epoch
+        if e is not None and e != ps.epoch:
+            if e in self.epochs:  # back to an epoch seen before: two processes under one id
+                if not ps.id_conflict:
+                    ps.id_conflict = True
+                    log(
+                        "conflict",
+                        f"two senders send as {ps.name} (id {ps.sender_id:#06x}) at once: give each node its "
+                        "own name; this sender's losses are no longer counted",
+                    )
+            else:
+                if ps.epoch is not None:
+                    ps.restarts += 1
+                    log("restart", f"sender {ps.name} restarted (new epoch; seq {ps.last_seq} -> {p.seq})")
+                self.epochs.append(e)
+            ps.epoch = e
+        elif ps.last_seq >= 0:
+            gap = (p.seq - ps.last_seq - 1) & wire.MASK32
+            if gap >= 1 << 31:  # backwards: a restart for a sender without epochs; else its epoch will tell
+                if not self.epochs:
+                    ps.restarts += 1
+                    log("restart", f"sender {ps.name} restarted (seq {ps.last_seq} -> {p.seq})")
+            elif gap and not ps.id_conflict:
+                if gap > max(0, t_us - self.last_t) // 20 + JUMP_SLACK:
+                    ps.jumps += 1
+                elif shared:
+                    ps.skipped += gap
+                else:
+                    ps.lost += gap
+        ps.last_seq = p.seq
+        self.last_t = t_us
+
+    def pick(
+        self, now: int, max_age: int, margin: int, drop: Callable[[_Peer, Packet, str], None]
+    ) -> tuple | None:
+        """The next frame to decode (oldest first), after dropping the stale ones; None when none is left.
+
+        Stale: older than ``max_age`` less ``margin`` (the time a decode takes), or older than half of
+        ``max_age`` while a newer frame waits.
+        """
+        q = self.queue
+        while q:
+            p, t = q[0]
+            if max_age:
+                age = now - t
+                if age + margin > max_age or (2 * age > max_age and len(q) > 1):
+                    q.popleft()
+                    drop(self, p, "stale")
+                    continue
+            return q.popleft()
+        return None
 
     def report(self, interval: float) -> PeerStats:
-        """The stats with the rate since the last report (when ``interval`` > 0) and the latency summary."""
+        """A copy of the stats, with the rate since the last report (``interval`` > 0) and the latencies."""
         ps = self.stats
         if interval > 0:
             ps.fps = round((ps.frames - self.frames_at_report) / interval, 1)
             self.frames_at_report = ps.frames
+        ps.queued = len(self.queue)
+        ps.clock_offset_ms = round(self.clock.correction / 1000, 1)
         if self.lat:
             lat = np.fromiter(self.lat, dtype=np.int64, count=len(self.lat)) / 1000.0
+            p50, p95, p99 = np.percentile(lat, (50, 95, 99))
             ps.latency_ms = {
                 "mean": round(float(lat.mean()), 3),
-                "p50": round(float(np.percentile(lat, 50)), 3),
-                "p95": round(float(np.percentile(lat, 95)), 3),
+                "p50": round(float(p50), 3),
+                "p95": round(float(p95), 3),
+                "p99": round(float(p99), 3),
                 "max": round(float(lat.max()), 3),
             }
-        return ps
+        return dataclasses.replace(ps, dropped=dict(ps.dropped), latency_ms=dict(ps.latency_ms))
 
 
 class Decoder(Protocol):
@@ -186,7 +365,8 @@ class Decoder(Protocol):
 
 
 class _Receiving:
-    """The receiver loop's state and its per-message step: refusals, per-sender bookkeeping, stage times."""
+    """The receiver's state and its two steps: :meth:`arrive` (receive thread) and :meth:`next_frame` +
+    :meth:`serve` (main loop). One lock guards the queues and the counters both threads touch."""
 
     def __init__(
         self,
@@ -196,7 +376,8 @@ class _Receiving:
         kind: PayloadKind,
         sinks: list[FrameSink],
         log: Log,
-        max_senders: int = 1024,
+        options: ReceiveOptions,
+        ledger: Ledger | None = None,
     ) -> None:
         self.link, self.decoder, self.log = link, decoder, log
         self.rlog = RateLimitedLog(log)
@@ -204,101 +385,143 @@ class _Receiving:
         link_options = getattr(link, "options", None)
         if getattr(link_options, "on_event", False) is None:  # refused handshakes, revocations: same log
             link_options.on_event = self.rlog  # type: ignore[union-attr]
-        self.pair_id, self.kind = pair_id, kind
+        self.pair_id, self.kind, self.ledger = pair_id, kind, ledger
         self.shared = bool(getattr(link, "shared", False))
         """The link splits each sender's frames over several receivers: seq gaps are not losses."""
         self.my_pair = wire.pair_prefix(pair_id)
-        self.stats = ReceiverStats(pair_id=pair_id, endpoint=link.endpoint)
+        self.max_age = int(options.max_age_ms * 1000)
+        self.capacity = options.queue_per_sender
+        self.stats = ReceiverStats(pair_id=pair_id, endpoint=link.endpoint, max_age_ms=options.max_age_ms)
         self.peers: OrderedDict[Hashable, _Peer] = OrderedDict()  # least recently seen first
-        self.max_senders = max(1, max_senders)
+        self.max_senders = max(1, options.max_senders)
+        self.forgotten: dict[str, int] = {}
+        """Drops by reason of senders no longer in ``peers`` (evicted), so that totals stay whole."""
+        self.forgotten_received = 0
+        """Frames received from senders no longer in ``peers``."""
+        self.ring: deque[Hashable] = deque()
+        """Keys of the senders with frames waiting, in serving order."""
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)
         self.logged: OrderedDict[tuple, None] = OrderedDict()
         self.timer = StageTimer("unpack", "decode", "sink")
         self.unpacked = 0
         """Messages unpacked (or refused by ``wire.unpack``): the count ``unpack`` time is over."""
         self.frames = 0
         """Frames decoded and handed to the sinks."""
+        self.service_us = 0.0
+        """Decode + sinks time per frame, moving average: a frame is decoded only if it will still be
+        younger than the max age when the sinks have it."""
+
+    # ------------------------------------------------------------------------------ both threads
 
     def reject(self, reason: str, key: tuple, message: str) -> None:
         """Count a refusal by ``reason``; log ``message`` the first time for this reason and ``key`` (the last
         256 keys are remembered) unless this reason's log rate is used up."""
-        rejected = self.stats.rejected
-        rejected[reason] = rejected.get(reason, 0) + 1
         seen = (reason, *key)
-        if seen in self.logged:
+        with self.lock:
+            rejected = self.stats.rejected
+            rejected[reason] = rejected.get(reason, 0) + 1
+            first = seen not in self.logged
+            self.logged[seen] = None
             self.logged.move_to_end(seen)
-            return
-        self.logged[seen] = None
-        if len(self.logged) > 256:
-            self.logged.popitem(last=False)
-        self.rlog(reason, message)
+            if len(self.logged) > 256:
+                self.logged.popitem(last=False)
+        if first:
+            self.rlog(reason, message)
 
-    def take(self, msg: Any) -> None:
-        """Unpack → pair and coding check → decode → sinks for one message, or count why it was refused."""
-        ns = time.perf_counter_ns
-        t0 = ns()
-        try:
-            p = wire.unpack(msg.data)
-        except PacketError as e:
-            self.reject(e.reason, (), f"refused a packet: {e}")
-            return
-        finally:
-            self.unpacked += 1
-            self.timer.add("unpack", ns() - t0)
-        key: Hashable = msg.peer or p.sender_id  # the authenticated identity when there is one
-        peer = self.peers.get(key)
-        label = peer.stats.name if peer is not None else f"id-{p.sender_id:04x}"
+    def _drop(self, peer: _Peer, p: Packet, reason: str) -> None:
+        """Count an arrived frame that will not be decoded (caller holds the lock)."""
+        dropped = peer.stats.dropped
+        dropped[reason] = dropped.get(reason, 0) + 1
+        if self.ledger is not None:
+            self.ledger.dropped(p, reason)
+
+    # ------------------------------------------------------------------------------ receive thread
+
+    @staticmethod
+    def sender_key(p: Packet, msg: Received) -> Hashable:
+        """What per-sender state is keyed by (opaque to everything else): the identity the link
+        authenticated when there is one, else the wire's sender id."""
+        return msg.peer or p.sender_id
+
+    def _label(self, p: Packet, msg: Received) -> str:
         name = msg.peer or p.sender_name
         if name is not None:
-            label = name
-        if p.pair != self.my_pair:
-            self.reject(
-                "pair",
-                (p.sender_id, p.pair),
-                f"refused frames from {label}: its bundle pair id starts {p.pair.hex()} but this "
-                f"receiver's bundle is {self.pair_id}; sender and receiver must use the same bundle",
-            )
-            return
-        if p.kind != self.kind:
-            self.reject(
-                "coding",
-                (p.sender_id, p.kind),
-                f"refused frames from {label}: payload coding {p.kind.name.lower()} but the bundle "
-                f"uses {self.kind.name.lower()}",
-            )
-            return
-        t1 = ns()
-        try:
-            image = self.decoder.decode(p.payload)
-        except (PacketError, CaeEdgeError, ValueError) as e:
-            reason = getattr(e, "reason", "payload")
-            self.reject(reason, (p.sender_id,), f"refused a frame from {label}: {e}")
-            return
-        t2 = ns()
-        ps = self._account(peer, key, label, name, p, msg)
-        for sink in self.sinks:
-            sink.write(ps.name, p.seq, image)
-        self.timer.add("decode", t2 - t1)
-        self.timer.add("sink", ns() - t2)
-        self.frames += 1
+            return name
+        peer = self.peers.get(p.sender_id)
+        return peer.stats.name if peer is not None else f"id-{p.sender_id:04x}"
 
-    def _account(
-        self, peer: _Peer | None, key: Hashable, label: str, name: str | None, p: Packet, msg: Any
-    ) -> PeerStats:
-        """A decoded frame of ``p``'s sender: names, sequence gaps and restarts, bytes, latency."""
-        arrived_us = now_us()
-        if peer is None:
-            if len(self.peers) >= self.max_senders:
-                _, gone = self.peers.popitem(last=False)
-                self.stats.evicted += 1
-                self.rlog("evicted", f"forgot sender {gone.stats.name}: more than {self.max_senders} senders")
-            peer = self.peers[key] = _Peer(p.sender_id)
-            self.rlog(
-                "new-sender",
-                f"new sender {label} (id {p.sender_id:#06x})"
-                + (f", authenticated as {msg.peer}" if msg.peer else ""),
-            )
-        else:
-            self.peers.move_to_end(key)
+    def arrive(self, msgs: list[Received]) -> None:
+        """Unpack and check a batch from the socket; queue each good frame for its sender (no decode here)."""
+        ns = time.perf_counter_ns
+        good: list[tuple[Packet, Received]] = []
+        t0 = ns()
+        for msg in msgs:
+            try:
+                p = wire.unpack(msg.data)
+            except PacketError as e:
+                self.reject(e.reason, (), f"refused a packet: {e}")
+                continue
+            if p.pair != self.my_pair:
+                who = self._label(p, msg)
+                self.reject(
+                    "pair",
+                    (p.sender_id, p.pair),
+                    f"refused frames from {who}: its bundle pair id starts {p.pair.hex()} but "
+                    f"this receiver's bundle is {self.pair_id}; sender and receiver must use the same bundle",
+                )
+                continue
+            if p.kind != self.kind:
+                who = self._label(p, msg)
+                self.reject(
+                    "coding",
+                    (p.sender_id, p.kind),
+                    f"refused frames from {who}: payload coding {p.kind.name.lower()} but the "
+                    f"bundle uses {self.kind.name.lower()}",
+                )
+                continue
+            good.append((p, msg))
+        self.unpacked += len(msgs)
+        self.timer.add("unpack", ns() - t0)
+        if not good:
+            return
+        if self.ledger is not None:
+            self.ledger.arrived([p for p, _ in good])
+        now = now_us()
+        with self.ready:
+            for p, msg in good:
+                key = self.sender_key(p, msg)
+                peer = self.peers.get(key)
+                if peer is None:
+                    peer = self._new_peer(key, p, msg)
+                else:
+                    self.peers.move_to_end(key)
+                self._queue(key, peer, p, msg, now)
+            self.ready.notify()
+
+    def _new_peer(self, key: Hashable, p: Packet, msg: Received) -> _Peer:
+        """State for a sender seen for the first time; beyond ``max_senders``, the one seen longest ago (with
+        nothing queued, if there is one) is forgotten first (caller holds the lock)."""
+        if len(self.peers) >= self.max_senders:
+            idle = next((k for k, v in self.peers.items() if not v.queue), None)
+            gone_key = idle if idle is not None else next(iter(self.peers))
+            gone = self.peers.pop(gone_key)
+            while gone.queue:
+                self._drop(gone, gone.queue.popleft()[0], "evicted")
+            for reason, n in gone.stats.dropped.items():
+                self.forgotten[reason] = self.forgotten.get(reason, 0) + n
+            self.forgotten_received += gone.stats.received
+            self.stats.evicted += 1
+            self.rlog("evicted", f"forgot sender {gone.stats.name}: more than {self.max_senders} senders")
+        peer = self.peers[key] = _Peer(p.sender_id)
+        self.rlog(
+            "new-sender",
+            f"new sender {self._label(p, msg)} (id {p.sender_id:#06x})"
+            + (f", authenticated as {msg.peer}" if msg.peer else ""),
+        )
+        return peer
+
+    def _queue(self, key: Hashable, peer: _Peer, p: Packet, msg: Received, now: int) -> None:
         ps = peer.stats
         ps.sender_id = p.sender_id
         if p.sender_name is not None:
@@ -312,30 +535,89 @@ class _Receiving:
                     f"the node authenticated as {msg.peer} calls itself {p.sender_name}: filed under "
                     f"{msg.peer} (counted in name_mismatch)",
                 )
-        elif name is not None and name != ps.name:
+        elif p.sender_name is not None and p.sender_name != ps.name:
             if peer.named:
                 self.rlog(
                     "rename",
-                    f"sender id {p.sender_id:#06x} now calls itself {name} (was {ps.name}): two senders "
-                    "share an id, or one was renamed; give them distinct names (or use CURVE keys, which "
-                    "tell senders apart)",
+                    f"sender id {p.sender_id:#06x} now calls itself {p.sender_name} (was {ps.name}): two "
+                    "senders share an id, or one was renamed; give them distinct names (or use CURVE keys, "
+                    "which tell senders apart)",
                 )
-            ps.name, peer.named = name, True
-        if ps.last_seq >= 0:
-            gap = (p.seq - ps.last_seq - 1) & wire.MASK32
-            if gap >= 1 << 31:
-                ps.restarts += 1
-                self.rlog("restart", f"sender {ps.name} restarted (seq {ps.last_seq} -> {p.seq})")
-            elif self.shared:
-                ps.skipped += gap
-            else:
-                ps.lost += gap
-        ps.last_seq = p.seq
-        ps.frames += 1
+            ps.name, peer.named = p.sender_name, True
+        t = wire.unwrap_us(p.t_us, now)
+        peer.sequence(p, t, self.rlog, self.shared)
+        t += peer.clock.update(now - t, now)
+        ps.received += 1
         ps.bytes += len(msg.data)
-        ps.last_seen = arrived_us / 1e6
-        peer.lat.append(arrived_us - wire.unwrap_us(p.t_us, arrived_us))
-        return ps
+        ps.last_seen = now / 1e6
+        q = peer.queue
+        q.append((p, t))
+        if len(q) > self.capacity:
+            self._drop(peer, q.popleft()[0], "backlog")
+        if not peer.in_ring:
+            peer.in_ring = True
+            self.ring.append(key)
+
+    # ------------------------------------------------------------------------------ main loop
+
+    def next_frame(self, timeout_s: float) -> tuple[_Peer, Packet, int] | None:
+        """The next sender's next fresh frame (round-robin), waiting up to ``timeout_s`` for one."""
+        with self.ready:
+            if not self.ring:
+                self.ready.wait(timeout_s)
+            now = now_us()
+            margin = min(int(self.service_us), self.max_age // 2)
+            ring = self.ring
+            while ring:
+                key = ring.popleft()
+                peer = self.peers.get(key)
+                if peer is None:  # evicted meanwhile
+                    continue
+                item = peer.pick(now, self.max_age, margin, self._drop)
+                if peer.queue:
+                    ring.append(key)
+                else:
+                    peer.in_ring = False
+                if item is not None:
+                    return peer, item[0], item[1]
+        return None
+
+    def serve(self, peer: _Peer, p: Packet, t_us: int) -> None:
+        """Decode one frame and hand it to the sinks, or count why the decoder refused it."""
+        ns = time.perf_counter_ns
+        started = now_us()
+        t1 = ns()
+        try:
+            image = self.decoder.decode(p.payload)
+        except (PacketError, CaeEdgeError, ValueError) as e:
+            reason = getattr(e, "reason", "payload")
+            self.reject(reason, (p.sender_id,), f"refused a frame from {peer.stats.name}: {e}")
+            with self.lock:
+                self._drop(peer, p, reason)
+            return
+        t2 = ns()
+        name = peer.stats.name
+        for sink in self.sinks:
+            sink.write(name, p.seq, image)
+        done = now_us()
+        age = done - t_us
+        self.timer.add("decode", t2 - t1)
+        self.timer.add("sink", ns() - t2)
+        self.service_us += (done - started - self.service_us) / 16
+        peer.stats.frames += 1
+        peer.lat.append(age)
+        if self.ledger is not None:
+            self.ledger.delivered(p, age)
+        self.frames += 1
+
+    def drop_queued(self, reason: str = "shutdown") -> None:
+        """Count every frame still queued as dropped for ``reason`` (the loop is ending)."""
+        with self.lock:
+            for peer in self.peers.values():
+                while peer.queue:
+                    self._drop(peer, peer.queue.popleft()[0], reason)
+                peer.in_ring = False
+            self.ring.clear()
 
     def report(self, interval: float) -> ReceiverStats:
         """The statistics now; per-sender rates over the last ``interval`` seconds (0: leave them)."""
@@ -354,13 +636,56 @@ class _Receiving:
             stats.revocations = getattr(ls, "revocations", 0)
         stats.sink_errors = sum(s.errors for s in self.sinks)
         stats.log_suppressed = self.rlog.suppressed
-        senders = {}
-        for peer in self.peers.values():
-            ps = peer.report(interval)
+        with self.lock:
+            reports = [peer.report(interval) for peer in self.peers.values()]
+            rejected = dict(stats.rejected)
+            dropped = dict(self.forgotten)
+            received = self.forgotten_received
+        senders: dict[str, PeerStats] = {}
+        for ps in reports:
             name = ps.name if ps.name not in senders else f"{ps.name}#{ps.sender_id:04x}"
             senders[name] = ps
-        stats.senders = senders
-        return stats
+        for ps in reports:
+            for reason, n in ps.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+        return dataclasses.replace(
+            stats,
+            senders=senders,
+            rejected=rejected,
+            dropped=dropped,
+            received=received + sum(ps.received for ps in reports),
+            queued=sum(ps.queued for ps in reports),
+        )
+
+
+class _ReceiveThread(threading.Thread):
+    """Drains the socket into the per-sender queues until told to halt, then takes what already arrived."""
+
+    FINAL_DRAIN_S = 0.25
+    """After the halt, take in what already arrived for at most this long (then close: the rest is lost
+    with the socket, as it would be a moment later anyway)."""
+
+    def __init__(self, link: ReceiverLink, rx: _Receiving, batch: int) -> None:
+        super().__init__(name="cae-edge-receive", daemon=True)
+        self.link, self.rx, self.batch = link, rx, batch
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        link, rx, batch = self.link, self.rx, self.batch
+        try:
+            while not self.halt.is_set():
+                msgs = link.recv_many(batch, 0.05)
+                if msgs:
+                    rx.arrive(msgs)
+            # what already reached the socket (bounded: senders may still be streaming)
+            deadline = time.monotonic() + self.FINAL_DRAIN_S
+            while time.monotonic() < deadline and (msgs := link.recv_many(batch, 0.0)):
+                rx.arrive(msgs)
+        except BaseException as e:  # handed to the main loop, which raises it
+            self.error = e
+            with rx.ready:
+                rx.ready.notify()
 
 
 def run_receiver(
@@ -374,46 +699,60 @@ def run_receiver(
     on_stats: Callable[[ReceiverStats], None] | None = None,
     on_log: Log | None = None,
     stop: threading.Event | None = None,
+    ledger: Ledger | None = None,
 ) -> ReceiverStats:
-    """Receive → unpack → pair check → decode → sinks, until ``max_frames``, the idle timeout or ``stop``.
+    """Receive → unpack → pair check → queue (receive thread); fresh frames → decode → sinks (this thread);
+    until ``max_frames``, the idle timeout or ``stop``.
 
     Malformed packets, packets for another bundle (pair id) or coding, and payloads the decoder refuses are
     counted in ``rejected`` by reason and skipped; the loop keeps serving the other senders. Refusals are
     logged at most a few lines per reason every 10 s (pair mismatches name both ids), the rest counted. A
-    frame a sink cannot write is counted in ``sink_errors``; the loop goes on.
+    frame a sink cannot write is counted in ``sink_errors``; the loop goes on. Frames too old to decode,
+    pushed out of a full queue, or still queued at the end are counted per sender in ``dropped``
+    (:data:`DROP_REASONS`).
 
     Does not close the link or the sinks (the caller owns them).
+
+    Raises:
+        ConfigError: bad options.
     """
     options = options or ReceiveOptions()
+    options.check()
     stop = stop or threading.Event()
-    rx = _Receiving(
-        link, decoder, pair_id, kind, sinks or [], on_log or (lambda _msg: None), options.max_senders
-    )
+    rx = _Receiving(link, decoder, pair_id, kind, sinks or [], on_log or (lambda _msg: None), options, ledger)
+    pump = _ReceiveThread(link, rx, options.batch)
     clock = time.perf_counter
     start = rx.timer.start
     last_frame = start
     next_stats = start + options.stats_every_s
     time_at_report = start
     status = "stopped"
-    while not stop.is_set():
-        msgs = link.recv_many(options.batch, 0.1)
-        for msg in msgs:
-            rx.take(msg)
-            if options.max_frames and rx.frames >= options.max_frames:
+    pump.start()
+    try:
+        while not stop.is_set():
+            item = rx.next_frame(0.05)
+            if pump.error is not None:
+                raise pump.error
+            now = clock()
+            if item is not None:
+                rx.serve(*item)
+                last_frame = now
+                if options.max_frames and rx.frames >= options.max_frames:
+                    status = "finished"
+                    break
+            if options.idle_timeout_s and now - last_frame >= options.idle_timeout_s:
+                status = "idle" if rx.frames else "nothing-received"
                 break
-        now = clock()
-        if msgs and rx.frames:
-            last_frame = now
-        if options.max_frames and rx.frames >= options.max_frames:
-            status = "finished"
-            break
-        if options.idle_timeout_s and now - last_frame >= options.idle_timeout_s:
-            status = "idle" if rx.frames else "nothing-received"
-            break
-        if on_stats is not None and now >= next_stats:
-            next_stats = now + options.stats_every_s
-            on_stats(rx.report(now - time_at_report))
-            time_at_report = now
+            if on_stats is not None and now >= next_stats:
+                next_stats = now + options.stats_every_s
+                on_stats(rx.report(now - time_at_report))
+                time_at_report = now
+    finally:
+        pump.halt.set()
+        pump.join()
+        rx.drop_queued("shutdown")
+    if pump.error is not None:
+        raise pump.error
     rx.stats.status = status
     rx.rlog.flush()
     return rx.report(0.0)
@@ -448,6 +787,7 @@ class ReceivePipeline:
         on_stats: Callable[[ReceiverStats], None] | None = None,
         on_log: Log | None = None,
         stop: threading.Event | None = None,
+        ledger: Ledger | None = None,
     ) -> ReceiverStats:
         """:func:`run_receiver` with this pipeline's parts; the caller owns ``link`` and ``sinks``."""
         return run_receiver(
@@ -460,6 +800,7 @@ class ReceivePipeline:
             on_stats=on_stats,
             on_log=on_log,
             stop=stop,
+            ledger=ledger,
         )
 
 

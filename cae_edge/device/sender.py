@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,6 +74,8 @@ class SenderStats:
     """Sender name."""
     sender_id: int = 0
     """Its 16-bit wire id."""
+    epoch: int = 0
+    """This run's stream epoch (random; sent with the name so a receiver tells a restart from a gap)."""
     pair_id: str = ""
     """Bundle pair id."""
     source: str = ""
@@ -87,6 +90,9 @@ class SenderStats:
     """Packets handed to ZeroMQ."""
     dropped: int = 0
     """Packets dropped because the send queue was full (receiver slow or away)."""
+    drops: dict[str, int] = field(default_factory=dict)
+    """Packets this sender discarded, by reason: ``queue`` (queue full: receiver slow or away) and ``close``
+    (still queued when the close flush gave up). Every packet made is sent or in here (or still queued)."""
     queued: int = 0
     """Packets waiting in the send queue."""
     lost_at_close: int = 0
@@ -127,6 +133,7 @@ class SenderStats:
         """Copy the link's counters in."""
         self.sent, self.dropped, self.queued = link.sent, link.dropped, link.queued
         self.lost_at_close = link.lost_at_close
+        self.drops = {"queue": link.dropped, "close": link.lost_at_close}
         self.connects, self.disconnects, self.connected = link.connects, link.disconnects, link.peers > 0
         self.refused = link.refused
         return self
@@ -229,8 +236,13 @@ def run_sender(
     stop = stop or threading.Event()
     sid = wire.sender_id(options.name)
     pair = wire.pair_prefix(pair_id)
+    epoch = int.from_bytes(os.urandom(4), "little")  # this sequence's identity: seq starts at 0 below
     stats = SenderStats(
-        name=options.name, sender_id=sid, pair_id=pair_id, source=getattr(source, "description", "")
+        name=options.name,
+        sender_id=sid,
+        epoch=epoch,
+        pair_id=pair_id,
+        source=getattr(source, "description", ""),
     )
     saver = PngSink(options.save_inputs) if options.save_inputs else None
     clock = time.perf_counter
@@ -269,7 +281,10 @@ def run_sender(
             payload = encoder.encode(image)
             t3 = ns()
             now = clock()
-            data = wire.pack(Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind, name_for(now)))
+            name = name_for(now)
+            data = wire.pack(
+                Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind, name, epoch if name else None)
+            )
             t4 = ns()
             link.send(data)
             t5 = ns()

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -192,8 +193,11 @@ class SenderOptions(LinkOptions):
 class ReceiverOptions(LinkOptions):
     """The receiver's PULL socket."""
 
-    rcvhwm: int = 10_000
-    """Frames ZeroMQ may buffer per sender before it stops reading that sender's connection."""
+    rcvhwm: int = 128
+    """Frames ZeroMQ may buffer per sender before it stops reading that sender's connection. Kept small: the
+    receiver's own thread drains the socket into counted per-sender queues (``cae_edge.device.receiver``), and
+    a connection libzmq stops reading also stops passing heartbeats, so a backlog here would time the sender
+    out (reconnect, frames in the dropped connection lost uncounted)."""
     max_message_bytes: int = wire.MAX_PACKET_BYTES + 64
     """Longer messages are refused before they are read (``MAXMSGSIZE``) and their connection dropped: the
     largest packet plus CURVE's per-message overhead (33 bytes). -1 = no limit."""
@@ -276,6 +280,7 @@ class _Link:
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = self._ctx.socket(kind)
         self._monitor: zmq.Socket | None = None
+        self._monitor_lock = threading.Lock()
         try:
             options._apply(self._sock)
             self._configure(self._sock)
@@ -298,6 +303,10 @@ class _Link:
         return "use tcp://HOST:PORT"
 
     def _poll_monitor(self) -> None:
+        with self._monitor_lock:  # the receiver reads events from its receive thread and its main loop
+            self._drain_monitor()
+
+    def _drain_monitor(self) -> None:
         mon = self._monitor
         if mon is None:
             return
