@@ -23,6 +23,13 @@ def recs(seqs, t0: float = 100.0) -> np.ndarray:
     return out
 
 
+def drops(seqs, reason: str) -> np.ndarray:
+    out = np.zeros(len(seqs), soak.DRP_DTYPE)
+    out["seq"] = seqs
+    out["reason"] = soak.RX_REASONS.index(reason)
+    return out
+
+
 def packet(seq: int) -> bytes:
     return wire.pack(wire.Packet(b"\x00" * 4, wire.sender_id("n"), seq, 0, b"x"))
 
@@ -65,6 +72,34 @@ def test_accounting_puts_every_frame_in_one_bucket() -> None:
     assert acc.accounted
     assert acc.resume_s == pytest.approx(0.5)
     assert acc.outage_s == pytest.approx(200.0 - (100.0 + 34 * 0.001))
+
+
+def test_accounting_measures_what_was_in_flight_at_the_kill() -> None:
+    # 0..59 produced. rx1 took in 0..29, decoded 0..24 (20-21 stale), had 25..29 queued when killed;
+    # 30..34 were in the sockets; rx2 took in 35..59: decoded 35..57 (40 backlog), 58-59 still queued at stop
+    rx1 = recs([s for s in range(25) if s not in (20, 21)])
+    rx2 = recs([s for s in range(35, 58) if s != 40], t0=200.0)
+    acc = soak.SenderAccount(name="n", produced=60)
+    rx2_drops = np.concatenate([drops([40], "backlog"), drops([58, 59], "shutdown")])
+    soak.account_sender(
+        acc, [rx1, rx2], [], [],
+        arrivals=[np.arange(0, 30), np.arange(35, 60)],
+        rx_drops=[drops([20, 21], "stale"), rx2_drops],
+        restart_ready=199.0,
+    )  # fmt: skip
+    assert acc.delivered == 23 + 22
+    assert acc.rx_dropped == {"stale": 2, "backlog": 1, "shutdown": 2}
+    assert (acc.lost_restart, acc.lost_restart_queued, acc.lost_at_end) == (10, 5, 0)
+    assert acc.unexplained == 0 and acc.accounted
+
+
+def test_accounting_flags_what_the_last_receiver_took_in_but_never_accounted() -> None:
+    acc = soak.SenderAccount(name="n", produced=10)
+    soak.account_sender(acc, [recs(range(8))], [], [], arrivals=[np.arange(10)])  # 8, 9: arrived, then?
+    assert acc.unexplained == 2 and acc.lost_at_end == 0 and not acc.accounted
+    acc = soak.SenderAccount(name="n", produced=10)  # a frame both decoded and dropped by the receiver
+    soak.account_sender(acc, [recs(range(10))], [], [], rx_drops=[drops([3], "stale")])
+    assert acc.unexplained == 1 and not acc.accounted
 
 
 def test_accounting_flags_losses_outside_the_restart_gap() -> None:
@@ -134,7 +169,9 @@ def test_short_soak_with_receiver_restart_accounts_for_every_frame(tmp_path: Pat
             "lost_at_end",
             "unexplained",
         )
-        assert s["produced"] == sum(s[k] for k in buckets), s
+        assert s["produced"] == sum(s[k] for k in buckets) + sum(s["rx_dropped"].values()), s
+        assert set(s["rx_dropped"]) <= {"stale", "backlog", "shutdown"}
+        assert 0 <= s["lost_restart_queued"] <= s["lost_restart"]
         assert s["unexplained"] == 0 and s["duplicates"] == 0
         assert s["transport_dropped"] == s["dropped_queue"]
         assert s["produced"] > 0 and s["delivered"] > 0
@@ -143,6 +180,11 @@ def test_short_soak_with_receiver_restart_accounts_for_every_frame(tmp_path: Pat
     # both receivers decoded frames of every sender, and the totals add up across senders
     assert all(r["frames"] > 0 for r in d["receivers"])
     assert d["totals"]["delivered"] == sum(r["frames"] for r in d["receivers"])
+    for r in d["receivers"]:  # every packet that arrived was decoded or dropped (or in flight at the kill)
+        accounted = r["frames"] + sum(r["dropped"].values())
+        assert accounted == r["received"] if r["ended"] == "stopped" else accounted <= r["received"]
+    rx_drops = {k: sum(r["dropped"].get(k, 0) for r in d["receivers"]) for k in ("stale", "backlog")}
+    assert rx_drops == {k: d["totals"][f"rx_{k}"] for k in ("stale", "backlog")}
     assert d["totals"]["rejected"] == 0
     assert any("killed" in line for line in lines)
     status = json.loads((tmp_path / "soak" / "rx-2.status.json").read_text())

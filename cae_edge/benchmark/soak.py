@@ -3,7 +3,9 @@
 ::
 
     soak (this process)                                  workdir/
-      ├─ receiver #1 (cae_edge.benchmark.soak receiver)  rx-1.rec: (sender id, seq, time) per frame
+      ├─ receiver #1 (cae_edge.benchmark.soak receiver)  rx-1.arr: (sender id, seq) per packet that arrived
+      │                                                  rx-1.drp: (sender id, seq, reason) per frame dropped
+      │                                                  rx-1.rec: (sender id, seq, time, age) per decode
       ├─ sender 1..K (cae_edge.benchmark.soak sender)    tx-NAME.json: stats + dropped seqs by reason
       │     synthetic source → preprocess → encode → pack → PushSender (the real node pipeline)
       ├─ at S seconds: SIGKILL receiver #1 (a crash, not a clean stop); start receiver #2 on the same port
@@ -13,17 +15,24 @@
 Every frame a sender produced (sequence numbers ``0 .. N-1``) ends up in exactly one bucket, by sequence
 number, never by subtraction:
 
-* ``delivered`` — decoded by a receiver (recorded by a sink, written with ``os.write`` per frame, so a
-  SIGKILL loses nothing already recorded);
-* ``dropped_queue`` — the sender's bounded queue was full (receiver slow or away): reported by the transport's
-  ``on_drop`` callback with the packet, so the exact sequence numbers are known;
+* ``delivered`` — decoded by a receiver (the receiver's ledger, :class:`~cae_edge.device.receiver.Ledger`,
+  writes each record with one ``os.write``, so a SIGKILL loses nothing already recorded);
+* ``dropped_queue`` — the sender's bounded queue was full (receiver away, or ZeroMQ's queue full): reported
+  by the transport's ``on_drop`` callback with the packet, so the exact sequence numbers are known;
 * ``dropped_close`` — still queued when the sender's close flush gave up (also from ``on_drop``);
-* ``lost_restart`` — handed to ZeroMQ but not decoded, with a sequence number between the last frame receiver
-  #1 decoded and the first frame receiver #2 decoded: in socket buffers or in receiver #1's queue when it was
-  killed (PUSH/PULL keeps per-sender order, so nothing else can fall in that gap);
-* ``lost_at_end`` — handed to ZeroMQ after the last decoded frame when the run ended (should be 0: the
-  receiver drains before it is stopped);
-* ``unexplained`` — anything else. A correct link has none; the run checks it.
+* ``rx_dropped`` — arrived at a receiver, which dropped it undecoded, by reason: ``stale`` (older than the
+  max age when its turn came), ``backlog`` (pushed out of its full per-sender queue), ``shutdown`` (still
+  queued when it was stopped) — from the receiver's ledger, by sequence number;
+* ``lost_restart`` — in flight when receiver #1 was killed, measured, not inferred from a gap:
+  ``lost_restart_queued`` arrived at receiver #1 (its arrival record has them) but it died before deciding
+  on them; the rest were handed to ZeroMQ and never arrived anywhere, with sequence numbers between the last
+  that arrived at receiver #1 and the first that arrived at receiver #2 — in the sockets (sender's ZeroMQ
+  queue, TCP buffers, receiver #1's ZeroMQ queue) when the connection died. PUSH/PULL keeps per-sender order,
+  so nothing else can fall in that window;
+* ``lost_at_end`` — handed to ZeroMQ after the last packet that arrived, never arrived (the sender's close
+  linger ran out; 0 when the receiver keeps up);
+* ``unexplained`` — anything else: a frame missing mid-stream (a dropped connection), one the last receiver
+  took in but never accounted, one counted twice. A correct link has none; the run checks it.
 
 Resume time per sender: from receiver #2 being bound and ready to its first decoded frame of that sender.
 Receiver CPU: user + system time of each receiver process (``wait4`` rusage), over its lifetime.
@@ -57,7 +66,14 @@ from ..errors import ConfigError
 MAX_SENDERS = 32
 MAX_SECONDS = 600.0
 LOOPBACK = "127.0.0.1"
-_REC = struct.Struct("<HId")  # sender id, seq, decode time (Unix s)
+_REC = struct.Struct("<HIdq")  # sender id, seq, decode time (Unix s), age when decoded (µs)
+_ARR = struct.Struct("<HI")  # sender id, seq
+_DRP = struct.Struct("<HIB")  # sender id, seq, reason (index in RX_REASONS)
+RX_REASONS = ("stale", "backlog", "shutdown", "refused")
+"""The receivers' drop reasons as the soak records them (``refused``: a payload the decoder refused)."""
+REC_DTYPE = np.dtype([("sid", "<u2"), ("seq", "<u4"), ("t", "<f8"), ("age_us", "<i8")])
+ARR_DTYPE = np.dtype([("sid", "<u2"), ("seq", "<u4")])
+DRP_DTYPE = np.dtype([("sid", "<u2"), ("seq", "<u4"), ("reason", "u1")])
 
 Progress = Callable[[str], None]
 
@@ -102,6 +118,10 @@ class SoakOptions:
     """Senders' ZeroMQ high-water mark; ``None`` = the transport's default."""
     rx_heartbeat_ms: int | None = None
     """Receiver's ZMTP heartbeat interval (0 = off); ``None`` = the transport's default."""
+    max_age_ms: float = 250.0
+    """Receiver's age bound (frames older are dropped undecoded, reason ``stale``); 0 = none."""
+    queue_per_sender: int = 256
+    """Receiver's per-sender queue (full: the oldest is dropped, reason ``backlog``)."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a value out of bounds."""
@@ -118,6 +138,8 @@ class SoakOptions:
             raise ConfigError(f"down time {self.down_s} s: must be 0 .. 60")
         if self.fps < 0:
             raise ConfigError(f"fps {self.fps}: must be >= 0 (0 = full rate)")
+        if self.max_age_ms < 0:
+            raise ConfigError(f"max age {self.max_age_ms} ms: must be >= 0 (0 = no bound)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,10 +161,14 @@ class SenderAccount:
     """Dropped by the sender because its queue was full."""
     dropped_close: int = 0
     """Still queued when the sender's close flush gave up."""
+    rx_dropped: dict[str, int] = field(default_factory=dict)
+    """Arrived at a receiver and dropped there undecoded, by reason (``stale``, ``backlog``, ``shutdown``)."""
     lost_restart: int = 0
-    """In flight when the receiver was killed (between its last and the new receiver's first frame)."""
+    """In flight when the receiver was killed: in its queues (``lost_restart_queued``) or in the sockets."""
+    lost_restart_queued: int = 0
+    """Of ``lost_restart``: had arrived at the killed receiver, which died before deciding on them."""
     lost_at_end: int = 0
-    """Handed to ZeroMQ after the last decoded frame when the run ended."""
+    """Handed to ZeroMQ after the last packet that arrived, never arrived (close linger ran out)."""
     unexplained: int = 0
     """Missing for no reason above (0 on a correct link)."""
     duplicates: int = 0
@@ -166,7 +192,12 @@ class SenderAccount:
     def accounted(self) -> bool:
         """True when the buckets add up, nothing is unexplained or duplicated, and the counters agree."""
         parts = (
-            self.delivered + self.dropped_queue + self.dropped_close + self.lost_restart + self.lost_at_end
+            self.delivered
+            + self.dropped_queue
+            + self.dropped_close
+            + sum(self.rx_dropped.values())
+            + self.lost_restart
+            + self.lost_at_end
         )
         return (
             parts + self.unexplained == self.produced
@@ -201,10 +232,14 @@ class ReceiverRun:
     """Frames it decoded."""
     rejected: int
     """Packets it refused (from its last status file)."""
+    received: int
+    """Packets that arrived (all senders)."""
+    dropped: dict[str, int]
+    """Frames it dropped undecoded, by reason."""
     latency_p50_ms: float | None
-    """Capture -> decoded latency, median over senders of each one's p50 (last 2048 frames, final status)."""
-    latency_p95_ms: float | None
-    """The worst sender's p95 latency (same window)."""
+    """Capture -> decoded latency, median over every frame it decoded."""
+    latency_p99_ms: float | None
+    """The same, 99th percentile."""
     ended: str
     """``killed`` (the planned SIGKILL), ``stopped`` (SIGTERM, clean) or ``hung`` (had to be killed)."""
 
@@ -232,8 +267,17 @@ class SoakResult:
 
     @property
     def totals(self) -> dict[str, int]:
-        keys = ("produced", "delivered", "dropped_queue", "dropped_close", "lost_restart", "lost_at_end")
-        out = {k: sum(getattr(s, k) for s in self.senders) for k in keys}
+        keys = (
+            "produced",
+            "delivered",
+            "dropped_queue",
+            "dropped_close",
+            "lost_restart",
+            "lost_restart_queued",
+        )
+        out = {k: sum(getattr(s, k) for s in self.senders) for k in (*keys, "lost_at_end")}
+        for reason in RX_REASONS:
+            out[f"rx_{reason}"] = sum(s.rx_dropped.get(reason, 0) for s in self.senders)
         out["unexplained"] = sum(s.unexplained for s in self.senders)
         out["duplicates"] = sum(s.duplicates for s in self.senders)
         out["rejected"] = sum(r.rejected for r in self.receivers)
@@ -291,26 +335,29 @@ def _cpu_self() -> float:
     return t.user + t.system
 
 
-class _RecordSink:
-    """Appends (sender id, seq, time) per decoded frame with one ``os.write`` each: survives SIGKILL."""
+class _FileLedger:
+    """The receiver's :class:`~cae_edge.device.receiver.Ledger` as three append-only files (``PREFIX.arr``,
+    ``.drp``, ``.rec``): one ``os.write`` per call, so a SIGKILL loses nothing already recorded, and each
+    packet's arrival is on disk before the receiver can decide anything about it."""
 
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._ids: dict[str, int] = {}
+    def __init__(self, prefix: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        self._fds = {ext: os.open(f"{prefix}.{ext}", flags, 0o644) for ext in ("arr", "drp", "rec")}
 
-    def write(self, sender: str, seq: int, image: np.ndarray) -> None:
-        sid = self._ids.get(sender)
-        if sid is None:
-            from .. import wire
+    def arrived(self, packets: list) -> None:
+        os.write(self._fds["arr"], b"".join(_ARR.pack(p.sender_id, p.seq) for p in packets))
 
-            sid = int(sender[3:], 16) if sender.startswith("id-") else wire.sender_id(sender)
-            self._ids[sender] = sid
-        os.write(self._fd, _REC.pack(sid, seq, time.time()))
+    def dropped(self, packet: Any, reason: str) -> None:
+        code = RX_REASONS.index(reason) if reason in RX_REASONS else RX_REASONS.index("refused")
+        os.write(self._fds["drp"], _DRP.pack(packet.sender_id, packet.seq, code))
+
+    def delivered(self, packet: Any, age_us: int) -> None:
+        os.write(self._fds["rec"], _REC.pack(packet.sender_id, packet.seq, time.time(), age_us))
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
 
 
 def _receiver_main(cfg: dict) -> int:
@@ -324,7 +371,7 @@ def _receiver_main(cfg: dict) -> int:
     curve = None
     if cfg["secure"]:
         curve = CurveServer(SecurityOptions(key=Path(cfg["key"]), allowed_keys=Path(cfg["allowed"])))
-    sink = _RecordSink(cfg["record"])
+    ledger = _FileLedger(cfg["record"])
     status = StatusFile(cfg["status"], every_s=0.5)
 
     def on_stats(s: Any, force: bool = False) -> None:
@@ -336,9 +383,12 @@ def _receiver_main(cfg: dict) -> int:
         hwm["heartbeat_ivl_ms"] = cfg["rx_heartbeat_ms"]
     with PullReceiver(cfg["bind"], ReceiverOptions(security=curve, **hwm)) as link:
         write_json_atomic(cfg["ready"], {"time": time.time(), "pid": os.getpid()})
-        stats = pipe.run(link, [sink], ReceiveOptions(stats_every_s=0.5), on_stats=on_stats, stop=stop)
+        options = ReceiveOptions(
+            stats_every_s=0.5, max_age_ms=cfg["max_age_ms"], queue_per_sender=cfg["queue_per_sender"]
+        )
+        stats = pipe.run(link, [], options, on_stats=on_stats, stop=stop, ledger=ledger)
         on_stats(stats, force=True)
-    sink.close()
+    ledger.close()
     return 0
 
 
@@ -481,8 +531,7 @@ def _wait_file(path: Path, proc: _Proc, timeout_s: float) -> dict | None:
     return None
 
 
-def _read_records(path: Path) -> np.ndarray:
-    dtype = np.dtype([("sid", "<u2"), ("seq", "<u4"), ("t", "<f8")])
+def _read_records(path: Path, dtype: np.dtype = REC_DTYPE) -> np.ndarray:
     if not path.exists():
         return np.zeros(0, dtype)
     raw = path.read_bytes()
@@ -537,7 +586,9 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
                 "bind": endpoint,
                 "bundle": opts.bundle,
                 "secure": opts.secure,
-                "record": str(workdir / f"{tag}.rec"),
+                "record": str(workdir / tag),
+                "max_age_ms": opts.max_age_ms,
+                "queue_per_sender": opts.queue_per_sender,
                 "status": str(workdir / f"{tag}.status.json"),
                 "ready": str(ready),
                 "rcvhwm": opts.rcvhwm,
@@ -623,12 +674,12 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
                 result.hangs.append(f"sender {n} did not stop within {opts.flush_s + 30:.0f} s of its end")
                 p.kill()
                 p.wait(5)
-        # let the receiver drain: stop once its record file stopped growing for 0.5 s (at most 15 s)
+        # let the receiver drain: stop once its records stopped growing for 0.5 s (at most 15 s)
         rx_last = rx_procs[-1]
-        rec = workdir / f"rx-{len(rx_procs)}.rec"
+        files = [workdir / f"rx-{len(rx_procs)}.{ext}" for ext in ("arr", "drp", "rec")]
         size, quiet_since, give_up = -1, time.monotonic(), time.monotonic() + 15.0
         while time.monotonic() < give_up:
-            now_size = rec.stat().st_size if rec.exists() else 0
+            now_size = sum(f.stat().st_size for f in files if f.exists())
             if now_size != size:
                 size, quiet_since = now_size, time.monotonic()
             elif time.monotonic() - quiet_since >= 0.5:
@@ -643,20 +694,24 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
         say("analysing")
 
         # ---------------------------------------------------------------------------------- receivers
-        recs = [_read_records(workdir / f"rx-{i + 1}.rec") for i in range(len(rx_procs))]
+        n_rx = len(rx_procs)
+        recs = [_read_records(workdir / f"rx-{i + 1}.rec") for i in range(n_rx)]
+        arrs = [_read_records(workdir / f"rx-{i + 1}.arr", ARR_DTYPE) for i in range(n_rx)]
+        drps = [_read_records(workdir / f"rx-{i + 1}.drp", DRP_DTYPE) for i in range(n_rx)]
         for i, p in enumerate(rx_procs):
             st_path = workdir / f"rx-{i + 1}.status.json"
-            rejected, p50, p95 = 0, None, None
+            rejected, p50, p99 = 0, None, None
             if st_path.exists():
                 try:
                     st = json.loads(st_path.read_text())
                     rejected = int(st["receiver"].get("rejected_total", 0))
-                    lat = [v["latency_ms"] for v in st["senders"].values() if v.get("latency_ms")]
-                    if lat:
-                        p50 = round(float(np.median([x["p50"] for x in lat])), 2)
-                        p95 = round(float(max(x["p95"] for x in lat)), 2)
                 except (ValueError, KeyError):
                     rejected = 0
+            if len(recs[i]):
+                q50, q99 = np.percentile(recs[i]["age_us"] / 1000.0, (50, 99))
+                p50, p99 = round(float(q50), 2), round(float(q99), 2)
+            codes = np.bincount(drps[i]["reason"], minlength=len(RX_REASONS))
+            dropped = {r: int(n) for r, n in zip(RX_REASONS, codes, strict=False) if n}
             alive = (p.ended or time.time()) - p.started
             killed = i == 0 and t_kill is not None
             result.receivers.append(
@@ -669,8 +724,10 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
                     cpu_percent=round(100 * p.cpu_s / alive, 1) if alive > 0 else 0.0,
                     frames=int(len(recs[i])),
                     rejected=rejected,
+                    received=int(len(arrs[i])),
+                    dropped=dropped,
                     latency_p50_ms=p50,
-                    latency_p95_ms=p95,
+                    latency_p99_ms=p99,
                     ended="killed" if killed else ("stopped" if p.exit_code == 0 else f"exit {p.exit_code}"),
                 )
             )
@@ -693,6 +750,8 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
                 [r[r["sid"] == sid] for r in recs],
                 res["drops"].get("queue", []),
                 res["drops"].get("close", []),
+                arrivals=[a[a["sid"] == sid]["seq"] for a in arrs],
+                rx_drops=[d[d["sid"] == sid] for d in drps],
                 restart_ready=rx_ready[1] if t_kill is not None else None,
             )
             result.senders.append(acc)
@@ -712,6 +771,8 @@ def account_sender(
     dropped_queue: list[int] | np.ndarray,
     dropped_close: list[int] | np.ndarray,
     *,
+    arrivals: list[np.ndarray] | None = None,
+    rx_drops: list[np.ndarray] | None = None,
     restart_ready: float | None = None,
 ) -> SenderAccount:
     """Put each of a sender's frames ``0 .. acc.produced-1`` into exactly one bucket (a pure function).
@@ -721,43 +782,71 @@ def account_sender(
         deliveries: Per receiver process, in order, the records (fields ``seq``, ``t``) of frames it decoded.
         dropped_queue: Sequence numbers the sender's queue dropped.
         dropped_close: Sequence numbers still queued when the sender closed.
-        restart_ready: Unix time the second receiver was ready (``None``: no restart).
+        arrivals: Per receiver process, the sequence numbers that arrived there (default: what it decoded or
+            dropped, i.e. a receiver that accounted for everything it took in).
+        rx_drops: Per receiver process, records (fields ``seq``, ``reason``: index in :data:`RX_REASONS`) of
+            frames it dropped undecoded.
+        restart_ready: Unix time the second receiver was ready (``None``: no restart). Every receiver but the
+            last was killed.
 
     Returns:
         ``acc`` with every bucket, duplicates, ``unexplained``, and the resume/outage times.
     """
-    seqs = (
-        np.concatenate([d["seq"].astype(np.int64) for d in deliveries])
-        if deliveries
-        else np.zeros(0, np.int64)
-    )
-    uniq = np.unique(seqs)
-    acc.duplicates = int(len(seqs) - len(uniq))
+    n_rx = len(deliveries)
+    rx_drops = rx_drops if rx_drops is not None else [np.zeros(0, DRP_DTYPE) for _ in range(n_rx)]
+
+    def seqs_of(parts: list) -> np.ndarray:
+        return np.concatenate([np.asarray(x, np.int64) for x in parts]) if parts else np.zeros(0, np.int64)
+
+    got = seqs_of([d["seq"] for d in deliveries])
+    uniq = np.unique(got)
+    acc.duplicates = int(len(got) - len(uniq))
     valid = uniq[uniq < acc.produced]
     acc.delivered = int(len(valid))
     q = np.unique(np.asarray(dropped_queue, np.int64))
     c = np.unique(np.asarray(dropped_close, np.int64))
     acc.dropped_queue, acc.dropped_close = int(len(q)), int(len(c))
-    dropped = np.union1d(q, c)
-    # delivered and also reported dropped, dropped twice, or beyond what was produced: never explainable
+    rx_all = seqs_of([d["seq"] for d in rx_drops])
+    rx_reason = np.concatenate([np.asarray(d["reason"], np.int64) for d in rx_drops]) if rx_drops else rx_all
+    rx_uniq = np.unique(rx_all)
+    acc.rx_dropped = {}
+    for code, reason in enumerate(RX_REASONS):
+        n = len(np.unique(rx_all[rx_reason == code]))
+        if n:
+            acc.rx_dropped[reason] = int(n)
+    dropped = np.union1d(np.union1d(q, c), rx_uniq)
+    # delivered and also dropped, dropped twice (sender and receiver, or by two reasons), or beyond what was
+    # produced: never explainable
     clash = len(np.intersect1d(valid, dropped)) + len(np.intersect1d(q, c)) + int(len(uniq) - len(valid))
+    clash += len(np.intersect1d(rx_uniq, np.union1d(q, c))) + int(len(rx_all) - len(rx_uniq))
     clash += int((dropped >= acc.produced).sum())
     missing = np.setdiff1d(np.arange(acc.produced), np.union1d(valid, dropped))
+    if arrivals is None:
+        arrivals = [np.union1d(d["seq"], r["seq"]) for d, r in zip(deliveries, rx_drops, strict=True)]
+    arrived = [np.unique(np.asarray(a, np.int64)) for a in arrivals]
     explained = np.zeros(len(missing), bool)
-    if restart_ready is not None and len(deliveries) > 1:
-        first, second = deliveries[0], deliveries[1]
-        last1 = int(first["seq"].max()) if len(first) else -1
-        first2 = int(second["seq"].min()) if len(second) else acc.produced
-        in_gap = (missing > last1) & (missing < first2)
-        acc.lost_restart = int(in_gap.sum())
-        explained |= in_gap
+    acc.lost_restart = acc.lost_restart_queued = acc.lost_at_end = 0
+    acc.resume_s = acc.outage_s = None
+    if restart_ready is not None and n_rx > 1:
+        # in the killed receiver's queues: it recorded their arrival, then died before deciding on them
+        queued = np.isin(missing, arrived[0])
+        # in the sockets: never arrived anywhere, between the last arrival at #1 and the first at #2
+        last1 = int(arrived[0].max()) if len(arrived[0]) else -1
+        first2 = int(arrived[1].min()) if len(arrived[1]) else acc.produced
+        never = ~np.isin(missing, np.concatenate(arrived))
+        in_sockets = never & (missing > last1) & (missing < first2)
+        acc.lost_restart_queued = int(queued.sum())
+        acc.lost_restart = acc.lost_restart_queued + int(in_sockets.sum())
+        explained |= queued | in_sockets
+        second = deliveries[1]
         if len(second):
             t_first2 = float(second["t"].min())
             acc.resume_s = round(t_first2 - restart_ready, 3)
+            first = deliveries[0]
             if len(first):
                 acc.outage_s = round(t_first2 - float(first["t"].max()), 3)
-    last = int(valid.max()) if len(valid) else -1
-    tail = (missing > last) & ~explained
+    last_arrived = max((int(a.max()) for a in arrived if len(a)), default=-1)
+    tail = (missing > last_arrived) & ~explained
     acc.lost_at_end = int(tail.sum())
     explained |= tail
     acc.unexplained = int((~explained).sum()) + clash

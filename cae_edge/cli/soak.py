@@ -46,6 +46,10 @@ def soak(
     sndhwm: Annotated[
         int | None, typer.Option("--sndhwm", min=1, help="Senders' ZeroMQ high-water mark.")
     ] = None,
+    max_age_ms: Annotated[
+        float,
+        typer.Option("--max-age-ms", min=0, help="Receiver's age bound: older frames dropped; 0 = none."),
+    ] = 250.0,
     keep: Annotated[
         Path | None, typer.Option("--keep", help="Keep records, logs, keys and status files in DIR.")
     ] = None,
@@ -53,7 +57,8 @@ def soak(
 ) -> None:
     """Soak test on 127.0.0.1: every frame each sender produced is delivered or dropped for a named reason.
 
-    Prints a table per sender (produced, delivered, dropped by reason, resume time) and the receivers' CPU.
+    Prints a table per sender (produced, delivered, dropped by the sender and by the receiver, by reason, lost
+    in flight at the restart, resume time) and per receiver its CPU, drops and latency p50/p99.
     Exit code 0 when there was no hang, every sender resumed within --resume-target after the restart and
     every frame is accounted for; 1 otherwise.
     """
@@ -72,6 +77,7 @@ def soak(
         workdir=keep,
         rcvhwm=rcvhwm,
         sndhwm=sndhwm,
+        max_age_ms=max_age_ms,
     )
     try:
         result = run_soak(opts, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
@@ -80,31 +86,42 @@ def soak(
         raise typer.Exit(1) from None
     d = result.to_dict()
     table = Table(
-        "sender", "produced", "delivered", "queue drop", "close drop", "lost restart", "lost end",
-        "unexplained", "fps", "resume s", "outage s",
+        "sender", "produced", "delivered", "tx queue", "tx close", "rx stale", "rx backlog", "rx shutdown",
+        "lost restart", "lost end", "unexplained", "fps", "resume s",
         title=f"soak: {senders} senders, {d['duration_s']:.1f} s, {'plaintext' if insecure else 'CURVE'}",
     )  # fmt: skip
+
+    def restart_cell(lost: int, queued: int) -> str:
+        return f"{lost} ({queued} q)" if lost else "0"
+
     for s in d["senders"]:
+        rx = s["rx_dropped"]
         table.add_row(
             s["name"], str(s["produced"]), str(s["delivered"]), str(s["dropped_queue"]),
-            str(s["dropped_close"]), str(s["lost_restart"]), str(s["lost_at_end"]),
+            str(s["dropped_close"]), str(rx.get("stale", 0)), str(rx.get("backlog", 0)),
+            str(rx.get("shutdown", 0)), restart_cell(s["lost_restart"], s["lost_restart_queued"]),
+            str(s["lost_at_end"]),
             ("[green]0[/green]" if s["unexplained"] == 0 else f"[red]{s['unexplained']}[/red]"),
             f"{s['fps']:.0f}", "-" if s["resume_s"] is None else f"{s['resume_s']:.2f}",
-            "-" if s["outage_s"] is None else f"{s['outage_s']:.2f}",
         )  # fmt: skip
     t = d["totals"]
     table.add_row(
         "total", str(t["produced"]), str(t["delivered"]), str(t["dropped_queue"]), str(t["dropped_close"]),
-        str(t["lost_restart"]), str(t["lost_at_end"]), str(t["unexplained"]), "", "", "",
+        str(t["rx_stale"]), str(t["rx_backlog"]), str(t["rx_shutdown"]),
+        restart_cell(t["lost_restart"], t["lost_restart_queued"]), str(t["lost_at_end"]),
+        str(t["unexplained"]), "", "",
         style="bold",
     )  # fmt: skip
-    Console().print(table)
+    out = Console()
+    (out if out.is_terminal else Console(width=170)).print(table)  # whole table in logs and pipes
     for r in d["receivers"]:
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(r["dropped"].items())) or "none"
         typer.echo(
-            f"receiver #{r['incarnation']}: {r['frames']} frames, CPU {r['cpu_s']:.1f} s "
-            f"({r['cpu_percent']:.0f}% of a core over {r['alive_s']:.1f} s), start-up {r['ready_s']:.2f} s, "
-            f"{r['ended']}, rejected {r['rejected']}, latency p50 {_ms(r['latency_p50_ms'])} "
-            f"p95 {_ms(r['latency_p95_ms'])}"
+            f"receiver #{r['incarnation']}: {r['frames']} of {r['received']} frames decoded "
+            f"(dropped: {drops}), "
+            f"CPU {r['cpu_s']:.1f} s ({r['cpu_percent']:.0f}% of a core over {r['alive_s']:.1f} s), "
+            f"start-up {r['ready_s']:.2f} s, {r['ended']}, rejected {r['rejected']}, "
+            f"latency p50 {_ms(r['latency_p50_ms'])} p99 {_ms(r['latency_p99_ms'])}"
         )
     if d["kill_at_s"] is not None:
         resume = d["resume_max_s"]
