@@ -122,6 +122,9 @@ class SoakOptions:
     """Receiver's age bound (frames older are dropped undecoded, reason ``stale``); 0 = none."""
     queue_per_sender: int = 256
     """Receiver's per-sender queue (full: the oldest is dropped, reason ``backlog``)."""
+    png: bool = False
+    """The receivers also write every decoded frame as a PNG file in the work directory (a real receiver's
+    slow sink: it lowers what the receiver can take, so that senders on the same machine can overload it)."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a value out of bounds."""
@@ -363,6 +366,7 @@ class _FileLedger:
 def _receiver_main(cfg: dict) -> int:
     from ..device.receiver import ReceiveOptions, receive_pipeline
     from ..device.security import CurveServer, SecurityOptions
+    from ..device.sinks import PngSink
     from ..device.status import StatusFile, receiver_status, write_json_atomic
     from ..device.transport import PullReceiver, ReceiverOptions
 
@@ -386,7 +390,8 @@ def _receiver_main(cfg: dict) -> int:
         options = ReceiveOptions(
             stats_every_s=0.5, max_age_ms=cfg["max_age_ms"], queue_per_sender=cfg["queue_per_sender"]
         )
-        stats = pipe.run(link, [], options, on_stats=on_stats, stop=stop, ledger=ledger)
+        sinks = [PngSink(cfg["png"])] if cfg.get("png") else []
+        stats = pipe.run(link, sinks, options, on_stats=on_stats, stop=stop, ledger=ledger)
         on_stats(stats, force=True)
     ledger.close()
     return 0
@@ -589,6 +594,7 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
                 "record": str(workdir / tag),
                 "max_age_ms": opts.max_age_ms,
                 "queue_per_sender": opts.queue_per_sender,
+                "png": str(workdir / f"{tag}-png") if opts.png else None,
                 "status": str(workdir / f"{tag}.status.json"),
                 "ready": str(ready),
                 "rcvhwm": opts.rcvhwm,

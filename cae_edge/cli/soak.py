@@ -50,6 +50,9 @@ def soak(
         float,
         typer.Option("--max-age-ms", min=0, help="Receiver's age bound: older frames dropped; 0 = none."),
     ] = 250.0,
+    png: Annotated[
+        bool, typer.Option("--png", help="Receivers also write each decoded frame as a PNG (a slow sink).")
+    ] = False,
     keep: Annotated[
         Path | None, typer.Option("--keep", help="Keep records, logs, keys and status files in DIR.")
     ] = None,
@@ -78,6 +81,7 @@ def soak(
         rcvhwm=rcvhwm,
         sndhwm=sndhwm,
         max_age_ms=max_age_ms,
+        png=png,
     )
     try:
         result = run_soak(opts, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
