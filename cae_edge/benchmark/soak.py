@@ -125,6 +125,10 @@ class SoakOptions:
     png: bool = False
     """The receivers also write every decoded frame as a PNG file in the work directory (a real receiver's
     slow sink: it lowers what the receiver can take, so that senders on the same machine can overload it)."""
+    sink_ms: float = 0.0
+    """The receivers' sink takes this long per frame (it sleeps, using no CPU: a stand-in for a slow sink such
+    as a video encoder). It caps a receiver near ``1000 / (sink_ms + decode ms)`` frames/s whatever else runs
+    on the machine, so that an offered load can be set as a multiple of what the receiver can take."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a value out of bounds."""
@@ -141,6 +145,8 @@ class SoakOptions:
             raise ConfigError(f"down time {self.down_s} s: must be 0 .. 60")
         if self.fps < 0:
             raise ConfigError(f"fps {self.fps}: must be >= 0 (0 = full rate)")
+        if not 0 <= self.sink_ms <= 1000:
+            raise ConfigError(f"sink time {self.sink_ms} ms: must be 0 .. 1000")
         if self.max_age_ms < 0:
             raise ConfigError(f"max age {self.max_age_ms} ms: must be >= 0 (0 = no bound)")
 
@@ -363,6 +369,19 @@ class _FileLedger:
         self._fds = {}
 
 
+class _SlowSink:
+    """Takes ``seconds`` per frame, sleeping (see :attr:`SoakOptions.sink_ms`)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def write(self, sender: str, seq: int, image: np.ndarray) -> None:
+        time.sleep(self.seconds)
+
+    def close(self) -> None:
+        pass
+
+
 def _receiver_main(cfg: dict) -> int:
     from ..device.receiver import ReceiveOptions, receive_pipeline
     from ..device.security import CurveServer, SecurityOptions
@@ -390,7 +409,9 @@ def _receiver_main(cfg: dict) -> int:
         options = ReceiveOptions(
             stats_every_s=0.5, max_age_ms=cfg["max_age_ms"], queue_per_sender=cfg["queue_per_sender"]
         )
-        sinks = [PngSink(cfg["png"])] if cfg.get("png") else []
+        sinks: list[Any] = [PngSink(cfg["png"])] if cfg.get("png") else []
+        if cfg.get("sink_ms"):
+            sinks.append(_SlowSink(cfg["sink_ms"] / 1000))
         stats = pipe.run(link, sinks, options, on_stats=on_stats, stop=stop, ledger=ledger)
         on_stats(stats, force=True)
     ledger.close()
@@ -595,6 +616,7 @@ def run_soak(opts: SoakOptions, progress: Progress | None = None) -> SoakResult:
                 "max_age_ms": opts.max_age_ms,
                 "queue_per_sender": opts.queue_per_sender,
                 "png": str(workdir / f"{tag}-png") if opts.png else None,
+                "sink_ms": opts.sink_ms,
                 "status": str(workdir / f"{tag}.status.json"),
                 "ready": str(ready),
                 "rcvhwm": opts.rcvhwm,

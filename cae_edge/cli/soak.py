@@ -53,6 +53,15 @@ def soak(
     png: Annotated[
         bool, typer.Option("--png", help="Receivers also write each decoded frame as a PNG (a slow sink).")
     ] = False,
+    sink_ms: Annotated[
+        float,
+        typer.Option(
+            "--sink-ms",
+            min=0,
+            max=1000,
+            help="Receivers' sink sleeps this long per frame (fixes their capacity).",
+        ),
+    ] = 0.0,
     keep: Annotated[
         Path | None, typer.Option("--keep", help="Keep records, logs, keys and status files in DIR.")
     ] = None,
@@ -82,6 +91,7 @@ def soak(
         sndhwm=sndhwm,
         max_age_ms=max_age_ms,
         png=png,
+        sink_ms=sink_ms,
     )
     try:
         result = run_soak(opts, progress=lambda m: err.print(f"[dim]{m}[/dim]"))

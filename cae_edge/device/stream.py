@@ -5,8 +5,9 @@ bundle sends is :func:`cae_edge.payload.payload_kind`).
 
     node:      FrameSource ─► Preprocessor ─► Encoder.encode ─► wire.pack ─► PushSender.send
                   (capture)     (28x28 u8)      (payload)        (+24 B)      (never blocks)
-    receiver:  PullReceiver ─► wire.unpack ─► pair check ─► Decoder.decode ─► sinks (PNG, video, mosaic)
-                                 (rejects counted by reason)                    (per-sender stats)
+    receiver:  PullReceiver ─► wire.unpack ─► pair check ─► queue ─► age check ─► Decoder.decode ─► sinks
+               (receive thread, no decode; rejects        (per     (round-robin;    (PNG, video, mosaic;
+                counted by reason)                        sender)   stale dropped)   per-sender stats)
 
 The ends live in :mod:`~cae_edge.device.sender` and :mod:`~cae_edge.device.receiver`, where decoded frames go
 in :mod:`~cae_edge.device.sinks`. The loops take their parts as arguments (tests inject an
