@@ -8,9 +8,9 @@ update goes to a temporary file in the same directory, then ``os.replace`` swaps
       "pid": 1234,
       "secured": true,                   # CURVE on (false = --insecure)
       "receiver": {...ReceiverStats...}, # frames, fps, rejected by reason, connects, peers, senders{...}
-      "senders": {                       # per sender name: last seq, loss, latency, fps, key name, staleness
-        "cam-1": {"frames": 1200, "lost": 3, "last_seq": 1202, "fps": 10.0, "latency_ms": {...},
-                  "peer": "cam-1", "age_s": 0.1, ...}
+      "senders": {                       # per sender: decoded, dropped by reason, loss, latency, key, age
+        "cam-1": {"frames": 1200, "received": 1210, "dropped": {"stale": 10}, "lost": 3, "fps": 10.0,
+                  "latency_ms": {...}, "peer": "cam-1", "age_s": 0.1, ...}
       },
       "auth": {"allowed_keys": 3, "accepted": {"cam-1": 1}, "denied": 0, ...}   # null when insecure
     }
