@@ -20,9 +20,9 @@ from cae_edge.device.capture import SyntheticSource
 from cae_edge.device.preprocess import Preprocessor
 from cae_edge.device.receiver import ReceiveOptions, run_receiver
 from cae_edge.device.sender import SendOptions, run_sender
-from cae_edge.device.stream import payload_kind
 from cae_edge.device.transport import PullReceiver, PushSender, Received, SenderOptions
 from cae_edge.errors import ConfigError
+from cae_edge.payload import payload_kind
 from cae_edge.wire import Packet
 
 WAIT_S = 60.0  # upper bound for things that must happen; never a timing assertion
