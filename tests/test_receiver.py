@@ -290,3 +290,67 @@ def test_overloaded_receiver_never_aborts_and_accounts_for_every_frame() -> None
         assert ps.received == ps.frames + sum(ps.dropped.values())  # ...and was decoded or counted
         assert ps.lost <= s.drops["queue"] + s.drops["close"] and ps.restarts == 0
     assert stats.dropped.get("stale", 0) + stats.dropped.get("backlog", 0) > 0  # it was overloaded
+
+
+@pytest.mark.slow
+def test_a_stalled_receiver_keeps_its_senders_and_counts_what_went_stale() -> None:
+    """The decode loop stalls 5 s (longer than the 3-s heartbeat timeout) while 3 senders send 100 fps."""
+    bundle = load_bundle("mnist")
+
+    class StallingSink:
+        stalled = False
+
+        def write(self, sender: str, seq: int, image: np.ndarray) -> None:
+            if not self.stalled:
+                self.stalled = True
+                time.sleep(5.0)
+
+        def close(self) -> None:
+            pass
+
+    stop = threading.Event()
+    result: dict = {}
+    with PullReceiver("tcp://127.0.0.1:*") as link:
+
+        def receive() -> None:
+            result["stats"] = run_receiver(
+                link, bundle.decoder(), pair_id=bundle.pair_id, kind=payload_kind(bundle.coding),
+                sinks=[StallingSink()], options=ReceiveOptions(), stop=stop,
+            )  # fmt: skip
+
+        rx_thread = threading.Thread(target=receive)
+        rx_thread.start()
+        sent = {}
+
+        def send(i: int) -> None:
+            name = f"cam-{i}"
+            with PushSender(link.endpoint) as tx:
+                s = run_sender(
+                    SyntheticSource("mnist", seed=i, limit=800), Preprocessor(bundle.preprocess),
+                    bundle.encoder(), tx, pair_id=bundle.pair_id,
+                    options=SendOptions(name=name, fps=100, wait_connected_s=WAIT_S),
+                )  # fmt: skip
+                tx.close(flush_s=WAIT_S)
+                sent[name] = s.absorb(tx.stats)
+
+        senders = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+        for th in senders:
+            th.start()
+        for th in senders:
+            th.join(WAIT_S * 2)
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            if sum(x.sent for x in sent.values()) <= link.stats.received:
+                break
+            time.sleep(0.05)
+        stop.set()
+        rx_thread.join(WAIT_S)
+        connects = link.stats.connects
+    stats = result["stats"]
+    assert connects == 3  # the stall timed no sender out
+    assert stats.dropped.get("stale", 0) > 0  # what aged during the stall was dropped, and counted
+    for name, s in sent.items():
+        ps = stats.senders[name]
+        assert s.connects == 1 and s.frames == 800
+        assert ps.received == s.sent and ps.lost == s.dropped  # nothing vanished in between
+        assert ps.received == ps.frames + sum(ps.dropped.values())
