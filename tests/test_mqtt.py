@@ -83,7 +83,8 @@ class _Rx:
                 pair_id=bundle.pair_id,
                 kind=payload_kind(bundle.coding),
                 sinks=[self.sink],
-                options=options or ReceiveOptions(stats_every_s=0.0),
+                options=options
+                or ReceiveOptions(stats_every_s=0.0, max_age_ms=0),  # every frame: no age bound
                 on_log=self.logs.append,
                 on_stats=lambda st: setattr(self, "latest", st),
                 stop=self.stop,
@@ -295,7 +296,12 @@ def test_cli_mqtt_usage_errors() -> None:
 
 def test_round_trip_through_the_broker_is_bit_exact(mqtt_broker, bundle, digits) -> None:
     frames = paper_frames(digits)
-    rx = _Rx(mqtt_broker, "rx1", bundle, ReceiveOptions(max_frames=len(frames), idle_timeout_s=WAIT_S))
+    rx = _Rx(
+        mqtt_broker,
+        "rx1",
+        bundle,
+        ReceiveOptions(max_frames=len(frames), idle_timeout_s=WAIT_S, max_age_ms=0),
+    )
     with MqttSender(mqtt_broker.url, "cam1", mqtt_broker.sender_options("cam1", queue_size=1000),
                     pair_id=bundle.pair_id) as tx:  # fmt: skip
         assert tx.wait_connected(WAIT_S)
@@ -323,7 +329,10 @@ def test_round_trip_through_the_broker_is_bit_exact(mqtt_broker, bundle, digits)
 def test_entropy_coded_payloads_through_the_broker(mqtt_broker, bundle, entropy_bundle, digits) -> None:
     frames = paper_frames(digits[:12])
     rx = _Rx(
-        mqtt_broker, "rx1", entropy_bundle, ReceiveOptions(max_frames=len(frames), idle_timeout_s=WAIT_S)
+        mqtt_broker,
+        "rx1",
+        entropy_bundle,
+        ReceiveOptions(max_frames=len(frames), idle_timeout_s=WAIT_S, max_age_ms=0),
     )
     opts = mqtt_broker.sender_options("cam2", queue_size=1000)
     with MqttSender(mqtt_broker.url, "cam2", opts, pair_id=entropy_bundle.pair_id) as tx:
