@@ -16,6 +16,7 @@ py="$(dirname "$(command -v "$cli")")/python"
 [ -x "$py" ] || py=python3
 port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 frames=120
+# (--max-age-ms 0: the demo compares every frame, so none may be dropped for age on a busy machine)
 # CURVE keys (docs/fleet.md): the receiver admits only keys in allowed/, the sender pins the receiver's key
 keys="$stream/keys"
 "$cli" keys generate receiver --dir "$keys" > /dev/null
@@ -24,7 +25,7 @@ mkdir -p "$keys/allowed" && cp "$keys/demo-cam.key" "$keys/allowed/"
 echo "== streaming $frames synthetic frames over tcp://127.0.0.1:$port (CURVE) with the shipped mnist bundle"
 "$cli" stream receive --bind "tcp://127.0.0.1:$port" --bundle mnist --out "$stream/received" \
   --keys "$keys/receiver.key_secret" --allowed-keys "$keys/allowed" --status "$stream/status.json" \
-  --max-frames "$frames" --timeout 60 --json "$stream/receiver.json" --quiet 2> "$stream/receiver.log" &
+  --max-frames "$frames" --max-age-ms 0 --timeout 60 --json "$stream/receiver.json" --quiet 2> "$stream/receiver.log" &
 receiver=$!
 "$cli" stream send --source synthetic --connect "tcp://127.0.0.1:$port" --bundle mnist --name demo-cam \
   --keys "$keys/demo-cam.key_secret" --server-key "$keys/receiver.key" \
