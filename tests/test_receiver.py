@@ -354,3 +354,31 @@ def test_a_stalled_receiver_keeps_its_senders_and_counts_what_went_stale() -> No
         assert s.connects == 1 and s.frames == 800
         assert ps.received == s.sent and ps.lost == s.dropped  # nothing vanished in between
         assert ps.received == ps.frames + sum(ps.dropped.values())
+
+
+def test_the_receiver_stops_while_senders_keep_streaming() -> None:
+    """--max-frames reached under a full-rate stream: the loop ends; what was queued is counted."""
+    bundle = load_bundle("mnist")
+    stop_tx = threading.Event()
+    with PullReceiver("tcp://127.0.0.1:*") as link, PushSender(link.endpoint) as tx:
+
+        def send() -> None:
+            run_sender(
+                SyntheticSource("mnist", seed=1), Preprocessor(bundle.preprocess), bundle.encoder(), tx,
+                pair_id=bundle.pair_id, options=SendOptions(name="flood", wait_connected_s=WAIT_S),
+                stop=stop_tx,
+            )  # fmt: skip
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            stats = run_receiver(
+                link, bundle.decoder(), pair_id=bundle.pair_id, kind=payload_kind(bundle.coding),
+                options=ReceiveOptions(max_frames=50, idle_timeout_s=WAIT_S),
+            )  # fmt: skip
+        finally:
+            stop_tx.set()
+            sender.join(WAIT_S)
+    assert stats.status == "finished" and stats.frames == 50
+    ps = stats.senders["flood"]
+    assert ps.received == ps.frames + sum(ps.dropped.values()) and ps.queued == 0
