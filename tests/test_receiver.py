@@ -187,22 +187,26 @@ def _packet(seq: int, t_us: int, epoch: int | None = None, name: str = "cam") ->
 
 def test_sequence_accounting_restarts_by_epoch_wraps_and_never_explodes() -> None:
     logs: list[str] = []
+
+    def log(kind: str, message: str) -> None:
+        logs.append(message)
+
     peer = receiver._Peer(wire.sender_id("cam"))
     t = 1_000_000_000
     seqs = [(0, 5), (1, None), (2, None), (6, None), (7, 5)]  # 3 lost (3, 4, 5)
     for seq, epoch in seqs:
         t += 1000
-        peer.sequence(_packet(seq, t, epoch), t, logs.append)
+        peer.sequence(_packet(seq, t, epoch), t, log)
     assert (peer.stats.lost, peer.stats.restarts) == (3, 0)
     # a restart whose first (named) packets were dropped: seq goes back first, the new epoch comes later
     for seq, epoch in [(3, None), (4, None), (5, 9)]:
         t += 1000
-        peer.sequence(_packet(seq, t, epoch), t, logs.append)
+        peer.sequence(_packet(seq, t, epoch), t, log)
     assert (peer.stats.lost, peer.stats.restarts) == (3, 1)
     # the 32-bit sequence wraps: not a restart, not 4 billion lost
     for seq in (wire.MASK32 - 1, wire.MASK32, 0, 2):  # 1 lost
         t += 1000
-        peer.sequence(_packet(seq, t), t, logs.append)
+        peer.sequence(_packet(seq, t), t, log)
     assert (peer.stats.lost, peer.stats.restarts, peer.stats.jumps) == (4, 1, 0)
     # two processes under one name, interleaved: A (epoch 9, seq ~100000) and B (epoch 11, seq ~10).
     # B's first epoch looks like a restart; A's epoch coming back gives them away: flagged once, and the
@@ -210,9 +214,9 @@ def test_sequence_accounting_restarts_by_epoch_wraps_and_never_explodes() -> Non
     for k in range(200):
         t += 1000
         if k % 2 == 0:
-            peer.sequence(_packet(100_000 + k, t, 9 if k % 20 == 0 else None), t, logs.append)
+            peer.sequence(_packet(100_000 + k, t, 9 if k % 20 == 0 else None), t, log)
         else:
-            peer.sequence(_packet(10 + k, t, 11 if k % 20 == 1 else None), t, logs.append)
+            peer.sequence(_packet(10 + k, t, 11 if k % 20 == 1 else None), t, log)
     assert peer.stats.id_conflict and sum("at once" in line for line in logs) == 1
     assert (peer.stats.lost, peer.stats.restarts) == (4, 2)
 
@@ -382,3 +386,14 @@ def test_the_receiver_stops_while_senders_keep_streaming() -> None:
     assert stats.status == "finished" and stats.frames == 50
     ps = stats.senders["flood"]
     assert ps.received == ps.frames + sum(ps.dropped.values()) and ps.queued == 0
+
+
+def test_senders_beyond_max_senders_are_forgotten_but_their_frames_still_count() -> None:
+    clock = Clock()
+    stats, ledger, made = simulate(
+        clock, ReceiveOptions(max_senders=2), senders=5, period_us=1000, cost_us=1000, seconds=0.5
+    )
+    assert stats.evicted > 0 and len(stats.senders) <= 2
+    assert stats.received == sum(made) == len(ledger.arrivals)
+    assert stats.frames + sum(stats.dropped.values()) == stats.received and stats.queued == 0
+    assert len(ledger.drops) == sum(stats.dropped.values())

@@ -24,9 +24,9 @@ every 10 s (:class:`~cae_edge.device.lograte.RateLimitedLog`), the rest counted.
 Why this shape, under overload (more frames offered than the decoder can take):
 
 * **Age builds only in queues we count.** The receive thread takes every packet off the socket as it comes,
-  so ZeroMQ's own queue (``RCVHWM``) stays nearly empty. A full ZeroMQ queue would stop libzmq reading the
-  connection — its ZMTP heartbeats too, so a backlogged receiver would time its senders out and reconnect
-  them, losing what sat in the dropped connection without a count.
+  so ZeroMQ's own queue (``RCVHWM``) stays nearly empty. A full ZeroMQ queue stops libzmq reading the
+  connection: age builds where nobody counts it, ZMTP heartbeats (when on) time the sender out (a reconnect
+  loses what sat in the dropped connection), and a hang-up meanwhile can abort libzmq 4.3.5 (docs/fleet.md).
 * **Bounded age.** A frame is decoded only while it is fresh: when its turn comes, one older than
   ``max_age_ms`` is dropped (reason ``stale``), and so is one older than half of it while a newer frame of the
   same sender waits — the newest frames win and delivered frames stay well inside the bound.
@@ -60,10 +60,10 @@ from .sinks import FrameSink, GuardedSink
 from .stream import Log, ReceiverLink, StageTimer, now_us
 from .transport import PullReceiver, Received, ReceiverOptions
 
-DROP_REASONS = ("stale", "backlog", "shutdown", "evicted")
-"""Why an arrived frame was not decoded: too old when its turn came, pushed out of a full per-sender queue,
-still queued when the receiver stopped, or queued for a sender forgotten beyond ``max_senders``. (A payload
-the decoder refuses is counted under its reject reason, e.g. ``payload``.)"""
+DROP_REASONS = ("stale", "backlog", "shutdown")
+"""Why an arrived frame was not decoded: too old when its turn came, pushed out of a full queue, or still
+queued when the receiver stopped. (A payload the decoder refuses is counted under its reject reason, e.g.
+``payload``.)"""
 SKEW_TOLERANCE_US = 1_000_000
 """Clocks that disagree by less than this count as synchronised: a frame's age is its capture time's."""
 SKEW_WINDOW_US = 5_000_000
@@ -90,7 +90,8 @@ class ReceiveOptions:
     (reason ``stale``), and so is one older than half of it while a newer frame of the same sender waits.
     0 = no bound (decode everything that fits in the queues)."""
     queue_per_sender: int = 256
-    """Frames waiting for decode per sender; a full queue drops its oldest (reason ``backlog``)."""
+    """Frames waiting for decode per sender; a full queue drops its oldest (reason ``backlog``). All senders
+    together hold at most ``queue_per_sender * max_senders`` (beyond, the next sender in turn loses one)."""
     max_senders: int = 1024
     """Senders whose state (counters, latencies) is kept; beyond that the one seen longest ago is forgotten
     (``ReceiverStats.evicted``): a flood of made-up sender ids cannot grow the receiver or its status file."""
@@ -214,7 +215,7 @@ class ReceiverStats:
     """Frames a sink failed to write (counted and logged; the receiver goes on)."""
     evicted: int = 0
     """Senders whose state was forgotten to keep at most ``max_senders`` (frames they still had queued are
-    counted in ``dropped`` as ``evicted``)."""
+    still decoded or dropped, and counted in the totals)."""
     log_suppressed: int = 0
     """Log lines not written because their kind exceeded its rate (the events are still counted)."""
 
@@ -267,7 +268,10 @@ class _ClockOffset:
 class _Peer:
     """One sender's state: statistics, sequence tracking, clock offset and its queue of frames to decode."""
 
-    __slots__ = ("stats", "lat", "frames_at_report", "named", "queue", "in_ring", "epochs", "last_t", "clock")
+    __slots__ = (
+        "stats", "lat", "frames_at_report", "named", "queue", "in_ring", "evicted", "epochs", "last_t",
+        "clock",
+    )  # fmt: skip
 
     def __init__(self, sid: int) -> None:
         self.stats = PeerStats(name=f"id-{sid:04x}", sender_id=sid)
@@ -277,6 +281,8 @@ class _Peer:
         self.queue: deque[tuple[Packet, int]] = deque()
         """(packet, capture time in our clock, µs) per frame waiting for decode, oldest first."""
         self.in_ring = False
+        self.evicted = False
+        """Forgotten beyond ``max_senders``: its queued frames are still served, counted in the totals."""
         self.epochs: deque[int] = deque(maxlen=8)
         self.last_t = 0
         self.clock = _ClockOffset()
@@ -398,8 +404,11 @@ class _Receiving:
         """Drops by reason of senders no longer in ``peers`` (evicted), so that totals stay whole."""
         self.forgotten_received = 0
         """Frames received from senders no longer in ``peers``."""
-        self.ring: deque[Hashable] = deque()
-        """Keys of the senders with frames waiting, in serving order."""
+        self.ring: deque[_Peer] = deque()
+        """Senders with frames waiting, in serving order (an evicted one stays until its queue is empty)."""
+        self.queued = 0
+        """Frames waiting in all queues."""
+        self.max_queued = options.queue_per_sender * self.max_senders
         self.lock = threading.Lock()
         self.ready = threading.Condition(self.lock)
         self.logged: OrderedDict[tuple, None] = OrderedDict()
@@ -431,7 +440,7 @@ class _Receiving:
 
     def _drop(self, peer: _Peer, p: Packet, reason: str) -> None:
         """Count an arrived frame that will not be decoded (caller holds the lock)."""
-        dropped = peer.stats.dropped
+        dropped = self.forgotten if peer.evicted else peer.stats.dropped
         dropped[reason] = dropped.get(reason, 0) + 1
         if self.ledger is not None:
             self.ledger.dropped(p, reason)
@@ -496,18 +505,15 @@ class _Receiving:
                     peer = self._new_peer(key, p, msg)
                 else:
                     self.peers.move_to_end(key)
-                self._queue(key, peer, p, msg, now)
+                self._queue(peer, p, msg, now)
             self.ready.notify()
 
     def _new_peer(self, key: Hashable, p: Packet, msg: Received) -> _Peer:
-        """State for a sender seen for the first time; beyond ``max_senders``, the one seen longest ago (with
-        nothing queued, if there is one) is forgotten first (caller holds the lock)."""
+        """State for a sender seen for the first time; beyond ``max_senders`` the one seen longest ago is
+        forgotten (its queued frames are still served) (caller holds the lock)."""
         if len(self.peers) >= self.max_senders:
-            idle = next((k for k, v in self.peers.items() if not v.queue), None)
-            gone_key = idle if idle is not None else next(iter(self.peers))
-            gone = self.peers.pop(gone_key)
-            while gone.queue:
-                self._drop(gone, gone.queue.popleft()[0], "evicted")
+            _, gone = self.peers.popitem(last=False)
+            gone.evicted = True
             for reason, n in gone.stats.dropped.items():
                 self.forgotten[reason] = self.forgotten.get(reason, 0) + n
             self.forgotten_received += gone.stats.received
@@ -521,7 +527,7 @@ class _Receiving:
         )
         return peer
 
-    def _queue(self, key: Hashable, peer: _Peer, p: Packet, msg: Received, now: int) -> None:
+    def _queue(self, peer: _Peer, p: Packet, msg: Received, now: int) -> None:
         ps = peer.stats
         ps.sender_id = p.sender_id
         if p.sender_name is not None:
@@ -554,9 +560,15 @@ class _Receiving:
         q.append((p, t))
         if len(q) > self.capacity:
             self._drop(peer, q.popleft()[0], "backlog")
+        else:
+            self.queued += 1
         if not peer.in_ring:
             peer.in_ring = True
-            self.ring.append(key)
+            self.ring.append(peer)
+        if self.queued > self.max_queued:  # all queues together: the next sender in turn loses its oldest
+            victim = next(v for v in self.ring if v.queue)
+            self._drop(victim, victim.queue.popleft()[0], "backlog")
+            self.queued -= 1
 
     # ------------------------------------------------------------------------------ main loop
 
@@ -569,13 +581,12 @@ class _Receiving:
             margin = min(int(self.service_us), self.max_age // 2)
             ring = self.ring
             while ring:
-                key = ring.popleft()
-                peer = self.peers.get(key)
-                if peer is None:  # evicted meanwhile
-                    continue
+                peer = ring.popleft()
+                before = len(peer.queue)
                 item = peer.pick(now, self.max_age, margin, self._drop)
+                self.queued -= before - len(peer.queue)
                 if peer.queue:
-                    ring.append(key)
+                    ring.append(peer)
                 else:
                     peer.in_ring = False
                 if item is not None:
@@ -613,11 +624,12 @@ class _Receiving:
     def drop_queued(self, reason: str = "shutdown") -> None:
         """Count every frame still queued as dropped for ``reason`` (the loop is ending)."""
         with self.lock:
-            for peer in self.peers.values():
+            for peer in (*self.ring, *self.peers.values()):
                 while peer.queue:
                     self._drop(peer, peer.queue.popleft()[0], reason)
                 peer.in_ring = False
             self.ring.clear()
+            self.queued = 0
 
     def report(self, interval: float) -> ReceiverStats:
         """The statistics now; per-sender rates over the last ``interval`` seconds (0: leave them)."""
@@ -641,6 +653,7 @@ class _Receiving:
             rejected = dict(stats.rejected)
             dropped = dict(self.forgotten)
             received = self.forgotten_received
+            queued = self.queued
         senders: dict[str, PeerStats] = {}
         for ps in reports:
             name = ps.name if ps.name not in senders else f"{ps.name}#{ps.sender_id:04x}"
@@ -654,7 +667,7 @@ class _Receiving:
             rejected=rejected,
             dropped=dropped,
             received=received + sum(ps.received for ps in reports),
-            queued=sum(ps.queued for ps in reports),
+            queued=queued,
         )
 
 

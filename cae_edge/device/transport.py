@@ -195,9 +195,9 @@ class ReceiverOptions(LinkOptions):
 
     rcvhwm: int = 128
     """Frames ZeroMQ may buffer per sender before it stops reading that sender's connection. Kept small: the
-    receiver's own thread drains the socket into counted per-sender queues (``cae_edge.device.receiver``), and
-    a connection libzmq stops reading also stops passing heartbeats, so a backlog here would time the sender
-    out (reconnect, frames in the dropped connection lost uncounted)."""
+    receiver's own thread drains the socket into counted per-sender queues (``cae_edge.device.receiver``); a
+    connection libzmq stops reading hides age, stops heartbeats (when on) and is where the module docstring's
+    abort happens."""
     max_message_bytes: int = wire.MAX_PACKET_BYTES + 64
     """Longer messages are refused before they are read (``MAXMSGSIZE``) and their connection dropped: the
     largest packet plus CURVE's per-message overhead (33 bytes). -1 = no limit."""
