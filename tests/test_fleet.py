@@ -349,7 +349,8 @@ def _run_receiver(bundle, link: PullReceiver, sinks: list, logs: list, **opts):
             pair_id=bundle.pair_id,
             kind=payload_kind(bundle.coding),
             sinks=sinks,
-            options=ReceiveOptions(idle_timeout_s=WAIT_S, **opts),
+            # no age bound: these tests count every frame, and a busy machine must not turn one stale
+            options=ReceiveOptions(idle_timeout_s=WAIT_S, **{"max_age_ms": 0, **opts}),
             on_log=logs.append,
         )
 
