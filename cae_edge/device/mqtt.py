@@ -522,6 +522,12 @@ class MqttSender(_MqttLink):
                 return left
             time.sleep(0.005)
 
+    identifies_sender = True
+    """The receiver learns who sent each message from its topic (the broker's ACL binds it to the login)."""
+    authenticates_messages = False
+    """TLS ends at the broker, and the receiver's duplicate filter needs each message to differ: compact
+    frames carry their 2-byte check (which covers the session)."""
+
     @property
     def stats(self) -> MqttLinkStats:
         s = self._stats

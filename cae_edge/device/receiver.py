@@ -57,7 +57,7 @@ from ..wire import Packet, PayloadKind
 from .lograte import RateLimitedLog
 from .mqtt import MqttReceiver, MqttReceiverOptions
 from .sinks import FrameSink, GuardedSink
-from .stream import Log, ReceiverLink, StageTimer, now_us
+from .stream import Log, ReceiverLink, Sessions, StageTimer, now_us
 from .transport import PullReceiver, Received, ReceiverOptions
 
 DROP_REASONS = ("stale", "backlog", "shutdown")
@@ -395,6 +395,8 @@ class _Receiving:
         self.shared = bool(getattr(link, "shared", False))
         """The link splits each sender's frames over several receivers: seq gaps are not losses."""
         self.my_pair = wire.pair_prefix(pair_id)
+        self.sessions = Sessions(max(1, options.max_senders))
+        """Each sender's last full packet, which its compact frames are read against (receive thread only)."""
         self.max_age = int(options.max_age_ms * 1000)
         self.capacity = options.queue_per_sender
         self.stats = ReceiverStats(pair_id=pair_id, endpoint=link.endpoint, max_age_ms=options.max_age_ms)
@@ -467,7 +469,7 @@ class _Receiving:
         t0 = ns()
         for msg in msgs:
             try:
-                p = wire.unpack(msg.data)
+                p = self.sessions.unpack(msg.data, msg.peer)
             except PacketError as e:
                 self.reject(e.reason, (), f"refused a packet: {e}")
                 continue
@@ -489,6 +491,7 @@ class _Receiving:
                     f"bundle uses {self.kind.name.lower()}",
                 )
                 continue
+            self.sessions.took(p, msg.peer)
             good.append((p, msg))
         self.unpacked += len(msgs)
         self.timer.add("unpack", ns() - t0)

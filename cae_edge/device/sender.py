@@ -4,6 +4,8 @@
 
     FrameSource ─► Preprocessor ─► Encoder.encode ─► wire.pack ─► PushSender.send
        (capture)     (28x28 u8)      (payload)        (+24 B)      (never blocks)
+                                                    (compact: +4 B
+                                                     or +8 B)
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ class SendOptions:
     """Before capturing, wait up to this long for a receiver (useful for files; 0 = start at once)."""
     save_inputs: Path | None = None
     """Write each preprocessed 28x28 input as ``DIR/<name>/<seq>.png`` (to compare with the receiver)."""
+    compact: bool = False
+    """Send compact frames (``cae_edge.wire``: 4 bytes of overhead on a CURVE link, 8 on ``--insecure``)
+    between full *session* packets (with the name): the first, the first after each new connection, those
+    made while no receiver is connected, and one every ``session_every`` frames (``name_every_s`` does not
+    apply). Receivers read both formats; receivers older than compact frames refuse them (reason ``magic``):
+    upgrade receivers first."""
+    session_every: int = 100
+    """With ``compact``: a full session packet at least every this many frames (a receiver that starts late,
+    or lost a session packet, reads this sender again after at most this many)."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a bad value."""
@@ -64,6 +75,8 @@ class SendOptions:
             )
         if self.max_frames < 0:
             raise ConfigError(f"max frames {self.max_frames}: must be >= 0 (0 = no limit)")
+        if not 1 <= self.session_every <= 10_000:
+            raise ConfigError(f"session every {self.session_every}: must be 1 .. 10000 frames")
 
 
 @dataclass
@@ -113,6 +126,8 @@ class SenderStats:
     """Frames per second since the previous stats report."""
     bytes_per_frame: float = 0.0
     """Mean packet size (header + name when carried + payload + CRC), before ZeroMQ framing (+2 B on TCP)."""
+    compact: int = 0
+    """Frames sent as compact frames (the rest as full packets)."""
     payload_bytes: float = 0.0
     """Mean payload size."""
     capture_us: float = 0.0
@@ -208,6 +223,35 @@ class _NameCadence:
         return None
 
 
+class _CompactCadence:
+    """Which frames go compact (``SendOptions.compact``): all but the session packets — full, named packets
+    when the name cadence asks for the name, when the last session packet was not taken by the link, or when
+    the frame is past what a compact frame can say against it (``session_every`` frames, a clock step)."""
+
+    def __init__(self, link: SenderLink, session_every: int, name: str) -> None:
+        self.session_every, self.name = session_every, name
+        self.check = not getattr(link, "authenticates_messages", False)
+        self.with_id = not getattr(link, "identifies_sender", False)
+        self.session: Packet | None = None
+        self.pending: Packet | None = None
+        self.frames = 0
+
+    def pack(self, p: Packet, name: str | None, epoch: int) -> bytes:
+        """``p`` (no name) on the wire: compact against the session, else as the new session packet."""
+        s = self.session
+        if name is None and s is not None and wire.compact_fits(p, s, self.session_every):
+            self.pending = None
+            self.frames += 1
+            return wire.pack_compact(p, s, check=self.check, with_id=self.with_id)
+        self.pending = Packet(p.pair, p.sender_id, p.seq, p.t_us, p.payload, p.kind, name or self.name, epoch)
+        return wire.pack(self.pending)
+
+    def sent(self, taken: bool) -> None:
+        """The link took (or dropped) the packet just made: a session packet counts only if it was taken."""
+        if self.pending is not None:
+            self.session = self.pending if taken else None
+
+
 def run_sender(
     source: FrameSource,
     preprocess: Callable[[np.ndarray], np.ndarray],
@@ -253,7 +297,8 @@ def run_sender(
     timer = StageTimer(*SEND_STAGES)
     start = timer.start
     pacer = _Pacer(options.fps, start)
-    name_for = _NameCadence(options.name, options.name_every_s, link, start)
+    name_for = _NameCadence(options.name, math.inf if options.compact else options.name_every_s, link, start)
+    compact = _CompactCadence(link, options.session_every, options.name) if options.compact else None
     next_stats = start + options.stats_every_s
     frames_at_report, time_at_report = 0, start
     seq = 0
@@ -282,11 +327,16 @@ def run_sender(
             t3 = ns()
             now = clock()
             name = name_for(now)
-            data = wire.pack(
-                Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind, name, epoch if name else None)
-            )
+            if compact is None:
+                data = wire.pack(
+                    Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind, name, epoch if name else None)
+                )
+            else:
+                data = compact.pack(Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind), name, epoch)
             t4 = ns()
-            link.send(data)
+            sent = link.send(data)
+            if compact is not None:
+                compact.sent(sent)
             t5 = ns()
             if saver is not None:
                 saver.write(options.name, seq, image)
@@ -301,6 +351,7 @@ def run_sender(
                 on_stats(stats.measure(seq, timer, wire_bytes, payload_bytes).absorb_open(link))
     finally:
         stats.status = status
+        stats.compact = compact.frames if compact is not None else 0
         stats.measure(seq, timer, wire_bytes, payload_bytes).absorb_open(link)
     return stats
 

@@ -21,8 +21,13 @@ it on SIGINT/SIGTERM — and return their final statistics.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
+
+from .. import wire
+from ..errors import PacketError
+from ..wire import Packet
 
 Log = Callable[[str], None]
 
@@ -102,3 +107,54 @@ class StageTimer:
     def elapsed_s(self) -> float:
         """Seconds since :attr:`start`, rounded to ms."""
         return round(time.perf_counter() - self.start, 3)
+
+
+class Sessions:
+    """A receiver's reading of both packet formats: full packets as they are, compact frames against their
+    sender's session — the last full packet taken from it (:mod:`cae_edge.wire`). A sender is the identity the
+    link authenticated (CURVE key name, MQTT topic node), else its wire id. Used by the receive thread only.
+
+    Args:
+        max_senders: sessions remembered (least recently refreshed forgotten first).
+    """
+
+    def __init__(self, max_senders: int) -> None:
+        self.max_senders = max_senders
+        self._sessions: OrderedDict[Hashable, Packet] = OrderedDict()
+        self._full: Packet | None = None
+
+    def unpack(self, data: bytes, peer: str | None) -> Packet:
+        """Parse one message from ``peer`` (None on links that do not identify senders).
+
+        Raises:
+            PacketError: what :func:`~cae_edge.wire.unpack` and :func:`~cae_edge.wire.expand` raise, and
+                reason
+                ``no-session`` for a compact frame from a sender with no session yet (a receiver started
+                after the sender's last full packet: its next one, at most ``--session-every`` frames
+                later, starts one).
+        """
+        self._full = None
+        if not wire.is_compact(data):
+            p = self._full = wire.unpack(data)
+            return p
+        c = wire.unpack_compact(data)
+        key: Hashable | None = peer or c.sender_id
+        session = self._sessions.get(key) if key is not None else None
+        if session is None:
+            who = peer or (f"id {c.sender_id:#06x}" if c.sender_id is not None else "an unidentified sender")
+            raise PacketError(
+                f"compact frame from {who} before any full packet from it (no session yet); "
+                "its next session packet starts one",
+                "no-session",
+            )
+        return wire.expand(c, session)
+
+    def took(self, p: Packet, peer: str | None) -> None:
+        """The receiver accepted ``p`` (pair and coding match): a full packet becomes its sender's session."""
+        if p is not self._full:
+            return
+        key = peer or p.sender_id
+        self._sessions[key] = p
+        self._sessions.move_to_end(key)
+        if len(self._sessions) > self.max_senders:
+            self._sessions.popitem(last=False)

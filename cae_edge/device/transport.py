@@ -559,6 +559,16 @@ class PushSender(_Link):
         s.queued = len(self._queue)
         return s
 
+    @property
+    def identifies_sender(self) -> bool:
+        """The receiver learns who sent each message from the link (CURVE: the node's key)."""
+        return self.options.security is not None
+
+    @property
+    def authenticates_messages(self) -> bool:
+        """Every message is authenticated end to end (CURVE), so compact frames need no check of their own."""
+        return self.options.security is not None
+
     def close(self, flush_s: float | None = None) -> None:
         """Deliver what is queued for up to ``flush_s`` (default ``options.close_flush_s``), then close.
 
