@@ -80,6 +80,14 @@ def test_minimal_config_gets_defaults(node_dir: Path) -> None:
     assert cfg.queue == config.QueueOptions()
     assert cfg.preprocess == config.PreprocessOverrides()
     assert cfg.security.insecure is True
+    assert cfg.compact is False and cfg.session_every == 100
+
+
+def test_compact_frames_are_a_node_setting(node_dir: Path) -> None:
+    cfg = config.load_node_config(
+        write(node_dir, GOOD.replace("threads = 2", "compact = true\nsession_every = 40"))
+    )
+    assert cfg.compact is True and cfg.session_every == 40
 
 
 def test_preprocess_overrides_apply_to_the_manifest_spec() -> None:
@@ -119,6 +127,11 @@ def test_unknown_keys_are_errors_naming_the_key_and_the_valid_ones(
         (("fps = 12", "fps = true"), r"fps = True: must be a number"),
         (("max_frames = 100", "max_frames = 1.5"), r"max_frames = 1.5: must be an integer >= 0"),
         (("threads = 2", "threads = 0"), r"threads = 0: must be an integer 1 \.\. 64"),
+        (("threads = 2", "threads = 2\ncompact = 1"), r"compact = 1: must be true or false"),
+        (
+            ("threads = 2", "threads = 2\nsession_every = 0"),
+            r"session_every = 0: must be an integer 1 \.\. 10000",
+        ),
         (("size = 32", "size = 0"), r"queue.size = 0: must be an integer 1 \.\. 100000"),
         (("size = 32", 'size = "32"'), r"queue.size = '32': must be an integer"),
         (

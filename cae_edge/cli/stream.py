@@ -68,6 +68,8 @@ NODE_FLAGS: dict[str, tuple[str, str]] = {
     "queue": ("queue.size", "--queue"),
     "policy": ("queue.policy", "--policy"),
     "threads": ("threads", "--threads"),
+    "compact": ("compact", "--compact"),
+    "session_every": ("session_every", "--session-every"),
     "invert": ("preprocess.invert", "--invert/--no-invert"),
     "crop": ("preprocess.crop", "--crop"),
     "keys": ("security.key", "--keys"),
@@ -212,6 +214,20 @@ def send(
     ] = None,
     crop: Annotated[Crop | None, typer.Option("--crop", help="Override the bundle's crop mode.")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Encoder interpreter threads.")] = 1,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact",
+            help="Compact frames: 4 bytes of overhead per frame on a CURVE link (8 with --insecure) instead "
+            "of 24, between full session packets. The receiver must be new enough to read them.",
+        ),
+    ] = False,
+    session_every: Annotated[
+        int,
+        typer.Option(
+            "--session-every", min=1, max=10_000, help="With --compact: a full session packet every N frames."
+        ),
+    ] = 100,
     save_inputs: Annotated[
         Path | None,
         typer.Option("--save-inputs", help="Also write each 28x28 input as DIR/<name>/<seq>.png."),
@@ -261,6 +277,7 @@ def send(
     values = {
         "source": source, "connect": connect, "bundle": bundle, "name": name, "fps": fps,
         "max_frames": max_frames, "queue": queue, "policy": policy.value, "threads": threads,
+        "compact": compact or None, "session_every": session_every,
         "invert": invert, "crop": None if crop is None else crop.value,
         "keys": keys, "server_key": server_key, "insecure": insecure or None,
         "transport": transport.value, "broker": broker, "username": username, "password_file": password_file,
@@ -285,6 +302,8 @@ def send(
             name=node.name,
             fps=node.fps,
             max_frames=node.max_frames,
+            compact=node.compact,
+            session_every=node.session_every,
             wait_connected_s=wait,
             save_inputs=save_inputs,
         )

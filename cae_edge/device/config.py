@@ -137,6 +137,11 @@ class NodeConfig:
     """Stop after this many frames; 0 = run until stopped."""
     threads: int = 1
     """Interpreter threads for the encoder."""
+    compact: bool = False
+    """Send compact frames (4 bytes of overhead on a CURVE link instead of 24) between full session
+    packets; receivers must be new enough to read them (see ``cae_edge.wire``)."""
+    session_every: int = 100
+    """With ``compact``: a full session packet at least every this many frames."""
     preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
     """Overrides of the bundle's preprocessing."""
     queue: QueueOptions = field(default_factory=QueueOptions)
@@ -169,6 +174,8 @@ _TOP_KEYS = (
     "fps",
     "max_frames",
     "threads",
+    "compact",
+    "session_every",
     "preprocess",
     "queue",
     "security",
@@ -297,6 +304,11 @@ def parse_node_config(
         cfg.max_frames = c.ranged("max_frames", data["max_frames"], int, 0, 2**62, what)
     if "threads" in data:
         cfg.threads = c.ranged("threads", data["threads"], int, 1, 64, "an integer 1 .. 64")
+    if "compact" in data:
+        cfg.compact = c.typed("compact", data["compact"], bool, "true or false")
+    if "session_every" in data:
+        what = "an integer 1 .. 10000 (frames)"
+        cfg.session_every = c.ranged("session_every", data["session_every"], int, 1, 10_000, what)
 
     if "preprocess" in data:
         t = c.table("preprocess", data["preprocess"])
