@@ -277,10 +277,14 @@ def test_bundle_points_count_payload_and_packet(bundle, mnist):
     int8 = [r for r in rows if r.codec == curves.CAE_INT8][0]
     assert int8.bytes_payload == bundle.bytes_per_image
     assert int8.bytes_total == bundle.bytes_per_image + wire.OVERHEAD_BYTES
+    # compact frames on a CURVE link: 4 bytes each, a full session packet every 100 frames
+    assert int8.bytes_compact == pytest.approx(bundle.bytes_per_image + wire.compact_overhead(frames=100))
+    assert bundle.bytes_per_image + 4 < int8.bytes_compact < bundle.bytes_per_image + 5
     q = bundle.manifest.quality["tflite_int8"]["psnr"]
     assert abs(int8.psnr - q) < 3.0  # same model as the export-time check, on a subset
     flt = [r for r in rows if r.codec == curves.CAE_FLOAT][0]
     assert flt.bytes_payload == 4 * bundle.latent_dim
+    assert flt.bytes_compact is None
 
 
 # ---------------------------------------------------------------- report

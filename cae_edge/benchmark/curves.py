@@ -11,7 +11,8 @@ Every row is a mean over the same test images (``cae_edge.metrics``: per-image P
                  └─ PCA fitted on the train split: k int8 coefficients (and float32 at the latent sizes)
 
 Bytes: ``bytes_payload`` is what carries the image (latent payload / header-stripped codec data);
-``bytes_total`` is the self-contained unit (cae-edge: the wire packet, payload + header; codecs: the file).
+``bytes_total`` is the self-contained unit (cae-edge: the wire packet, payload + header; codecs: the file);
+``bytes_compact`` (cae-edge int8 only) is the payload plus the mean compact-frame overhead on the wire.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class RDPoint:
     """Mean squared error on the 0-255 scale."""
     capped: int
     """Images whose PSNR hit the cap (identical reconstruction)."""
+    bytes_compact: float | None = None
+    """``cae-edge int8`` rows: mean bytes per image on the wire with compact frames (``--compact``): the
+    payload plus the mean overhead of a 30 fps stream over a CURVE link, a full session packet every 100
+    frames included (:func:`cae_edge.wire.compact_overhead`); None for the other rows."""
     bundle: str | None = None
     """Bundle name or path for cae-edge rows, else None."""
     seconds: float = 0.0
@@ -110,6 +115,7 @@ def score(
     bundle: str | None = None,
     seconds: float = 0.0,
     note: str = "",
+    bytes_compact: float | None = None,
 ) -> RDPoint:
     """Build an :class:`RDPoint` from originals and reconstructions (both (N, H, W) uint8)."""
     psnr = metrics.psnr_per_image(original, recon)
@@ -124,6 +130,7 @@ def score(
         ssim=float(ssim_batch(original, recon).mean()),
         mse=float(metrics.mse_per_image(original, recon).mean()),
         capped=int(np.count_nonzero(psnr >= metrics.PSNR_CAP)),
+        bytes_compact=None if bytes_compact is None else float(bytes_compact),
         bundle=bundle,
         seconds=float(seconds),
         note=note,
@@ -254,8 +261,10 @@ def bundle_points(bundle, name: str, dataset: str, test: np.ndarray, threads: in
         payload_bytes += len(payload)
         packet_bytes += len(packet)
     n = max(len(test), 1)
+    compact = wire.compact_overhead(frames=max(n, 100))
     note = (
-        f"coding {bundle.coding.get('kind')}; packet = payload + {wire.OVERHEAD_BYTES}-byte wire header/CRC"
+        f"coding {bundle.coding.get('kind')}; packet = payload + {wire.OVERHEAD_BYTES}-byte wire header/CRC; "
+        f"compact frames: + {compact:.2f} B mean (CURVE link, 30 fps, a session packet every 100 frames)"
     )
     points.append(
         score(
@@ -269,6 +278,7 @@ def bundle_points(bundle, name: str, dataset: str, test: np.ndarray, threads: in
             bundle=name,
             seconds=time.perf_counter() - t0,
             note=note,
+            bytes_compact=payload_bytes / n + compact,
         )
     )
     if "encoder_float" in bundle.manifest.models and "decoder_float" in bundle.manifest.models:

@@ -117,6 +117,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "images": (int,),
         "bytes_payload": NUM,
         "bytes_total": NUM,
+        "bytes_compact": OPT_NUM,
         "psnr": NUM,
         "ssim": NUM,
         "mse": NUM,
@@ -366,7 +367,8 @@ def tables(report: BenchmarkReport) -> list:
                 )
         out.append(tool)
     rd = Table(title="Rate–distortion on the test split (means per image)", title_justify="left")
-    for col in ("dataset", "codec", "setting", "images", "bytes payload", "bytes total", "PSNR dB", "SSIM"):
+    cols = ("dataset", "codec", "setting", "images", "bytes payload", "bytes total", "on the wire (compact)")
+    for col in (*cols, "PSNR dB", "SSIM"):
         rd.add_column(col, justify="left" if col in ("dataset", "codec", "setting") else "right")
     for r in sorted(
         report.rd, key=lambda r: (r.dataset, not r.codec.startswith("cae"), r.codec, r.bytes_payload)
@@ -379,6 +381,7 @@ def tables(report: BenchmarkReport) -> list:
             str(r.images),
             f"{r.bytes_payload:.1f}",
             f"{r.bytes_total:.1f}",
+            "-" if r.bytes_compact is None else f"{r.bytes_compact:.1f}",
             f"{r.psnr:.2f}",
             f"{r.ssim:.3f}",
             style=style,
@@ -628,14 +631,16 @@ def markdown(report: dict) -> str:
             f"**{ds}** ({n} test images): bytes per image (payload = latent or header-stripped data; "
             "total = wire packet or whole file)",
             "",
-            "| codec | setting | bytes payload | bytes total | PSNR dB | SSIM |",
-            "|---|---|---|---|---|---|",
+            "| codec | setting | bytes payload | bytes total | on the wire (compact) | PSNR dB | SSIM |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             bold = "**" if r["codec"] == CAE_INT8 else ""
+            compact = r.get("bytes_compact")  # reports from before compact frames lack it
             lines.append(
                 f"| {bold}{r['codec']}{bold} | {Path(r['setting']).name} | {r['bytes_payload']:.1f} "
-                f"| {r['bytes_total']:.1f} | {bold}{r['psnr']:.2f}{bold} | {r['ssim']:.3f} |"
+                f"| {r['bytes_total']:.1f} | {'-' if compact is None else f'{compact:.1f}'} "
+                f"| {bold}{r['psnr']:.2f}{bold} | {r['ssim']:.3f} |"
             )
         bd = [d for d in report.get("bd", []) if d["dataset"] == ds]
         if bd:
