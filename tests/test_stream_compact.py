@@ -149,3 +149,40 @@ def test_compact_frames_without_session_are_counted(bundle, digits) -> None:
     r = out["r"]
     assert r.rejected == {"no-session": 2, "session": 1}
     assert sorted(seq for _, seq in sink.frames) == [3, 4, 5]
+
+
+def test_cli_processes_stream_compact_frames(tmp_path) -> None:
+    """`stream send --compact` into `stream receive`, real processes: every frame arrives, and the sender's
+    bytes per frame are the payload plus at most 8 bytes of compact overhead and its session packets."""
+    import json
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-c", "from cae_edge.cli.main import main; main()", "stream"]
+    with PullReceiver("tcp://127.0.0.1:*") as probe:
+        endpoint = probe.endpoint
+    rx_json, tx_json, n = tmp_path / "rx.json", tmp_path / "tx.json", 200
+    common = ["--bundle", "mnist-tiny", "--insecure", "-q"]
+    rx = subprocess.Popen(
+        [*cli, "receive", "--bind", endpoint, "--max-frames", str(n), "--max-age-ms", "0",
+         "--timeout", str(WAIT_S), "--json", str(rx_json), *common],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    tx = subprocess.run(
+        [*cli, "send", "--source", "synthetic", "--connect", endpoint, "--name", "cam-z", "--fps", "200",
+         "--max-frames", str(n), "--wait", str(WAIT_S), "--compact", "--session-every", "50",
+         "--json", str(tx_json), *common],
+        capture_output=True, text=True, timeout=2 * WAIT_S,
+    )  # fmt: skip
+    try:
+        out, _ = rx.communicate(timeout=WAIT_S)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+    assert tx.returncode == 0 and rx.returncode == 0, (tx.stdout + tx.stderr, out)
+    t, r = json.loads(tx_json.read_text()), json.loads(rx_json.read_text())
+    assert t["frames"] == n and n - t["compact"] >= n // 50
+    sessions = (n - t["compact"]) * wire.packet_size(0, "cam-z", epoch=True)
+    assert round((t["bytes_per_frame"] - t["payload_bytes"]) * n) <= sessions + 8 * t["compact"]
+    assert r["rejected_total"] == 0 and r["senders"]["cam-z"]["frames"] == n
+    assert r["senders"]["cam-z"]["lost"] == 0
