@@ -37,6 +37,9 @@ Why these choices:
   readable; receivers older than the epoch refuse packets that carry it (reason ``flags``): upgrade
   receivers first.
 
+Compact frames (a few bytes instead of 24, read against the sender's last full packet) are described with
+:func:`pack_compact` below; :func:`is_compact` tells the two formats apart by the first byte.
+
 :func:`unpack` raises :class:`~cae_edge.errors.PacketError` — and nothing else — for every malformed
 input; its ``reason`` (``type``, ``short``, ``magic``, ``version``, ``length``, ``crc``, ``flags``, ``kind``,
 ``name``) is the key receivers count rejects by. :func:`pack` raises it (reason ``field``) for

@@ -191,7 +191,8 @@ class ReceiverStats:
     fps: float = 0.0
     """Decoded frames per second over the run."""
     rejected: dict[str, int] = field(default_factory=dict)
-    """Packets refused, by reason (``pair``, ``crc``, ``magic``, ``version``, ``length``, ``payload``...)."""
+    """Packets refused, by reason (``pair``, ``crc``, ``magic``, ``version``, ``length``, ``payload``...;
+    compact frames: ``no-session`` before the sender's first session packet, ``session``, ``varint``)."""
     senders: dict[str, PeerStats] = field(default_factory=dict)
     """Per sender, by name."""
     unpack_us: float = 0.0
