@@ -326,6 +326,32 @@ def test_round_trip_through_the_broker_is_bit_exact(mqtt_broker, bundle, digits)
     rx.link.close()
 
 
+def test_compact_frames_through_the_broker(mqtt_broker, bundle, digits) -> None:
+    """--compact over MQTT: the topic names the sender (no id in the frame), each frame carries the 2-byte
+    check (TLS ends at the broker): 6 bytes of overhead on the compact frames; every frame arrives intact."""
+    frames = paper_frames(digits)
+    every = ReceiveOptions(max_frames=len(frames), idle_timeout_s=WAIT_S, max_age_ms=0)
+    rx = _Rx(mqtt_broker, "rx1", bundle, every)
+    with MqttSender(mqtt_broker.url, "cam1", mqtt_broker.sender_options("cam1", queue_size=1000),
+                    pair_id=bundle.pair_id) as tx:  # fmt: skip
+        assert tx.wait_connected(WAIT_S)
+        opts = SendOptions(name="cam1", compact=True, session_every=10)
+        s = run_sender(ArraySource(frames), Preprocessor(bundle.preprocess), bundle.encoder(), tx,
+                       pair_id=bundle.pair_id, options=opts)  # fmt: skip
+        assert tx.flush(WAIT_S) == 0
+        rx.thread.join(WAIT_S)
+    n = len(frames)
+    assert s.frames == n and s.dropped == 0 and n - s.compact >= n // 10
+    sessions = (n - s.compact) * wire.packet_size(0, "cam1", epoch=True)
+    overhead = round((s.bytes_per_frame - s.payload_bytes) * n)
+    assert sessions + 5 * s.compact <= overhead <= sessions + 6 * s.compact  # type, seq, 1-2 B time, check
+    r = rx.stats
+    assert r.frames == n and r.rejected == {} and r.senders["cam1"].lost == 0
+    for seq, want in enumerate(direct(bundle, frames)):
+        np.testing.assert_array_equal(rx.sink.frames[("cam1", seq)], want)
+    rx.link.close()
+
+
 def test_entropy_coded_payloads_through_the_broker(mqtt_broker, bundle, entropy_bundle, digits) -> None:
     frames = paper_frames(digits[:12])
     rx = _Rx(
