@@ -186,3 +186,40 @@ def test_cli_processes_stream_compact_frames(tmp_path) -> None:
     assert round((t["bytes_per_frame"] - t["payload_bytes"]) * n) <= sessions + 8 * t["compact"]
     assert r["rejected_total"] == 0 and r["senders"]["cam-z"]["frames"] == n
     assert r["senders"]["cam-z"]["lost"] == 0
+
+
+class _RecordingLink:
+    """A link that keeps what it is given and drops the packets at the listed indexes (send returns False)."""
+
+    endpoint = "test://"
+    closed = False
+    authenticates_messages = identifies_sender = True
+
+    def __init__(self, drop: set[int]) -> None:
+        from cae_edge.device.transport import LinkStats
+
+        self.stats, self.drop, self.packets = LinkStats(), drop, []
+
+    def send(self, data: bytes) -> bool:
+        self.packets.append(data)
+        return len(self.packets) - 1 not in self.drop
+
+
+def test_a_drop_starts_a_new_session(bundle, digits) -> None:
+    """After the link drops a packet (maybe the session packet) the next frame is a full session packet; no
+    compact frame refers to a session that never left; on a CURVE-like link a compact frame costs 3-4 B."""
+    link = _RecordingLink(drop={5})
+    s = run_sender(
+        ArraySource(digits[:20]), Preprocessor(bundle.preprocess), bundle.encoder(), link,
+        pair_id=bundle.pair_id, options=SendOptions(name="cam1", compact=True, session_every=100),
+    )  # fmt: skip
+    full = [i for i, d in enumerate(link.packets) if not wire.is_compact(d)]
+    assert full == [0, 6] and s.compact == 18
+    session = None
+    for i, data in enumerate(link.packets):
+        if i in full:
+            session = wire.unpack(data)
+            assert session.sender_name == "cam1" and session.epoch == s.epoch
+        else:
+            p = wire.expand(wire.unpack_compact(data), session)
+            assert p.seq == i and 3 <= len(data) - len(p.payload) <= 4

@@ -225,8 +225,8 @@ class _NameCadence:
 
 class _CompactCadence:
     """Which frames go compact (``SendOptions.compact``): all but the session packets — full, named packets
-    when the name cadence asks for the name, when the last session packet was not taken by the link, or when
-    the frame is past what a compact frame can say against it (``session_every`` frames, a clock step)."""
+    when the name cadence asks for the name, after the link dropped a packet, or when the frame is past what a
+    compact frame can say against the session (``session_every`` frames, a clock step)."""
 
     def __init__(self, link: SenderLink, session_every: int, name: str) -> None:
         self.session_every, self.name = session_every, name
@@ -247,9 +247,13 @@ class _CompactCadence:
         return wire.pack(self.pending)
 
     def sent(self, taken: bool) -> None:
-        """The link took (or dropped) the packet just made: a session packet counts only if it was taken."""
-        if self.pending is not None:
-            self.session = self.pending if taken else None
+        """What the link said of the packet just made. After a drop (the new packet or the oldest queued one,
+        which may be the session packet) the next frame starts a new session, so that no compact frame
+        refers to a session the receiver will never see."""
+        if not taken:
+            self.session = None
+        elif self.pending is not None:
+            self.session = self.pending
 
 
 def run_sender(
