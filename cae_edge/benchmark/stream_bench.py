@@ -213,3 +213,141 @@ def bench(
         dropped=dropped,
         load_avg=round(load, 2),
     )
+
+
+@dataclass
+class ReceiverBenchResult:
+    """The whole receiver (:func:`~cae_edge.device.receiver.run_receiver`: receive thread, per-sender
+    queues, decode in this process or in workers, accounting) fed by senders that cost nothing: packets
+    packed beforehand, offered as fast as the receive thread takes them (no network, no sink).
+    JSON via :meth:`to_dict`."""
+
+    workers: int
+    """Decode processes (1 = in the receiver's process)."""
+    senders: int
+    """Distinct senders the packets come from (spread over the workers by sender)."""
+    frames: int
+    """Frames decoded."""
+    seconds: float
+    """Wall clock from the first frame offered to the last decoded."""
+    fps: float
+    """frames / seconds."""
+    cpu_main_us: float
+    """CPU µs per frame of the receiver's own process (receive thread, hand-off, accounting; the decode too
+    with one worker)."""
+    cpu_workers_us: float
+    """CPU µs per frame of the decode workers together (0 with one worker)."""
+    cpu_total_us: float
+    """cpu_main_us + cpu_workers_us."""
+    dropped: int
+    """Frames not decoded (must be 0: the queues hold every frame)."""
+    load_avg: float
+    """1-minute load average when the run started."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _MemoryLink:
+    """A receiver link that offers packed packets as fast as they are taken, then nothing."""
+
+    endpoint = "memory"
+    closed = False
+
+    def __init__(self, packets: list[bytes]) -> None:
+        from ..device.transport import Received
+
+        self.msgs = [Received(data, None) for data in packets]
+        self.at = 0
+        self.first = 0.0
+        """perf_counter at the first call (the receiver's loop has started, its workers are up)."""
+        self.stats = type("LinkStats", (), {"connects": 0, "peers": 0})()
+
+    def recv_many(self, max_n: int = 256, timeout_s: float = 0.1) -> list:
+        if not self.first:
+            self.first = time.perf_counter()
+        out = self.msgs[self.at : self.at + max_n]
+        self.at += len(out)
+        if not out:
+            time.sleep(timeout_s)
+        return out
+
+
+class _LastDelivered:
+    """A ledger that keeps only when the last frame was delivered."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def arrived(self, packets: list[Packet]) -> None:
+        pass
+
+    def dropped(self, packet: Packet, reason: str) -> None:
+        pass
+
+    def delivered(self, packet: Packet, age_us: int) -> None:
+        self.last = time.perf_counter()
+
+
+def receiver_bench(
+    bundle: str | Path | Any = "mnist",
+    frames: int = 5000,
+    *,
+    workers: int = 1,
+    senders: int = 8,
+    threads: int = 1,
+) -> ReceiverBenchResult:
+    """Run the real receiver loop over ``frames`` prepacked digit frames from ``senders`` senders.
+
+    Measures the receiver alone (the senders cost nothing); with ``workers`` > 1 the decode runs in that many
+    processes. The worker start-up (loading the bundle) is not in the time.
+    """
+    import os
+
+    from ..device.receiver import ReceiveOptions
+
+    if senders < 1:
+        raise ConfigError(f"{senders} senders: use >= 1")
+    load = os.getloadavg()[0]
+    pipe = send_pipeline(bundle, threads=threads)
+    pool = _frame_pool("digits", frames, pipe.paper)
+    rp = receive_pipeline(pipe.bundle, threads=threads)
+    pair = wire.pair_prefix(pipe.pair_id)
+    payloads = [pipe.encoder.encode(pipe.preprocess(f)) for f in pool]
+    t0 = time.time_ns() // 1000
+    packed = [
+        wire.pack(
+            Packet(
+                pair,
+                1 + i % senders,
+                i // senders,
+                (t0 + i) & wire.MASK32,
+                payloads[i % len(payloads)],
+                pipe.kind,
+            )
+        )
+        for i in range(frames)
+    ]
+    link = _MemoryLink(packed)
+    options = ReceiveOptions(
+        max_frames=frames, idle_timeout_s=10.0, max_age_ms=0, queue_per_sender=frames, workers=workers
+    )
+    ledger = _LastDelivered()
+    cpu0 = time.process_time()
+    stats = rp.run(link, [], options, on_log=lambda _m: None, ledger=ledger)  # type: ignore[arg-type]
+    cpu_main = time.process_time() - cpu0
+    wall = ledger.last - link.first
+    cpu_workers = stats.worker_cpu_s
+    n = max(stats.frames, 1)
+    return ReceiverBenchResult(
+        workers=workers,
+        senders=senders,
+        frames=stats.frames,
+        seconds=round(wall, 3),
+        fps=round(stats.frames / wall, 1) if wall > 0 else 0.0,
+        cpu_main_us=round(cpu_main / n * 1e6, 1),
+        cpu_workers_us=round(cpu_workers / n * 1e6, 1),
+        cpu_total_us=round((cpu_main + cpu_workers) / n * 1e6, 1),
+        dropped=sum(stats.dropped.values()),
+        load_avg=round(load, 2),
+    )

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field, replace
@@ -60,9 +61,9 @@ from .sinks import FrameSink, GuardedSink
 from .stream import Log, ReceiverLink, Sessions, StageTimer, now_us
 from .transport import PullReceiver, Received, ReceiverOptions
 
-DROP_REASONS = ("stale", "backlog", "shutdown")
-"""Why an arrived frame was not decoded: too old when its turn came, pushed out of a full queue, or still
-queued when the receiver stopped. (A payload the decoder refuses is counted under its reject reason, e.g.
+DROP_REASONS = ("stale", "backlog", "shutdown", "worker")
+"""Why an arrived frame was not decoded: too old when its turn came, pushed out of a full queue, still
+queued (or in a decode worker) when the receiver stopped, or in a decode worker that died. (A payload the decoder refuses is counted under its reject reason, e.g.
 ``payload``.)"""
 SKEW_TOLERANCE_US = 1_000_000
 """Clocks that disagree by less than this count as synchronised: a frame's age is its capture time's."""
@@ -95,6 +96,10 @@ class ReceiveOptions:
     max_senders: int = 1024
     """Senders whose state (counters, latencies) is kept; beyond that the one seen longest ago is forgotten
     (``ReceiverStats.evicted``): a flood of made-up sender ids cannot grow the receiver or its status file."""
+    workers: int = 1
+    """Decode processes: 1 = decode in this process (one Python core); N > 1 = N worker processes
+    (:mod:`cae_edge.device.decode_pool`), each sender's frames always to the same one, so they stay in
+    order. Sinks, the age check and accounting stay in this process."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a bad value."""
@@ -104,6 +109,8 @@ class ReceiveOptions:
             raise ConfigError(f"queue per sender {self.queue_per_sender}: must be 1 .. 1000000")
         if self.batch < 1:
             raise ConfigError(f"batch {self.batch}: must be >= 1")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"workers {self.workers}: must be 1 .. 64 (1 = decode in this process)")
 
 
 @dataclass
@@ -130,7 +137,7 @@ class PeerStats:
     dropped: dict[str, int] = field(default_factory=dict)
     """Arrived but not decoded, by reason (:data:`DROP_REASONS`, or the decoder's reject reason)."""
     queued: int = 0
-    """Waiting for decode now."""
+    """Waiting for decode now (with ``--workers`` > 1: including frames in a decode worker)."""
     lost: int = 0
     """Frames that never arrived: gaps in the sequence numbers (dropped by the sender or lost in transit)."""
     skipped: int = 0
@@ -183,7 +190,7 @@ class ReceiverStats:
     dropped: dict[str, int] = field(default_factory=dict)
     """Arrived frames not decoded, all senders, by reason (see :class:`PeerStats`)."""
     queued: int = 0
-    """Frames waiting for decode now, all senders."""
+    """Frames waiting for decode now, all senders (including those in decode workers)."""
     max_age_ms: float = 0.0
     """The age bound in force (0 = none)."""
     elapsed_s: float = 0.0
@@ -219,6 +226,12 @@ class ReceiverStats:
     still decoded or dropped, and counted in the totals)."""
     log_suppressed: int = 0
     """Log lines not written because their kind exceeded its rate (the events are still counted)."""
+    workers: int = 1
+    """Decode processes (1 = decoding in the receiver's own process)."""
+    worker_restarts: int = 0
+    """Decode workers that died and were started again (their frames: dropped, reason ``worker``)."""
+    worker_cpu_s: float = 0.0
+    """CPU seconds the decode workers used (0 with one worker: it is this process's)."""
 
     @property
     def rejected_total(self) -> int:
@@ -271,7 +284,7 @@ class _Peer:
 
     __slots__ = (
         "stats", "lat", "frames_at_report", "named", "queue", "in_ring", "evicted", "epochs", "last_t",
-        "clock",
+        "clock", "inflight", "worker",
     )  # fmt: skip
 
     def __init__(self, sid: int) -> None:
@@ -287,6 +300,10 @@ class _Peer:
         self.epochs: deque[int] = deque(maxlen=8)
         self.last_t = 0
         self.clock = _ClockOffset()
+        self.inflight = 0
+        """Frames handed to a decode worker, not yet back."""
+        self.worker = 0
+        """The decode worker this sender's frames go to (always the same one: they stay in order)."""
 
     def sequence(self, p: Packet, t_us: int, log: Callable[[str, str], Any], shared: bool = False) -> None:
         """Restarts, gaps and jumps from this packet's epoch and sequence number (``t_us``: capture time;
@@ -350,7 +367,7 @@ class _Peer:
         if interval > 0:
             ps.fps = round((ps.frames - self.frames_at_report) / interval, 1)
             self.frames_at_report = ps.frames
-        ps.queued = len(self.queue)
+        ps.queued = len(self.queue) + self.inflight
         ps.clock_offset_ms = round(self.clock.correction / 1000, 1)
         if self.lat:
             lat = np.fromiter(self.lat, dtype=np.int64, count=len(self.lat)) / 1000.0
@@ -400,7 +417,9 @@ class _Receiving:
         """Each sender's last full packet, which its compact frames are read against (receive thread only)."""
         self.max_age = int(options.max_age_ms * 1000)
         self.capacity = options.queue_per_sender
-        self.stats = ReceiverStats(pair_id=pair_id, endpoint=link.endpoint, max_age_ms=options.max_age_ms)
+        self.stats = ReceiverStats(
+            pair_id=pair_id, endpoint=link.endpoint, max_age_ms=options.max_age_ms, workers=options.workers
+        )
         self.peers: OrderedDict[Hashable, _Peer] = OrderedDict()  # least recently seen first
         self.max_senders = max(1, options.max_senders)
         self.forgotten: dict[str, int] = {}
@@ -423,6 +442,11 @@ class _Receiving:
         self.service_us = 0.0
         """Decode + sinks time per frame, moving average: a frame is decoded only if it will still be
         younger than the max age when the sinks have it."""
+        self.workers = options.workers
+        self.inflight = 0
+        """Frames in decode workers now, all senders."""
+        self.pool: Any = None
+        """The :class:`~cae_edge.device.decode_pool.DecodePool` when decoding in workers."""
 
     # ------------------------------------------------------------------------------ both threads
 
@@ -524,6 +548,7 @@ class _Receiving:
             self.stats.evicted += 1
             self.rlog("evicted", f"forgot sender {gone.stats.name}: more than {self.max_senders} senders")
         peer = self.peers[key] = _Peer(p.sender_id)
+        peer.worker = zlib.crc32(repr(key).encode()) % self.workers
         self.rlog(
             "new-sender",
             f"new sender {self._label(p, msg)} (id {p.sender_id:#06x})"
@@ -605,18 +630,52 @@ class _Receiving:
         try:
             image = self.decoder.decode(p.payload)
         except (PacketError, CaeEdgeError, ValueError) as e:
-            reason = getattr(e, "reason", "payload")
-            self.reject(reason, (p.sender_id,), f"refused a frame from {peer.stats.name}: {e}")
-            with self.lock:
-                self._drop(peer, p, reason)
+            self.refused(peer, p, getattr(e, "reason", "payload"), str(e))
             return
+        self.deliver(peer, p, t_us, image, ns() - t1, started)
+
+    def refused(self, peer: _Peer, p: Packet, reason: str, message: str) -> None:
+        """Count a frame the decoder refused (or a dead worker held: reason ``worker``)."""
+        self.reject(reason, (p.sender_id,), f"refused a frame from {peer.stats.name}: {message}")
+        with self.lock:
+            self._drop(peer, p, reason)
+
+    def hand_off(self, peer: _Peer, p: Packet, t_us: int) -> None:
+        """Give a frame to its sender's decode worker (it counts as queued until it comes back)."""
+        with self.lock:
+            peer.inflight += 1
+            self.inflight += 1
+        self.pool.submit(peer.worker, (peer, p, t_us, now_us()), p.payload)
+
+    def returned(self, token: tuple, image: Any, reason: str | None, message: str | None, t_ns: int) -> None:
+        """A frame back from a decode worker: to the sinks, or counted."""
+        peer, p, t_us, started = token
+        with self.lock:
+            peer.inflight -= 1
+            self.inflight -= 1
+        if image is None:
+            if reason in DROP_REASONS:  # not the payload's fault: a drop, not a refusal
+                if reason == "worker":
+                    self.rlog(
+                        "worker", f"a decode worker died holding a frame from {peer.stats.name}: {message}"
+                    )
+                with self.lock:
+                    self._drop(peer, p, reason)
+            else:
+                self.refused(peer, p, reason or "payload", message or "")
+            return
+        self.deliver(peer, p, t_us, image, t_ns, started)
+
+    def deliver(self, peer: _Peer, p: Packet, t_us: int, image: Any, decode_ns: int, started: int) -> None:
+        """Hand a decoded frame to the sinks and count it (``started``: when its decode began, µs)."""
+        ns = time.perf_counter_ns
         t2 = ns()
         name = peer.stats.name
         for sink in self.sinks:
             sink.write(name, p.seq, image)
         done = now_us()
         age = done - t_us
-        self.timer.add("decode", t2 - t1)
+        self.timer.add("decode", decode_ns)
         self.timer.add("sink", ns() - t2)
         self.service_us += (done - started - self.service_us) / 16
         peer.stats.frames += 1
@@ -644,7 +703,12 @@ class _Receiving:
         stats.unpack_us = timer.mean_us("unpack", self.unpacked)
         stats.decode_us = timer.mean_us("decode", frames)
         stats.sink_us = timer.mean_us("sink", frames)
-        stats.escaped = getattr(getattr(self.decoder, "codec", None), "escaped_decoded", 0)
+        if self.pool is not None:
+            stats.escaped = self.pool.escaped
+            stats.worker_restarts = self.pool.restarts
+            stats.worker_cpu_s = round(self.pool.cpu_s, 3)
+        else:
+            stats.escaped = getattr(getattr(self.decoder, "codec", None), "escaped_decoded", 0)
         if not self.link.closed:
             ls = self.link.stats
             stats.connects, stats.peers = ls.connects, ls.peers
@@ -657,7 +721,7 @@ class _Receiving:
             rejected = dict(stats.rejected)
             dropped = dict(self.forgotten)
             received = self.forgotten_received
-            queued = self.queued
+            queued = self.queued + self.inflight
         senders: dict[str, PeerStats] = {}
         for ps in reports:
             name = ps.name if ps.name not in senders else f"{ps.name}#{ps.sender_id:04x}"
@@ -717,9 +781,14 @@ def run_receiver(
     on_log: Log | None = None,
     stop: threading.Event | None = None,
     ledger: Ledger | None = None,
+    bundle: str | Path | None = None,
+    threads: int = 1,
 ) -> ReceiverStats:
     """Receive → unpack → pair check → queue (receive thread); fresh frames → decode → sinks (this thread);
     until ``max_frames``, the idle timeout or ``stop``.
+
+    With ``options.workers`` > 1 the decode runs in that many worker processes, each loading ``bundle``
+    (its directory or name; ``threads``: the workers' interpreter threads); ``decoder`` is then unused.
 
     Malformed packets, packets for another bundle (pair id) or coding, and payloads the decoder refuses are
     counted in ``rejected`` by reason and skipped; the loop keeps serving the other senders. Refusals are
@@ -738,6 +807,13 @@ def run_receiver(
     stop = stop or threading.Event()
     rx = _Receiving(link, decoder, pair_id, kind, sinks or [], on_log or (lambda _msg: None), options, ledger)
     pump = _ReceiveThread(link, rx, options.batch)
+    if options.workers > 1:
+        if bundle is None:
+            raise ConfigError(f"{options.workers} decode workers need the bundle to load (bundle=...)")
+        from .decode_pool import DecodePool
+
+        with DecodePool(bundle, options.workers, threads) as rx.pool:
+            return _run_pool(rx, pump, options, stop, on_stats)
     clock = time.perf_counter
     start = rx.timer.start
     last_frame = start
@@ -775,6 +851,70 @@ def run_receiver(
     return rx.report(0.0)
 
 
+def _run_pool(
+    rx: _Receiving,
+    pump: _ReceiveThread,
+    options: ReceiveOptions,
+    stop: threading.Event,
+    on_stats: Callable[[ReceiverStats], None] | None,
+) -> ReceiverStats:
+    """:func:`run_receiver`'s loop with decode workers: hand fresh frames off, take decoded ones back."""
+    from .decode_pool import BATCH, IN_FLIGHT
+
+    pool = rx.pool
+    cap = len(pool) * BATCH * IN_FLIGHT
+    clock = time.perf_counter
+    start = rx.timer.start = clock()  # the workers are up: the loop starts now
+    last_frame = start
+    next_stats = start + options.stats_every_s
+    time_at_report = start
+    status = "stopped"
+    frames_before = 0
+    pump.start()
+    try:
+        while not stop.is_set():
+            room = cap - rx.inflight
+            if options.max_frames:  # hand off no more than will be needed
+                room = min(room, options.max_frames - rx.frames - rx.inflight)
+            wait_s = 0.05 if rx.inflight == 0 else 0.0
+            while room > 0 and (item := rx.next_frame(wait_s)) is not None:
+                rx.hand_off(*item)
+                room -= 1
+                wait_s = 0.0
+            if pump.error is not None:
+                raise pump.error
+            for result in list(pool.results(0.01)):
+                rx.returned(*result)
+            now = clock()
+            if rx.frames != frames_before:
+                frames_before, last_frame = rx.frames, now
+            if options.max_frames and rx.frames >= options.max_frames:
+                status = "finished"
+                break
+            if options.idle_timeout_s and now - last_frame >= options.idle_timeout_s:
+                status = "idle" if rx.frames else "nothing-received"
+                break
+            if on_stats is not None and now >= next_stats:
+                next_stats = now + options.stats_every_s
+                on_stats(rx.report(now - time_at_report))
+                time_at_report = now
+    finally:
+        pump.halt.set()
+        pump.join()
+        rx.drop_queued("shutdown")
+        deadline = clock() + 0.5  # what the workers are decoding now: delivered if back soon, else counted
+        while rx.inflight and clock() < deadline:
+            for result in list(pool.results(0.05)):
+                rx.returned(*result)
+        for token in pool.take_all():
+            rx.returned(token, None, "shutdown", "the receiver stopped", 0)
+    if pump.error is not None:
+        raise pump.error
+    rx.stats.status = status
+    rx.rlog.flush()
+    return rx.report(0.0)
+
+
 @dataclass
 class ReceivePipeline:
     """A bundle's receiving half, built once: the decoder and the payload kind it accepts.
@@ -789,6 +929,8 @@ class ReceivePipeline:
     """Payload bytes → 28x28 uint8 image."""
     kind: PayloadKind
     """Wire payload kind of the bundle's coding; packets of another kind are refused."""
+    threads: int = 1
+    """Interpreter threads of the decoder (and of each decode worker)."""
 
     @property
     def pair_id(self) -> str:
@@ -818,6 +960,8 @@ class ReceivePipeline:
             on_log=on_log,
             stop=stop,
             ledger=ledger,
+            bundle=self.bundle.path,
+            threads=self.threads,
         )
 
 
@@ -832,7 +976,7 @@ def receive_pipeline(bundle: str | Path | Any, *, threads: int = 1) -> ReceivePi
 
     b = load_bundle(bundle) if isinstance(bundle, str | Path) else bundle
     decoder = b.decoder(threads)
-    return ReceivePipeline(b, decoder, payload_kind(b.coding))
+    return ReceivePipeline(b, decoder, payload_kind(b.coding), threads)
 
 
 def open_receiver_link(

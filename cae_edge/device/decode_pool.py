@@ -1,0 +1,254 @@
+"""Decode in worker processes, so that a receiver is not one Python core (``stream receive --workers N``).
+
+::
+
+    main process                                     worker processes (spawned, one decoder each)
+    next fresh frame ─► worker = hash(sender) mod N ─► pipe ─► decode batch ─► pipe ─► sinks, accounting
+                                                                                       (main process)
+
+Each sender's frames always go to the same worker, each worker decodes its batches in the order they came
+and answers in that order, and the main process takes the answers in the order each worker sent them: so
+each sender's frames reach the sinks in the order they were handed off. A worker that dies is started
+again; the frames it held are returned as failed (the receiver counts them as dropped, reason ``worker``).
+
+Workers are started with ``spawn`` (never ``fork``: the parent has ZeroMQ and threads running).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections import deque
+from collections.abc import Iterator
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from ..errors import CaeEdgeError, ConfigError, PacketError
+
+BATCH = 64
+"""Frames sent to a worker in one message, at most."""
+IN_FLIGHT = 2
+"""Batches a worker holds at most (one decoding, one waiting): more would only add age."""
+START_TIMEOUT_S = 60.0
+"""A worker that has not loaded its decoder by then is a configuration problem."""
+
+WORKER_FAILED = "worker"
+"""Reason returned for frames a worker held when it died."""
+
+
+def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no cover - runs in a child
+    """Load the bundle's decoder, then decode batches until told to stop (``None``) or the pipe closes."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops us
+    from .bundle import load_bundle
+
+    decoder = load_bundle(bundle).decoder(threads)
+    codec = getattr(decoder, "codec", None)
+    conn.send(("ready", os.getpid()))
+    cpu0 = time.process_time()  # decoding only, not the start-up
+    ns = time.perf_counter_ns
+    while True:
+        try:
+            batch = conn.recv()
+        except EOFError:
+            return
+        if batch is None:
+            return
+        out = []
+        for payload in batch:
+            t0 = ns()
+            try:
+                image = decoder.decode(payload)
+            except (PacketError, CaeEdgeError, ValueError) as e:
+                out.append((None, getattr(e, "reason", "payload"), str(e), ns() - t0))
+                continue
+            out.append((image, None, None, ns() - t0))
+        conn.send((out, time.process_time() - cpu0, getattr(codec, "escaped_decoded", 0)))
+
+
+class _Worker:
+    __slots__ = ("proc", "conn", "pid", "pending", "sent", "cpu_s", "escaped")
+
+    def __init__(self) -> None:
+        self.proc: Any = None
+        self.conn: Connection | None = None
+        self.pid = 0
+        self.pending: list[tuple[Any, bytes]] = []
+        """(token, payload) not yet sent."""
+        self.sent: deque[list[Any]] = deque()
+        """Tokens of the batches sent and not yet answered, oldest first."""
+        self.cpu_s = 0.0
+        self.escaped = 0
+
+
+class DecodePool:
+    """``workers`` processes, each with the bundle's decoder.
+
+    :meth:`submit` a frame for a worker (the caller picks it: a sender's frames always to the same one),
+    :meth:`results` yields what came back, in order per worker. Not thread-safe: one thread drives it.
+
+    Raises:
+        ConfigError: bad worker count, or a worker could not start (its bundle failed to load).
+    """
+
+    def __init__(self, bundle: str | Path, workers: int, threads: int = 1) -> None:
+        if not 2 <= workers <= 64:
+            raise ConfigError(f"{workers} decode workers: use 2 .. 64 (1 = decode in the receiver's process)")
+        self.bundle, self.threads = str(bundle), threads
+        self.ctx = mp.get_context("spawn")
+        self.workers = [_Worker() for _ in range(workers)]
+        self.restarts = 0
+        """Workers started again after they died."""
+        self.cpu_dead_s = 0.0
+        """CPU seconds of workers that died or stopped (as last reported)."""
+        for w in self.workers:
+            self._start(w)
+        for w in self.workers:
+            self._await_ready(w)
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def _start(self, w: _Worker) -> None:
+        parent, child = self.ctx.Pipe()
+        w.proc = self.ctx.Process(
+            target=_worker, args=(child, self.bundle, self.threads), name="cae-edge-decode", daemon=True
+        )
+        w.proc.start()
+        child.close()
+        w.conn, w.cpu_s, w.escaped = parent, 0.0, 0
+
+    def _await_ready(self, w: _Worker) -> None:
+        assert w.conn is not None
+        if not w.conn.poll(START_TIMEOUT_S):
+            raise ConfigError(
+                f"a decode worker did not start within {START_TIMEOUT_S:.0f} s (bundle {self.bundle})"
+            )
+        try:
+            _, w.pid = w.conn.recv()
+        except EOFError:
+            raise ConfigError(
+                f"a decode worker died while loading bundle {self.bundle} (exit code {w.proc.exitcode}); "
+                "run with --workers 1 to see the error"
+            ) from None
+
+    @property
+    def pids(self) -> list[int]:
+        """Worker process ids, by worker index."""
+        return [w.pid for w in self.workers]
+
+    @property
+    def in_flight(self) -> int:
+        """Frames submitted and not yet returned."""
+        return sum(len(w.pending) + sum(map(len, w.sent)) for w in self.workers)
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds the workers spent decoding so far, start-up excluded (reported with every answer)."""
+        return self.cpu_dead_s + sum(w.cpu_s for w in self.workers)
+
+    @property
+    def escaped(self) -> int:
+        return sum(w.escaped for w in self.workers)
+
+    def submit(self, index: int, token: Any, payload: bytes) -> None:
+        """Queue ``payload`` for worker ``index``; ``token`` comes back with its result."""
+        self.workers[index].pending.append((token, payload))
+
+    def has_room(self) -> bool:
+        """Whether some worker could take another batch now."""
+        return any(len(w.sent) < IN_FLIGHT for w in self.workers)
+
+    def flush(self) -> None:
+        """Send pending frames to each worker that has room for another batch."""
+        for w in self.workers:
+            while w.pending and len(w.sent) < IN_FLIGHT:
+                batch, w.pending = w.pending[:BATCH], w.pending[BATCH:]
+                try:
+                    w.conn.send([payload for _, payload in batch])  # type: ignore[union-attr]
+                except (BrokenPipeError, ConnectionResetError, OSError):
+                    w.pending[:0] = batch  # the sentinel tells results() it died
+                    break
+                w.sent.append([token for token, _ in batch])
+
+    def results(self, timeout_s: float) -> Iterator[tuple[Any, Any, str | None, str | None, int]]:
+        """Answers that came within ``timeout_s``: (token, image or None, reject reason, message, decode ns).
+
+        A dead worker's frames come back with reason :data:`WORKER_FAILED`, and the worker is started again.
+        """
+        self.flush()
+        if not any(w.sent for w in self.workers):
+            return
+        waitables: dict[Any, _Worker] = {}
+        for w in self.workers:
+            if w.sent:
+                waitables[w.conn] = w
+                waitables[w.proc.sentinel] = w
+        for ready in wait(list(waitables), timeout_s):
+            w = waitables[ready]
+            if ready is w.conn:
+                try:
+                    out, w.cpu_s, w.escaped = w.conn.recv()  # type: ignore[union-attr]
+                except (EOFError, OSError):
+                    yield from self._restart(w)
+                    continue
+                for token, (image, reason, message, t_ns) in zip(w.sent.popleft(), out, strict=True):
+                    yield token, image, reason, message, t_ns
+            elif not w.conn.poll():  # type: ignore[union-attr]  # died, no answer left in the pipe
+                yield from self._restart(w)
+        self.flush()
+
+    def _restart(self, w: _Worker) -> Iterator[tuple[Any, Any, str | None, str | None, int]]:
+        code = w.proc.exitcode
+        w.proc.join(1.0)
+        w.conn.close()  # type: ignore[union-attr]
+        self.cpu_dead_s += w.cpu_s
+        lost = [token for batch in w.sent for token in batch]
+        w.sent.clear()
+        self.restarts += 1
+        self._start(w)
+        self._await_ready(w)
+        for token in lost:
+            yield token, None, WORKER_FAILED, f"decode worker died (exit code {code})", 0
+
+    def take_all(self) -> list[Any]:
+        """Tokens of every frame not yet returned, forgotten here (answers still to come are ignored)."""
+        out = []
+        for w in self.workers:
+            out += [token for batch in w.sent for token in batch]
+            out += [token for token, _ in w.pending]
+            w.sent.clear()
+            w.pending.clear()
+        return out
+
+    def close(self) -> None:
+        """Stop the workers (what they still hold is not returned)."""
+        for w in self.workers:
+            try:
+                w.conn.send(None)  # type: ignore[union-attr]
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + 2.0
+        for w in self.workers:
+            while w.proc.is_alive() and time.monotonic() < deadline:  # answers still coming: read, ignore
+                try:
+                    if w.conn.poll(0.05):  # type: ignore[union-attr]
+                        w.cpu_s = w.conn.recv()[1]  # type: ignore[union-attr]
+                except (EOFError, OSError):
+                    break
+            w.proc.join(0.5)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(1.0)
+            w.conn.close()  # type: ignore[union-attr]
+            self.cpu_dead_s += w.cpu_s
+            w.cpu_s = 0.0
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
