@@ -63,8 +63,8 @@ from .transport import PullReceiver, Received, ReceiverOptions
 
 DROP_REASONS = ("stale", "backlog", "shutdown", "worker")
 """Why an arrived frame was not decoded: too old when its turn came, pushed out of a full queue, still
-queued (or in a decode worker) when the receiver stopped, or in a decode worker that died. (A payload the decoder refuses is counted under its reject reason, e.g.
-``payload``.)"""
+queued (or in a decode worker) when the receiver stopped, or in a decode worker that died. (A payload the
+decoder refuses is counted under its reject reason, e.g. ``payload``.)"""
 SKEW_TOLERANCE_US = 1_000_000
 """Clocks that disagree by less than this count as synchronised: a frame's age is its capture time's."""
 SKEW_WINDOW_US = 5_000_000
