@@ -180,24 +180,29 @@ class DecodePool:
         A dead worker's frames come back with reason :data:`WORKER_FAILED`, and the worker is started again.
         """
         self.flush()
-        if not any(w.sent for w in self.workers):
+        busy = [w for w in self.workers if w.sent or w.pending]
+        if not busy:
             return
         waitables: dict[Any, _Worker] = {}
-        for w in self.workers:
-            if w.sent:
-                waitables[w.conn] = w
-                waitables[w.proc.sentinel] = w
+        for w in busy:
+            waitables[w.conn] = w
+            waitables[w.proc.sentinel] = w
+        restarted: set[int] = set()
         for ready in wait(list(waitables), timeout_s):
             w = waitables[ready]
-            if ready is w.conn:
+            if id(w) in restarted:
+                continue
+            if ready is w.conn or w.conn.poll():  # type: ignore[union-attr]  # an answer, or EOF: it died
                 try:
                     out, w.cpu_s, w.escaped = w.conn.recv()  # type: ignore[union-attr]
                 except (EOFError, OSError):
+                    restarted.add(id(w))
                     yield from self._restart(w)
                     continue
                 for token, (image, reason, message, t_ns) in zip(w.sent.popleft(), out, strict=True):
                     yield token, image, reason, message, t_ns
-            elif not w.conn.poll():  # type: ignore[union-attr]  # died, no answer left in the pipe
+            else:  # died, nothing left in the pipe
+                restarted.add(id(w))
                 yield from self._restart(w)
         self.flush()
 

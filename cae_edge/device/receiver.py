@@ -231,7 +231,9 @@ class ReceiverStats:
     worker_restarts: int = 0
     """Decode workers that died and were started again (their frames: dropped, reason ``worker``)."""
     worker_cpu_s: float = 0.0
-    """CPU seconds the decode workers used (0 with one worker: it is this process's)."""
+    """CPU seconds the decode workers spent decoding (0 with one worker: it is this process's)."""
+    worker_pids: list[int] = field(default_factory=list)
+    """Process ids of the decode workers (empty with one worker)."""
 
     @property
     def rejected_total(self) -> int:
@@ -707,6 +709,7 @@ class _Receiving:
             stats.escaped = self.pool.escaped
             stats.worker_restarts = self.pool.restarts
             stats.worker_cpu_s = round(self.pool.cpu_s, 3)
+            stats.worker_pids = self.pool.pids
         else:
             stats.escaped = getattr(getattr(self.decoder, "codec", None), "escaped_decoded", 0)
         if not self.link.closed:
@@ -869,7 +872,7 @@ def _run_pool(
     next_stats = start + options.stats_every_s
     time_at_report = start
     status = "stopped"
-    frames_before = 0
+    frames_before = restarts = 0
     pump.start()
     try:
         while not stop.is_set():
@@ -886,8 +889,8 @@ def _run_pool(
             for result in list(pool.results(0.01)):
                 rx.returned(*result)
             now = clock()
-            if rx.frames != frames_before:
-                frames_before, last_frame = rx.frames, now
+            if rx.frames != frames_before or pool.restarts != restarts:  # (a restart waits for the worker)
+                frames_before, restarts, last_frame = rx.frames, pool.restarts, now
             if options.max_frames and rx.frames >= options.max_frames:
                 status = "finished"
                 break

@@ -1,0 +1,166 @@
+"""``--workers N``: decode in worker processes, each sender's frames in order, a dead worker counted and
+replaced, every frame decoded or counted. Real sockets, the real shipped bundle, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from cae_edge import wire
+from cae_edge.device.bundle import load_bundle
+from cae_edge.device.capture import SyntheticSource
+from cae_edge.device.decode_pool import WORKER_FAILED, DecodePool
+from cae_edge.device.preprocess import Preprocessor
+from cae_edge.device.receiver import ReceiveOptions, ReceiverStats, receive_pipeline
+from cae_edge.device.transport import PullReceiver, PushSender, SenderOptions
+from cae_edge.errors import ConfigError
+from cae_edge.wire import Packet
+
+WAIT_S = 60.0  # upper bound for things that must happen; never a timing assertion
+NAMES = ("cam-a", "cam-b", "cam-c", "cam-d", "cam-e")
+FRAMES = 200
+
+
+@pytest.fixture(scope="module")
+def frames() -> tuple[object, list[bytes], list[np.ndarray]]:
+    """The mnist bundle, 40 encoded payloads and what the in-process decoder makes of them."""
+    bundle = load_bundle("mnist")
+    pre, enc, dec = Preprocessor(bundle.preprocess), bundle.encoder(), bundle.decoder()
+    synth = SyntheticSource("mnist", seed=3)
+    payloads = [enc.encode(pre(synth.frame(i))) for i in range(40)]
+    return bundle, payloads, [dec.decode(p) for p in payloads]
+
+
+class Recorder:
+    """A sink that keeps what it was given, in order."""
+
+    def __init__(self) -> None:
+        self.got: dict[str, list[tuple[int, np.ndarray]]] = {}
+
+    def write(self, sender: str, seq: int, image: np.ndarray) -> None:
+        self.got.setdefault(sender, []).append((seq, image.copy()))
+
+    def close(self) -> None:
+        pass
+
+
+def _send(endpoint: str, bundle, name: str, payloads: list[bytes], n: int, pace_s: float = 0.0) -> None:
+    pair, kind = wire.pair_prefix(bundle.pair_id), receive_pipeline(bundle).kind
+    with PushSender(endpoint, SenderOptions(queue_size=n)) as tx:
+        tx.wait_connected(WAIT_S)
+        for seq in range(n):
+            p = Packet(
+                pair, wire.sender_id(name), seq, time.time_ns() // 1000 & wire.MASK32,
+                payloads[seq % len(payloads)], kind,
+                sender_name=name if seq == 0 else None, epoch=5 if seq == 0 else None,
+            )  # fmt: skip
+            tx.send(wire.pack(p))
+            if pace_s:
+                time.sleep(pace_s)
+        tx.close(flush_s=WAIT_S)
+
+
+def _receive(bundle, options: ReceiveOptions, sinks: list, n_per_sender: int, on_stats=None, pace_s=0.0):
+    pipe = receive_pipeline(bundle)
+    with PullReceiver("tcp://127.0.0.1:*") as link:
+        senders = [
+            threading.Thread(target=_send, args=(link.endpoint, bundle, name, PAYLOADS, n_per_sender, pace_s))
+            for name in NAMES
+        ]
+        for th in senders:
+            th.start()
+        try:
+            return pipe.run(link, sinks, options, on_stats=on_stats)
+        finally:
+            for th in senders:
+                th.join(WAIT_S)
+
+
+PAYLOADS: list[bytes] = []
+
+
+def _identity(stats: ReceiverStats) -> None:
+    for ps in stats.senders.values():
+        assert ps.received == ps.frames + sum(ps.dropped.values()) + ps.queued
+    assert stats.received == stats.frames + sum(stats.dropped.values()) + stats.queued
+
+
+def test_two_workers_keep_each_senders_frames_in_order_and_decode_them_as_one_process_does(frames) -> None:
+    bundle, payloads, images = frames
+    PAYLOADS[:] = payloads
+    spread = {zlib.crc32(repr(wire.sender_id(n)).encode()) % 2 for n in NAMES}
+    assert spread == {0, 1}  # the senders land on both workers
+    sink = Recorder()
+    total = FRAMES * len(NAMES)
+    options = ReceiveOptions(
+        workers=2, max_age_ms=0, queue_per_sender=total, max_frames=total, idle_timeout_s=WAIT_S
+    )
+    stats = _receive(bundle, options, [sink], FRAMES)
+    assert stats.status == "finished" and stats.frames == total and stats.workers == 2
+    assert len(set(stats.worker_pids)) == 2 and os.getpid() not in stats.worker_pids
+    assert stats.worker_restarts == 0 and stats.dropped == {} and stats.rejected == {}
+    assert set(sink.got) == set(NAMES)
+    for name in NAMES:
+        seqs = [seq for seq, _ in sink.got[name]]
+        assert seqs == list(range(FRAMES))  # every frame, in the order sent
+        for seq, image in sink.got[name]:
+            assert np.array_equal(image, images[seq % len(images)])
+    _identity(stats)
+
+
+def test_a_killed_worker_is_counted_and_replaced(frames) -> None:
+    bundle, payloads, images = frames
+    with DecodePool(bundle.path, 2) as pool:
+        first = pool.pids[0]
+        os.kill(first, signal.SIGKILL)
+        for i in range(10):  # handed to a worker that is dead: they come back as failed
+            pool.submit(0, i, payloads[i])
+        back: dict[int, tuple] = {}
+        deadline = time.monotonic() + WAIT_S
+        while len(back) < 10 and time.monotonic() < deadline:
+            for token, image, reason, _msg, _ns in pool.results(0.1):
+                back[token] = (image, reason)
+        assert pool.restarts == 1 and pool.pids[0] != first
+        # sent before it was seen dead: failed as "worker"; if the send failed, the new one decoded them
+        for i, (image, reason) in back.items():
+            assert (reason == WORKER_FAILED and image is None) or np.array_equal(image, images[i])
+        pool.submit(0, "after", payloads[0])  # the replacement decodes
+        got = []
+        deadline = time.monotonic() + WAIT_S
+        while not got and time.monotonic() < deadline:
+            got += list(pool.results(0.1))
+        assert got[0][0] == "after" and np.array_equal(got[0][1], images[0])
+
+
+def test_a_worker_killed_mid_stream_is_replaced_and_every_frame_still_counted(frames) -> None:
+    bundle, payloads, _ = frames
+    PAYLOADS[:] = payloads
+    killed: list[int] = []
+
+    def kill_once(s: ReceiverStats) -> None:
+        if not killed and s.frames >= 50 and s.worker_pids:
+            killed.append(s.worker_pids[0])
+            os.kill(s.worker_pids[0], signal.SIGKILL)
+
+    options = ReceiveOptions(
+        workers=2, max_age_ms=0, queue_per_sender=FRAMES, idle_timeout_s=5.0, stats_every_s=0.02
+    )
+    stats = _receive(bundle, options, [Recorder()], FRAMES, on_stats=kill_once, pace_s=0.002)
+    assert killed and stats.worker_restarts == 1 and killed[0] not in stats.worker_pids
+    assert set(stats.dropped) <= {"worker"} and stats.rejected == {}
+    assert stats.received == FRAMES * len(NAMES) and stats.queued == 0
+    assert stats.frames + stats.dropped.get("worker", 0) == stats.received  # decoded or counted
+    _identity(stats)
+
+
+def test_worker_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="workers 0"):
+        ReceiveOptions(workers=0).check()
+    with pytest.raises(ConfigError, match="1 = decode in the receiver"):
+        DecodePool("mnist", 1)
