@@ -239,6 +239,8 @@ class ReceiverBenchResult:
     """CPU µs per frame of the decode workers together (0 with one worker)."""
     cpu_total_us: float
     """cpu_main_us + cpu_workers_us."""
+    decode_us: float
+    """Mean wall µs of one decode call (payload → image), wherever it ran."""
     dropped: int
     """Frames not decoded (must be 0: the queues hold every frame)."""
     load_avg: float
@@ -348,6 +350,7 @@ def receiver_bench(
         cpu_main_us=round(cpu_main / n * 1e6, 1),
         cpu_workers_us=round(cpu_workers / n * 1e6, 1),
         cpu_total_us=round((cpu_main + cpu_workers) / n * 1e6, 1),
+        decode_us=stats.decode_us,
         dropped=sum(stats.dropped.values()),
         load_avg=round(load, 2),
     )

@@ -411,6 +411,16 @@ def receive(
             "--queue-per-sender", min=1, help="Frames waiting for decode per sender (full: oldest out)."
         ),
     ] = 256,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Decode processes: 1 = in this process (one core); N > 1 = N worker processes, each "
+            "sender's frames to one of them (kept in order).",
+        ),
+    ] = 1,
     stats_json: Annotated[
         Path | None, typer.Option("--json", help="Write the final statistics here.")
     ] = None,
@@ -518,6 +528,7 @@ def receive(
                 idle_timeout_s=timeout,
                 max_age_ms=max_age_ms,
                 queue_per_sender=queue_per_sender,
+                workers=workers,
             ),
             link,
             sinks=sinks,
@@ -558,7 +569,10 @@ def receive(
         "frames the sinks could not write": stats.sink_errors,
         "senders forgotten (over the limit)": stats.evicted,
         "log lines suppressed (counted)": stats.log_suppressed,
+        "decode workers restarted (their frames dropped as 'worker')": stats.worker_restarts,
     }
+    if stats.workers > 1:
+        say(f"  {stats.workers} decode workers, {stats.worker_cpu_s:.1f} CPU s decoding")
     for what, n in extra.items():
         if n:
             say(f"  {what}: {n}")
@@ -637,14 +651,56 @@ def bench(
         typer.Option("--source", help="canvas: 120x160 synthetic camera frames; digits: 28x28 test images."),
     ] = BenchSource.canvas,
     stats_json: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    workers: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Instead: the whole receiver loop with this many decode processes, fed by senders that cost "
+            "nothing (repeat to alternate, e.g. --workers 1 --workers 2).",
+        ),
+    ] = None,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, help="With --workers: times each worker count runs (ABAB).")
+    ] = 2,
+    senders: Annotated[int, typer.Option("--senders", min=1, help="With --workers: distinct senders.")] = 8,
 ) -> None:
     """Throughput of the sender pipeline (in-memory source → send) and of the receiver's decode.
 
     Wall-clock rates depend on what else runs here (the load average is printed); the CPU µs per stage
     (tight loops, best of 3) give the rate one otherwise idle core reaches.
+
+    With --workers: the whole receiver (receive thread, queues, decode in N processes, accounting) over
+    prepacked digit frames, each worker count in turn (ABAB), wall clock and CPU µs per frame.
     """
     from ..benchmark.stream_bench import bench as run_bench
+    from ..benchmark.stream_bench import receiver_bench
 
+    if workers:
+        results = []
+        try:
+            for _ in range(rounds):
+                for n in workers:
+                    r = receiver_bench(bundle, frames, workers=n, senders=senders, threads=threads)
+                    typer.echo(
+                        f"receiver, {n} worker(s): {r.fps:,.0f} frames/s wall ({r.frames} frames, "
+                        f"{r.dropped} dropped); CPU µs/frame: main {r.cpu_main_us:.1f} + workers "
+                        f"{r.cpu_workers_us:.1f} = {r.cpu_total_us:.1f} (decode call {r.decode_us:.1f}); "
+                        f"load average {r.load_avg:.1f}"
+                    )
+                    results.append(r.to_dict())
+        except CaeEdgeError as e:
+            raise fail(e) from None
+        for n in workers:
+            fps = [r["fps"] for r in results if r["workers"] == n]
+            cpu = [r["cpu_total_us"] for r in results if r["workers"] == n]
+            typer.echo(
+                f"{n} worker(s): best {max(fps):,.0f} frames/s wall, "
+                f"least {min(cpu):.1f} CPU µs/frame over {len(fps)} run(s)"
+            )
+        write_json(stats_json, {"bundle": bundle, "runs": results})
+        return
     try:
         r = run_bench(bundle, frames, threads=threads, source=source.value)
     except CaeEdgeError as e:

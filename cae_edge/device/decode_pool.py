@@ -24,6 +24,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import CaeEdgeError, ConfigError, PacketError
 
 BATCH = 64
@@ -57,16 +59,17 @@ def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no 
             return
         if batch is None:
             return
-        out = []
+        out, images = [], []
         for payload in batch:
             t0 = ns()
             try:
-                image = decoder.decode(payload)
+                images.append(decoder.decode(payload))
             except (PacketError, CaeEdgeError, ValueError) as e:
-                out.append((None, getattr(e, "reason", "payload"), str(e), ns() - t0))
+                out.append((getattr(e, "reason", "payload"), str(e), ns() - t0))
                 continue
-            out.append((image, None, None, ns() - t0))
-        conn.send((out, time.process_time() - cpu0, getattr(codec, "escaped_decoded", 0)))
+            out.append((None, None, ns() - t0))
+        stacked = np.stack(images) if images else None  # one array to pickle, not one per frame
+        conn.send((out, stacked, time.process_time() - cpu0, getattr(codec, "escaped_decoded", 0)))
 
 
 class _Worker:
@@ -194,13 +197,18 @@ class DecodePool:
                 continue
             if ready is w.conn or w.conn.poll():  # type: ignore[union-attr]  # an answer, or EOF: it died
                 try:
-                    out, w.cpu_s, w.escaped = w.conn.recv()  # type: ignore[union-attr]
+                    out, images, w.cpu_s, w.escaped = w.conn.recv()  # type: ignore[union-attr]
                 except (EOFError, OSError):
                     restarted.add(id(w))
                     yield from self._restart(w)
                     continue
-                for token, (image, reason, message, t_ns) in zip(w.sent.popleft(), out, strict=True):
-                    yield token, image, reason, message, t_ns
+                k = 0
+                for token, (reason, message, t_ns) in zip(w.sent.popleft(), out, strict=True):
+                    if reason is None:
+                        yield token, images[k], None, None, t_ns
+                        k += 1
+                    else:
+                        yield token, None, reason, message, t_ns
             else:  # died, nothing left in the pipe
                 restarted.add(id(w))
                 yield from self._restart(w)
@@ -241,7 +249,7 @@ class DecodePool:
             while w.proc.is_alive() and time.monotonic() < deadline:  # answers still coming: read, ignore
                 try:
                     if w.conn.poll(0.05):  # type: ignore[union-attr]
-                        w.cpu_s = w.conn.recv()[1]  # type: ignore[union-attr]
+                        w.cpu_s = w.conn.recv()[2]  # type: ignore[union-attr]
                 except (EOFError, OSError):
                     break
             w.proc.join(0.5)
