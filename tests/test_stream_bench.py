@@ -35,3 +35,20 @@ def test_bench_smoke(bundle, tmp_path) -> None:
     named = 1 + len("bench") + 4  # name length, name and epoch, on the packets that carry the name
     assert wire.OVERHEAD_BYTES < r.bytes_per_frame <= wire.OVERHEAD_BYTES + bundle.latent_dim + named
     json.dumps(r.to_dict())
+
+
+def test_receiver_bench_runs_the_whole_receiver_with_and_without_workers(tmp_path) -> None:
+    out = tmp_path / "rx.json"
+    result = runner.invoke(
+        app,
+        ["stream", "bench", "--frames", "300", "--workers", "1", "--workers", "2", "--rounds", "1",
+         "--senders", "3", "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["workers"] for r in runs] == [1, 2]
+    for r in runs:
+        assert r["frames"] == 300 and r["dropped"] == 0 and r["senders"] == 3 and r["fps"] > 0
+        assert r["cpu_total_us"] == pytest.approx(r["cpu_main_us"] + r["cpu_workers_us"], abs=0.2)
+    assert runs[0]["cpu_workers_us"] == 0 and runs[1]["cpu_workers_us"] > 0  # the decode moved out
+    assert "2 worker(s): best" in result.output
