@@ -498,3 +498,29 @@ def test_processes_receiver_killed_and_restarted(tmp_path) -> None:
     s = json.loads((tmp_path / "tx.json").read_text())
     assert s["status"] == "stopped" and s["connects"] >= 2 and s["disconnects"] >= 1
     assert s["frames"] > after["last_seq"] and s["dropped"] > 0  # frames captured while nobody listened
+
+
+@pytest.mark.slow
+def test_processes_receiver_with_decode_workers(tmp_path) -> None:
+    """`stream receive --workers 2` end to end: PNGs written, the workers' pids and CPU in the JSON."""
+    endpoint = _endpoint()
+    rx = _cli(
+        "receive", "--bind", endpoint, "--out", str(tmp_path / "rx"), "--max-frames", "40", "--workers", "2",
+        "--timeout", str(WAIT_S), "--json", str(tmp_path / "rx.json"), "--max-age-ms", "0", "-q",
+    )  # fmt: skip
+    tx = _cli(
+        "send", "--source", "synthetic", "--connect", endpoint, "--name", "cam1", "--fps", "100",
+        "--queue", "1000", "--wait", str(WAIT_S), "-q",
+    )  # fmt: skip
+    try:
+        rx_code, rx_out = _finish(rx)
+    finally:
+        tx.send_signal(signal.SIGTERM)
+        _finish(tx)
+    assert rx_code == 0, rx_out
+    got = json.loads((tmp_path / "rx.json").read_text())
+    assert got["status"] == "finished" and got["frames"] == 40 and got["workers"] == 2
+    assert len(got["worker_pids"]) == 2 and got["worker_restarts"] == 0 and got["worker_cpu_s"] > 0
+    cam = got["senders"]["cam1"]
+    assert cam["received"] == cam["frames"] + sum(cam["dropped"].values()) + cam["queued"]
+    assert len(list((tmp_path / "rx" / "cam1").glob("*.png"))) == 40

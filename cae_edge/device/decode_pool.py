@@ -44,7 +44,10 @@ def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no 
     import os
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops us
+    # Ctrl-C or a service stop reaches the whole process group: the parent stops, then closes us (and if it
+    # dies, our pipe ends and so do we)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from .bundle import load_bundle
 
     decoder = load_bundle(bundle).decoder(threads)
