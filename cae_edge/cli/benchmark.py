@@ -69,6 +69,27 @@ def benchmark(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", file_okay=False, help="Directory with the IDX .gz files.")
     ] = None,
+    kernels: Annotated[
+        bool,
+        typer.Option(
+            "--kernels",
+            help="Instead of latency and RD: int8 PSNR per kernel family running the encoder "
+            "(--encoder-kernels, --kernel-latents) and the spread between them.",
+        ),
+    ] = False,
+    encoder_kernels: Annotated[
+        str,
+        typer.Option("--encoder-kernels", help="With --kernels: comma-separated families to run here."),
+    ] = "xnnpack,builtin,micro",
+    kernel_latents: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kernel-latents",
+            help="With --kernels: NAME=FILE, test-split int8 latents made elsewhere (e.g. NAME aarch64 from "
+            "an emulated build); .npy (N, D) for one bundle or .npz with one array per bundle name. "
+            "Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Measure latency, size and quality-vs-bytes of bundles against JPEG, WebP, JPEG XL, PNG and PCA.
 
@@ -80,6 +101,9 @@ def benchmark(
     Quality: PSNR/SSIM over the test split at the bytes actually sent, and the Bjontegaard delta (BD-rate,
     BD-PSNR) of each dataset's bundle family against WebP and JPEG XL (JSON: docs/benchmark-schema.md).
     """
+    if kernels:
+        _kernels(bundle, encoder_kernels, kernel_latents, limit, data_dir, json_out, markdown)
+        return
     from ..benchmark.report import markdown as to_markdown
     from ..benchmark.report import plot as draw
     from ..benchmark.report import tables
@@ -123,3 +147,62 @@ def benchmark(
     if plot:
         draw(report, plot)
         console.print(f"wrote {plot}")
+
+
+def _kernels(
+    bundle: list[str] | None,
+    encoder_kernels: str,
+    kernel_latents: list[str] | None,
+    limit: int | None,
+    data_dir: Path | None,
+    json_out: Path | None,
+    markdown: Path | None,
+) -> None:
+    """``--kernels``: the per-kernel-family quality table."""
+    import json
+
+    from rich.table import Table
+
+    from ..benchmark.kernels import KernelsOptions, markdown_table, run_kernels
+
+    latents = {}
+    for item in kernel_latents or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            err.print(
+                f"[red]error:[/red] --kernel-latents {item!r}: expected NAME=FILE, e.g. aarch64=arm64.npz"
+            )
+            raise typer.Exit(1)
+        latents[name] = path
+    opts = KernelsOptions(
+        bundles=list(bundle or ["mnist"]),
+        kernels=tuple(k.strip() for k in encoder_kernels.split(",") if k.strip()),
+        latents=latents,
+        limit=limit,
+        data_dir=str(data_dir) if data_dir else None,
+    )
+    try:
+        results = run_kernels(
+            opts, lambda what, done, total: err.print(f"[dim]{what}[/dim]", highlight=False)
+        )
+    except CaeEdgeError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    families = list(dict.fromkeys(k for r in results for k in r.psnr))
+    table = Table(
+        "bundle", "images", *[f"{k} dB" for k in families], "spread dB",
+        title="int8 PSNR by the kernels that run the encoder (decoder: XNNPACK)",
+    )  # fmt: skip
+    for r in results:
+        cells = [f"{r.psnr[k]:.2f}" if k in r.psnr else "-" for k in families]
+        table.add_row(r.bundle, str(r.n_images), *cells, f"{r.spread_db:.2f}")
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    command = "cae-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if json_out:
+        json_out.write_text(
+            json.dumps({"command": command, "kernels": [r.to_dict() for r in results]}, indent=2) + "\n"
+        )
+        typer.echo(f"wrote {json_out}")
+    if markdown:
+        markdown.write_text(markdown_table(results) + f"\n`{command}`\n", encoding="utf-8")
+        typer.echo(f"wrote {markdown}")

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from . import benchmark, bundle, data, doctor, export, keys, mqtt, stream, train
+from . import benchmark, bundle, data, doctor, export, keys, mqtt, readapt, stream, train
 from .common import print_version
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ app.add_typer(data.app, name="data")
 app.command("train")(train.train_cmd)
 app.add_typer(keys.app, name="keys")
 app.command("export")(export.export)
+app.command("readapt")(readapt.readapt)
 app.add_typer(bundle.app, name="bundle")
 app.command("benchmark")(benchmark.benchmark)
 app.add_typer(stream.app, name="stream")

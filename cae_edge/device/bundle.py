@@ -59,9 +59,9 @@ def _check_tensor(name: str, role: str, actual: TensorSpec, expected: TensorSpec
 
 
 def _open_checked(
-    data: bytes, name: str, spec: ModelSpec, num_threads: int, xnnpack: bool
+    data: bytes, name: str, spec: ModelSpec, num_threads: int, xnnpack: bool, kernels: str | None = None
 ) -> tuple[Any, int, int]:
-    interp = make_interpreter(data, num_threads, xnnpack=xnnpack, name=name)
+    interp = make_interpreter(data, num_threads, xnnpack=xnnpack, name=name, kernels=kernels)
     ins, outs = interp.get_input_details(), interp.get_output_details()
     if len(ins) != 1 or len(outs) != 1:
         raise BundleError(f"{name}: {len(ins)} inputs / {len(outs)} outputs, expected exactly one of each")
@@ -79,12 +79,19 @@ class Encoder:
     Not thread-safe: one Encoder per thread.
     """
 
-    def __init__(self, bundle: Bundle, key: str, num_threads: int = 1, xnnpack: bool = True) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        key: str,
+        num_threads: int = 1,
+        xnnpack: bool = True,
+        kernels: str | None = None,
+    ) -> None:
         spec = bundle.manifest.models[key]
         self.name = str(bundle.path / spec.file)
         self.spec = spec
         self._interp, self._in_idx, self._out_idx = _open_checked(
-            bundle.model_bytes(key), self.name, spec, num_threads, xnnpack
+            bundle.model_bytes(key), self.name, spec, num_threads, xnnpack, kernels
         )
         self._codec = bundle.codec() if spec.output.dtype == "int8" else None
         self._in = np.zeros(spec.input.shape, dtype=spec.input.dtype)
@@ -145,12 +152,19 @@ class Decoder:
     Not thread-safe: one Decoder per thread.
     """
 
-    def __init__(self, bundle: Bundle, key: str, num_threads: int = 1, xnnpack: bool = True) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        key: str,
+        num_threads: int = 1,
+        xnnpack: bool = True,
+        kernels: str | None = None,
+    ) -> None:
         spec = bundle.manifest.models[key]
         self.name = str(bundle.path / spec.file)
         self.spec = spec
         self._interp, self._in_idx, self._out_idx = _open_checked(
-            bundle.model_bytes(key), self.name, spec, num_threads, xnnpack
+            bundle.model_bytes(key), self.name, spec, num_threads, xnnpack, kernels
         )
         self._in_shape = spec.input.shape
         self._in_dtype = np.dtype(spec.input.dtype)
@@ -265,13 +279,34 @@ class Bundle:
             self._codec = make_codec(self)
         return self._codec
 
-    def encoder(self, num_threads: int = 1, *, precision: str = "int8", xnnpack: bool = True) -> Encoder:
-        """A new encoder. ``precision="float"`` runs ``encoder_float.tflite`` (comparison only)."""
-        return Encoder(self, _model_key("encoder", precision), num_threads, xnnpack)
+    def encoder(
+        self,
+        num_threads: int = 1,
+        *,
+        precision: str = "int8",
+        xnnpack: bool = True,
+        kernels: str | None = None,
+    ) -> Encoder:
+        """A new encoder. ``precision="float"`` runs ``encoder_float.tflite`` (comparison only).
 
-    def decoder(self, num_threads: int = 1, *, precision: str = "int8", xnnpack: bool = True) -> Decoder:
-        """A new decoder. ``precision="float"`` runs ``decoder_float.tflite`` (comparison only)."""
-        return Decoder(self, _model_key("decoder", precision), num_threads, xnnpack)
+        ``kernels`` (``"xnnpack"``, ``"builtin"`` or ``"micro"``, see :mod:`cae_edge.device.litert`)
+        overrides ``xnnpack`` when given.
+        """
+        return Encoder(self, _model_key("encoder", precision), num_threads, xnnpack, kernels)
+
+    def decoder(
+        self,
+        num_threads: int = 1,
+        *,
+        precision: str = "int8",
+        xnnpack: bool = True,
+        kernels: str | None = None,
+    ) -> Decoder:
+        """A new decoder. ``precision="float"`` runs ``decoder_float.tflite`` (comparison only).
+
+        ``kernels`` overrides ``xnnpack`` when given, as for :meth:`encoder`.
+        """
+        return Decoder(self, _model_key("decoder", precision), num_threads, xnnpack, kernels)
 
     def check_pair(self, other_pair_id: str) -> None:
         """Raise :class:`PairMismatchError` unless ``other_pair_id`` is this bundle's pair id."""

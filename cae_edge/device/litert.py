@@ -4,6 +4,13 @@ A Raspberry Pi gets either with pip (``pip install ai-edge-litert`` or the older
 needs TensorFlow. Everything else in cae-edge calls :func:`make_interpreter`. Neither package publishes a
 wheel for 32-bit ARM with a current Python, so a 32-bit Raspberry Pi OS gets an error that says a 64-bit OS
 is required.
+
+Three kernel families run the same int8 model, each deterministic but not bit-identical to the others (their
+int8 requantization rounds differently, most of all in LEAKY_RELU)::
+
+    "xnnpack"  LiteRT with its default XNNPACK delegate (the default: fastest on x86 and ARM)
+    "builtin"  LiteRT's builtin kernels (the TFLite int8 reference arithmetic)
+    "micro"    tflite-micro's reference kernels (``pip install tflite-micro``; what a microcontroller runs)
 """
 
 from __future__ import annotations
@@ -15,11 +22,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import BundleError, RuntimeMissingError
 
 TFLITE_IDENTIFIER = b"TFL3"
 """FlatBuffer file identifier of a .tflite model, at bytes 4..8."""
 MIN_MODEL_BYTES = 32
+
+KERNELS = ("xnnpack", "builtin", "micro")
+"""Kernel families :func:`make_interpreter` can run a model with."""
 
 _BACKEND: tuple[str, Any] | None = None
 PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
@@ -136,6 +148,51 @@ def check_model_bytes(data: bytes, name: str = "model") -> None:
         )
 
 
+class MicroInterpreter:
+    """tflite-micro's interpreter behind the part of LiteRT's ``Interpreter`` API that cae-edge uses.
+
+    For single-input, single-output models: both the input and the output have index 0; ``set_tensor``
+    writes the input and ``get_tensor`` reads the output. Quantization is reported as LiteRT does,
+    ``(scale, zero_point)``.
+    """
+
+    def __init__(self, data: bytes, name: str) -> None:
+        try:
+            from tflite_micro.python.tflite_micro import runtime
+        except ImportError as e:
+            raise RuntimeMissingError(
+                f"kernels 'micro' need tflite-micro ({e}); run `pip install tflite-micro` "
+                "(wheels for x86_64 Linux)"
+            ) from None
+        try:
+            self._it = runtime.Interpreter.from_bytes(data)
+            self._in, self._out = self._it.get_input_details(0), self._it.get_output_details(0)
+        except (ValueError, RuntimeError) as e:
+            raise BundleError(f"{name}: tflite-micro rejected the model ({e})") from None
+
+    @staticmethod
+    def _detail(d: dict) -> dict:
+        q = d.get("quantization_parameters") or {}
+        scales, zps = list(q.get("scales", [])), list(q.get("zero_points", []))
+        quant = (float(scales[0]), int(zps[0])) if len(scales) == 1 else (0.0, 0)
+        return {"index": 0, "shape": np.asarray(d["shape"]), "dtype": d["dtype"], "quantization": quant}
+
+    def get_input_details(self) -> list[dict]:
+        return [self._detail(self._in)]
+
+    def get_output_details(self) -> list[dict]:
+        return [self._detail(self._out)]
+
+    def set_tensor(self, index: int, value: np.ndarray) -> None:
+        self._it.set_input(value, index)
+
+    def invoke(self) -> None:
+        self._it.invoke()
+
+    def get_tensor(self, index: int) -> np.ndarray:
+        return self._it.get_output(index)
+
+
 def make_interpreter(
     model: str | Path | bytes,
     num_threads: int = 1,
@@ -143,6 +200,7 @@ def make_interpreter(
     xnnpack: bool = True,
     name: str | None = None,
     preserve_all_tensors: bool = False,
+    kernels: str | None = None,
 ) -> Any:
     """Create and allocate an interpreter for a .tflite model.
 
@@ -153,17 +211,22 @@ def make_interpreter(
         name: What to call the model in error messages (default: the path, or "model bytes").
         preserve_all_tensors: Keep every intermediate tensor readable after ``invoke`` (for calibration
             tools; implies the builtin kernels, as no delegate may own intermediate tensors).
+        kernels: One of :data:`KERNELS`; overrides ``xnnpack`` when given. ``"micro"`` returns a
+            :class:`MicroInterpreter` (single-threaded).
 
     Returns:
         An allocated ``Interpreter`` (ai_edge_litert or tflite_runtime).
 
     Raises:
-        RuntimeMissingError: no interpreter package installed.
-        BundleError: the model cannot be read or the interpreter rejects it.
+        RuntimeMissingError: no interpreter package installed (or no tflite-micro for ``"micro"``).
+        BundleError: the model cannot be read or the interpreter rejects it; unknown ``kernels``.
     """
     if int(num_threads) < 1:
         raise BundleError(f"num_threads {num_threads!r}: must be >= 1")
-    backend, interpreter_cls = _load_backend()
+    if kernels is not None and kernels not in KERNELS:
+        raise BundleError(f"kernels {kernels!r}: must be one of {', '.join(KERNELS)}")
+    if kernels is not None and kernels != "micro":
+        xnnpack = kernels == "xnnpack"
     if isinstance(model, (bytes, bytearray, memoryview)):
         data, name = bytes(model), name or "model bytes"
     else:
@@ -173,6 +236,9 @@ def make_interpreter(
         except OSError as e:
             raise BundleError(f"{name}: cannot read model ({e.strerror or e})") from None
     check_model_bytes(data, name)
+    if kernels == "micro":
+        return MicroInterpreter(data, name)
+    backend, interpreter_cls = _load_backend()
     kwargs: dict[str, Any] = {"model_content": data, "num_threads": int(num_threads)}
     if preserve_all_tensors:
         kwargs["experimental_preserve_all_tensors"] = True

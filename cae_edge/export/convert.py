@@ -459,12 +459,16 @@ class ConvertedPair:
     """What :func:`correct_output_bias` measured and did (empty when off)."""
 
 
-def run_int8_encoder(tflite: bytes, images_u8: np.ndarray) -> np.ndarray:
-    """Run an int8 encoder (bytes) on uint8 images (N, 28, 28) → int8 latents (N, latent_dim), via LiteRT."""
+def run_int8_encoder(tflite: bytes, images_u8: np.ndarray, kernels: str = "xnnpack") -> np.ndarray:
+    """Run an int8 encoder (bytes) on uint8 images (N, 28, 28) → int8 latents (N, latent_dim).
+
+    ``kernels``: ``"xnnpack"`` (LiteRT's default), ``"builtin"`` (LiteRT without delegate) or ``"micro"``
+    (tflite-micro); see :mod:`cae_edge.device.litert`.
+    """
     from ..device.litert import make_interpreter
     from ..quant import pixels_to_int8
 
-    it = make_interpreter(tflite)
+    it = make_interpreter(tflite, kernels=kernels)
     i, o = it.get_input_details()[0], it.get_output_details()[0]
     out = np.empty((len(images_u8), int(o["shape"][-1])), np.int8)
     for n, img in enumerate(images_u8):
@@ -472,6 +476,26 @@ def run_int8_encoder(tflite: bytes, images_u8: np.ndarray) -> np.ndarray:
         it.invoke()
         out[n] = it.get_tensor(o["index"])[0]
     return out
+
+
+def convert_decoder(
+    decoder1, latents: np.ndarray, lq: QuantParams, percentile: float | None = DEFAULT_PERCENTILE
+) -> tuple[bytes, bytes]:
+    """The decoder's two models: int8 (PTQ on ``latents``, input quantization ``lq``) and float32.
+
+    Args:
+        decoder1: Keras decoder with batch size 1 (:func:`rebuild_batch1`).
+        latents: Calibration latents, dequantized: the int8 encoder's outputs on calibration images.
+        lq: The encoder's output quantization, written onto the decoder's input.
+        percentile: Activation-range percentile (:func:`convert_int8`).
+
+    Returns:
+        ``(int8 bytes, float32 bytes)``.
+    """
+    dec_q = convert_int8(decoder1, latents, percentile)
+    dec_q = set_io_quant(dec_q, "input", lq)
+    dec_q, _ = tighten_logistic_inputs(dec_q)
+    return dec_q, convert_float(decoder1)
 
 
 def convert_pair(
@@ -537,11 +561,7 @@ def convert_pair(
         ) from e
     if adapt is not None:
         decoder = adapt(enc_q, lq)
-    dec1 = rebuild_batch1(decoder, build_decoder, cfg)
-    dec_float = convert_float(dec1)
-    dec_q = convert_int8(dec1, latents, percentile)
-    dec_q = set_io_quant(dec_q, "input", lq)
-    dec_q, _ = tighten_logistic_inputs(dec_q)
+    dec_q, dec_float = convert_decoder(rebuild_batch1(decoder, build_decoder, cfg), latents, lq, percentile)
 
     step("check", 3, 4)
     check_int8_builtin(enc_q, "encoder.tflite")

@@ -1,0 +1,105 @@
+"""`cae-edge readapt`: fine-tune a bundle's decoder on the latents of several kernel families (TensorFlow
+inside the command); encoder, entropy model and payloads unchanged."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import CaeEdgeError
+
+err = Console(stderr=True)
+
+
+def readapt(
+    bundle: Annotated[str, typer.Argument(help="Shipped bundle name (mnist-hq, ...) or bundle directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
+    kernels: Annotated[
+        str,
+        typer.Option(
+            "--kernels", help="Comma-separated kernel families whose encoder latents the decoder learns."
+        ),
+    ] = "xnnpack,builtin,micro",
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, help="Passes over (training images x families).")
+    ] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Starting learning rate (cosine decay).")] = 1e-4,
+    train_limit: Annotated[
+        int | None, typer.Option("--train-limit", min=1, help="Fine-tune on the first N training images.")
+    ] = None,
+    verify_limit: Annotated[
+        int | None, typer.Option("--verify-limit", min=1, help="Verify on the first N test images.")
+    ] = None,
+    margin: Annotated[
+        float | None,
+        typer.Option("--margin", help="Fail when int8 loses more dB than this (default: the manifest's)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Directory with the IDX .gz files, tried first.", file_okay=False),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing bundle directory.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Re-adapt a bundle's decoder so that it decodes the latents of every kernel family equally well.
+
+    The int8 encoder's latents differ between XNNPACK, LiteRT's builtin kernels and tflite-micro; a decoder
+    adapted to one family loses quality on the others. This fine-tunes the float decoder (read back from
+    decoder_float.tflite) on the training latents of every family given, converts it to int8 as export
+    does, and writes a verified bundle: same encoder and entropy model, new decoder and pair id.
+    """
+    from ..export.readapt import ReadaptOptions, readapt_bundle
+
+    families = tuple(k.strip() for k in kernels.split(",") if k.strip())
+    args = ["cae-edge", "readapt", bundle, "--out", str(out), "--kernels", ",".join(families)]
+    args += ["--epochs", str(epochs), "--lr", f"{lr:g}"]
+    if train_limit is not None:
+        args += ["--train-limit", str(train_limit)]
+    if verify_limit is not None:
+        args += ["--verify-limit", str(verify_limit)]
+    if margin is not None:
+        args += ["--margin", f"{margin:g}"]
+    opts = ReadaptOptions(
+        bundle=bundle,
+        out_dir=out,
+        kernels=families,
+        epochs=epochs,
+        learning_rate=lr,
+        train_limit=train_limit,
+        verify_limit=verify_limit,
+        margin_db=margin,
+        data_dir=data_dir,
+        overwrite=overwrite,
+        command=shlex.join(args),
+    )
+
+    def progress(what: str, done: int, total: int) -> None:
+        if not as_json:
+            err.print(f"[dim]{what}[/dim]", highlight=False)
+
+    try:
+        result = readapt_bundle(opts, progress)
+    except CaeEdgeError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    k = result.quality["kernels"]
+    table = Table(
+        "encoder kernels", "before dB", "after dB", title=f"int8 PSNR ({k['n_images']} test images)"
+    )
+    for fam, before in k["before"]["psnr"].items():
+        table.add_row(fam, f"{before:.2f}", f"{k['after']['psnr'][fam]:.2f}")
+    table.add_row("spread", f"{k['before']['spread_db']:.2f}", f"{k['after']['spread_db']:.2f}")
+    Console().print(table)
+    typer.echo(f"pair id {result.pair_id}")
+    typer.echo(f"bundle written to {result.path}")

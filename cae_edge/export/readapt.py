@@ -1,0 +1,318 @@
+"""Re-adapt a bundle's decoder to the int8 latents of several kernel families; encoder and entropy model kept.
+
+::
+
+    BUNDLE/encoder.tflite ─ LiteRT XNNPACK ─┐
+                          ─ LiteRT builtin ─┼─► int8 latents of the training images, one set per family
+                          ─ tflite-micro   ─┘
+    BUNDLE/decoder_float.tflite ─ weights ─► Keras decoder (cae_edge.train.model.build_decoder)
+        ─ adapt_decoder on all sets at once (cae_edge.export.adapt) ─► convert_decoder (int8 PTQ, as export)
+        ─► OUT/ = BUNDLE's encoder.tflite, encoder_float.tflite, entropy model (bytes unchanged)
+                  + new decoder.tflite, decoder_float.tflite + manifest (files, pair id, quality)
+
+Why: the int8 encoder's latents depend on the kernels that run it. XNNPACK's int8 LEAKY_RELU rounds
+differently from the TFLite reference kernels (LiteRT builtin, tflite-micro), so 80 % of a rate-distortion
+model's integer latents move by one or more steps between the two. A decoder adapted to XNNPACK's latents
+only (``cae-edge export --adapt-decoder``) loses about 0.4 dB on a node that runs the reference kernels. A
+decoder fine-tuned on the latents of every family decodes all of them about equally well. Only the decoder
+changes: latents, payloads and the entropy model stay valid; the pair id changes (it hashes both models).
+
+Works from the bundle alone (no training run directory): the float decoder's weights are read back from
+``decoder_float.tflite``, whose numbers are the Keras decoder's.
+
+TensorFlow is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, datasets
+from ..errors import ConfigError, ExportError
+from ..manifest import DEFAULT_FILES, Manifest, file_entry, pair_id
+from ..metrics import quality, to_uint8
+from ..quant import dequantize
+from ..rundir import ModelConfig
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ReadaptOptions:
+    """Options of :func:`readapt_bundle`."""
+
+    bundle: Path
+    """Bundle directory (or shipped bundle name) whose decoder is re-adapted."""
+    out_dir: Path
+    """Bundle directory to write (may be ``bundle`` itself with ``overwrite``)."""
+    kernels: tuple[str, ...] = ("xnnpack", "builtin", "micro")
+    """Kernel families whose encoder latents the decoder is fine-tuned on (each set weighs the same)."""
+    epochs: int = 4
+    """Passes over (training images x kernel families)."""
+    learning_rate: float = 1e-4
+    """Starting Adam learning rate (cosine decay to a tenth); the decoder is already adapted once."""
+    train_limit: int | None = None
+    """Fine-tune on the first N training images only (``None``: all)."""
+    calib: int | None = None
+    """Decoder calibration images; ``None``: what the manifest's ``dataset.calibration`` records."""
+    calib_seed: int | None = None
+    """Seed of the calibration subset; ``None``: from the manifest."""
+    calib_percentile: float | None = None
+    """Activation-range percentile; ``None``: the manifest's export command (99.99 when it has none)."""
+    verify_limit: int | None = None
+    """Verify on the first N test images only (``None``: the whole test split)."""
+    margin_db: float | None = None
+    """Fail when int8 loses more than this vs the float pair; ``None``: the manifest's margin."""
+    data_dir: Path | None = None
+    """Directory with IDX .gz files, tried first by :func:`cae_edge.datasets.load`."""
+    overwrite: bool = False
+    """Replace an existing output directory."""
+    seed: int = 0
+    """Seed of the fine-tuning's shuffling."""
+    command: str = ""
+    """How this re-adaptation was invoked, recorded in the manifest."""
+
+    def validate(self) -> ReadaptOptions:
+        from ..device.litert import KERNELS
+
+        bad = [k for k in self.kernels if k not in KERNELS]
+        if not self.kernels or bad:
+            raise ConfigError(f"kernels {list(self.kernels)}: each must be one of {', '.join(KERNELS)}")
+        if int(self.epochs) < 1:
+            raise ConfigError(f"epochs {self.epochs}: must be >= 1")
+        for name, v in (("train limit", self.train_limit), ("verify limit", self.verify_limit)):
+            if v is not None and int(v) < 1:
+                raise ConfigError(f"{name} {v}: must be >= 1 (or omitted for the whole split)")
+        return self
+
+
+@dataclass
+class ReadaptResult:
+    """What :func:`readapt_bundle` wrote and measured."""
+
+    path: str
+    pair_id: str
+    quality: dict
+    """The new manifest's quality (``kernels`` holds the per-family PSNR before and after)."""
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def keras_decoder_from_tflite(decoder_float: bytes, cfg: ModelConfig):
+    """Rebuild the Keras decoder whose float32 conversion is ``decoder_float`` (weights copied back).
+
+    The builder makes the layers; the float .tflite holds their weights in its FULLY_CONNECTED (``(out, in)``,
+    Keras ``(in, out)``) and TRANSPOSE_CONV (``(out, h, w, in)``, Keras ``(h, w, out, in)``) ops, in order.
+
+    Raises:
+        ExportError: the model's ops or weight shapes do not match ``cfg``'s decoder.
+    """
+    from ..train.model import build_decoder
+    from .convert import _builtin_code, _schema
+
+    s = _schema()
+    m = s.Model.GetRootAs(bytearray(decoder_float), 0)
+    sg = m.Subgraphs(0)
+
+    def const(t: int) -> np.ndarray:
+        tensor = sg.Tensors(t)
+        data = m.Buffers(tensor.Buffer()).DataAsNumpy()
+        return np.frombuffer(data.tobytes(), np.float32).reshape(tuple(tensor.ShapeAsNumpy()))
+
+    weights: list[np.ndarray] = []
+    for o in range(sg.OperatorsLength()):
+        op, code = sg.Operators(o), _builtin_code(m, sg.Operators(o))
+        if code == s.BuiltinOperator.FULLY_CONNECTED:
+            weights += [const(op.Inputs(1)).T, const(op.Inputs(2))]
+        elif code == s.BuiltinOperator.TRANSPOSE_CONV:
+            weights += [const(op.Inputs(1)).transpose(1, 2, 0, 3), const(op.Inputs(3))]
+    decoder = build_decoder(cfg)
+    expected = [tuple(w.shape) for w in decoder.get_weights()]
+    if [tuple(w.shape) for w in weights] != expected:
+        raise ExportError(
+            f"decoder_float.tflite weights {[tuple(w.shape) for w in weights]} do not fit the manifest's "
+            f"model {cfg.to_dict()} (expected {expected})"
+        )
+    decoder.set_weights(weights)
+    return decoder
+
+
+def kernel_latents(
+    encoder: bytes, images_u8: np.ndarray, kernels: tuple[str, ...], progress: Progress | None = None
+) -> dict[str, np.ndarray]:
+    """The int8 encoder's latents of ``images_u8`` with each kernel family: ``{family: (N, D) int8}``."""
+    from .convert import run_int8_encoder
+
+    out = {}
+    for i, k in enumerate(kernels):
+        if progress:
+            progress(f"int8 latents of {len(images_u8)} images with {k} kernels", i, len(kernels))
+        out[k] = run_int8_encoder(encoder, images_u8, kernels=k)
+    return out
+
+
+def _calibration(manifest: Manifest, opts: ReadaptOptions) -> tuple[int, int, float]:
+    """(images, seed, percentile) of the decoder's int8 calibration, as the bundle was exported."""
+    m = re.fullmatch(r"(\d+) training images, seed (\d+)", str(manifest.dataset.get("calibration", "")))
+    calib = opts.calib if opts.calib is not None else (int(m.group(1)) if m else None)
+    seed = opts.calib_seed if opts.calib_seed is not None else (int(m.group(2)) if m else None)
+    if calib is None or seed is None:
+        raise ConfigError(
+            f"manifest dataset.calibration {manifest.dataset.get('calibration')!r} does not say how many "
+            "images and which seed calibrated the bundle; pass --calib and --calib-seed"
+        )
+    percentile = opts.calib_percentile
+    if percentile is None:
+        args = shlex.split(manifest.command or "")
+        percentile = (
+            float(args[args.index("--calib-percentile") + 1]) if "--calib-percentile" in args else 100.0
+        )
+    return calib, seed, percentile
+
+
+def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> ReadaptResult:
+    """Fine-tune a bundle's decoder on the latents of several kernel families; write a verified bundle.
+
+    Args:
+        opts: Options.
+        progress: Optional callback ``(what, done, total)``.
+
+    Returns:
+        The :class:`ReadaptResult`; the bundle is at ``opts.out_dir``.
+
+    Raises:
+        ExportError: output exists, weights that do not fit the manifest's model, or an int8 loss over the
+            margin (then nothing is written).
+        ConfigError: bad options.
+    """
+    from ..benchmark.kernels import DEFAULT_KERNELS, kernel_quality
+    from ..device.bundle import load_bundle, resolve_bundle
+    from ..train.model import build_decoder
+    from .adapt import AdaptOptions, adapt_decoder
+    from .convert import convert_decoder, rebuild_batch1, run_int8_encoder
+    from .writer import _model_spec
+
+    opts.validate()
+    step = progress or (lambda what, done, total: None)
+    src = resolve_bundle(opts.bundle)
+    out = Path(opts.out_dir)
+    if out.exists() and not opts.overwrite:
+        raise ExportError(f"{out}: already exists; choose another --out or pass --overwrite")
+    old = load_bundle(src)
+    manifest = old.manifest
+    cfg = ModelConfig.from_dict(manifest.train.get("model") or {})
+    rate_distortion = bool((manifest.train.get("train") or {}).get("rate_distortion"))
+    lq = manifest.latent_quant
+    calib_n, calib_seed, percentile = _calibration(manifest, opts)
+    ds = datasets.load(manifest.dataset["name"], opts.data_dir)
+    test = ds.x_test if opts.verify_limit is None else ds.x_test[: opts.verify_limit]
+    train = ds.x_train if opts.train_limit is None else ds.x_train[: opts.train_limit]
+    encoder = old.model_bytes("encoder")
+
+    step("quality before, per kernel family", 0, 1)
+    before = kernel_quality(old, test, DEFAULT_KERNELS, name=src.name)
+
+    latents = kernel_latents(encoder, train, tuple(opts.kernels), step)
+    decoder = keras_decoder_from_tflite(old.model_bytes("decoder_float"), cfg)
+    q_all = np.concatenate([dequantize(latents[k], lq) for k in opts.kernels])
+    x_all = np.concatenate([train] * len(opts.kernels))
+    adapt_opts = AdaptOptions(epochs=opts.epochs, learning_rate=opts.learning_rate, seed=opts.seed)
+    adapted, res = adapt_decoder(decoder, q_all, x_all, adapt_opts, progress)
+
+    rng = np.random.default_rng(calib_seed)
+    calib = ds.x_train[
+        np.sort(rng.choice(len(ds.x_train), size=min(calib_n, len(ds.x_train)), replace=False))
+    ]
+    calib_latents = dequantize(run_int8_encoder(encoder, calib), lq)
+    step("int8 decoder (PTQ)", 0, 1)
+    dec_q, dec_float = convert_decoder(
+        rebuild_batch1(adapted, build_decoder, cfg), calib_latents, lq, percentile
+    )
+
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        for name in manifest.files:
+            if name not in (DEFAULT_FILES["decoder"], DEFAULT_FILES["decoder_float"]):
+                (tmp / name).write_bytes(old.read_file(name))
+        (tmp / DEFAULT_FILES["decoder"]).write_bytes(dec_q)
+        (tmp / DEFAULT_FILES["decoder_float"]).write_bytes(dec_float)
+        files = {name: file_entry(tmp / name) for name in manifest.files}
+        manifest.files = files
+        manifest.pair_id = pair_id(files["encoder.tflite"].sha256, files["decoder.tflite"].sha256)
+        manifest.models["decoder"] = _model_spec(DEFAULT_FILES["decoder"], dec_q)
+        manifest.models["decoder_float"] = _model_spec(DEFAULT_FILES["decoder_float"], dec_float)
+        manifest.created_by = f"cae-edge {__version__}"
+        manifest.write(tmp)
+        q = _verify(tmp, manifest, adapted, test, rate_distortion, opts, step)
+        q["decoder_readaptation"] = {
+            **res.to_dict(),
+            "kernels": list(opts.kernels),
+            "command": opts.command,
+            "calibration": f"{len(calib)} training images, seed {calib_seed}, percentile {percentile:g}",
+        }
+        bundle = load_bundle(tmp)
+        after = kernel_quality(bundle, test, DEFAULT_KERNELS, name=out.name)
+        q["kernels"] = {
+            "decoder_kernels": "xnnpack",
+            "n_images": int(len(test)),
+            "before": before.to_dict(),
+            "after": after.to_dict(),
+        }
+        manifest.quality = q
+        manifest.write(tmp)
+        load_bundle(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ReadaptResult(
+        str(out), manifest.pair_id, manifest.quality, {n: e.bytes for n, e in manifest.files.items()}
+    )
+
+
+def _verify(tmp: Path, manifest: Manifest, decoder, test, rate_distortion: bool, opts, step) -> dict:
+    """Quality of the written bundle over the test images, as :func:`cae_edge.export.writer.verify` records
+    it; the float reference is the float encoder (``encoder_float.tflite``) and the new Keras decoder."""
+    from ..device.bundle import load_bundle
+    from .writer import reconstruct
+
+    old_q = dict(manifest.quality)
+    bundle = load_bundle(tmp)
+    step(f"verifying on {len(test)} test images", 0, 3)
+    enc = bundle.encoder(precision="float")
+    z = np.stack([enc.encode_latent(img) for img in test])
+    if rate_distortion:
+        z = np.clip(np.rint(z), -128, 127).astype(np.float32)
+    keras_rec = to_uint8(decoder.predict(z, batch_size=500, verbose=0)[..., 0])
+    q: dict = {"keras_float": quality(test, keras_rec)}
+    if "decoder_adaptation" in old_q:
+        q["decoder_adaptation"] = old_q["decoder_adaptation"]
+    q["tflite_float"] = quality(test, reconstruct(bundle, test, "float"))
+    q["tflite_int8"] = quality(test, reconstruct(bundle, test, "int8"))
+    if "encoder_bias_correction" in old_q:
+        q["encoder_bias_correction"] = old_q["encoder_bias_correction"]
+    q["n_images"] = int(len(test))
+    q["split"] = "test" if opts.verify_limit is None else f"test[:{len(test)}]"
+    margin = opts.margin_db if opts.margin_db is not None else float(old_q.get("margin_db", 0.5))
+    loss = q["keras_float"]["psnr"] - q["tflite_int8"]["psnr"]
+    q["int8_loss_db"], q["margin_db"] = float(loss), float(margin)
+    if loss > margin:
+        raise ExportError(
+            f"int8 pair loses {loss:.2f} dB PSNR vs the float pair ({q['tflite_int8']['psnr']:.2f} vs "
+            f"{q['keras_float']['psnr']:.2f} dB on {len(test)} test images), over the {margin} dB margin"
+        )
+    return q

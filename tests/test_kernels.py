@@ -1,0 +1,164 @@
+"""Kernel families (XNNPACK, LiteRT builtin, tflite-micro): the micro adapter, per-family quality, latent
+files, `cae-edge benchmark --kernels`, and the decoder rebuilt from a float .tflite for `cae-edge readapt`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cae_edge import datasets
+from cae_edge.benchmark.kernels import (
+    KernelsOptions,
+    kernel_quality,
+    load_latents,
+    markdown_table,
+    run_kernels,
+)
+from cae_edge.cli.main import app
+from cae_edge.device.bundle import load_bundle
+from cae_edge.device.litert import KERNELS, make_interpreter
+from cae_edge.errors import BundleError, ConfigError
+
+runner = CliRunner()
+N = 24
+ENTROPY_BUNDLES = ("mnist-hq", "mnist-small", "mnist-tiny", "fashion-hq", "fashion-small", "fashion-tiny")
+
+
+@pytest.fixture(scope="module")
+def hq():
+    return load_bundle("mnist-hq")
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    return datasets.load("mnist").x_test[:N]
+
+
+def test_micro_interpreter_reports_the_tensors_litert_does(hq):
+    data = hq.model_bytes("encoder")
+    lite, micro = make_interpreter(data), make_interpreter(data, kernels="micro")
+    for a, b in ((lite.get_input_details()[0], micro.get_input_details()[0]),
+                 (lite.get_output_details()[0], micro.get_output_details()[0])):  # fmt: skip
+        assert list(a["shape"]) == list(b["shape"])
+        assert np.dtype(a["dtype"]) == np.dtype(b["dtype"])
+        assert np.float32(a["quantization"][0]) == np.float32(b["quantization"][0])
+        assert a["quantization"][1] == b["quantization"][1]
+
+
+def test_every_family_encodes_through_the_bundle_api(hq, test_images):
+    for kernels in KERNELS:
+        q = hq.encoder(kernels=kernels).encode_latent(test_images[0])
+        assert q.shape == (hq.latent_dim,) and q.dtype == np.int8
+        # a decoded image close to the input, whatever ran the encoder
+        img = hq.decoder(kernels=kernels).decode_latent(q)
+        assert np.abs(img.astype(int) - test_images[0]).mean() < 20
+
+
+def test_unknown_kernels_are_refused(hq):
+    with pytest.raises(BundleError, match="kernels 'gpu'"):
+        make_interpreter(hq.model_bytes("encoder"), kernels="gpu")
+
+
+def test_kernel_quality_rows_and_spread(hq, test_images):
+    xnn = np.stack([hq.encoder().encode_latent(x) for x in test_images])
+    r = kernel_quality(hq, test_images, ("xnnpack", "builtin", "micro"), {"copy": xnn})
+    assert list(r.psnr) == ["xnnpack", "builtin", "micro", "copy"]
+    assert r.psnr["copy"] == r.psnr["xnnpack"]  # the same latents decode to the same images
+    assert r.changed["xnnpack"] == r.changed["copy"] == 0.0 and r.max_step["copy"] == 0
+    assert r.spread_db == pytest.approx(max(r.psnr.values()) - min(r.psnr.values()))
+    assert all(15 < v < 40 for v in r.psnr.values())
+    d = r.to_dict()
+    assert d["spread_db"] == r.spread_db and d["n_images"] == N
+    table = markdown_table([r])
+    assert "| mnist-hq | 24 |" in table and "copy dB" in table
+    with pytest.raises(ConfigError, match="need \\(24, 96\\)"):
+        kernel_quality(hq, test_images, ("xnnpack",), {"short": xnn[:5]})
+
+
+def test_load_latents_npy_and_npz(tmp_path):
+    q = np.arange(-20, 20, dtype=np.int8).reshape(10, 4)
+    np.save(tmp_path / "a.npy", q)
+    np.testing.assert_array_equal(load_latents(tmp_path / "a.npy", "any", (6, 4)), q[:6])
+    np.savez(tmp_path / "b.npz", **{"mnist-hq": q})
+    np.testing.assert_array_equal(load_latents(tmp_path / "b.npz", "mnist-hq", (10, 4)), q)
+    with pytest.raises(ConfigError, match="no array named 'fashion-hq'"):
+        load_latents(tmp_path / "b.npz", "fashion-hq", (10, 4))
+    with pytest.raises(ConfigError, match="need int8 \\(>= 11, 4\\)"):
+        load_latents(tmp_path / "a.npy", "any", (11, 4))
+    np.save(tmp_path / "f.npy", q.astype(np.float32))
+    with pytest.raises(ConfigError, match="float32"):
+        load_latents(tmp_path / "f.npy", "any", (10, 4))
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(ConfigError, match="cannot read latents"):
+        load_latents(tmp_path / "bad.npy", "any", (10, 4))
+
+
+def test_kernels_options_are_checked():
+    with pytest.raises(ConfigError, match="'gpu'"):
+        KernelsOptions(kernels=("gpu",)).validate()
+    with pytest.raises(ConfigError, match="clash"):
+        KernelsOptions(kernels=("xnnpack",), latents={"xnnpack": "x.npy"}).validate()
+    with pytest.raises(ConfigError, match="limit 0"):
+        KernelsOptions(limit=0).validate()
+
+
+def test_run_kernels_reads_a_latent_file_per_bundle(hq, test_images, tmp_path):
+    xnn = np.stack([hq.encoder().encode_latent(x) for x in test_images])
+    np.savez(tmp_path / "arm.npz", **{"mnist-hq": xnn})
+    opts = KernelsOptions(
+        bundles=["mnist-hq"], kernels=("xnnpack",), latents={"aarch64": str(tmp_path / "arm.npz")}, limit=N
+    )
+    (r,) = run_kernels(opts)
+    assert r.psnr["aarch64"] == r.psnr["xnnpack"] and r.spread_db == 0.0
+
+
+def test_benchmark_kernels_cli(tmp_path):
+    md, js = tmp_path / "k.md", tmp_path / "k.json"
+    result = runner.invoke(
+        app,
+        ["benchmark", "--kernels", "--bundle", "mnist-tiny", "--limit", "10", "--markdown", str(md),
+         "--json", str(js)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "spread" in result.output and "micro" in result.output
+    d = json.loads(js.read_text())
+    assert d["kernels"][0]["bundle"] == "mnist-tiny" and set(d["kernels"][0]["psnr"]) == set(KERNELS)
+    assert "| mnist-tiny | 10 |" in md.read_text()
+    bad = runner.invoke(
+        app, ["benchmark", "--kernels", "--bundle", "mnist-tiny", "--kernel-latents", "x.npy"]
+    )
+    assert bad.exit_code == 1 and "NAME=FILE" in bad.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ENTROPY_BUNDLES)
+def test_shipped_quality_hardly_depends_on_the_encoder_kernels(name):
+    """Issue 11: the int8 PSNR spread between kernel families is <= 0.1 dB (first 1000 test images)."""
+    b = load_bundle(name)
+    x = datasets.load(b.manifest.dataset["name"]).x_test[:1000]
+    r = kernel_quality(b, x, KERNELS)
+    assert r.spread_db <= 0.1, r.to_dict()
+
+
+@pytest.mark.slow
+def test_keras_decoder_rebuilt_from_the_float_tflite(hq):
+    from cae_edge.export.readapt import keras_decoder_from_tflite
+    from cae_edge.rundir import ModelConfig
+
+    cfg = ModelConfig.from_dict(hq.manifest.train["model"])
+    decoder = keras_decoder_from_tflite(hq.model_bytes("decoder_float"), cfg)
+    z = np.random.default_rng(0).normal(0, 16, (3, cfg.latent_dim)).round().astype(np.float32)
+    it = make_interpreter(hq.model_bytes("decoder_float"))
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    for v, keras_out in zip(z, decoder.predict(z, verbose=0), strict=True):
+        it.set_tensor(i["index"], v[None])
+        it.invoke()
+        np.testing.assert_allclose(it.get_tensor(o["index"])[0], keras_out, atol=1e-5)
+    other = ModelConfig.from_dict({**hq.manifest.train["model"], "dec_widths": [32, 32, 16]})
+    from cae_edge.errors import ExportError
+
+    with pytest.raises(ExportError, match="do not fit"):
+        keras_decoder_from_tflite(hq.model_bytes("decoder_float"), other)
