@@ -203,7 +203,7 @@ def test_the_default_bundles_have_golden_files():
     assert set(SHIPPED) <= set(GOLDEN_NAMES), "run `python tests/golden/regenerate.py`"
 
 
-@pytest.mark.parametrize("kernels", ["xnnpack", "builtin"])
+@pytest.mark.parametrize("kernels", ["xnnpack", "builtin", "micro"])
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_latents_are_reproduced_bit_exactly(name, kernels):
     golden = json.loads((GOLDEN / f"{name}.json").read_text())
@@ -213,7 +213,7 @@ def test_golden_latents_are_reproduced_bit_exactly(name, kernels):
         "run `python tests/golden/regenerate.py` and commit tests/golden/"
     )
     x = datasets.load(golden["dataset"]).x_test
-    enc, dec = b.encoder(xnnpack=kernels == "xnnpack"), b.decoder(xnnpack=kernels == "xnnpack")
+    enc, dec = b.encoder(kernels=kernels), b.decoder(kernels=kernels)
     want = golden[kernels]
     for i, hexq, img_sha in zip(golden["indices"], want["latents_hex"], want["decoded_sha256"], strict=True):
         q = enc.encode_latent(x[i])

