@@ -162,3 +162,28 @@ def test_keras_decoder_rebuilt_from_the_float_tflite(hq):
 
     with pytest.raises(ExportError, match="do not fit"):
         keras_decoder_from_tflite(hq.model_bytes("decoder_float"), other)
+
+
+@pytest.mark.slow
+def test_readapt_changes_only_the_decoder(tmp_path):
+    from cae_edge.errors import ExportError
+    from cae_edge.export.readapt import ReadaptOptions, readapt_bundle
+
+    src = load_bundle("mnist-tiny")
+    out = tmp_path / "tiny"
+    opts = ReadaptOptions(bundle="mnist-tiny", out_dir=out, epochs=1, train_limit=200, verify_limit=50)
+    res = readapt_bundle(opts)
+    new = load_bundle(out)  # verifies hashes, pair id and tensor details
+    for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz"):
+        assert new.read_file(name) == src.read_file(name)
+    assert new.read_file("decoder.tflite") != src.read_file("decoder.tflite")
+    assert res.pair_id == new.pair_id != src.pair_id
+    q = new.manifest.quality
+    assert q["n_images"] == 50 and q["decoder_readaptation"]["kernels"] == ["xnnpack", "builtin"]
+    assert q["decoder_readaptation"]["train_images"] == 400  # 200 images x 2 families
+    assert set(q["kernels"]["after"]["psnr"]) == set(KERNELS)
+    assert q["kernels"]["after"]["psnr"]["xnnpack"] == pytest.approx(q["tflite_int8"]["psnr"], abs=1e-9)
+    with pytest.raises(ExportError, match="already exists"):
+        readapt_bundle(opts)
+    with pytest.raises(ConfigError, match="'gpu'"):
+        ReadaptOptions(bundle="mnist-tiny", out_dir=out, kernels=("gpu",)).validate()

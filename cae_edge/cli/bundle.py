@@ -62,8 +62,14 @@ def info(
             f"decoder adapted to the int8 encoder's latents ({a['epochs']} epochs); "
             f"Keras float before: PSNR {a['keras_float_before']['psnr']:.2f} dB"
         )
+    if "kernels" in q:
+        k = q["kernels"]["after"]
+        per = ", ".join(f"{fam} {v:.2f}" for fam, v in k["psnr"].items())
+        typer.echo(f"int8 PSNR by encoder kernels: {per} dB (spread {k['spread_db']:.2f})")
     if m.command:
         typer.echo(f"made by  {m.command}")
+    if "decoder_readaptation" in q:
+        typer.echo(f"then     {q['decoder_readaptation']['command']}")
     if m.train.get("command"):
         typer.echo(f"trained  {m.train['command']}")
 
