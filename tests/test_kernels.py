@@ -4,6 +4,7 @@ files, `cae-edge benchmark --kernels`, and the decoder rebuilt from a float .tfl
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -170,13 +171,17 @@ def test_readapt_changes_only_the_decoder(tmp_path):
     from cae_edge.export.readapt import ReadaptOptions, readapt_bundle
 
     src = load_bundle("mnist-tiny")
+    copy = tmp_path / "src"
+    shutil.copytree(src.path, copy)
+    (copy / "notes.txt").write_text("a file the manifest does not list travels along\n")
     out = tmp_path / "tiny"
-    opts = ReadaptOptions(bundle="mnist-tiny", out_dir=out, epochs=1, train_limit=200, verify_limit=50)
+    opts = ReadaptOptions(bundle=copy, out_dir=out, epochs=1, train_limit=200, verify_limit=50)
     res = readapt_bundle(opts)
     new = load_bundle(out)  # verifies hashes, pair id and tensor details
     for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz"):
         assert new.read_file(name) == src.read_file(name)
     assert new.read_file("decoder.tflite") != src.read_file("decoder.tflite")
+    assert (out / "notes.txt").read_text() == (copy / "notes.txt").read_text()
     assert res.pair_id == new.pair_id != src.pair_id
     q = new.manifest.quality
     assert q["n_images"] == 50 and q["decoder_readaptation"]["kernels"] == ["xnnpack", "builtin"]
@@ -186,4 +191,4 @@ def test_readapt_changes_only_the_decoder(tmp_path):
     with pytest.raises(ExportError, match="already exists"):
         readapt_bundle(opts)
     with pytest.raises(ConfigError, match="'gpu'"):
-        ReadaptOptions(bundle="mnist-tiny", out_dir=out, kernels=("gpu",)).validate()
+        ReadaptOptions(bundle=copy, out_dir=out, kernels=("gpu",)).validate()

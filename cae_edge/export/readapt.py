@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import __version__, datasets
 from ..errors import ConfigError, ExportError
-from ..manifest import DEFAULT_FILES, Manifest, file_entry, pair_id
+from ..manifest import DEFAULT_FILES, MANIFEST_NAME, Manifest, file_entry, pair_id
 from ..metrics import quality, to_uint8
 from ..quant import dequantize
 from ..rundir import ModelConfig
@@ -242,16 +242,18 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
         rebuild_batch1(adapted, build_decoder, cfg), calib_latents, lq, percentile
     )
 
+    new_files = {DEFAULT_FILES["decoder"]: dec_q, DEFAULT_FILES["decoder_float"]: dec_float}
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        for name in manifest.files:
-            if name not in (DEFAULT_FILES["decoder"], DEFAULT_FILES["decoder_float"]):
-                (tmp / name).write_bytes(old.read_file(name))
-        (tmp / DEFAULT_FILES["decoder"]).write_bytes(dec_q)
-        (tmp / DEFAULT_FILES["decoder_float"]).write_bytes(dec_float)
+        # every other file of the bundle (encoder, entropy model, files the manifest does not list) as is
+        for path in sorted(Path(src).iterdir()):
+            if path.is_file() and path.name not in (MANIFEST_NAME, *new_files):
+                shutil.copyfile(path, tmp / path.name)
+        for name, data in new_files.items():
+            (tmp / name).write_bytes(data)
         files = {name: file_entry(tmp / name) for name in manifest.files}
         manifest.files = files
         manifest.pair_id = pair_id(files["encoder.tflite"].sha256, files["decoder.tflite"].sha256)
