@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from ..errors import CaeEdgeError
-from .common import fail, progress_bar
+from .common import dim, fail, progress_bar, write_json
 
 
 def benchmark(
@@ -159,8 +159,6 @@ def _kernels(
     markdown: Path | None,
 ) -> None:
     """``--kernels``: the per-kernel-family quality table."""
-    import json
-
     from rich.table import Table
 
     from ..benchmark.kernels import KernelsOptions, markdown_table, run_kernels
@@ -169,10 +167,7 @@ def _kernels(
     for item in kernel_latents or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            err.print(
-                f"[red]error:[/red] --kernel-latents {item!r}: expected NAME=FILE, e.g. aarch64=arm64.npz"
-            )
-            raise typer.Exit(1)
+            raise fail(f"--kernel-latents {item!r}: expected NAME=FILE, e.g. aarch64=arm64.npz")
         latents[name] = path
     opts = KernelsOptions(
         bundles=list(bundle or ["mnist"]),
@@ -182,12 +177,9 @@ def _kernels(
         data_dir=str(data_dir) if data_dir else None,
     )
     try:
-        results = run_kernels(
-            opts, lambda what, done, total: err.print(f"[dim]{what}[/dim]", highlight=False)
-        )
+        results = run_kernels(opts, lambda what, done, total: dim(what))
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     families = list(dict.fromkeys(k for r in results for k in r.psnr))
     table = Table(
         "bundle", "images", *[f"{k} dB" for k in families], "spread dB",
@@ -199,9 +191,7 @@ def _kernels(
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     command = "cae-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if json_out:
-        json_out.write_text(
-            json.dumps({"command": command, "kernels": [r.to_dict() for r in results]}, indent=2) + "\n"
-        )
+        write_json(json_out, {"command": command, "kernels": [r.to_dict() for r in results]})
         typer.echo(f"wrote {json_out}")
     if markdown:
         markdown.write_text(markdown_table(results) + f"\n`{command}`\n", encoding="utf-8")

@@ -3,7 +3,6 @@ inside the command); encoder, entropy model and payloads unchanged."""
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -13,8 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import CaeEdgeError
-
-err = Console(stderr=True)
+from .common import dim, fail, print_json
 
 
 def readapt(
@@ -83,15 +81,14 @@ def readapt(
 
     def progress(what: str, done: int, total: int) -> None:
         if not as_json:
-            err.print(f"[dim]{what}[/dim]", highlight=False)
+            dim(what)
 
     try:
         result = readapt_bundle(opts, progress)
     except CaeEdgeError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict())
         return
     k = result.quality["kernels"]
     table = Table(
