@@ -162,6 +162,13 @@ def train_cmd(
     dec_widths: Annotated[
         str | None, typer.Option("--dec-widths", help="Decoder filter counts d0,d1,d2 (e.g. 32,32,16).")
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="TensorFlow threads (>= 1). Default: every core; lower it to train runs side by side.",
+        ),
+    ] = None,
     preset: Annotated[
         str | None,
         typer.Option("--preset", help="Rate-distortion preset: tiny (<=8 B), small (<=32 B), hq (<=128 B)."),
@@ -223,6 +230,7 @@ def train_cmd(
             data_dir=None if data_dir is None else str(data_dir),
             val_fraction=val_fraction,
             init=init.value,
+            threads=threads,
             rd=rd,
             init_from=init_from,
             test_fraction=test_fraction,

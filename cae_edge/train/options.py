@@ -129,6 +129,10 @@ class TrainOptions:
     With the builder's Glorot kernels the signal shrinks ~1000x through the decoder and Adam drives the
     sigmoid output to all-black within an epoch (test PSNR stuck near 10 dB); He-normal trains. Plain
     runs only."""
+    threads: int | None = None
+    """TensorFlow threads (intra-op and inter-op pools), >= 1; None: every core this process may use.
+    Set it lower to train several runs side by side. Fixed for the life of the process once TensorFlow
+    has started (a second run in the same process keeps the first run's pools)."""
     rd: RDOptions | None = None
     """Rate-distortion training (:mod:`cae_edge.train.ratedistortion`); None for a plain run."""
     init_from: str | None = None
@@ -262,6 +266,9 @@ class TrainOptions:
         val = float(self.val_fraction)
         if not 0.0 <= val <= 0.5:
             raise ConfigError(f"validation fraction {self.val_fraction}: must be in [0, 0.5]")
+        threads = None if self.threads is None else _as_int(self.threads, "threads")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads {self.threads}: must be >= 1 (or omit it to use every core)")
         init = str(self.init).strip().lower()
         if init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}: use one of {', '.join(INITS)}")
@@ -293,6 +300,7 @@ class TrainOptions:
             data_dir=None if self.data_dir is None else str(self.data_dir),
             val_fraction=val,
             init=init,
+            threads=threads,
             rd=rd,
             init_from=None if self.init_from is None else str(self.init_from),
             test_fraction=frac,
@@ -385,6 +393,8 @@ class TrainOptions:
         ]
         if self.max_samples is not None:
             args += ["--max-samples", str(self.max_samples)]
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
         args += self._data_args()
         if self.out_dir is not None:
             args += ["--out", str(self.out_dir)]
@@ -426,6 +436,8 @@ class TrainOptions:
             args += ["--max-samples", str(self.max_samples)]
         if rd.latent_jitter:
             args += ["--latent-jitter", repr(rd.latent_jitter)]
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
         args += self._data_args()
         args += ["--out", str(self.out_dir)]
         return args

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from .model import build_decoder, build_encoder
 from .options import TrainOptions
 from .train import (
     AUTO_AUGMENT_MAX_TRAIN,
+    configure_threads,
     data_record,
     describe_device,
     example_indices,
@@ -61,7 +63,8 @@ from .train import (
 
 Progress = Callable[[int, dict], None]
 """Progress callback ``(epoch, logs)``: epoch 0 before training, then 1-based after each epoch with
-``loss``, ``mse``, ``bits``, ``psnr`` (train batches, rounded latent), ``lr``, ``seconds``, ``epochs``."""
+``loss``, ``mse``, ``bits``, ``psnr`` (train batches, rounded latent), ``lr``, ``lam``, ``seconds``,
+``images_per_s`` and ``epochs``."""
 
 LATENT_CLIP = 127.0
 """The rounded latent is clipped to [-LATENT_CLIP, LATENT_CLIP] (int8 with zero point 0)."""
@@ -101,6 +104,11 @@ class RDResult:
     """Epochs trained."""
     seconds: float
     """Wall time of the training loop."""
+    images_per_s: float = 0.0
+    """Training images per second over the whole loop (epochs x images / ``seconds``, first epoch's tracing
+    included; ``history.json`` has it per epoch)."""
+    threads: int = 0
+    """Size of TensorFlow's thread pools during the run (0: TensorFlow's default)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,6 +231,7 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
     import keras
     import tensorflow as tf
 
+    threads = configure_threads(opts.threads)
     keras.utils.set_random_seed(opts.seed)
     encoder = build_encoder(cfg)
     decoder = build_decoder(cfg)
@@ -247,6 +256,8 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
         active_dims=ev["active_dims"],
         epochs=opts.epochs,
         seconds=seconds,
+        images_per_s=len(x_train) * opts.epochs / seconds,
+        threads=threads,
     )
     config = _run_config(opts, cfg, ds, len(x_train), len(x_test), lam_final, prior, start)
     metrics = {**result.to_dict(), "mse": ev["mse"], "latent_range": ev["latent_range"]}
@@ -289,25 +300,29 @@ def _run_config(
     )
 
 
-def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarray, rng, progress):
-    """The training loop (one tf.function step per batch, lam steered per step); ``(history, lam_final)``."""
-    import keras
+def make_train_step(
+    encoder, decoder, prior: _Prior, optimizer, lam, *, jitter: float = 0.0, target_bits: float | None = None
+):
+    """The rate-distortion Adam step, as a plain function of one batch (wrap it in ``tf.function``).
+
+    ``step(x)`` returns ``(loss, mse, rounded_bits)`` of the batch: ``loss = mse + lam * bits(y + U(-½, ½))``
+    with ``mse`` on the 0-255 scale through the rounded latent (straight-through), computed with the weights
+    before the update; ``rounded_bits`` is the mean bits per image of ``round(y)`` under the prior after the
+    update. With ``target_bits`` set, the step also steers ``lam`` (a ``tf.Variable``) towards it.
+
+    Args:
+        encoder: float encoder (Keras).
+        decoder: float decoder (Keras).
+        prior: the learned factorized prior.
+        optimizer: Keras optimizer (Adam with the run's schedule).
+        lam: ``tf.Variable`` (float32) holding the rate weight.
+        jitter: std of Gaussian noise on the decoder's latent before rounding (0: none).
+        target_bits: bits per image ``lam`` is steered to; None keeps ``lam`` fixed.
+    """
     import tensorflow as tf
 
-    rd = opts.rd
-    assert rd is not None
-    jitter = float(rd.latent_jitter)
-    steps_per_epoch = math.ceil(len(x_train) / opts.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        opts.learning_rate, opts.epochs * steps_per_epoch, alpha=FINAL_LR_FRACTION
-    )
-    optimizer = keras.optimizers.Adam(schedule)
     weights = encoder.trainable_variables + decoder.trainable_variables + prior.variables
-    lam = tf.Variable(rd.lam, dtype=tf.float32, trainable=False, name="lam")
-    target_bits = tf.constant(max(8.0 * (rd.target_bytes - CODER_OVERHEAD_BYTES), 1.0), tf.float32)
-    steer = bool(rd.target_bytes)
 
-    @tf.function(reduce_retracing=True)
     def step(x):
         with tf.GradientTape() as tape:
             y = encoder(x, training=True)
@@ -320,35 +335,106 @@ def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarra
         grads = tape.gradient(loss, weights)
         optimizer.apply_gradients(zip(grads, weights, strict=True))
         rounded_bits = tf.reduce_mean(prior.bits(tf.round(tf.stop_gradient(y))))
-        if steer:
+        if target_bits is not None:
             error = tf.clip_by_value((rounded_bits - target_bits) / target_bits, -1.0, 1.0)
             lam.assign(tf.clip_by_value(lam * tf.exp(LAM_GAIN * error), LAM_RANGE[0], LAM_RANGE[1]))
         return loss, mse, rounded_bits
 
-    history: dict[str, list[float]] = {k: [] for k in ("loss", "mse", "bits", "psnr", "lr", "lam", "seconds")}
+    return step
+
+
+class EpochRunner:
+    """Runs the step over one epoch's images with the batches cut and the sums kept inside TensorFlow.
+
+    Per batch Python only dispatches one ``tf.function`` call (slice, step, add to the sums); the
+    image-weighted sums of loss, MSE and rounded bits are read back once, by :meth:`run`.
+    """
+
+    def __init__(self, step, batch_size: int) -> None:
+        import tensorflow as tf
+
+        self.tf = tf
+        self.batch_size = int(batch_size)
+        self.totals = tf.Variable(tf.zeros([3], tf.float64), trainable=False, name="epoch_totals")
+
+        @tf.function(reduce_retracing=True)
+        def one_batch(images, start):
+            x = images[start : start + self.batch_size]
+            out = tf.cast(tf.stack(step(x)), tf.float64)
+            self.totals.assign_add(out * tf.cast(tf.shape(x)[0], tf.float64))
+
+        self._one_batch = one_batch
+
+    def run(self, images) -> tuple[float, float, float]:
+        """Train on ``images`` (N, 28, 28, 1) float32 in order, ``batch_size`` at a time.
+
+        Returns:
+            ``(loss, mse, bits)``: means over the images (each batch weighted by its size).
+        """
+        tf = self.tf
+        images = tf.convert_to_tensor(images, tf.float32)
+        n = int(images.shape[0])
+        self.totals.assign(tf.zeros([3], tf.float64))
+        for start in range(0, n, self.batch_size):
+            self._one_batch(images, tf.constant(start, tf.int32))
+        loss, mse, bits = (float(v) / n for v in self.totals.numpy())
+        return loss, mse, bits
+
+
+def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarray, rng, progress):
+    """The training loop; ``(history, lam_final)``.
+
+    A worker thread prepares the next epoch's images (numpy augmentation and shuffle, same random draws in
+    the same order) while TensorFlow trains on the current one; lam is steered per step inside the graph.
+    """
+    import keras
+    import tensorflow as tf
+
+    rd = opts.rd
+    assert rd is not None
+    steps_per_epoch = math.ceil(len(x_train) / opts.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        opts.learning_rate, opts.epochs * steps_per_epoch, alpha=FINAL_LR_FRACTION
+    )
+    optimizer = keras.optimizers.Adam(schedule)
+    lam = tf.Variable(rd.lam, dtype=tf.float32, trainable=False, name="lam")
+    target = max(8.0 * (rd.target_bytes - CODER_OVERHEAD_BYTES), 1.0) if rd.target_bytes else None
+    step = make_train_step(
+        encoder, decoder, prior, optimizer, lam, jitter=float(rd.latent_jitter), target_bits=target
+    )
+    runner = EpochRunner(step, opts.batch_size)
+
     x_train_f = x_train.astype(np.float32) / 255.0
-    for epoch in range(1, opts.epochs + 1):
-        t0 = time.perf_counter()
+
+    def epoch_images() -> np.ndarray:
         xe = random_affine(x_train_f, rng) if opts.augment else x_train_f
-        xe = xe[rng.permutation(len(xe))][..., None]
-        sums = np.zeros(3)
-        for i in range(steps_per_epoch):
-            batch = xe[i * opts.batch_size : (i + 1) * opts.batch_size]
-            sums += np.array([float(v) for v in step(tf.constant(batch))]) * len(batch)
-        loss, mse, bits = sums / len(xe)
-        logs = {
-            "loss": loss,
-            "mse": mse,
-            "bits": bits,
-            "psnr": 10 * math.log10(255.0**2 / max(mse, 1e-12)),
-            "lr": float(schedule(optimizer.iterations)),
-            "lam": float(lam.numpy()),
-            "seconds": time.perf_counter() - t0,
-        }
-        for k, v in logs.items():
-            history[k].append(float(v))
-        if progress:
-            progress(epoch, {**logs, "epochs": opts.epochs})
+        return xe[rng.permutation(len(xe))][..., None]
+
+    keys = ("loss", "mse", "bits", "psnr", "lr", "lam", "seconds", "images_per_s")
+    history: dict[str, list[float]] = {k: [] for k in keys}
+    with ThreadPoolExecutor(1, thread_name_prefix="rd-data") as pool:
+        upcoming = pool.submit(epoch_images)
+        for epoch in range(1, opts.epochs + 1):
+            t0 = time.perf_counter()
+            xe = upcoming.result()
+            if epoch < opts.epochs:
+                upcoming = pool.submit(epoch_images)
+            loss, mse, bits = runner.run(xe)
+            seconds = time.perf_counter() - t0
+            logs = {
+                "loss": loss,
+                "mse": mse,
+                "bits": bits,
+                "psnr": 10 * math.log10(255.0**2 / max(mse, 1e-12)),
+                "lr": float(schedule(optimizer.iterations)),
+                "lam": float(lam.numpy()),
+                "seconds": seconds,
+                "images_per_s": len(xe) / seconds,
+            }
+            for k, v in logs.items():
+                history[k].append(float(v))
+            if progress:
+                progress(epoch, {**logs, "epochs": opts.epochs})
     return history, float(lam.numpy())
 
 
