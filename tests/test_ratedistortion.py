@@ -209,3 +209,63 @@ def test_init_from_reads_a_run_in_the_old_schema(low_run, tmp_path):
     bad.latent_dim, bad.init_from = 4, str(old)
     with pytest.raises(ConfigError, match="--init-from"):
         train_rd(bad)
+
+
+def _bits_reference(v: np.ndarray, loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Bits per image of latents ``v`` under independent logistics, from the CDF difference (float64)."""
+
+    def cdf(t):
+        return 1.0 / (1.0 + np.exp(-(t - loc) / scale))
+
+    p = np.maximum(np.abs(cdf(v + 0.5) - cdf(v - 0.5)), 1e-9)
+    return -np.log2(p).sum(axis=-1)
+
+
+@pytest.mark.slow
+def test_train_step_outputs_match_a_reference_computation(mnist, monkeypatch):
+    """Loss, rate and PSNR of the in-graph epoch loop against numpy on 12 real digits (batches of 8 and 4).
+
+    The learning rate is 0 (weights stay put, so every batch is referenced with the same weights) and the
+    rate noise U(-1/2, 1/2) is replaced by a fixed array, so the reference can add exactly the same noise.
+    lam is steered per step: the second batch must see the lam the first batch left.
+    """
+    import keras
+    import tensorflow as tf
+
+    from cae_edge.train import ratedistortion as rdm
+    from cae_edge.train.model import build_decoder, build_encoder
+
+    cfg = ModelConfig(latent_dim=8, enc_widths=(8, 8, 4), dec_widths=(8, 8, 4), latent_gain=8.0)
+    keras.utils.set_random_seed(3)
+    encoder, decoder = build_encoder(cfg), build_decoder(cfg)
+    prior = rdm._Prior(tf, cfg.latent_dim)
+    prior.loc.assign(np.linspace(-2, 2, cfg.latent_dim).astype(np.float32))
+    lam0, target = 3.0, 20.0
+    lam = tf.Variable(lam0, dtype=tf.float32)
+    optimizer = keras.optimizers.Adam(0.0)
+    step = rdm.make_train_step(encoder, decoder, prior, optimizer, lam, target_bits=target)
+    runner = rdm.EpochRunner(step, batch_size=8)
+
+    x = (mnist.x_test[:12].astype(np.float32) / 255.0)[..., None]
+    u = np.random.default_rng(5).uniform(-0.5, 0.5, (8, cfg.latent_dim)).astype(np.float32)
+    monkeypatch.setattr(tf.random, "uniform", lambda shape, minval, maxval, **kw: tf.constant(u)[: shape[0]])
+    stats = runner.run(x)
+
+    y = np.asarray(encoder(x, training=False), np.float64)
+    x_hat = np.asarray(decoder(np.clip(np.rint(y), -127, 127).astype(np.float32), training=False))
+    loc, scale = prior.loc.numpy().astype(np.float64), prior.scale().numpy().astype(np.float64)
+    lam_now, loss, mse, bits = lam0, [], [], []
+    for b in (slice(0, 8), slice(8, 12)):
+        mse.append(np.mean((x[b] - x_hat[b]) ** 2) * 255.0**2)
+        loss.append(mse[-1] + lam_now * _bits_reference(y[b] + u[: len(y[b])], loc, scale).mean())
+        bits.append(_bits_reference(np.rint(y[b]), loc, scale).mean())
+        error = np.clip((bits[-1] - target) / target, -1, 1)
+        lam_now = float(np.clip(lam_now * np.exp(rdm.LAM_GAIN * error), *rdm.LAM_RANGE))
+    weights = np.array([8, 4]) / 12
+    np.testing.assert_allclose(stats["mse"], weights @ mse, rtol=1e-4)
+    np.testing.assert_allclose(stats["loss"], weights @ loss, rtol=1e-4)
+    np.testing.assert_allclose(stats["bits"], weights @ bits, rtol=1e-4)
+    np.testing.assert_allclose(stats["psnr"], 10 * np.log10(255.0**2 / (weights @ mse)), atol=1e-3)
+    np.testing.assert_allclose(lam.numpy(), lam_now, rtol=1e-5)
+    assert lam_now != lam0 and abs(mse[0] - mse[1]) > 1  # the steering and the batch weights are exercised
+    np.testing.assert_allclose(encoder(x[:2], training=False), y[:2], rtol=1e-6, atol=1e-6)  # lr 0: unchanged

@@ -365,11 +365,12 @@ class EpochRunner:
 
         self._one_batch = one_batch
 
-    def run(self, images) -> tuple[float, float, float]:
+    def run(self, images) -> dict[str, float]:
         """Train on ``images`` (N, 28, 28, 1) float32 in order, ``batch_size`` at a time.
 
         Returns:
-            ``(loss, mse, bits)``: means over the images (each batch weighted by its size).
+            ``loss``, ``mse`` (0-255 scale) and ``bits`` (rounded latent under the prior): means over the
+            images, each batch weighted by its size; ``psnr`` (dB) of that mean MSE.
         """
         tf = self.tf
         images = tf.convert_to_tensor(images, tf.float32)
@@ -378,7 +379,8 @@ class EpochRunner:
         for start in range(0, n, self.batch_size):
             self._one_batch(images, tf.constant(start, tf.int32))
         loss, mse, bits = (float(v) / n for v in self.totals.numpy())
-        return loss, mse, bits
+        psnr = 10 * math.log10(255.0**2 / max(mse, 1e-12))
+        return {"loss": loss, "mse": mse, "bits": bits, "psnr": psnr}
 
 
 def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarray, rng, progress):
@@ -419,13 +421,10 @@ def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarra
             xe = upcoming.result()
             if epoch < opts.epochs:
                 upcoming = pool.submit(epoch_images)
-            loss, mse, bits = runner.run(xe)
+            stats = runner.run(xe)
             seconds = time.perf_counter() - t0
             logs = {
-                "loss": loss,
-                "mse": mse,
-                "bits": bits,
-                "psnr": 10 * math.log10(255.0**2 / max(mse, 1e-12)),
+                **stats,
                 "lr": float(schedule(optimizer.iterations)),
                 "lam": float(lam.numpy()),
                 "seconds": seconds,
