@@ -6,7 +6,9 @@
 #
 # Usage: scripts/make-bundles.sh [CLI] [PYTHON]      (make bundles passes the venv's)
 # Env:   DATASETS (default "mnist fashion"), EPOCHS_MNIST (default 20), EPOCHS_FASHION (default 5),
-#        RUNS (default runs/bundles), PRESETS (default "tiny small hq"; "" skips the rate-distortion bundles)
+#        RUNS (default runs/bundles), PRESETS (default "tiny small hq"; "" skips the rate-distortion bundles),
+#        JOBS (rate-distortion chains trained side by side, default: the number of cores; each gets
+#        --threads cores/JOBS, at least 1, and writes its output to RUNS/<dataset>-<preset>.log)
 set -euo pipefail
 cli=${1:-cae-edge}
 py=${2:-python3}
@@ -32,54 +34,80 @@ done
 # 99.99th percentile, bias-corrects the int8 encoder, fine-tunes the decoder on the int8 encoder's own training
 # latents (--adapt-decoder: the int8 encoder moves ~40 % of latent values by +-1) and fits the entropy model on
 # those latents. int8 still loses up to ~0.65 dB on the long-trained small/hq models, hence --margin 1.0.
+rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export the bundle
+  local name=$1 preset=$2 threads=$3 stages prev out lam adapt readapt i
+  echo "== $name-$preset: train (preset $preset, $threads threads)"
+  rm -rf "${runs:?}/$name-$preset"
+  # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr" from the previous weights,
+  # each starting from the rate weight the previous stage ended with.
+  case $name-$preset in
+    mnist-hq) stages="30:0.001 30:0.001 60:0.001 120:0.001 220:0.001 160:0.001" ;;
+    mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
+    fashion-hq) stages="6:0.001 6:0.0007 16:0.0007" ;;
+    fashion-small) stages="6:0.001 10:0.0007" ;;
+    *) stages="" ;;
+  esac
+  set -- $stages
+  prev="$runs/$name-$preset"
+  [[ $# -gt 0 ]] && prev="$runs/$name-$preset-s0"
+  rm -rf "$runs/$name-$preset"-s*
+  nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --threads "$threads" --out "$prev"
+  i=0
+  for stage in $stages; do
+    i=$((i + 1))
+    out="$runs/$name-$preset-s$i"
+    [[ $i -eq $# ]] && out="$runs/$name-$preset"
+    lam=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rd"]["lam_final"])' "$prev/config.json")
+    nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --epochs "${stage%%:*}" --lr "${stage##*:}" \
+      --lam "$lam" --init-from "$prev" --threads "$threads" --out "$out"
+    prev=$out
+  done
+  echo "== $name-$preset: export"
+  case $name in mnist) adapt=15 ;; *) adapt=3 ;; esac  # 120,000 / 180,000 images seen
+  nice "$cli" export "$runs/$name-$preset" --out "cae_edge/bundles/$name-$preset" \
+    --calib 1000 --adapt-decoder "$adapt" --margin 1.0 --overwrite
+  # The int8 encoder's latents depend on the kernels that run it (XNNPACK's int8 LEAKY_RELU rounds unlike
+  # the TFLite reference kernels of LiteRT builtin and tflite-micro); small and hq decode the reference
+  # kernels' latents 0.2-0.4 dB worse until the decoder is re-adapted to both families (encoder, entropy
+  # model and latents unchanged; `cae-edge benchmark --kernels` measures the spread).
+  case $name-$preset in
+    mnist-hq) readapt="--epochs 6" ;;
+    mnist-small) readapt="--epochs 3" ;;
+    fashion-hq) readapt="--epochs 2" ;;
+    fashion-small) readapt="--epochs 2 --kernels xnnpack,builtin,micro" ;;
+    *) readapt="" ;;
+  esac
+  if [[ -n $readapt ]]; then
+    nice "$cli" readapt "$name-$preset" --out "cae_edge/bundles/$name-$preset" $readapt --overwrite
+  fi
+}
+
+# The chains are independent (one training process at a time uses about one core's worth of a small
+# machine), so JOBS of them run side by side.
+cores=$(nproc 2>/dev/null || echo 1)
+njobs=${JOBS:-$cores}
+threads=$((cores / njobs))
+((threads >= 1)) || threads=1
+mkdir -p "$runs"
+pids=()
+chains=()
 for name in ${DATASETS:-mnist fashion}; do
   for preset in ${PRESETS-tiny small hq}; do
-    echo "== $name-$preset: train (preset $preset)"
-    rm -rf "${runs:?}/$name-$preset"
-    # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr" from the previous weights,
-    # each starting from the rate weight the previous stage ended with.
-    case $name-$preset in
-      mnist-hq) stages="30:0.001 30:0.001 60:0.001 120:0.001 220:0.001 160:0.001" ;;
-      mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
-      fashion-hq) stages="6:0.001 6:0.0007 16:0.0007" ;;
-      fashion-small) stages="6:0.001 10:0.0007" ;;
-      *) stages="" ;;
-    esac
-    set -- $stages
-    prev="$runs/$name-$preset"
-    [[ $# -gt 0 ]] && prev="$runs/$name-$preset-s0"
-    rm -rf "$runs/$name-$preset"-s*
-    nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --out "$prev"
-    i=0
-    for stage in $stages; do
-      i=$((i + 1))
-      out="$runs/$name-$preset-s$i"
-      [[ $i -eq $# ]] && out="$runs/$name-$preset"
-      lam=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rd"]["lam_final"])' "$prev/config.json")
-      nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --epochs "${stage%%:*}" --lr "${stage##*:}" \
-        --lam "$lam" --init-from "$prev" --out "$out"
-      prev=$out
-    done
-    echo "== $name-$preset: export"
-    case $name in mnist) adapt=15 ;; *) adapt=3 ;; esac  # 120,000 / 180,000 images seen
-    nice "$cli" export "$runs/$name-$preset" --out "cae_edge/bundles/$name-$preset" \
-      --calib 1000 --adapt-decoder "$adapt" --margin 1.0 --overwrite
-    # The int8 encoder's latents depend on the kernels that run it (XNNPACK's int8 LEAKY_RELU rounds unlike
-    # the TFLite reference kernels of LiteRT builtin and tflite-micro); small and hq decode the reference
-    # kernels' latents 0.2-0.4 dB worse until the decoder is re-adapted to both families (encoder, entropy
-    # model and latents unchanged; `cae-edge benchmark --kernels` measures the spread).
-    case $name-$preset in
-      mnist-hq) readapt="--epochs 6" ;;
-      mnist-small) readapt="--epochs 3" ;;
-      fashion-hq) readapt="--epochs 2" ;;
-      fashion-small) readapt="--epochs 2 --kernels xnnpack,builtin,micro" ;;
-      *) readapt="" ;;
-    esac
-    if [[ -n $readapt ]]; then
-      nice "$cli" readapt "$name-$preset" --out "cae_edge/bundles/$name-$preset" $readapt --overwrite
-    fi
+    while (($(jobs -rp | wc -l) >= njobs)); do wait -n || true; done
+    echo "== $name-$preset: started, log $runs/$name-$preset.log"
+    rd_chain "$name" "$preset" "$threads" >"$runs/$name-$preset.log" 2>&1 &
+    pids+=($!)
+    chains+=("$name-$preset")
   done
 done
+failed=0
+for k in "${!pids[@]}"; do
+  if ! wait "${pids[$k]}"; then
+    echo "== ${chains[$k]}: FAILED, see $runs/${chains[$k]}.log" >&2
+    failed=1
+  fi
+done
+((failed == 0)) || exit 1
 
 echo "== golden int8 latents and the bundles' self-tests (selftest.npz)"
 "$py" tests/golden/regenerate.py
