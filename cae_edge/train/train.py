@@ -184,7 +184,8 @@ def configure_threads(threads: int | None) -> int:
         threads: pool size, >= 1; None: :func:`available_cores`.
 
     The pools are fixed once TensorFlow's runtime has started in this process (e.g. by an earlier run in the
-    same process); then they stay as they are and their size is returned (0: TensorFlow's own default).
+    same process); then they stay as they are and their size is returned (TensorFlow's default, when nothing
+    set them, is :func:`available_cores`).
     """
     import tensorflow as tf
 
@@ -194,7 +195,7 @@ def configure_threads(threads: int | None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(n)
     except RuntimeError:  # runtime already started: pools fixed for this process
         pass
-    return tf.config.threading.get_intra_op_parallelism_threads()
+    return tf.config.threading.get_intra_op_parallelism_threads() or available_cores()
 
 
 def he_init_convs(*models) -> int:
