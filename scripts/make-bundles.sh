@@ -7,8 +7,8 @@
 # Usage: scripts/make-bundles.sh [CLI] [PYTHON]      (make bundles passes the venv's)
 # Env:   DATASETS (default "mnist fashion"), EPOCHS_MNIST (default 20), EPOCHS_FASHION (default 5),
 #        RUNS (default runs/bundles), PRESETS (default "tiny small hq"; "" skips the rate-distortion bundles),
-#        JOBS (rate-distortion chains trained side by side, default: the number of cores; each gets
-#        --threads cores/JOBS, at least 1, and writes its output to RUNS/<dataset>-<preset>.log)
+#        JOBS (rate-distortion chains trained side by side, default 1; each gets --threads cores/JOBS, at
+#        least 1, and writes its output to RUNS/<dataset>-<preset>.log)
 set -euo pipefail
 cli=${1:-cae-edge}
 py=${2:-python3}
@@ -82,10 +82,11 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   fi
 }
 
-# The chains are independent (one training process at a time uses about one core's worth of a small
-# machine), so JOBS of them run side by side.
+# The chains are independent, so JOBS of them can run side by side. Default 1: on the loaded 2-core build
+# machine three 1-thread chains side by side were not faster than one after another (tracing three graphs at
+# once is slow, and steady-state epochs varied 2-6x between tries).
 cores=$(nproc 2>/dev/null || echo 1)
-njobs=${JOBS:-$cores}
+njobs=${JOBS:-1}
 threads=$((cores / njobs))
 ((threads >= 1)) || threads=1
 mkdir -p "$runs"
