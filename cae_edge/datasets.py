@@ -73,11 +73,11 @@ class Dataset:
     attempts: list[str] = field(default_factory=list)
     """Sources tried before this one, with why they failed."""
     t_train: np.ndarray | None = None
-    """Capture times (s) of the training images, for a user's own frames (:mod:`cae_edge.recording`)."""
+    """Capture times (s) of the training images, for a user's own frames (``device/recording.py``)."""
     t_test: np.ndarray | None = None
     """Capture times (s) of the test images, for a user's own frames."""
     user: Any = None
-    """A user dataset's :class:`~cae_edge.recording.UserData` (path, kind, preprocessing, split); None for
+    """A user dataset's ``recording.UserData`` (path, kind, preprocessing, split); None for
     MNIST / Fashion-MNIST."""
 
     @property

@@ -3,7 +3,7 @@
 Plain runs by default; ``--preset``, ``--lam`` or ``--target-bytes`` make it a rate-distortion run (integer
 latent + learned prior, :mod:`cae_edge.train.ratedistortion`), and so does ``--init-from`` a rate-distortion
 run or bundle. Flags left out take the run's defaults or the preset's values (:mod:`cae_edge.presets`);
-flags given explicitly win. ``--dataset`` also takes a user's own frames (:mod:`cae_edge.recording`).
+flags given explicitly win. ``--dataset`` also takes a user's own frames (``device/recording.py``).
 """
 
 from __future__ import annotations

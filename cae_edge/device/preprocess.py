@@ -25,7 +25,7 @@ shape (a letterboxed frame keeps the part of it on whole blocks of the padded sq
 shift). The output equals the full-resolution computation up to rounding (the halvings round each 2x2 mean;
 mean difference ~0.3 levels on 480x640 frames of real images) and, with normalisation, up to bright specks
 more than a block outside the object and the odd one-pixel change of placement when the centre of mass sits
-on a rounding edge (~0.2-0.8 levels); tests/test_preprocess.py keeps the full-resolution reference and
+on a rounding edge (~0.2-0.8 levels); tests/device/test_preprocess.py keeps the full-resolution reference and
 bounds the difference.
 """
 

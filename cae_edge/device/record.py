@@ -4,7 +4,7 @@
 
     FrameSource ─► [keep at --fps] ─► Preprocessor (the bundle's manifest block) ─► 28x28 uint8 ─┐
                     time stamp: wall clock (camera, stream) | position in the file (video, images)│
-    stop at --frames / --seconds / end of the file / Ctrl-C ─► recording directory (cae_edge.recording)
+    stop at --frames / --seconds / end of the file / Ctrl-C ─► recording directory (cae_edge.device.recording)
 
 A camera's frames are paced to ``fps`` in real time; a file is read as fast as it decodes and sampled by its
 own time line, so recording a ten-minute video takes seconds and keeps the video's times.
@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..recording import DEFAULT_PREPROCESS, Recording, write_recording
 from .capture import (
     FrameSource,
     Picamera2Source,
@@ -30,6 +29,7 @@ from .capture import (
     open_source,
 )
 from .preprocess import Preprocessor
+from .recording import DEFAULT_PREPROCESS, Recording, write_recording
 
 Progress = Callable[[int, float], None]
 """Progress callback ``(frames recorded, seconds of recording so far)``."""
@@ -45,7 +45,7 @@ class RecordOptions:
     out_dir: Path
     """Recording directory to write."""
     preprocess: dict | None = None
-    """The bundle manifest's ``preprocess`` block (None: :data:`~cae_edge.recording.DEFAULT_PREPROCESS`)."""
+    """The bundle manifest's ``preprocess`` block (None: ``recording.DEFAULT_PREPROCESS``)."""
     bundle: str | None = None
     """Name of the bundle whose preprocessing is used (recorded in ``meta.json``)."""
     seconds: float | None = None

@@ -14,7 +14,7 @@ Four steps, one function each (:func:`export` runs them)::
 The verification runs through :mod:`cae_edge.device.bundle`, the same code a camera node and receiver use.
 
 A run trained on a user's own frames (``config.json["data"]["user"]``: a recording, image folder or video,
-:mod:`cae_edge.recording`) is calibrated and verified on those frames (same time split), and its manifest's
+``device/recording.py``) is calibrated and verified on those frames (same time split), and its manifest's
 ``preprocess`` block is the preprocessing those frames went through, so the node prepares its camera's
 frames the same way.
 """
@@ -259,7 +259,7 @@ def _read_inputs(opts: ExportOptions, step: Progress) -> _Inputs:
 
 def _load_user_data(run_dir: Path, user: dict) -> datasets.Dataset:
     """A user's frames, loaded as the run recorded (path, preprocessing, time split)."""
-    from ..recording import load_user_dataset
+    from ..device.recording import load_user_dataset
 
     path = Path(str(user.get("path", "")))
     if not path.exists():

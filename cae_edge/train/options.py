@@ -5,7 +5,7 @@ A plain run (:func:`cae_edge.train.train.train`) minimises MSE with a float late
 left ``None`` take the defaults of the kind of run, and for a ``--preset`` run the preset's
 (:mod:`cae_edge.presets`): explicitly given values always win.
 
-The data is MNIST, Fashion-MNIST, or a user's own frames (:mod:`cae_edge.recording`: a recording directory,
+The data is MNIST, Fashion-MNIST, or a user's own frames (``device/recording.py``: a recording directory,
 a folder of images or a video file, split by time). ``init_from`` starts from an earlier run or a bundle
 (:mod:`cae_edge.train.from_bundle`): the run takes its architecture, is rate-distortion when it was, and
 takes its rate weight and byte target, with short fine-tuning defaults (:data:`FINETUNE_DEFAULTS`).
@@ -20,8 +20,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .. import datasets, recording
+from .. import datasets
 from .. import presets as presets_mod
+from ..device import recording
 from ..errors import ConfigError
 from ..rundir import ModelConfig
 from .from_bundle import StartPoint, read_start

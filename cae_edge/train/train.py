@@ -15,7 +15,7 @@ Options (:class:`~cae_edge.train.options.TrainOptions`) are shared with rate-dis
 (:mod:`cae_edge.train.ratedistortion`), which sets ``TrainOptions.rd``.
 
 ``load_data`` is :func:`cae_edge.datasets.load` for MNIST / Fashion-MNIST, and
-:func:`cae_edge.recording.load_user_dataset` for a recording, a folder of images or a video file (test split
+``recording.load_user_dataset`` for a recording, a folder of images or a video file (test split
 by time). ``init_from`` (a run or a bundle, :mod:`cae_edge.train.from_bundle`) sets the starting weights.
 
 Options are checked and the data is loaded before TensorFlow is imported, so bad input fails fast.
@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, datasets, recording
+from .. import __version__, datasets
+from ..device import recording
 from ..errors import ConfigError
 from ..metrics import quality, to_uint8
 from ..rundir import LOSS_PLOT, RECON_PLOT, RunConfig, check_out_dir, make_out_dir, write_run
@@ -110,7 +111,7 @@ def load_data(opts: TrainOptions) -> datasets.Dataset:
     """The run's dataset: MNIST / Fashion-MNIST, or a user's own frames split by time.
 
     Images and video frames get the preprocessing of the bundle the run starts from (``init_from``), else
-    :data:`cae_edge.recording.DEFAULT_PREPROCESS`; a recording keeps the preprocessing it was recorded with.
+    ``recording.DEFAULT_PREPROCESS``; a recording keeps the preprocessing it was recorded with.
 
     Raises:
         DataNotFoundError: no source has the dataset, or the path is not there.

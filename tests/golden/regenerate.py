@@ -2,7 +2,7 @@
 
 For a few fixed test images, the golden file stores the int8 latent bytes (hex) the shipped encoder
 produces through LiteRT and the sha256 of the decoded image, with XNNPACK and with the builtin kernels.
-tests/test_device_bundle.py asserts the bundles still reproduce them bit-exactly.
+tests/device/test_device_bundle.py asserts the bundles still reproduce them bit-exactly.
 It also writes each bundle's shipped self-test, cae_edge/bundles/<bundle>/selftest.npz (the same images as
 uint8 and their XNNPACK int8 latents), which `cae-edge doctor` checks a node against.
 Run this after `make bundles` (and commit the result).

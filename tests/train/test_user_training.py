@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cae_edge import photos, recording
+from cae_edge import photos
 from cae_edge.cli.main import app
+from cae_edge.device import recording
 from cae_edge.device.record import RecordOptions, record
 from cae_edge.errors import ConfigError
 from cae_edge.train.options import TrainOptions

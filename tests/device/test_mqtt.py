@@ -45,7 +45,7 @@ from cae_edge.wire import PayloadKind
 
 WAIT_S = 60.0  # upper bound for things that must happen (slow shared CI box); never a timing assertion
 CLI = [sys.executable, "-c", "from cae_edge.cli.main import main; main()"]
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "mqtt"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "mqtt"
 bundle, digits, entropy_bundle = (
     test_stream.bundle,
     test_stream.digits,

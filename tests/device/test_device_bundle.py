@@ -19,7 +19,7 @@ from cae_edge.errors import BundleError, ConfigError, PacketError, PairMismatchE
 from cae_edge.metrics import psnr_per_image
 from cae_edge.payload import CODECS, Int8Codec, register_codec
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SHIPPED = ("mnist", "fashion")
 
 BLOCK_TF = textwrap.dedent(

@@ -24,7 +24,7 @@ from cae_edge.device.bundle import available_bundles, load_bundle
 from cae_edge.device.selftest import SELFTEST_NAME, run_selftest
 from cae_edge.device.transport import PullReceiver, ReceiverOptions
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
 @pytest.fixture

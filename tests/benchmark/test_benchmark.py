@@ -24,7 +24,7 @@ from cae_edge.benchmark import (
 from cae_edge.device.bundle import load_bundle
 from cae_edge.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

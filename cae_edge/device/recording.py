@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError
 
 FORMAT = "cae-edge-recording-1"
 FRAMES_FILE = "frames.npy"
@@ -220,7 +220,7 @@ def dataset_kind(path: str | os.PathLike) -> str:
         DataNotFoundError: the path does not exist.
         ConfigError: a folder that holds neither a recording nor images.
     """
-    from .device.capture import IMAGE_SUFFIXES
+    from .capture import IMAGE_SUFFIXES
 
     p = Path(path)
     if not p.exists():
@@ -254,8 +254,8 @@ def read_source_frames(
         SourceError: the images or the video cannot be read.
         ConfigError: a bad preprocessing spec, or no frame at all.
     """
-    from .device.capture import ImageFolderSource, VideoCaptureSource
-    from .device.preprocess import Preprocessor
+    from .capture import ImageFolderSource, VideoCaptureSource
+    from .preprocess import Preprocessor
 
     pre = Preprocessor(preprocess)
     if kind == "images":
@@ -319,8 +319,8 @@ def load_user_dataset(
         ConfigError: bad frames, a preprocessing conflict or too few frames.
         SourceError: images or video that cannot be read.
     """
-    from . import datasets
-    from .device.preprocess import PreprocessSpec
+    from .. import datasets
+    from .preprocess import PreprocessSpec
 
     kind = dataset_kind(path)
     if kind == "recording":
@@ -358,7 +358,7 @@ def load_user_dataset(
 
 def is_user_dataset(name: str) -> bool:
     """True when ``name`` is not a dataset name (``mnist``, ``fashion`` and aliases) but a path."""
-    from . import datasets
+    from .. import datasets
 
     try:
         datasets.canonical_name(name)

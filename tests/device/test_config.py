@@ -12,7 +12,7 @@ from cae_edge.cli.stream import node_config
 from cae_edge.device import config, security
 from cae_edge.errors import ConfigError, KeyFileError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docs" / "node.example.toml"
 
 

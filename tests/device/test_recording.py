@@ -1,6 +1,6 @@
 """A user's own frames: the demo video of real photographs, `data record`, the format, the time split.
 
-No TensorFlow here (training on recordings: tests/test_user_training.py).
+No TensorFlow here (training on recordings: tests/train/test_user_training.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cae_edge import photos, recording
+from cae_edge import photos
 from cae_edge.cli.main import app
+from cae_edge.device import recording
 from cae_edge.device.capture import ArraySource
 from cae_edge.device.preprocess import Preprocessor
 from cae_edge.device.record import RecordOptions, record
@@ -139,7 +140,7 @@ def test_cli_record_with_a_bundles_preprocessing(video, tmp_path):
     assert result.exit_code == 0, result.output
     assert "recorded 12 frames" in result.output
     rec = recording.read_recording(out)
-    spec = Manifest.read(Path(__file__).parents[1] / "cae_edge" / "bundles" / "mnist").preprocess
+    spec = Manifest.read(Path(__file__).parents[2] / "cae_edge" / "bundles" / "mnist").preprocess
     assert rec.meta["preprocess"] == spec and rec.meta["bundle"] == "mnist"
     want = np.stack([Preprocessor(spec)(f) for f in decoded(video)[:12]])
     np.testing.assert_array_equal(rec.frames, want)
@@ -329,7 +330,7 @@ def test_a_node_records_with_tensorflow_unimportable(video, tmp_path):
         sys.meta_path.insert(0, _BlockTF())
         from typer.testing import CliRunner
         from cae_edge.cli.main import app
-        from cae_edge import recording
+        from cae_edge.device import recording
         out = {str(tmp_path / "r")!r}
         args = ["data", "record", "--source", {str(video)!r}, "--bundle", "mnist-small", "--out", out]
         r = CliRunner().invoke(app, args + ["--frames", "5"])
