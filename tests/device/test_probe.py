@@ -10,6 +10,7 @@ import importlib.metadata
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -19,6 +20,8 @@ from cae_edge.device import litert
 from cae_edge.device.bundle import load_bundle
 from cae_edge.device.probe import probe_interpreter
 from cae_edge.errors import RuntimeCrashError, RuntimeMissingError
+
+ENCODER_BYTES = (Path(litert.__file__).parents[1] / "bundles" / "mnist" / "encoder.tflite").read_bytes()
 
 
 def _shim(tmp_path, monkeypatch, init: str = "", interpreter: str | None = None, tflite_runtime: str = ""):
@@ -144,7 +147,7 @@ def test_no_interpreter_on_32bit_arm_says_a_64bit_os_is_required(monkeypatch):
             monkeypatch.delitem(sys.modules, mod)
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` fail
     with pytest.raises(RuntimeMissingError) as e:
-        litert.make_interpreter(b"")
+        litert.make_interpreter(ENCODER_BYTES)  # a real model: only the missing interpreter can fail
     msg = str(e.value)
     assert "32-bit ARM system (armv7l" in msg and "a 64-bit OS is required" in msg
     assert "Raspberry Pi OS (64-bit)" in msg
