@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/cae-edge
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data broker demo test lint bundles clean
+.PHONY: setup data broker demo test test-arm64 lint bundles clean
 
 setup: $(STAMP) data broker
 
@@ -29,6 +29,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The camera node's side in aarch64 userlands (Debian bookworm/Python 3.11, trixie/3.13) under qemu-user >= 10,
+# streaming every shipped bundle into an x86 receiver; per-bundle table of latent differences (docs/arm64.md).
+test-arm64: setup
+	PY=$(PY) bash scripts/test-arm64.sh
 
 # Retrain and re-export the shipped int8 bundles (cae_edge/bundles/mnist, fashion) and their golden latents.
 bundles: setup
