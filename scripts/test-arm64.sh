@@ -161,6 +161,7 @@ if [ -n "${ARM64_BUNDLES:-}" ]; then
 else
   BUNDLES=$(x86_cli bundle list | awk '{print $1}')
 fi
+BUNDLES=$(echo $BUNDLES)  # one line, space-separated
 [ -n "$BUNDLES" ] || { echo "error: no bundles to test" >&2; exit 1; }
 declare -A SOURCE
 for b in $BUNDLES; do
@@ -208,11 +209,54 @@ for ul in $USERLANDS; do
   phase_end
 done
 
+# ---------------------------------------------------------------- the interpreter probe's error path
+# Under bookworm's own qemu-user 7.2, ai-edge-litert 2.3 dies with SIGSEGV inside Interpreter(...): the node's
+# interpreter probe (a child process) must turn that into one error line and exit 1, not a dead process.
+# The 7.2 binary is taken from its package without installing it (ARM64_PROBE_CRASH=0 leaves this out).
+PROBE="not run (ARM64_PROBE_CRASH=0)"
+if [ "${ARM64_PROBE_CRASH:-1}" != 0 ]; then
+  suite=${USERLANDS%% *}
+  suite=${suite%%:*}
+  phase_start "interpreter probe under qemu 7.2 ($suite)"
+  q72=$CACHE/qemu-7.2/qemu-aarch64-static
+  if [ ! -x "$q72" ]; then
+    rm -rf "$CACHE/qemu-7.2" && mkdir -p "$CACHE/qemu-7.2"
+    (cd "$CACHE/qemu-7.2" && apt-get download -qq qemu-user-static/bookworm 2> /dev/null \
+      && dpkg-deb --fsys-tarfile qemu-user-static_*.deb | tar -xO ./usr/bin/qemu-aarch64-static > q.tmp \
+      && chmod +x q.tmp && mv q.tmp qemu-aarch64-static; rm -f ./*.deb q.tmp) || true
+  fi
+  d=$OUT/probe-qemu-7.2
+  mkdir -p "$d"
+  if [ ! -x "$q72" ]; then
+    PROBE="FAIL: could not get qemu-user-static 7.2 from bookworm (apt-get download qemu-user-static/bookworm)"
+  else
+    root=$CACHE/rootfs-$suite
+    printf '#!/bin/sh\nexec %s -L %s -0 "$0" %s/usr/bin/python3 "$@"\n' "$q72" "$root" "$root" > "$d/python3"
+    chmod +x "$d/python3"
+    rc=0
+    PYTHONPATH=$REPO:$CACHE/site-$suite QEMU_CPU=${CPU_OF[$suite]} "$d/python3" -c \
+      'import sys; from cae_edge.cli.main import main; sys.argv[0] = "cae-edge"; main()' stream send \
+      --source "${SOURCE[${BUNDLES%% *}]}" --bundle "${BUNDLES%% *}" --connect tcp://127.0.0.1:9 --insecure \
+      --max-frames 1 --quiet > "$d/sender.log" 2>&1 || rc=$?
+    said=$(grep '^error: ' "$d/sender.log" | tail -1)
+    echo "   $("$q72" --version | head -1): node exit $rc: ${said:-no error line}"
+    if [ "$rc" = 1 ] && grep -q 'crashed with SIG' <<< "$said" && ! grep -q 'Traceback' "$d/sender.log"; then
+      PROBE="ok (exit 1, one line: ${said#error: })"
+    else
+      PROBE="FAIL: expected exit 1 and 'error: ... crashed with SIG...' (exit $rc; see $d/sender.log)"
+    fi
+  fi
+  phase_end
+fi
+
 # ---------------------------------------------------------------- report
 echo
 echo "aarch64 under $QEMU_VERSION; $FRAMES frames per bundle; latents compared with this machine's ($(uname -m))"
 echo
 status=0
+echo "interpreter probe under qemu 7.2: $PROBE"
+if [[ $PROBE == FAIL* ]]; then status=1; fi
+echo
 "$PY" scripts/arm64_check.py table --dir "$OUT" --expect $(($(echo $USERLANDS | wc -w) * $(echo $BUNDLES | wc -w))) | tee "$OUT/table.md" || status=1
 echo
 echo "wall time per phase (emulated: not a speed figure):"
