@@ -19,7 +19,8 @@
 # Cached under .cache/arm64 (rootfs and packages per userland): a second run only streams and compares.
 # Environment: PY (host Python with the project's device packages, default .venv/bin/python),
 #   ARM64_USERLANDS ("bookworm:cortex-a72 trixie:cortex-a76": suite:qemu CPU), ARM64_BUNDLES (default: every
-#   shipped bundle), ARM64_FRAMES (100), ARM64_MAX_STEP (1), ARM64_MIN_PSNR (30), DEBOOTSTRAP_MIRROR.
+#   shipped bundle), ARM64_FRAMES (100), ARM64_MAX_STEP (1), ARM64_MIN_PSNR (30), ARM64_PROBE_TIMEOUT (300 s,
+#   the node's --probe-timeout), ARM64_PROBE_CRASH (1: check the probe under qemu 7.2), DEBOOTSTRAP_MIRROR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -32,8 +33,10 @@ USERLANDS=${ARM64_USERLANDS:-"bookworm:cortex-a72 trixie:cortex-a76"}
 FRAMES=${ARM64_FRAMES:-100}
 MAX_STEP=${ARM64_MAX_STEP:-1}
 MIN_PSNR=${ARM64_MIN_PSNR:-30}
+PROBE_TIMEOUT=${ARM64_PROBE_TIMEOUT:-300} # the node's interpreter check starts an emulated Python: slow
 NODE=arm64-node
 export PYTHONPATH=$REPO
+trap 'kill $(jobs -p) 2> /dev/null || true' EXIT # no receiver outlives the script
 mkdir -p "$CACHE"
 
 T0=$(date +%s)
@@ -43,7 +46,8 @@ phase_end() {
   local s=$(($(date +%s) - PHASE_T))
   PHASES+=("$(printf '%-40s %4d s' "$PHASE" "$s")")
 }
-x86_cli() { "$PY" -c 'import sys; from cae_edge.cli.main import main; sys.argv[0] = "cae-edge"; main()' "$@"; }
+CLI_MAIN='import sys; from cae_edge.cli.main import main; sys.argv[0] = "cae-edge"; main()'
+x86_cli() { "$PY" -c "$CLI_MAIN" "$@"; }
 
 # ---------------------------------------------------------------- tools: qemu-user >= 10, debootstrap
 phase_start "tools (qemu-user >= 10, debootstrap)"
@@ -77,11 +81,11 @@ phase_end
 # here with dpkg-deb, since the second stage would need aarch64 binfmt. No maintainer script has to run for
 # Python to work.
 make_rootfs() {
-  local suite=$1 root=$CACHE/rootfs-$suite
+  local suite=$1 root=$CACHE/rootfs-$1
   [ -f "$root/.ready" ] && return 0
   rm -rf "$root" "$root.tmp"
   debootstrap --foreign --arch=arm64 --variant=minbase --include=python3 "$suite" "$root.tmp" \
-    ${DEBOOTSTRAP_MIRROR:-} > "$CACHE/debootstrap-$suite.log" 2>&1 \
+    ${DEBOOTSTRAP_MIRROR:+"$DEBOOTSTRAP_MIRROR"} > "$CACHE/debootstrap-$suite.log" 2>&1 \
     || { tail -5 "$CACHE/debootstrap-$suite.log" >&2; return 1; }
   for deb in "$root.tmp"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$root.tmp"; done
   rm -f "$root.tmp"/var/cache/apt/archives/*.deb
@@ -110,7 +114,7 @@ EOF
 }
 
 install_wheels() {
-  local suite=$1 pyver=$2 glibc=$3 site=$CACHE/site-$suite
+  local suite=$1 pyver=$2 glibc=$3 site=$CACHE/site-$1
   local reqs stamp tags="--platform manylinux2014_aarch64" i
   reqs=$(node_requirements)
   stamp="$pyver glibc $glibc: $(echo "$reqs" | tr '\n' ' ')"
@@ -133,7 +137,7 @@ for ul in $USERLANDS; do
   make_rootfs "$suite"
   python_wrapper "$suite"
   root=$CACHE/rootfs-$suite
-  read -r pyver glibc PYTHON_OF[$suite] < <(QEMU_CPU=${CPU_OF[$suite]} "$root/usr/bin/python3-qemu" -c \
+  read -r pyver glibc "PYTHON_OF[$suite]" < <(QEMU_CPU=${CPU_OF[$suite]} "$root/usr/bin/python3-qemu" -c \
     'import platform, sys; print("%d.%d" % sys.version_info[:2], platform.libc_ver()[1], platform.python_version())')
   echo "   Debian $suite: Python ${PYTHON_OF[$suite]}, glibc $glibc"
   phase_end
@@ -150,7 +154,7 @@ arm_py() {  # arm_py SUITE ARGS...: the node's Python (checkout first on the pat
 arm_cli() {
   local suite=$1
   shift
-  arm_py "$suite" -c 'import sys; from cae_edge.cli.main import main; sys.argv[0] = "cae-edge"; main()' "$@"
+  arm_py "$suite" -c "$CLI_MAIN" "$@"
 }
 
 # ---------------------------------------------------------------- inputs and keys (x86)
@@ -161,7 +165,7 @@ if [ -n "${ARM64_BUNDLES:-}" ]; then
 else
   BUNDLES=$(x86_cli bundle list | awk '{print $1}')
 fi
-BUNDLES=$(echo $BUNDLES)  # one line, space-separated
+BUNDLES=${BUNDLES//$'\n'/ }
 [ -n "$BUNDLES" ] || { echo "error: no bundles to test" >&2; exit 1; }
 declare -A SOURCE
 for b in $BUNDLES; do
@@ -179,14 +183,15 @@ stream_bundle() {  # the node under emulation streams FRAMES frames into an x86 
   local suite=$1 b=$2 d=$OUT/$1/$2 port receiver rc=0
   mkdir -p "$d"
   port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  x86_cli stream receive --bind "tcp://127.0.0.1:$port" --bundle "$b" --out "$d/received" \
+  # exec: $! is the receiver itself, so a kill reaches it
+  (exec "$PY" -c "$CLI_MAIN" stream receive --bind "tcp://127.0.0.1:$port" --bundle "$b" --out "$d/received" \
     --keys "$keys/receiver.key_secret" --allowed-keys "$keys/allowed" --max-frames "$FRAMES" --timeout 300 \
-    --json "$d/receiver.json" --quiet 2> "$d/receiver.log" &
+    --json "$d/receiver.json" --quiet 2> "$d/receiver.log") &
   receiver=$!
   arm_cli "$suite" stream send --source "${SOURCE[$b]}" --bundle "$b" --name "$NODE" \
     --connect "tcp://127.0.0.1:$port" --keys "$keys/$NODE.key_secret" --server-key "$keys/receiver.key" \
-    --max-frames "$FRAMES" --wait 120 --save-inputs "$d/sent" --json "$d/sender.json" --quiet \
-    2> "$d/sender.log" || rc=$?
+    --max-frames "$FRAMES" --wait 120 --probe-timeout "$PROBE_TIMEOUT" --save-inputs "$d/sent" \
+    --json "$d/sender.json" 2> "$d/sender.log" || rc=$?
   if [ "$rc" != 0 ]; then
     kill "$receiver" 2> /dev/null || true
     echo "   $b: sender exited $rc: $(tail -1 "$d/sender.log")"
@@ -234,10 +239,9 @@ if [ "${ARM64_PROBE_CRASH:-1}" != 0 ]; then
     printf '#!/bin/sh\nexec %s -L %s -0 "$0" %s/usr/bin/python3 "$@"\n' "$q72" "$root" "$root" > "$d/python3"
     chmod +x "$d/python3"
     rc=0
-    PYTHONPATH=$REPO:$CACHE/site-$suite QEMU_CPU=${CPU_OF[$suite]} "$d/python3" -c \
-      'import sys; from cae_edge.cli.main import main; sys.argv[0] = "cae-edge"; main()' stream send \
+    PYTHONPATH=$REPO:$CACHE/site-$suite QEMU_CPU=${CPU_OF[$suite]} "$d/python3" -c "$CLI_MAIN" stream send \
       --source "${SOURCE[${BUNDLES%% *}]}" --bundle "${BUNDLES%% *}" --connect tcp://127.0.0.1:9 --insecure \
-      --max-frames 1 --quiet > "$d/sender.log" 2>&1 || rc=$?
+      --max-frames 1 --probe-timeout "$PROBE_TIMEOUT" --quiet > "$d/sender.log" 2>&1 || rc=$?
     said=$(grep '^error: ' "$d/sender.log" | tail -1)
     echo "   $("$q72" --version | head -1): node exit $rc: ${said:-no error line}"
     if [ "$rc" = 1 ] && grep -q 'crashed with SIG' <<< "$said" && ! grep -q 'Traceback' "$d/sender.log"; then

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..device.probe import DEFAULT_TIMEOUT_S as PROBE_TIMEOUT_S
 from ..errors import CaeEdgeError, ConfigError
 from .common import fail, say, stop_on_signals, write_json
 
@@ -228,6 +229,15 @@ def send(
             "--session-every", min=1, max=10_000, help="With --compact: a full session packet every N frames."
         ),
     ] = 100,
+    probe_timeout: Annotated[
+        float,
+        typer.Option(
+            "--probe-timeout",
+            min=1,
+            help="Seconds the interpreter check (a child process) may take; raise it on a very slow board "
+            "or under CPU emulation.",
+        ),
+    ] = PROBE_TIMEOUT_S,
     save_inputs: Annotated[
         Path | None,
         typer.Option("--save-inputs", help="Also write each 28x28 input as DIR/<name>/<seq>.png."),
@@ -295,7 +305,8 @@ def send(
             _warn_insecure("sender")
         from ..device.probe import probe_interpreter
 
-        probe = probe_interpreter(node.bundle)  # a crashing interpreter: one error line, not a dead node
+        # a crashing interpreter: one error line, not a dead node
+        probe = probe_interpreter(node.bundle, timeout_s=probe_timeout)
         if not quiet:
             say(f"interpreter: {probe.package} {probe.version} runs {node.bundle} ({probe.seconds:.1f} s)")
         opts = SendOptions(

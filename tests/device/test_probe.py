@@ -127,6 +127,27 @@ def test_stream_send_reports_a_crashing_interpreter_and_exits_1(tmp_path, monkey
     assert len(errors) == 1 and "crashed with SIGSEGV" in errors[0], r.output
 
 
+def test_stream_send_probe_timeout_is_the_limit_it_reports(tmp_path, monkeypatch):
+    _shim(
+        tmp_path,
+        monkeypatch,
+        interpreter="""
+        import time
+        class Interpreter:
+            def __init__(self, **kwargs):
+                time.sleep(3600)
+        """,
+    )
+    r = CliRunner().invoke(
+        app,
+        ["stream", "send", "--source", "synthetic", "--connect", "tcp://127.0.0.1:9", "--insecure"]
+        + ["--probe-timeout", "2"],
+    )
+    assert r.exit_code == 1, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "hung for more than 2 s" in errors[0], r.output
+
+
 # ---- 32-bit ARM -------------------------------------------------------------------------------------------
 
 
