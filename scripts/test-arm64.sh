@@ -44,7 +44,7 @@ PHASES=()
 phase_start() { PHASE=$1; PHASE_T=$(date +%s); echo "== $PHASE"; }
 phase_end() {
   local s=$(($(date +%s) - PHASE_T))
-  PHASES+=("$(printf '%-40s %4d s' "$PHASE" "$s")")
+  PHASES+=("$(printf '%-52s %5d s' "$PHASE" "$s")")
 }
 CLI_MAIN='import sys; from cae_edge.cli.main import main; sys.argv[0] = "cae-edge"; main()'
 x86_cli() { "$PY" -c "$CLI_MAIN" "$@"; }
@@ -269,5 +269,5 @@ echo
 echo
 echo "wall time per phase (emulated: not a speed figure):"
 printf '  %s\n' "${PHASES[@]}"
-printf '  %-40s %4d s\n' "total" $(($(date +%s) - T0))
+printf '  %-52s %5d s\n' "total" $(($(date +%s) - T0))
 exit $status
