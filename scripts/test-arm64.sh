@@ -187,9 +187,11 @@ stream_bundle() {  # the node under emulation streams FRAMES frames into an x86 
   local suite=$1 b=$2 d=$OUT/$1/$2 port receiver rc=0
   mkdir -p "$d"
   port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  # exec: $! is the receiver itself, so a kill reaches it
+  # exec: $! is the receiver itself, so a kill reaches it; --max-age-ms 0: every frame is compared, none may
+  # be dropped for age on a busy machine
   (exec "$PY" -c "$CLI_MAIN" stream receive --bind "tcp://127.0.0.1:$port" --bundle "$b" --out "$d/received" \
     --keys "$keys/receiver.key_secret" --allowed-keys "$keys/allowed" --max-frames "$FRAMES" --timeout 300 \
+    --max-age-ms 0 \
     --json "$d/receiver.json" --quiet 2> "$d/receiver.log") &
   receiver=$!
   arm_cli "$suite" stream send --source "${SOURCE[$b]}" --bundle "$b" --name "$NODE" \
