@@ -37,8 +37,8 @@ closes it, the poller still reports the hang-up, and the engine marks itself ``_
 the poller) but stays alive until the application drains the queue. Anything that makes the engine *write*
 before then asserts ``!_io_error`` in ``out_event``: the receiver's own heartbeat timer (``HEARTBEAT_IVL``),
 or a PING from the sender that was already read into the engine's buffer and is decoded when input restarts
-(the PONG reply). Both paths were reproduced on loopback (``tests/device/test_fleet.py``); with no PINGs in either
-direction neither exists. See docs/fleet.md.
+(the PONG reply). Both paths were reproduced on loopback (``tests/device/test_fleet.py``); with no PINGs in
+either direction neither exists. See docs/fleet.md.
 
 Refused handshakes are visible on both ends: the monitor reports ZAP refusals (key not allowed), CURVE
 failures (the sender pinned another receiver key) and mechanism mismatches (one end ``--insecure``). The
