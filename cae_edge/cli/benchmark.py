@@ -27,7 +27,7 @@ def benchmark(
     ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Evaluate on this dataset (mnist|fashion) instead of each bundle's own."),
+        typer.Option(help="Evaluate on this dataset (mnist|fashion|scenes) instead of each bundle's own."),
     ] = None,
     threads: Annotated[
         list[int] | None,

@@ -14,7 +14,7 @@ from ..errors import CaeEdgeError
 from .common import fail, print_json, progress_bar
 
 app = typer.Typer(
-    help="Obtain, cache and describe MNIST / Fashion-MNIST; record your own frames; make the demo video.",
+    help="Obtain, cache and describe MNIST, Fashion-MNIST, scenes; record your own frames; make the demo video.",
     no_args_is_help=True,
 )
 DataDir = Annotated[
@@ -25,7 +25,7 @@ DataDir = Annotated[
 
 @app.command()
 def fetch(
-    name: Annotated[str, typer.Argument(help="mnist or fashion")],
+    name: Annotated[str, typer.Argument(help="mnist, fashion or scenes")],
     data_dir: DataDir = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never try the Keras download.")] = False,
 ) -> None:
@@ -42,7 +42,7 @@ def fetch(
 
 @app.command()
 def info(
-    name: Annotated[str | None, typer.Argument(help="mnist or fashion; both when omitted")] = None,
+    name: Annotated[str | None, typer.Argument(help="mnist, fashion or scenes; all when omitted")] = None,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

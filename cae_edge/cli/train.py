@@ -171,7 +171,10 @@ def train_cmd(
     ] = None,
     preset: Annotated[
         str | None,
-        typer.Option("--preset", help="Rate-distortion preset: tiny (<=8 B), small (<=32 B), hq (<=128 B)."),
+        typer.Option(
+            "--preset",
+            help="Rate-distortion preset: tiny (<=8 B), small (<=32 B), hq (<=128 B), xl (<=256 B).",
+        ),
     ] = None,
     lam: Annotated[
         float | None, typer.Option("--lam", help="Rate-distortion training: weight of bits vs MSE (0-255).")

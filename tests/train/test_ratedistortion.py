@@ -49,15 +49,15 @@ def runs(low_run, tmp_path_factory):
 
 
 def test_presets_resolve_with_budgets_in_order():
-    assert presets.names() == ("tiny", "small", "hq")
+    assert presets.names() == ("tiny", "small", "hq", "xl")
     budgets = [presets.resolve(n).max_bytes for n in presets.names()]
-    assert budgets == sorted(budgets) and budgets[-1] <= 128
+    assert budgets == sorted(budgets) and budgets[-2] <= 128 and budgets[-1] <= 256
     for name in presets.names():
         p = presets.resolve(name.upper())
         assert isinstance(p.model, ModelConfig) and p.model.validate() is p.model
         assert p.coding == "entropy"
         assert 0 < p.target_bytes <= p.max_bytes
-        for ds in ("mnist", "fashion-mnist"):
+        for ds in ("mnist", "fashion-mnist", "scenes"):
             assert p.lam_for(ds) > 0 and p.epochs_for(ds) >= 1
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         presets.resolve("huge")
