@@ -117,7 +117,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="xl",
             model=ModelConfig(
-                latent_dim=192, enc_widths=(48, 48, 32), dec_widths=(64, 64, 32), latent_gain=8.0
+                latent_dim=256, enc_widths=(48, 48, 32), dec_widths=(64, 48, 24), latent_gain=8.0
             ),
             lam={"mnist": 0.25, "fashion": 0.25, "scenes": 0.25},
             epochs={"mnist": 30, "fashion": 4, "scenes": 3},
