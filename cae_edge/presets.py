@@ -54,6 +54,18 @@ class Preset:
     """One line for ``--help`` and the README."""
     notes: dict[str, str] = field(default_factory=dict)
     """Free-form notes (where the numbers came from)."""
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    """Architecture per dataset where it differs from :attr:`model` (real scenes need more latent values)."""
+    targets: dict[str, float] = field(default_factory=dict)
+    """Rate target per dataset where it differs from :attr:`target_bytes`."""
+
+    def model_for(self, dataset: str) -> ModelConfig:
+        """Architecture for ``dataset`` (aliases accepted)."""
+        return self.models.get(datasets.canonical_name(dataset), self.model)
+
+    def target_for(self, dataset: str) -> float:
+        """Rate target in bytes per image for ``dataset`` (aliases accepted)."""
+        return self.targets.get(datasets.canonical_name(dataset), self.target_bytes)
 
     def lam_for(self, dataset: str) -> float:
         """Rate weight for ``dataset`` (aliases accepted)."""
@@ -72,10 +84,17 @@ class Preset:
             "epochs": dict(self.epochs),
             "max_bytes": self.max_bytes,
             "target_bytes": self.target_bytes,
+            "models": {k: m.to_dict() for k, m in self.models.items()},
+            "targets": dict(self.targets),
             "coding": self.coding,
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
         }
+
+
+def _scenes(latent: int, enc: tuple[int, int, int], dec: tuple[int, int, int]) -> ModelConfig:
+    """A real-scenes architecture: the linear path around the convolutions learns a PCA-like code at once."""
+    return ModelConfig(latent_dim=latent, enc_widths=enc, dec_widths=dec, latent_gain=8.0, linear_skip=True)
 
 
 PRESETS: dict[str, Preset] = {
@@ -91,6 +110,7 @@ PRESETS: dict[str, Preset] = {
             max_bytes=8.0,
             target_bytes=4.3,
             description="<= 8 bytes per image (MNIST target: >= 21.6 dB at <= 4.5 B)",
+            models={"scenes": _scenes(16, (32, 32, 16), (48, 48, 24))},
         ),
         Preset(
             name="small",
@@ -102,6 +122,7 @@ PRESETS: dict[str, Preset] = {
             max_bytes=32.0,
             target_bytes=31.0,
             description="<= 32 bytes per image",
+            models={"scenes": _scenes(64, (32, 32, 16), (48, 48, 24))},
         ),
         Preset(
             name="hq",
@@ -113,6 +134,8 @@ PRESETS: dict[str, Preset] = {
             max_bytes=128.0,
             target_bytes=124.0,
             description="<= 128 bytes per image",
+            models={"scenes": _scenes(160, (32, 32, 32), (48, 48, 24))},
+            targets={"scenes": 100.0},  # + the 24-byte packet header: <= 128 B on the wire
         ),
         Preset(
             name="xl",
@@ -125,6 +148,7 @@ PRESETS: dict[str, Preset] = {
             target_bytes=190.0,
             description="<= 256 bytes per image (real scenes: WebP's low qualities at fewer bytes)",
             notes={"why": "natural scenes need more bits than digits or clothes for WebP-like PSNR"},
+            models={"scenes": _scenes(256, (48, 48, 32), (64, 48, 24))},
         ),
     )
 }

@@ -70,6 +70,8 @@ class ModelConfig:
     """Initial scale of the latent: the encoder's last Dense layer starts ``latent_gain`` times larger than
     Glorot and the decoder's first Dense layer that much smaller. Rate-distortion models use an integer
     latent (rounded during training), which needs a spread of several units from the first step."""
+    linear_skip: bool = False
+    """Add a linear path around the convolutions on both sides (pixels → latent, latent → image logits)."""
 
     def validate(self) -> ModelConfig:
         """Check every field; return self.

@@ -5,8 +5,9 @@
 # recorded in each manifest ("command", "train.command"). Finally the golden int8 latents are refreshed.
 #
 # Usage: scripts/make-bundles.sh [CLI] [PYTHON]      (make bundles passes the venv's)
-# Env:   DATASETS (default "mnist fashion"), EPOCHS_MNIST (default 20), EPOCHS_FASHION (default 5),
-#        RUNS (default runs/bundles), PRESETS (default "tiny small hq"; "" skips the rate-distortion bundles),
+# Env:   DATASETS (default "mnist fashion scenes"), EPOCHS_MNIST (default 20), EPOCHS_FASHION (default 5),
+#        RUNS (default runs/bundles), PRESETS (default "tiny small hq", scenes also xl; "" skips the rate-distortion bundles;
+#        scenes, real photographs from `cae-edge data fetch scenes`, has presets only),
 #        JOBS (rate-distortion chains trained side by side, default 1; each gets --threads cores/JOBS, at
 #        least 1, and writes its output to RUNS/<dataset>-<preset>.log)
 set -euo pipefail
@@ -15,11 +16,14 @@ py=${2:-python3}
 runs=${RUNS:-runs/bundles}
 cd "$(dirname "$0")/.."
 
-for name in ${DATASETS:-mnist fashion}; do
+datasets=${DATASETS:-mnist fashion scenes}
+presets_of() { if [[ $1 == scenes ]]; then echo "${PRESETS-tiny small hq xl}"; else echo "${PRESETS-tiny small hq}"; fi; }
+for name in $datasets; do
   case $name in
     mnist) epochs=${EPOCHS_MNIST:-20} ;;
     fashion) epochs=${EPOCHS_FASHION:-5} ;;
-    *) echo "unknown dataset $name (mnist or fashion)" >&2; exit 1 ;;
+    scenes) continue ;;  # rate-distortion presets only
+    *) echo "unknown dataset $name (mnist, fashion or scenes)" >&2; exit 1 ;;
   esac
   echo "== $name: train $epochs epochs"
   rm -rf "${runs:?}/$name"
@@ -45,6 +49,10 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
     fashion-hq) stages="6:0.001 6:0.0007 16:0.0007" ;;
     fashion-small) stages="6:0.001 10:0.0007" ;;
+    scenes-xl) stages="20:0.001 10:0.0007" ;;
+    scenes-hq) stages="14:0.001 16:0.0007" ;;
+    scenes-small) stages="5:0.001" ;;
+    scenes-tiny) stages="3:0.001" ;;
     *) stages="" ;;
   esac
   set -- $stages
@@ -63,7 +71,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     prev=$out
   done
   echo "== $name-$preset: export"
-  case $name in mnist) adapt=15 ;; *) adapt=3 ;; esac  # 120,000 / 180,000 images seen
+  case $name in mnist) adapt=15 ;; scenes) adapt=2 ;; *) adapt=3 ;; esac  # 120,000 / 180,000 images seen
   nice "$cli" export "$runs/$name-$preset" --out "cae_edge/bundles/$name-$preset" \
     --calib 1000 --adapt-decoder "$adapt" --margin 1.0 --overwrite
   # The int8 encoder's latents depend on the kernels that run it (XNNPACK's int8 LEAKY_RELU rounds unlike
@@ -92,8 +100,8 @@ threads=$((cores / njobs))
 mkdir -p "$runs"
 pids=()
 chains=()
-for name in ${DATASETS:-mnist fashion}; do
-  for preset in ${PRESETS-tiny small hq}; do
+for name in $datasets; do
+  for preset in $(presets_of "$name"); do
     while (($(jobs -rp | wc -l) >= njobs)); do wait -n || true; done
     echo "== $name-$preset: started, log $runs/$name-$preset.log"
     rd_chain "$name" "$preset" "$threads" >"$runs/$name-$preset.log" 2>&1 &
@@ -112,7 +120,7 @@ done
 
 echo "== golden int8 latents and the bundles' self-tests (selftest.npz)"
 "$py" tests/golden/regenerate.py
-for name in ${DATASETS:-mnist fashion}; do
-  "$cli" bundle info "$name"
-  for preset in ${PRESETS-tiny small hq}; do "$cli" bundle info "$name-$preset"; done
+for name in $datasets; do
+  [[ $name == scenes ]] || "$cli" bundle info "$name"
+  for preset in $(presets_of "$name"); do "$cli" bundle info "$name-$preset"; done
 done

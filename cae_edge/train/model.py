@@ -15,6 +15,11 @@ Five conv layers in the encoder and four transposed-conv layers in the decoder, 
 paper, but with the dense layers kept small (a 6272x128 dense layer alone is 800 KB of int8 weights):
 the encoder fits in well under 64 KB and the decoder under 128 KB as int8 TFLite.
 
+With ``linear_skip`` (the scenes presets) each side also has a linear path around its convolutions: pixels ─
+Dense ─► added to the latent, latent ─ Dense(784) ─► added to the image logits. The linear pair learns a
+PCA-like transform within the first epoch (natural scenes have much of their energy there), the convolutions
+learn what it misses; it costs 784 x latent weights on each side.
+
 Encoder and decoder share nothing across the bottleneck (no skip connections): they run on different
 machines. Both take a fixed batch size when ``batch_size`` is given, which keeps the TFLite graphs free of
 SHAPE/STRIDED_SLICE/PACK ops.
@@ -49,7 +54,14 @@ def build_encoder(cfg: ModelConfig, batch_size: int | None = None, name: str = "
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
     x = layers.Flatten()(x)
-    out = layers.Dense(cfg.latent_dim, kernel_initializer=_glorot(cfg.latent_gain), name="latent")(x)
+    if not cfg.linear_skip:
+        out = layers.Dense(cfg.latent_dim, kernel_initializer=_glorot(cfg.latent_gain), name="latent")(x)
+        return keras.Model(inp, out, name=name)
+    x = layers.Dense(cfg.latent_dim, kernel_initializer=_glorot(cfg.latent_gain))(x)
+    lin = layers.Dense(cfg.latent_dim, use_bias=False, kernel_initializer=_glorot(cfg.latent_gain))(
+        layers.Flatten()(inp)
+    )
+    out = layers.Add(name="latent")([x, lin])
     return keras.Model(inp, out, name=name)
 
 
@@ -70,7 +82,13 @@ def build_decoder(cfg: ModelConfig, batch_size: int | None = None, name: str = "
     x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
     x = layers.Conv2DTranspose(d2, 3, strides=2, padding="same")(x)  # 14 → 28
     x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
-    out = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid", name="image")(x)
+    if not cfg.linear_skip:
+        out = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid", name="image")(x)
+        return keras.Model(inp, out, name=name)
+    x = layers.Conv2DTranspose(1, 3, padding="same")(x)
+    lin = layers.Dense(28 * 28, kernel_initializer=_glorot(1.0 / cfg.latent_gain))(inp)
+    x = layers.Add()([x, layers.Reshape((28, 28, 1))(lin)])
+    out = layers.Activation("sigmoid", name="image")(x)
     return keras.Model(inp, out, name=name)
 
 

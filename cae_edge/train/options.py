@@ -184,7 +184,10 @@ class TrainOptions:
             return RD_DEFAULTS
         name = self._family()
         return Defaults(
-            preset.model.latent_dim, preset.epochs_for(name), preset.batch_size, preset.learning_rate
+            preset.model_for(name).latent_dim,
+            preset.epochs_for(name),
+            preset.batch_size,
+            preset.learning_rate,
         )
 
     def model_config(self) -> ModelConfig:
@@ -200,7 +203,7 @@ class TrainOptions:
         elif self.rd is None:
             base = ModelConfig()
         else:
-            base = preset.model if preset else ModelConfig(latent_gain=RD_LATENT_GAIN)
+            base = preset.model_for(self._family()) if preset else ModelConfig(latent_gain=RD_LATENT_GAIN)
         dflt = base.latent_dim if start is not None and preset is None else self._defaults().latent_dim
         latent = dflt if self.latent_dim is None else self.latent_dim
         kw: dict[str, Any] = {"latent_dim": _as_int(latent, "latent dim")}
@@ -322,7 +325,7 @@ class TrainOptions:
         if rd.target_bytes is not None:
             target = rd.target_bytes
         else:
-            target = preset.target_bytes if preset else begun.get("target_bytes", 0.0)
+            target = preset.target_for(self._family()) if preset else begun.get("target_bytes", 0.0)
         if not (math.isfinite(float(target)) and float(target) >= 0):
             raise ConfigError(f"target bytes {target}: must be >= 0 (0 = fixed lam)")
         if not (math.isfinite(float(lam)) and float(lam) >= 0):

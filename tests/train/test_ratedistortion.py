@@ -45,6 +45,15 @@ def runs(low_run, tmp_path_factory):
     return low_run, train_rd(_tiny(tmp_path_factory.mktemp("rd"), "high", 200.0))
 
 
+@pytest.fixture(scope="module")
+def coffee_frames():
+    """Eight real 28x28 frames of scikit-image's coffee photograph, through the node's preprocessing."""
+    from cae_edge import scenes
+
+    photo = scenes.read_photo(scenes.photo_path(scenes.TEST_PHOTOS[3]))
+    return scenes.make_frames([photo], 8, seed=0, split=1)[0]
+
+
 # ---------------------------------------------------------------- presets (no TensorFlow)
 
 
@@ -61,6 +70,21 @@ def test_presets_resolve_with_budgets_in_order():
             assert p.lam_for(ds) > 0 and p.epochs_for(ds) >= 1
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         presets.resolve("huge")
+
+
+def test_scenes_presets_have_their_own_architecture_and_fit_the_wire():
+    from cae_edge import wire
+
+    for name in presets.names():
+        p = presets.resolve(name)
+        scene, other = p.model_for("scenes"), p.model_for("fashion")
+        assert scene.linear_skip and not other.linear_skip and other == p.model
+        assert ModelConfig.from_dict(scene.to_dict()) == scene
+        opts = TrainOptions(dataset="scenes", rd=RDOptions(preset=name)).validated()
+        assert opts.model_config() == scene and opts.rd.target_bytes == p.target_for("scenes")
+    # hq on scenes: payload target + packet overhead stays within 128 bytes on the wire
+    assert presets.resolve("hq").target_for("scenes") + wire.OVERHEAD_BYTES <= 128
+    assert presets.resolve("hq").target_for("mnist") == presets.resolve("hq").target_bytes
 
 
 def test_options_take_the_preset_and_explicit_values_win():
@@ -275,3 +299,25 @@ def test_train_step_outputs_match_a_reference_computation(mnist, monkeypatch):
     np.testing.assert_allclose(lam.numpy(), lam_now, rtol=1e-5)
     assert lam_now != lam0 and abs(mse[0] - mse[1]) > 1  # the steering and the batch weights are exercised
     np.testing.assert_allclose(encoder(x[:2], training=False), y[:2], rtol=1e-6, atol=1e-6)  # lr 0: unchanged
+
+
+def test_linear_skip_is_a_linear_code_around_the_convolutions(coffee_frames):
+    """With the conv paths' last layers zeroed, encoder and decoder are exactly their linear paths."""
+    from cae_edge.train.model import build_decoder, build_encoder
+
+    cfg = ModelConfig(latent_dim=12, latent_gain=8.0, linear_skip=True)
+    enc, dec = build_encoder(cfg), build_decoder(cfg)
+    x = coffee_frames.astype(np.float32)[..., None] / 255.0
+    conv_latent = [la for la in enc.layers if la.name.startswith("dense")][0]
+    lin_enc = [la for la in enc.layers if la.name.startswith("dense")][1]
+    conv_latent.set_weights([np.zeros_like(w) for w in conv_latent.get_weights()])
+    np.testing.assert_allclose(
+        enc.predict(x, verbose=0), x.reshape(len(x), -1) @ lin_enc.get_weights()[0], atol=1e-4
+    )
+    last_conv = [la for la in dec.layers if la.name.startswith("conv2d_transpose")][-1]
+    lin_dec = [la for la in dec.layers if la.name.startswith("dense")][-1]
+    last_conv.set_weights([np.zeros_like(w) for w in last_conv.get_weights()])
+    z = np.random.default_rng(0).normal(0, 3, (4, 12)).astype(np.float32)
+    w, b = lin_dec.get_weights()
+    want = 1 / (1 + np.exp(-(z @ w + b)))
+    np.testing.assert_allclose(dec.predict(z, verbose=0).reshape(4, -1), want, atol=1e-5)
