@@ -256,7 +256,7 @@ def _local_sources(name: str, data_dir: str | os.PathLike | None, progress: Prog
 
         root = scenes.debian_root()
         yield (
-            f"photographs of Debian desktop-background packages and scikit-image/matplotlib in {root}",
+            f"{scenes.SOURCE} in {root}",
             lambda: (scenes.load_scenes(root, progress=progress), scenes.SPLIT),
         )
         return

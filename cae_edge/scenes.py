@@ -62,6 +62,9 @@ SPLIT = (
     "matplotlib (separate pictures); 4:3 windows at random scale, node preprocessing to 28x28"
 )
 
+SOURCE = "photographs of Debian desktop-background packages, scikit-image and matplotlib"
+"""The dataset's source as manifests record it."""
+
 Progress = Callable[[str, int, int], None]
 
 

@@ -97,7 +97,7 @@ def test_missing_photographs_name_the_packages_to_install(tmp_path, monkeypatch)
 
 def test_the_scenes_dataset_holds_unseen_photographs_in_its_test_split():
     ds = datasets.load("photos")  # alias; the cache `cae-edge data fetch scenes` writes
-    assert ds.name == "scenes" and ds.split == scenes.SPLIT
+    assert ds.name == "scenes" and ds.split == scenes.SPLIT and ds.source_name == scenes.SOURCE
     assert ds.x_train.shape == (scenes.TRAIN_FRAMES, 28, 28) and ds.x_test.shape == (
         scenes.TEST_FRAMES,
         28,
