@@ -237,6 +237,8 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
     decoder = build_decoder(cfg)
     prior = _Prior(tf, cfg.latent_dim)
     start = _load_start(opts, encoder, decoder, prior) if opts.init_from else None
+    if start is None and cfg.linear_skip:
+        pca_start(encoder, decoder, prior, x_train)
     if progress:
         progress(0, {"train_images": len(x_train), "test_images": len(x_test), "epochs": opts.epochs})
     t_start = time.perf_counter()
@@ -435,6 +437,57 @@ def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarra
             if progress:
                 progress(epoch, {**logs, "epochs": opts.epochs})
     return history, float(lam.numpy())
+
+
+PCA_START_IMAGES = 20_000
+"""Training images the PCA start of a ``linear_skip`` model is computed from."""
+PCA_START_PEAK = 120.0
+"""The PCA start scales the latent so the largest coefficient of those images is this many steps."""
+
+
+def pca_basis(x_u8: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean (784,), the top ``k`` principal directions (k, 784; unit rows) and the coefficients' std (k,) of
+    uint8 images on the 0-1 scale (fewer than ``k`` directions exist: the rest are zero rows)."""
+    x = x_u8.reshape(len(x_u8), -1).astype(np.float64) / 255.0
+    mean = x.mean(axis=0)
+    _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+    basis = np.zeros((k, x.shape[1]))
+    std = np.zeros(k)
+    n = min(k, len(vt))
+    basis[:n], std[:n] = vt[:n], sv[:n] / math.sqrt(max(len(x) - 1, 1))
+    return mean, basis, std
+
+
+def pca_start(encoder, decoder, prior: _Prior, x_train: np.ndarray) -> None:
+    """Start a ``linear_skip`` model as the PCA code of the training images, the convolutions silent.
+
+    Encoder: latent = g * V (x - mean) (the conv path's last Dense zeroed, its bias carrying -g V mean);
+    decoder: sigmoid(logit(mean) + (V^T q / g) / (mean (1 - mean))), the sigmoid linearised at the mean (the
+    conv path's last transposed conv zeroed); prior: logistic(0, g * std) per dimension. ``g`` puts the
+    largest coefficient at :data:`PCA_START_PEAK` steps, so the rounding costs a few tenths of a step.
+    Training then moves everything from there (the zeroed layers get gradients and wake up).
+    """
+    x = x_train[:PCA_START_IMAGES]
+    k = int(encoder.output_shape[-1])
+    mean, basis, std = pca_basis(x, k)
+    coef = (x.reshape(len(x), -1) / 255.0 - mean) @ basis.T
+    g = PCA_START_PEAK / max(float(np.abs(coef).max()), 1e-6)
+    dense = [la for la in encoder.layers if la.__class__.__name__ == "Dense"]
+    conv_dense, lin_enc = dense[-2], dense[-1]
+    conv_dense.set_weights(
+        [np.zeros_like(conv_dense.get_weights()[0]), (-g * basis @ mean).astype(np.float32)]
+    )
+    lin_enc.set_weights([(g * basis.T).astype(np.float32)])
+    m = np.clip(mean, 0.02, 0.98)
+    lin_dec = [la for la in decoder.layers if la.__class__.__name__ == "Dense"][-1]
+    last_conv = [la for la in decoder.layers if la.__class__.__name__ == "Conv2DTranspose"][-1]
+    lin_dec.set_weights(
+        [(basis / g / (m * (1 - m))).astype(np.float32), np.log(m / (1 - m)).astype(np.float32)]
+    )
+    last_conv.set_weights([np.zeros_like(w) for w in last_conv.get_weights()])
+    scale = np.maximum(g * std * math.sqrt(3) / math.pi, 0.1)
+    prior.loc.assign(np.zeros(k, np.float32))
+    prior.raw_scale.assign(np.log(np.expm1(scale)).astype(np.float32))
 
 
 def _load_start(opts: TrainOptions, encoder, decoder, prior: _Prior) -> dict:

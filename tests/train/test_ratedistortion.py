@@ -321,3 +321,35 @@ def test_linear_skip_is_a_linear_code_around_the_convolutions(coffee_frames):
     w, b = lin_dec.get_weights()
     want = 1 / (1 + np.exp(-(z @ w + b)))
     np.testing.assert_allclose(dec.predict(z, verbose=0).reshape(4, -1), want, atol=1e-5)
+
+
+def test_pca_start_makes_a_linear_skip_model_the_pca_code(coffee_frames):
+    import tensorflow as tf
+
+    from cae_edge.train import ratedistortion as rdm
+    from cae_edge.train.model import build_decoder, build_encoder
+
+    cfg = ModelConfig(latent_dim=6, latent_gain=8.0, linear_skip=True)
+    enc, dec, prior = build_encoder(cfg), build_decoder(cfg), rdm._Prior(tf, 6)
+    rdm.pca_start(enc, dec, prior, coffee_frames)
+    mean, basis, std = rdm.pca_basis(coffee_frames, 6)
+    assert np.allclose(np.linalg.norm(basis, axis=1), 1.0) and np.all(np.diff(std) <= 1e-9)
+    x = coffee_frames.astype(np.float32)[..., None] / 255.0
+    coef = (x.reshape(len(x), -1) - mean) @ basis.T
+    g = rdm.PCA_START_PEAK / np.abs(coef).max()
+    np.testing.assert_allclose(enc.predict(x, verbose=0), g * coef, atol=1e-3)
+    m = np.clip(mean, 0.02, 0.98)
+    np.testing.assert_allclose(dec.predict(np.zeros((1, 6), np.float32), verbose=0).ravel(), m, atol=1e-5)
+    # through the rounded latent, the sigmoid linearised at the mean: near the 6-component PCA reconstruction
+    q = rdm.encode_integer(enc, x)
+    rec = rdm.decode_integer(dec, q).reshape(len(x), -1).astype(np.float64)
+    orig = coffee_frames.reshape(len(x), -1).astype(np.float64)
+
+    def psnr(y):
+        return 10 * np.log10(255.0**2 / ((y - orig) ** 2).mean())
+
+    pca, flat = np.clip(mean + coef @ basis, 0, 1) * 255, np.tile(mean * 255, (len(x), 1))
+    assert psnr(pca) - 6 < psnr(rec) <= psnr(pca) + 0.5 and psnr(rec) > psnr(flat) + 6
+    assert np.allclose(
+        prior.scale().numpy(), np.maximum(g * std * np.sqrt(3) / np.pi, 0.1) + rdm.MIN_SCALE, rtol=1e-4
+    )
