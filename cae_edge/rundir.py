@@ -89,7 +89,11 @@ class ModelConfig:
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON form; ``linear_skip`` only when set, so configs of models without it read as before."""
+        d = asdict(self)
+        if not d["linear_skip"]:
+            del d["linear_skip"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
