@@ -14,7 +14,8 @@ from ..errors import CaeEdgeError
 from .common import fail, print_json, progress_bar
 
 app = typer.Typer(
-    help="Obtain, cache and describe MNIST, Fashion-MNIST, scenes; record your own frames; make the demo video",
+    help="Obtain, cache and describe MNIST, Fashion-MNIST and real scenes; record your own frames; "
+    "make the demo video.",
     no_args_is_help=True,
 )
 DataDir = Annotated[

