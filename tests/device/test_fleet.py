@@ -551,9 +551,13 @@ def test_frames_queued_during_an_outage_are_filed_under_the_name(bundle) -> None
 
         class Outage(ArraySource):
             def read(self):
-                if self._i == 4:  # the receiver dies; wait until the sender has noticed
-                    first.close()
-                    _until(lambda: tx.stats.peers == 0, lambda: time.sleep(0.01), "disconnect seen")
+                if self._i == 4:  # the receiver dies; wait until the sender has noticed and ZeroMQ has
+                    first.close()  # dropped its pipe (POLLOUT off: next frames wait in the sender's queue)
+                    _until(
+                        lambda: tx.stats.peers == 0 and not tx._sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT,
+                        lambda: time.sleep(0.01),
+                        "disconnect seen",
+                    )
                 return super().read()
 
         assert tx.wait_connected(WAIT_S)
