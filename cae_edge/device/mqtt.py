@@ -46,14 +46,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..wire import check_sender_name
 from .broker import DEFAULT_PREFIX, check_prefix, frames_topic, status_topic
-from .transport import POLICIES, LinkStats, Received
+from .transport import POLICIES, ClosingLink, LinkStats, Received
 
 SCHEMES = {"mqtts": 8883, "mqtt": 1883}
 """URL schemes and their default ports (``mqtt://`` is unencrypted: only with ``insecure``)."""
@@ -267,7 +266,7 @@ class NodeStatus:
         return asdict(self)
 
 
-class _MqttLink:
+class _MqttLink(ClosingLink):
     """A paho client in its own network thread; connects, reconnects and counts for both ends."""
 
     def __init__(self, url: str, options: MqttOptions, client_id: str) -> None:
@@ -376,17 +375,6 @@ class _MqttLink:
             c.disconnect()
             c.loop_stop()
             self._connected.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.endpoint} {'closed' if self.closed else 'open'}>"
 
 
 class MqttSender(_MqttLink):

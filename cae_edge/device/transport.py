@@ -267,7 +267,31 @@ def _failure_kind(event: int, value: int) -> str:
     return "protocol"
 
 
-class _Link:
+class ClosingLink:
+    """What every link shares, ZeroMQ or MQTT: ``with link:`` closes it, and its repr names the endpoint."""
+
+    endpoint: str
+
+    @property
+    def closed(self) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.endpoint} {'closed' if self.closed else 'open'}>"
+
+
+class _Link(ClosingLink):
     """Context, socket, monitor and close()/context-manager plumbing shared by both ends."""
 
     _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _FAILED
@@ -358,17 +382,6 @@ class _Link:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.endpoint} {'closed' if self.closed else 'open'}>"
 
 
 class PushSender(_Link):
