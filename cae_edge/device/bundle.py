@@ -73,11 +73,13 @@ def _open_checked(
 # ---- encoder / decoder ----------------------------------------------------------------------------------
 
 
-class Encoder:
-    """Runs the encoder model on 28x28 uint8 images. Create with :meth:`Bundle.encoder`.
+class _Model:
+    """What the encoder and the decoder share: model ``key`` of the bundle opened and checked against its
+    manifest entry, the interpreter's hot-path calls bound once, and the bundle's payload codec when the
+    latent tensor is int8; then :meth:`_prepare` does what is the role's own."""
 
-    Not thread-safe: one Encoder per thread.
-    """
+    _latent_side = ""
+    """``output`` (encoder) or ``input`` (decoder): the tensor that holds the latent."""
 
     def __init__(
         self,
@@ -93,7 +95,35 @@ class Encoder:
         self._interp, self._in_idx, self._out_idx = _open_checked(
             bundle.model_bytes(key), self.name, spec, num_threads, xnnpack, kernels
         )
-        self._codec = bundle.codec() if spec.output.dtype == "int8" else None
+        latent: TensorSpec = getattr(spec, self._latent_side)
+        self._codec = bundle.codec() if latent.dtype == "int8" else None
+        self._set = self._interp.set_tensor
+        self._invoke = self._interp.invoke
+        self._get = self._interp.get_tensor
+        self._prepare(spec)
+
+    def _prepare(self, spec: ModelSpec) -> None:
+        """The role's own checks and buffers, once the interpreter is open."""
+
+    @property
+    def latent_dim(self) -> int:
+        return int(getattr(self.spec, self._latent_side).shape[-1])
+
+    @property
+    def codec(self) -> PayloadCodec | None:
+        """The bundle's payload codec (``None`` for a float model)."""
+        return self._codec
+
+
+class Encoder(_Model):
+    """Runs the encoder model on 28x28 uint8 images. Create with :meth:`Bundle.encoder`.
+
+    Not thread-safe: one Encoder per thread.
+    """
+
+    _latent_side = "output"
+
+    def _prepare(self, spec: ModelSpec) -> None:
         self._in = np.zeros(spec.input.shape, dtype=spec.input.dtype)
         self._in2d = self._in.reshape(IMAGE_SHAPE)
         dtype = spec.input.dtype
@@ -105,18 +135,6 @@ class Encoder:
                 "re-export the bundle"
             )
         self._mode = dtype
-        self._set = self._interp.set_tensor
-        self._invoke = self._interp.invoke
-        self._get = self._interp.get_tensor
-
-    @property
-    def latent_dim(self) -> int:
-        return int(self.spec.output.shape[-1])
-
-    @property
-    def codec(self) -> PayloadCodec | None:
-        """The bundle's payload codec (``None`` for a float encoder)."""
-        return self._codec
 
     def encode_latent(self, image_u8: np.ndarray) -> np.ndarray:
         """One 28x28 uint8 image → the latent (int8 (latent_dim,) for the int8 model, float32 for float).
@@ -146,48 +164,24 @@ class Encoder:
         return self._codec.encode(self.encode_latent(image_u8))
 
 
-class Decoder:
+class Decoder(_Model):
     """Runs the decoder model: latent → 28x28 uint8 image. Create with :meth:`Bundle.decoder`.
 
     Not thread-safe: one Decoder per thread.
     """
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        key: str,
-        num_threads: int = 1,
-        xnnpack: bool = True,
-        kernels: str | None = None,
-    ) -> None:
-        spec = bundle.manifest.models[key]
-        self.name = str(bundle.path / spec.file)
-        self.spec = spec
-        self._interp, self._in_idx, self._out_idx = _open_checked(
-            bundle.model_bytes(key), self.name, spec, num_threads, xnnpack, kernels
-        )
+    _latent_side = "input"
+
+    def _prepare(self, spec: ModelSpec) -> None:
         self._in_shape = spec.input.shape
         self._in_dtype = np.dtype(spec.input.dtype)
-        self._latent_shape = (int(spec.input.shape[-1]),)
-        self._codec = bundle.codec() if spec.input.dtype == "int8" else None
+        self._latent_shape = (self.latent_dim,)
         out = spec.output
         self._lut = (
             output_to_pixel_lut(QuantParams(out.scale, out.zero_point, out.dtype))
             if out.dtype != "float32"
             else None
         )
-        self._set = self._interp.set_tensor
-        self._invoke = self._interp.invoke
-        self._get = self._interp.get_tensor
-
-    @property
-    def latent_dim(self) -> int:
-        return self._latent_shape[0]
-
-    @property
-    def codec(self) -> PayloadCodec | None:
-        """The bundle's payload codec (``None`` for a float decoder)."""
-        return self._codec
 
     def decode_latent(self, q: np.ndarray) -> np.ndarray:
         """Latent (int8 (latent_dim,), float32 for a float decoder) → 28x28 uint8 image.
