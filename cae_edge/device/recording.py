@@ -10,6 +10,11 @@ A recording is a directory::
     DIR/meta.json        {"format": "cae-edge-recording-1", "source", "preprocess", "bundle", "count",
                           "clock", "created", ...}
 
+:func:`write_recording` writes one at once (``cae-edge data record``); :class:`RecordingWriter` grows one
+frame by frame (``cae-edge stream send --save-inputs``), readable after every flush: the ``.npy`` headers
+say how many frames are complete, and a writer killed mid-chunk leaves a recording that ends at its last
+flush (``meta.json`` has ``"complete": false`` until it is closed).
+
 ``cae-edge train --dataset PATH`` accepts such a directory, a folder of images or a video file
 (:func:`load_user_dataset`); images and video frames are preprocessed on the way in, with the preprocessing
 of the bundle the run starts from or :data:`DEFAULT_PREPROCESS`. The split is by time, not random
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataNotFoundError
+from .status import write_json_atomic
 
 FORMAT = "cae-edge-recording-1"
 FRAMES_FILE = "frames.npy"
@@ -130,6 +137,151 @@ def write_recording(out_dir: str | os.PathLike, rec: Recording, *, overwrite: bo
     return out
 
 
+FLUSH_FRAMES = 100
+"""Default :class:`RecordingWriter` chunk: frames between flushes (at most what a killed writer loses)."""
+FLUSH_SECONDS = 5.0
+"""Default :class:`RecordingWriter` flush period: a slow source's frames reach the disk this often."""
+_HEADER_BYTES = 128
+"""Fixed length of the ``.npy`` headers :class:`RecordingWriter` rewrites in place (any count fits)."""
+
+
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """A version 1.0 ``.npy`` header of exactly :data:`_HEADER_BYTES` bytes, padded with spaces."""
+    text = repr({"descr": descr, "fortran_order": False, "shape": shape})
+    body = text.encode("latin1").ljust(_HEADER_BYTES - 10 - 1) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+
+
+class RecordingWriter:
+    """Grows a recording directory frame by frame; each flush leaves a recording :func:`read_recording` reads.
+
+    Frames and timestamps are appended to ``frames.npy`` / ``timestamps.npy`` behind fixed-size headers. A
+    flush (every ``flush_frames`` frames or ``flush_s`` seconds, and at :meth:`close`) pushes the data to the
+    operating system, then rewrites both headers with the new count and ``meta.json`` (atomically). A process
+    killed between flushes loses the frames since the last one (at most ``flush_frames``, or ``flush_s``
+    seconds' worth); its ``meta.json`` keeps ``"complete": false``. Only :meth:`close` fsyncs (a power cut can
+    lose more).
+
+    Args:
+        out_dir: the recording directory (created; it must not exist unless ``overwrite``).
+        meta: what ``meta.json`` says besides ``format``, ``count``, ``seconds``, ``created`` and
+            ``complete`` (source, preprocess, bundle, clock, ...).
+        flush_frames: frames between flushes.
+        flush_s: seconds between flushes (checked at each frame).
+        overwrite: replace an existing directory.
+
+    Raises:
+        ConfigError: the directory exists (without ``overwrite``) or cannot be created, or a bad flush period.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        meta: dict | None = None,
+        *,
+        flush_frames: int = FLUSH_FRAMES,
+        flush_s: float = FLUSH_SECONDS,
+        overwrite: bool = False,
+    ) -> None:
+        if flush_frames < 1 or not flush_s > 0:
+            raise ConfigError(f"flush every {flush_frames} frames / {flush_s} s: need >= 1 frame and > 0 s")
+        out = Path(out_dir)
+        if out.exists() and not overwrite:
+            raise ConfigError(
+                f"recording {str(out)!r} already exists: choose another folder, or remove it to record again"
+            )
+        try:
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            self._frames = open(out / FRAMES_FILE, "wb")  # noqa: SIM115  (open until close())
+            self._stamps = open(out / TIMESTAMPS_FILE, "wb")  # noqa: SIM115
+        except OSError as e:
+            raise ConfigError(f"recording {str(out)!r}: cannot create it ({e.strerror or e})") from None
+        self.path = out
+        self.meta = {"format": FORMAT, **(meta or {})}
+        self.meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.flush_frames, self.flush_s = int(flush_frames), float(flush_s)
+        self.count = 0
+        """Frames written (the last ones may wait for the next flush)."""
+        self.flushed = 0
+        """Frames a reader sees now."""
+        self._size: int | None = None
+        self._first = self._last = 0.0
+        self._next_flush = time.monotonic() + self.flush_s
+        self.closed = False
+        self.flush()
+
+    def write(self, frame: np.ndarray, t: float) -> None:
+        """Append one frame (uint8 (S, S), S fixed by the first frame) captured at ``t`` seconds.
+
+        Raises:
+            ConfigError: a frame of another shape or dtype, or a timestamp that is not a finite number.
+            OSError: the disk is full or the files are gone.
+        """
+        if frame.dtype != np.uint8 or frame.ndim != 2 or frame.shape[0] != frame.shape[1]:
+            raise ConfigError(f"{self.path}: frame {frame.dtype} {frame.shape}, expected uint8 (S, S)")
+        if self._size is None:
+            self._size = int(frame.shape[0])
+        elif frame.shape[0] != self._size:
+            raise ConfigError(
+                f"{self.path}: frame {frame.shape}, the recording's frames are {self._size}x{self._size}"
+            )
+        t = float(t)
+        if not np.isfinite(t):
+            raise ConfigError(f"{self.path}: timestamp {t!r} is not a finite number")
+        self._frames.write(np.ascontiguousarray(frame).tobytes())
+        self._stamps.write(np.float64(t).tobytes())
+        if self.count == 0:
+            self._first = t
+        self._last = t
+        self.count += 1
+        if self.count - self.flushed >= self.flush_frames or time.monotonic() >= self._next_flush:
+            self.flush()
+
+    def flush(self, *, complete: bool = False, sync: bool = False) -> None:
+        """Make every frame written so far readable: data out, then the headers, then ``meta.json``."""
+        n, size = self.count, self._size or 28
+        for f in (self._frames, self._stamps):
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        # timestamps first: a kill between the two header writes leaves more frames than stamps, which
+        # read_recording trims in an incomplete recording
+        for f, header in (
+            (self._stamps, _npy_header("<f8", (n,))),
+            (self._frames, _npy_header("|u1", (n, size, size))),
+        ):
+            end = f.seek(0, os.SEEK_END)
+            f.seek(0)
+            f.write(header)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+            f.seek(max(end, _HEADER_BYTES))
+        self.meta.update(count=n, seconds=self._last - self._first if n else 0.0, complete=bool(complete))
+        write_json_atomic(self.path / META_FILE, self.meta)
+        self.flushed = n
+        self._next_flush = time.monotonic() + self.flush_s
+
+    def close(self) -> None:
+        """Flush (with fsync) and close; the recording is then marked ``complete``. Safe to call twice."""
+        if self.closed:
+            return
+        try:
+            self.flush(complete=True, sync=True)
+        finally:
+            self.closed = True
+            self._frames.close()
+            self._stamps.close()
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def is_recording(path: str | os.PathLike) -> bool:
     """True when ``path`` is a directory holding ``frames.npy``."""
     return (Path(path) / FRAMES_FILE).is_file()
@@ -158,6 +310,9 @@ def read_recording(path: str | os.PathLike) -> Recording:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         fmt = meta.get("format") if isinstance(meta, dict) else None
         raise ConfigError(f"{d / META_FILE}: format {fmt!r}, expected {FORMAT!r}")
+    if meta.get("complete") is False and frames.ndim == 3 and np.ndim(ts) == 1:
+        n = min(len(frames), len(ts))  # a writer killed between its two header updates
+        frames, ts = frames[:n], ts[:n]
     check_frames(frames, np.asarray(ts), str(d))
     return Recording(frames, np.asarray(ts, np.float64), meta)
 
