@@ -197,6 +197,7 @@ stream_bundle() {  # the node under emulation streams FRAMES frames into an x86 
   arm_cli "$suite" stream send --source "${SOURCE[$b]}" --bundle "$b" --name "$NODE" \
     --connect "tcp://127.0.0.1:$port" --keys "$keys/$NODE.key_secret" --server-key "$keys/receiver.key" \
     --max-frames "$FRAMES" --wait 120 --probe-timeout "$PROBE_TIMEOUT" --save-inputs "$d/sent" \
+    --save-inputs-format png \
     --json "$d/sender.json" 2> "$d/sender.log" || rc=$?
   if [ "$rc" != 0 ]; then
     kill "$receiver" 2> /dev/null || true

@@ -159,6 +159,11 @@ TopicPrefix = Annotated[
 ]
 
 
+class SaveFormat(str, Enum):
+    recording = "recording"
+    png = "png"
+
+
 @app.command()
 def send(
     ctx: typer.Context,
@@ -240,7 +245,24 @@ def send(
     ] = PROBE_TIMEOUT_S,
     save_inputs: Annotated[
         Path | None,
-        typer.Option("--save-inputs", help="Also write each 28x28 input as DIR/<name>/<seq>.png."),
+        typer.Option(
+            "--save-inputs",
+            help="Also record each 28x28 input with its capture time as a recording in DIR (as `data record` "
+            "writes; `train --dataset DIR` takes it). Flushed every 100 frames or 5 s.",
+        ),
+    ] = None,
+    save_inputs_format: Annotated[
+        SaveFormat,
+        typer.Option("--save-inputs-format", help="png: DIR/<name>/<seq>.png instead of a recording."),
+    ] = SaveFormat.recording,
+    drift_factor: Annotated[
+        float | None,
+        typer.Option(
+            "--drift-factor",
+            min=0,
+            help="Warn when the last 100 payloads average more than this many times the bundle's typical "
+            "size (the scene is not what it was trained on); default 1.3, 0 = off. Entropy-coded bundles.",
+        ),
     ] = None,
     stats_json: Annotated[
         Path | None, typer.Option("--json", help="Write the final statistics here.")
@@ -275,10 +297,13 @@ def send(
         if s.refused and not s.connected:
             why = "user name/password" if peer == "broker" else "this node's key is not in its --allowed-keys"
             state = f"REFUSED by the {peer} {s.refused}x ({why})"
+        drift = ""
+        if s.drift:
+            drift = f", DRIFT: payloads {s.payload_bytes_recent / s.payload_bytes_typical:.1f}× typical"
         say(
             f"{s.name}: {s.frames} frames, {s.fps_recent:.1f} fps, encode {s.encode_us:.0f} µs, "
             f"preprocess {s.preprocess_us:.0f} µs, {s.bytes_per_frame:.0f} B/frame, sent {s.sent}, "
-            f"dropped {s.dropped}, {state}"
+            f"dropped {s.dropped}, {state}{drift}"
         )
 
     from ..device.security import client_security
@@ -317,6 +342,8 @@ def send(
             session_every=node.session_every,
             wait_connected_s=wait,
             save_inputs=save_inputs,
+            save_inputs_format=save_inputs_format.value,
+            **({} if drift_factor is None else {"drift_factor": drift_factor}),
         )
         connect: str = node.connect
         link: SenderOptions | MqttSenderOptions
@@ -356,6 +383,12 @@ def send(
         f"preprocess {stats.preprocess_us:.0f} µs, encode {stats.encode_us:.0f} µs, "
         f"pack {stats.pack_us:.1f} µs, send {stats.send_us:.1f} µs"
     )
+    if stats.escaped:
+        say(f"  latent values beyond the entropy model's alphabet: {stats.escaped}")
+    if stats.drift:
+        say(f"  still drifting at the end: {stats.drift}")
+    elif stats.drift_warnings:
+        say(f"  payloads ran above the bundle's typical size {stats.drift_warnings}x during the run")
     write_json(stats_json, stats.to_dict())
     if stats.status == "source-error":
         say(f"error: {stats.error}")
@@ -595,7 +628,10 @@ def receive(
 @app.command()
 def compare(
     sent: Annotated[
-        Path, typer.Argument(help="Inputs saved by `send --save-inputs` (DIR/<name>/<seq>.png).")
+        Path,
+        typer.Argument(
+            help="Inputs saved by `send --save-inputs`: its recording, or DIR/<name>/<seq>.png (format png)."
+        ),
     ],
     received: Annotated[
         Path, typer.Argument(help="Frames written by `receive --out` (DIR/<name>/<seq>.png).")
@@ -610,17 +646,34 @@ def compare(
     import numpy as np
 
     from .. import metrics
+    from ..device.recording import is_recording, read_recording
 
     if not sent.is_dir() or not received.is_dir():
         raise fail(ValueError(f"{sent if not sent.is_dir() else received}: not a folder"))
-    pairs = sorted(
-        p.relative_to(received)
-        for p in received.glob("*/*.png")
-        if (sent / p.relative_to(received)).is_file()
-    )
+    if is_recording(sent):  # frame i of the recording is sequence number i of the sender it names
+        try:
+            rec = read_recording(sent)
+        except CaeEdgeError as e:
+            raise fail(e) from None
+        name = str(rec.meta.get("sender", ""))
+        pairs = sorted(
+            p.relative_to(received)
+            for p in received.glob(f"{name}/*.png")
+            if p.stem.isdigit() and int(p.stem) < len(rec.frames)
+        )
+        originals = [rec.frames[int(p.stem)] for p in pairs]
+        where = f"{sent} (sender {name!r}, {len(rec.frames)} frames)"
+    else:
+        pairs = sorted(
+            p.relative_to(received)
+            for p in received.glob("*/*.png")
+            if (sent / p.relative_to(received)).is_file()
+        )
+        originals = [cv2.imread(str(sent / p), cv2.IMREAD_GRAYSCALE) for p in pairs]
+        where = f"{sent} (same <name>/<seq>.png)"
     if not pairs:
-        raise fail(ValueError(f"no frame is in both {sent} and {received} (same <name>/<seq>.png)"))
-    a = np.stack([cv2.imread(str(sent / p), cv2.IMREAD_GRAYSCALE) for p in pairs])
+        raise fail(ValueError(f"no frame is in both {where} and {received}"))
+    a = np.stack(originals)
     b = np.stack([cv2.imread(str(received / p), cv2.IMREAD_GRAYSCALE) for p in pairs])
     q = metrics.quality(a, b)
     pick = np.linspace(0, len(pairs) - 1, min(count, len(pairs))).round().astype(int)
