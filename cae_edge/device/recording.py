@@ -248,13 +248,10 @@ class RecordingWriter:
                 os.fsync(f.fileno())
         # timestamps first: a kill between the two header writes leaves more frames than stamps, which
         # read_recording trims in an incomplete recording
-        for f, header in (
-            (self._stamps, _npy_header("<f8", (n,))),
-            (self._frames, _npy_header("|u1", (n, size, size))),
-        ):
+        for f, descr, shape in ((self._stamps, "<f8", (n,)), (self._frames, "|u1", (n, size, size))):
             end = f.seek(0, os.SEEK_END)
             f.seek(0)
-            f.write(header)
+            f.write(_npy_header(descr, shape))
             f.flush()
             if sync:
                 os.fsync(f.fileno())

@@ -290,9 +290,32 @@ os.kill(os.getpid(), signal.SIGKILL)  # killed mid-chunk: 50 frames written sinc
 """
 
 
-def test_a_killed_writer_leaves_a_recording_up_to_its_last_flush(tmp_path):
+KILLED_BETWEEN_HEADERS = """
+import os, signal, sys
+from cae_edge import datasets
+from cae_edge.device import recording
+digits = datasets.load("mnist").x_test[:150]
+w = recording.RecordingWriter(sys.argv[1], {"source": "mnist test digits"}, flush_frames=100, flush_s=3600)
+for i, d in enumerate(digits[:100]):
+    w.write(d, 1000.0 + i / 10)
+for i, d in enumerate(digits[100:], 100):
+    w._frames.write(d.tobytes()); w._stamps.write(__import__("numpy").float64(1000.0 + i / 10).tobytes())
+    w.count += 1
+header, calls = recording._npy_header, []
+def dying_header(descr, shape):  # the flush of frame 150: killed after the timestamps' header
+    calls.append(descr)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return header(descr, shape)
+recording._npy_header = dying_header
+w.flush()
+"""
+
+
+@pytest.mark.parametrize("script", [KILLED_WRITER, KILLED_BETWEEN_HEADERS], ids=["mid-chunk", "mid-flush"])
+def test_a_killed_writer_leaves_a_recording_up_to_its_last_flush(tmp_path, script):
     out = tmp_path / "rec"
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out)], capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()
     rec = recording.read_recording(out)
     assert rec.meta["complete"] is False and rec.meta["count"] == 100
