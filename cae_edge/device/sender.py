@@ -14,7 +14,6 @@ import math
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from ..payload import payload_kind
 from ..wire import Packet, PayloadKind
 from .capture import FrameSource, open_source
 from .config import MAX_FPS, MIN_FPS
+from .drift import DRIFT_FACTOR, DRIFT_WINDOW, DriftWatch
 from .mqtt import MqttSender, MqttSenderOptions
 from .preprocess import Preprocessor
 from .recording import RecordingWriter
@@ -39,13 +39,6 @@ SEND_STAGES = ("capture", "preprocess", "encode", "pack", "send")
 """The sender loop's timed stages, in order; each has a ``<stage>_us`` mean in :class:`SenderStats`."""
 SAVE_INPUTS_FORMATS = ("recording", "png")
 """What :attr:`SendOptions.save_inputs` writes."""
-DRIFT_FACTOR = 1.3
-"""Default :attr:`SendOptions.drift_factor`. Measured on 200 frames each (``mnist-hq``, typical 73.5 B):
-real MNIST digits 1.02×, Fashion-MNIST 1.19×, photographs seen as the node sees a scene 1.39×."""
-DRIFT_WINDOW = 100
-"""Default :attr:`SendOptions.drift_window`."""
-DRIFT_CLEAR = 0.9
-"""A drift warning clears when the recent mean falls under this share of the threshold (no flapping)."""
 
 
 @dataclass
@@ -222,91 +215,6 @@ class SenderStats:
         self.bytes_per_frame = round(wire_bytes / frames, 2) if frames else 0.0
         self.payload_bytes = round(payload_bytes / frames, 2) if frames else 0.0
         return self
-
-
-class DriftWatch:
-    """Rolling mean of payload sizes against the bundle's typical size: has the scene drifted?
-
-    An entropy-coded bundle's payloads grow when the frames are unlike what it was trained on (a digit
-    bundle fed a room, a street); the manifest's ``coding.bytes_mean`` is the size on its own test images.
-    :meth:`add` takes each payload size and returns a line when the verdict changes: the warning when the
-    mean of the last ``window`` sizes exceeds ``factor ×`` typical (once the window is full), the all-clear
-    when it falls back under :data:`DRIFT_CLEAR` of that threshold.
-    """
-
-    def __init__(
-        self,
-        typical_bytes: float,
-        *,
-        factor: float = DRIFT_FACTOR,
-        window: int = DRIFT_WINDOW,
-        bundle: str = "the bundle",
-        trained_on: str = "",
-    ) -> None:
-        if not typical_bytes > 0:
-            raise ConfigError(f"typical payload {typical_bytes!r} B: must be > 0 (the bundle's bytes_mean)")
-        self.typical, self.factor, self.window = float(typical_bytes), float(factor), int(window)
-        self.bundle, self.trained_on = bundle, trained_on
-        self._sizes: deque[int] = deque(maxlen=self.window)
-        self._sum = 0
-        self.warning: str | None = None
-        """The current warning, ``None`` while payloads are of the usual size."""
-        self.warnings = 0
-        """Times the warning came on."""
-
-    @classmethod
-    def for_bundle(cls, bundle: Any, options: SendOptions) -> DriftWatch | None:
-        """The watch for a loaded bundle, or ``None``: no ``coding.bytes_mean`` (fixed-size int8 payloads)
-        or ``options.drift_factor`` 0."""
-        typical = (bundle.coding or {}).get("bytes_mean")
-        if not options.drift_factor or not typical:
-            return None
-        path = getattr(bundle, "path", None)
-        dataset = (bundle.manifest.get("dataset") or {}) if hasattr(bundle, "manifest") else {}
-        return cls(
-            float(typical),
-            factor=options.drift_factor,
-            window=options.drift_window,
-            bundle=f"bundle {Path(path).name}" if path else "the bundle",
-            trained_on=str(dataset.get("name") or ""),
-        )
-
-    @property
-    def mean(self) -> float:
-        """Mean payload size over the window so far (0 before the first frame)."""
-        return self._sum / len(self._sizes) if self._sizes else 0.0
-
-    def add(self, size: int) -> str | None:
-        """Count one payload of ``size`` bytes; a line to log when the verdict changed, else ``None``."""
-        sizes = self._sizes
-        if len(sizes) == self.window:
-            self._sum -= sizes[0]
-        sizes.append(size)
-        self._sum += size
-        mean = self._sum / len(sizes)
-        limit = self.factor * self.typical
-        if self.warning is None:
-            if len(sizes) == self.window and mean > limit:
-                self.warnings += 1
-                self.warning = self._message(mean)
-                return self.warning
-        elif mean < DRIFT_CLEAR * limit:
-            self.warning = None
-            return (
-                f"payloads back to {mean:.1f} B on average ({mean / self.typical:.1f}× {self.bundle}'s "
-                f"typical {self.typical:.1f} B): drift warning cleared"
-            )
-        return None
-
-    def _message(self, mean: float) -> str:
-        seen = f" ({self.trained_on})" if self.trained_on else ""
-        other = "" if self.trained_on == "scenes" else "a scenes bundle or "
-        return (
-            f"payloads average {mean:.1f} B, {mean / self.typical:.1f}× {self.bundle}'s typical "
-            f"{self.typical:.1f} B: the scene differs from what {self.bundle} was trained on{seen}; "
-            f"consider {other}`cae-edge train --dataset` on your own frames "
-            "(`stream send --save-inputs DIR` records them)"
-        )
 
 
 class Encoder(Protocol):
@@ -609,7 +517,7 @@ class SendPipeline:
             kind=self.kind,
             on_stats=on_stats,
             stop=stop,
-            drift=DriftWatch.for_bundle(self.bundle, options),
+            drift=DriftWatch.for_bundle(self.bundle, options.drift_factor, options.drift_window),
             on_log=on_log,
         )
 

@@ -21,9 +21,10 @@ from cae_edge.cli.main import app
 from cae_edge.device import recording
 from cae_edge.device.bundle import load_bundle
 from cae_edge.device.capture import ArraySource
+from cae_edge.device.drift import DriftWatch
 from cae_edge.device.preprocess import Preprocessor
 from cae_edge.device.receiver import ReceiveOptions, run_receiver
-from cae_edge.device.sender import DriftWatch, SendOptions, run_sender, stream_send
+from cae_edge.device.sender import SendOptions, run_sender, stream_send
 from cae_edge.device.sinks import PngSink
 from cae_edge.device.transport import LinkStats, PullReceiver
 from cae_edge.errors import ConfigError
@@ -75,15 +76,16 @@ def mnist_hq():
 def send(bundle, frames, preprocess, **opts):
     """run_sender over a memory link; (stats, log lines)."""
     logs: list[str] = []
+    options = SendOptions(name="cam", **opts)
     stats = run_sender(
         ArraySource(frames),
         preprocess,
         bundle.encoder(),
         MemoryLink(),
         pair_id=bundle.pair_id,
-        options=SendOptions(name="cam", **opts),
+        options=options,
         kind=payload_kind(bundle.coding),
-        drift=DriftWatch.for_bundle(bundle, SendOptions(**opts)),
+        drift=DriftWatch.for_bundle(bundle, options.drift_factor, options.drift_window),
         on_log=logs.append,
     )
     return stats, logs
@@ -143,8 +145,8 @@ def test_mnist_hq_fed_digits_stays_quiet(mnist_hq, digits):
 
 def test_fixed_size_payloads_and_factor_zero_are_not_watched(mnist_hq, scene_windows):
     int8 = load_bundle("mnist")
-    assert DriftWatch.for_bundle(int8, SendOptions()) is None
-    assert DriftWatch.for_bundle(mnist_hq, SendOptions(drift_factor=0)) is None
+    assert DriftWatch.for_bundle(int8) is None
+    assert DriftWatch.for_bundle(mnist_hq, factor=0) is None
     stats, logs = send(int8, scene_windows[:120], Preprocessor(scenes.SCENE_PREPROCESS))
     assert stats.payload_bytes_typical == 0 and stats.drift is None and stats.escaped == 0 and not logs
 
