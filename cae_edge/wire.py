@@ -6,7 +6,8 @@ Layout, version 1 (little-endian, 24 bytes of overhead per frame when the name i
     0      2    magic          b"\\xcaE"
     2      1    version        1
     3      1    flags          bits 0-1 payload kind (0 int8 latent, 1 entropy-coded), bit 2 name present,
-                               bit 3 epoch present (only with the name), bits 4-7 reserved (must be 0)
+                               bit 3 epoch present (only with the name), bit 4 tiled payload,
+                               bits 5-7 reserved (must be 0)
     4      4    pair prefix    first 4 bytes of the bundle's pair_id (16 hex chars -> 8 bytes)
     8      2    sender id      crc32(sender name) & 0xffff, see :func:`sender_id`
     10     4    seq            frame counter, wraps at 2**32
@@ -36,6 +37,10 @@ Why these choices:
   It rides only where the name does, so a frame costs nothing extra. Packets without it (older senders) stay
   readable; receivers older than the epoch refuse packets that carry it (reason ``flags``): upgrade
   receivers first.
+
+* **tiled, 1 bit** — the payload is a grid of 28x28 tiles, each coded with the bundle, in one packet
+  (layout in :mod:`cae_edge.tiles`); the kind bits say how each tile is coded. Receivers older than it refuse
+  such packets (reason ``flags``); untiled packets are unchanged.
 
 Compact frames (a few bytes instead of 24, read against the sender's last full packet) are described with
 :func:`pack_compact` below; :func:`is_compact` tells the two formats apart by the first byte.
@@ -79,7 +84,8 @@ anything longer before reading it (ZeroMQ ``MAXMSGSIZE``)."""
 _FLAG_KIND = 0x03
 _FLAG_NAME = 0x04
 _FLAG_EPOCH = 0x08
-_FLAG_RESERVED = 0xF0
+_FLAG_TILED = 0x10
+_FLAG_RESERVED = 0xE0
 _EPOCH = struct.Struct("<I")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -117,6 +123,8 @@ class Packet:
     epoch: int | None = None
     """The sender's stream epoch (0 .. 2**32-1), drawn at random when its ``seq`` starts at 0; only on
     packets that carry the name (None on the others, and from senders that predate it)."""
+    tiled: bool = False
+    """The payload is a grid of tiles (:mod:`cae_edge.tiles`), each coded as ``kind`` says."""
 
 
 def pair_prefix(pair_id: str) -> bytes:
@@ -190,6 +198,8 @@ def pack(p: Packet) -> bytes:
             f"payload {len(p.payload)} bytes (max {MAX_PAYLOAD})",
             "field",
         )
+    if p.tiled:
+        flags |= _FLAG_TILED
     name = b""
     if p.sender_name is not None:
         if not isinstance(p.sender_name, str) or not _NAME_RE.fullmatch(p.sender_name):
@@ -264,14 +274,15 @@ def unpack(data: bytes | bytearray | memoryview) -> Packet:
     if elen:
         (epoch,) = _EPOCH.unpack_from(data, pos)
         pos += elen
-    return Packet(pair, sid, seq, t_us, data[pos : pos + plen], _KINDS[kind_value], name, epoch)
+    tiled = bool(flags & _FLAG_TILED)
+    return Packet(pair, sid, seq, t_us, data[pos : pos + plen], _KINDS[kind_value], name, epoch, tiled)
 
 
 # ------------------------------------------------------------------------------------------- compact frames
 #
 # A compact frame is read against the sender's *session*: the last full packet (above) the receiver took from
-# the same sender. It leaves out everything the session already said (pair, sender id, kind, name, epoch) and
-# sends the rest as small deltas::
+# the same sender. It leaves out everything the session already said (pair, sender id, kind, tiling, name,
+# epoch) and sends the rest as small deltas::
 #
 #     size   field
 #     1      type      0b101TTTIC: bits 5-7 = 0b101 (0xA0-0xBF; a full packet starts with 0xCA),
@@ -280,7 +291,8 @@ def unpack(data: bytes | bytearray | memoryview) -> Packet:
 #     [2]    sender id only with I: links that do not tell the receiver who sent a message (ZeroMQ --insecure)
 #     1-5    seq delta  varint: seq - session seq (mod 2**32)
 #     1-5    t delta    varint: (t_us - session t_us) in units of COMPACT_TIME_UNIT_US (1 ms), >= 0
-#     n      payload    the rest of the message (ZeroMQ and MQTT keep message boundaries)
+#     n      payload    the rest of the message (ZeroMQ and MQTT keep message boundaries); tiled or not
+#                       as the session packet is
 #     [2]    check      only with C: crc32(session pair, id, seq, t_us + every byte before it) & 0xffff
 #
 # On a CURVE link (every message authenticated and encrypted, sender known by its key) that is 4 bytes per
@@ -358,8 +370,14 @@ def _deltas(p: Packet, session: Packet) -> tuple[int, int]:
 
 def compact_fits(p: Packet, session: Packet, max_frames: int) -> bool:
     """Whether ``p`` may go as a compact frame against ``session``: same pair, id and kind, no name, at most
-    ``max_frames`` frames and :data:`COMPACT_MAX_T_UNITS` after the session, not before it in time."""
-    if (p.pair, p.sender_id, p.kind) != (session.pair, session.sender_id, session.kind):
+    ``max_frames`` frames and :data:`COMPACT_MAX_T_UNITS` after the session, not before it in time; tiled
+    if and only if the session is."""
+    if (p.pair, p.sender_id, p.kind, p.tiled) != (
+        session.pair,
+        session.sender_id,
+        session.kind,
+        session.tiled,
+    ):
         return False
     if p.sender_name is not None or p.epoch is not None:
         return False
@@ -376,7 +394,7 @@ def pack_compact(p: Packet, session: Packet, *, check: bool, with_id: bool) -> b
     """Serialise ``p`` as a compact frame read against ``session`` (the last full packet sent).
 
     Args:
-        p: the frame (no name, no epoch; same pair, sender id and kind as the session).
+        p: the frame (no name, no epoch; same pair, sender id, kind and tiling as the session).
         session: the sender's last full packet (the receiver must have it: it is the reference).
         check: add the 2-byte check (links that do not authenticate every message).
         with_id: add the 2-byte sender id (links that do not tell the receiver who sent a message).
@@ -387,7 +405,8 @@ def pack_compact(p: Packet, session: Packet, *, check: bool, with_id: bool) -> b
     """
     seq_delta, t_units = _deltas(p, session)
     if (
-        (p.pair, p.sender_id, p.kind) != (session.pair, session.sender_id, session.kind)
+        (p.pair, p.sender_id, p.kind, p.tiled)
+        != (session.pair, session.sender_id, session.kind, session.tiled)
         or p.sender_name is not None
         or p.epoch is not None
         or t_units < 0
@@ -463,7 +482,7 @@ def expand(c: Compact, session: Packet) -> Packet:
         raise PacketError("compact frame check mismatch: corrupted in transit or another session", "crc")
     seq = (session.seq + c.seq_delta) & MASK32
     t_us = (session.t_us + c.t_units * COMPACT_TIME_UNIT_US) & MASK32
-    return Packet(session.pair, session.sender_id, seq, t_us, c.payload, session.kind)
+    return Packet(session.pair, session.sender_id, seq, t_us, c.payload, session.kind, tiled=session.tiled)
 
 
 def compact_overhead(

@@ -29,6 +29,7 @@ def packets(draw) -> Packet:
         kind=draw(st.sampled_from(PayloadKind)),
         sender_name=name,
         epoch=draw(st.none() | st.integers(0, wire.MASK32)) if name else None,
+        tiled=draw(st.booleans()),
     )
 
 
@@ -100,7 +101,7 @@ def _with_crc(body: bytes) -> bytes:
         (lambda b: b[:-5] + b[-4:], "length"),
         (lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]), "crc"),
         (lambda b: _with_crc(b[:3] + bytes([b[3] | 0x80]) + b[4:-4]), "flags"),
-        (lambda b: _with_crc(b[:3] + bytes([b[3] | 0x10]) + b[4:-4]), "flags"),
+        (lambda b: _with_crc(b[:3] + bytes([b[3] | 0x20]) + b[4:-4]), "flags"),
         (lambda b: _with_crc(b[:3] + bytes([(b[3] & ~3) | 3]) + b[4:-4]), "kind"),
         (lambda b: _with_crc(b[:21] + b"x" + b[22:-4]), "name"),  # "xam1" does not match the id of "cam1"
         (lambda b: _with_crc(b[:21] + b"/" + b[22:-4]), "name"),  # not allowed in a name
