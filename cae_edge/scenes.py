@@ -230,8 +230,13 @@ def make_frames(
     split: int,
     progress: Progress | None = None,
     what: str = "",
+    size: int = 28,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` frames, frame ``i`` from ``photos[i % len(photos)]``; labels are the photograph indices.
+
+    ``size``: the frames' side (28; 112 for the 4x4 tiled frames of ``cae-edge benchmark --tiles 4``). The
+    windows are the same for every size (the generator is drawn the same way); a window smaller than
+    ``size`` is enlarged by INTER_AREA, i.e. bilinear.
 
     Raises:
         ValueError: no photographs, or a negative count.
@@ -240,11 +245,12 @@ def make_frames(
 
     if not photos or count < 0:
         raise ValueError(f"make_frames: {len(photos)} photographs, count {count}: need >= 1 and >= 0")
-    x = np.empty((count, 28, 28), np.uint8)
+    x = np.empty((count, size, size), np.uint8)
     y = (np.arange(count) % len(photos)).astype(np.uint8)
+    spec = dict(SCENE_PREPROCESS, size=size)
     for i in range(count):
         rng = np.random.default_rng([seed, split, i])
-        x[i] = scene_frame(photos[y[i]], rng, Preprocessor(SCENE_PREPROCESS))  # one plan per window shape
+        x[i] = scene_frame(photos[y[i]], rng, Preprocessor(spec))  # one plan per window shape
         if progress and (i + 1) % 5000 == 0:
             progress(what, i + 1, count)
     return x, y

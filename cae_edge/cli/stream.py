@@ -71,6 +71,7 @@ NODE_FLAGS: dict[str, tuple[str, str]] = {
     "threads": ("threads", "--threads"),
     "compact": ("compact", "--compact"),
     "session_every": ("session_every", "--session-every"),
+    "tiles": ("tiles", "--tiles"),
     "invert": ("preprocess.invert", "--invert/--no-invert"),
     "crop": ("preprocess.crop", "--crop"),
     "keys": ("security.key", "--keys"),
@@ -234,6 +235,16 @@ def send(
             "--session-every", min=1, max=10_000, help="With --compact: a full session packet every N frames."
         ),
     ] = 100,
+    tiles: Annotated[
+        int,
+        typer.Option(
+            "--tiles",
+            min=1,
+            max=16,
+            help="N > 1: send 28N x 28N frames as NxN tiles of 28x28, one packet per frame (scenes-* "
+            "bundles). The receiver must be new enough to read them.",
+        ),
+    ] = 1,
     probe_timeout: Annotated[
         float,
         typer.Option(
@@ -312,7 +323,7 @@ def send(
     values = {
         "source": source, "connect": connect, "bundle": bundle, "name": name, "fps": fps,
         "max_frames": max_frames, "queue": queue, "policy": policy.value, "threads": threads,
-        "compact": compact or None, "session_every": session_every,
+        "compact": compact or None, "session_every": session_every, "tiles": tiles,
         "invert": invert, "crop": None if crop is None else crop.value,
         "keys": keys, "server_key": server_key, "insecure": insecure or None,
         "transport": transport.value, "broker": broker, "username": username, "password_file": password_file,
@@ -369,6 +380,7 @@ def send(
             link,
             preprocess=node.preprocess.overrides(),
             threads=node.threads,
+            tiles=node.tiles,
             loop=loop,
             on_stats=None if quiet else live,
             on_log=say,

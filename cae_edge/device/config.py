@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..tiles import MAX_NODE_TILES
 from ..wire import check_sender_name
 from .security import SecurityOptions, client_security
 
@@ -142,6 +143,9 @@ class NodeConfig:
     packets; receivers must be new enough to read them (see ``cae_edge.wire``)."""
     session_every: int = 100
     """With ``compact``: a full session packet at least every this many frames."""
+    tiles: int = 1
+    """N > 1: frames of 28N x 28N pixels go out as NxN tiles of 28x28 in one packet (scenes-style bundles;
+    receivers must be new enough to read them, see ``cae_edge.tiles``); 1 = one 28x28 frame."""
     preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
     """Overrides of the bundle's preprocessing."""
     queue: QueueOptions = field(default_factory=QueueOptions)
@@ -176,6 +180,7 @@ _TOP_KEYS = (
     "threads",
     "compact",
     "session_every",
+    "tiles",
     "preprocess",
     "queue",
     "security",
@@ -309,6 +314,9 @@ def parse_node_config(
     if "session_every" in data:
         what = "an integer 1 .. 10000 (frames)"
         cfg.session_every = c.ranged("session_every", data["session_every"], int, 1, 10_000, what)
+    if "tiles" in data:
+        what = f"an integer 1 .. {MAX_NODE_TILES} (an NxN grid of 28x28 tiles; 1 = no tiles)"
+        cfg.tiles = c.ranged("tiles", data["tiles"], int, 1, MAX_NODE_TILES, what)
 
     if "preprocess" in data:
         t = c.table("preprocess", data["preprocess"])

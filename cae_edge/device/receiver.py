@@ -54,6 +54,7 @@ import numpy as np
 from .. import wire
 from ..errors import CaeEdgeError, ConfigError, PacketError
 from ..payload import payload_kind
+from ..tiles import decode_tiled
 from ..wire import Packet, PayloadKind
 from .lograte import RateLimitedLog
 from .mqtt import MqttReceiver, MqttReceiverOptions
@@ -630,7 +631,7 @@ class _Receiving:
         started = now_us()
         t1 = ns()
         try:
-            image = self.decoder.decode(p.payload)
+            image = self.decode_tiled(p.payload) if p.tiled else self.decoder.decode(p.payload)
         except (PacketError, CaeEdgeError, ValueError) as e:
             self.refused(peer, p, getattr(e, "reason", "payload"), str(e))
             return
@@ -642,8 +643,17 @@ class _Receiving:
         with self.lock:
             self._drop(peer, p, reason)
 
+    def decode_tiled(self, payload: bytes) -> np.ndarray:
+        """A tiled payload (:mod:`cae_edge.tiles`) -> the whole image, tile by tile."""
+        fixed = getattr(self.decoder, "latent_dim", None) if self.kind == PayloadKind.INT8 else None
+        return decode_tiled(self.decoder, payload, fixed=fixed)
+
     def hand_off(self, peer: _Peer, p: Packet, t_us: int) -> None:
-        """Give a frame to its sender's decode worker (it counts as queued until it comes back)."""
+        """Give a frame to its sender's decode worker (it counts as queued until it comes back); a tiled
+        frame is decoded here instead (workers return batches of 28x28 images)."""
+        if p.tiled:
+            self.serve(peer, p, t_us)
+            return
         with self.lock:
             peer.inflight += 1
             self.inflight += 1

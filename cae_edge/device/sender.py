@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -289,7 +290,7 @@ class _CompactCadence:
             self.pending = None
             self.frames += 1
             return wire.pack_compact(p, s, check=self.check, with_id=self.with_id)
-        self.pending = Packet(p.pair, p.sender_id, p.seq, p.t_us, p.payload, p.kind, name or self.name, epoch)
+        self.pending = dataclasses.replace(p, sender_name=name or self.name, epoch=epoch)
         return wire.pack(self.pending)
 
     def sent(self, taken: bool) -> None:
@@ -311,12 +312,15 @@ def run_sender(
     pair_id: str,
     options: SendOptions,
     kind: PayloadKind = PayloadKind.INT8,
+    tiled: bool = False,
     on_stats: Callable[[SenderStats], None] | None = None,
     stop: threading.Event | None = None,
     drift: DriftWatch | None = None,
     on_log: Log | None = None,
 ) -> SenderStats:
     """Capture → preprocess → encode → pack → send until the source ends, ``max_frames`` or ``stop``.
+
+    ``tiled``: the encoder makes tiled payloads (:class:`cae_edge.tiles.TiledEncoder`); packets say so.
 
     Does not close the source or the link (the caller owns them); a source that fails mid-stream ends the
     loop with ``status="source-error"`` instead of raising. Packets the link could not take yet are still in
@@ -397,11 +401,13 @@ def run_sender(
             now = clock()
             name = name_for(now)
             if compact is None:
-                data = wire.pack(
-                    Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind, name, epoch if name else None)
+                p = Packet(
+                    pair, sid, seq & wire.MASK32, t_us, payload, kind, name, epoch if name else None, tiled
                 )
+                data = wire.pack(p)
             else:
-                data = compact.pack(Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind), name, epoch)
+                p = Packet(pair, sid, seq & wire.MASK32, t_us, payload, kind, tiled=tiled)
+                data = compact.pack(p, name, epoch)
             t4 = ns()
             sent = link.send(data)
             if compact is not None:
@@ -489,6 +495,8 @@ class SendPipeline:
     """Wire payload kind of the bundle's coding."""
     paper: bool
     """The preprocessing inverts (dark ink on light paper): synthetic sources draw frames that way."""
+    tiles: int = 1
+    """Frames are ``tiles`` x ``tiles`` grids of 28x28 tiles in one packet (1: one 28x28 frame)."""
 
     @property
     def pair_id(self) -> str:
@@ -515,6 +523,7 @@ class SendPipeline:
             pair_id=self.pair_id,
             options=options,
             kind=self.kind,
+            tiled=self.tiles > 1,
             on_stats=on_stats,
             stop=stop,
             drift=DriftWatch.for_bundle(self.bundle, options.drift_factor, options.drift_window),
@@ -523,7 +532,7 @@ class SendPipeline:
 
 
 def send_pipeline(
-    bundle: str | Path | Any, *, preprocess: dict | None = None, threads: int = 1
+    bundle: str | Path | Any, *, preprocess: dict | None = None, threads: int = 1, tiles: int = 1
 ) -> SendPipeline:
     """Build the sender's bundle → preprocess → encoder chain.
 
@@ -531,6 +540,7 @@ def send_pipeline(
         bundle: shipped bundle name, bundle directory or a loaded bundle.
         preprocess: overrides of the bundle manifest's ``preprocess`` block.
         threads: encoder interpreter threads.
+        tiles: N > 1 sends (28N)x(28N) frames as NxN tiles in one packet (:func:`tiled_parts`).
 
     Raises:
         BundleError: the bundle is missing or broken.
@@ -541,9 +551,40 @@ def send_pipeline(
     b = load_bundle(bundle) if isinstance(bundle, str | Path) else bundle
     spec = dict(b.preprocess)
     spec.update(preprocess or {})
-    pre = Preprocessor(spec)
     kind = payload_kind(b.coding)
-    return SendPipeline(b, pre, b.encoder(threads), kind, paper=bool(spec.get("invert")))
+    encoder: Encoder = b.encoder(threads)
+    if tiles != 1:
+        spec, encoder = tiled_parts(b, spec, encoder, kind, tiles)
+    pre = Preprocessor(spec)
+    return SendPipeline(b, pre, encoder, kind, paper=bool(spec.get("invert")), tiles=tiles)
+
+
+def tiled_parts(
+    bundle: Any, spec: dict, encoder: Encoder, kind: PayloadKind, tiles: int
+) -> tuple[dict, Encoder]:
+    """The preprocess spec and encoder of NxN tiled frames: the bundle's plain resize to 28N x 28N, and a
+    :class:`~cae_edge.tiles.TiledEncoder` around the bundle's encoder.
+
+    Raises:
+        ConfigError: N outside 1 .. 16, or a bundle whose preprocessing centres one object per frame
+            (``mnist_normalize``: MNIST-style bundles), where tiles of one frame make no sense.
+    """
+    from ..tiles import MAX_NODE_TILES, TILE, TiledEncoder
+
+    if not isinstance(tiles, int) or isinstance(tiles, bool) or not 1 <= tiles <= MAX_NODE_TILES:
+        raise ConfigError(f"tiles {tiles!r}: use N = 1 .. {MAX_NODE_TILES} for an NxN grid (1 = no tiles)")
+    if spec.get("mnist_normalize"):
+        raise ConfigError(
+            f"tiles {tiles}: bundle {bundle.path.name} centres one object per frame (preprocess "
+            "mnist_normalize); tiles need a plain-resize bundle (scenes-*), or [preprocess] "
+            "mnist_normalize = false in the node config"
+        )
+    if spec.get("size", TILE) != TILE:
+        raise ConfigError(
+            f"tiles {tiles}: bundle {bundle.path.name} takes {spec['size']}-pixel frames, not {TILE}"
+        )
+    fixed = int(bundle.latent_dim) if kind == PayloadKind.INT8 else None
+    return dict(spec, size=TILE * tiles), TiledEncoder(encoder, tiles, tiles, fixed)
 
 
 def open_sender_link(
@@ -570,6 +611,7 @@ def stream_send(
     *,
     preprocess: dict | None = None,
     threads: int = 1,
+    tiles: int = 1,
     loop: bool = False,
     on_stats: Callable[[SenderStats], None] | None = None,
     on_log: Log | None = None,
@@ -587,6 +629,7 @@ def stream_send(
             :class:`~cae_edge.device.mqtt.MqttSenderOptions` picks the MQTT transport.
         preprocess: overrides of the bundle manifest's ``preprocess`` block.
         threads: encoder interpreter threads.
+        tiles: N > 1: (28N)x(28N) frames, NxN tiles in one packet (scenes-style bundles only).
         loop: replay files and folders endlessly.
         on_stats: called with statistics about once per ``options.stats_every_s``.
         on_log: called with one line per notable event.
@@ -599,12 +642,14 @@ def stream_send(
     """
     options = options or SendOptions()
     options.check()
-    pipe = send_pipeline(bundle, preprocess=preprocess, threads=threads)
+    pipe = send_pipeline(bundle, preprocess=preprocess, threads=threads, tiles=tiles)
     src = open_source(source, loop=loop, paper=pipe.paper) if isinstance(source, str) else source
     log = on_log or (lambda _msg: None)
     try:
         with open_sender_link(connect, link_options, name=options.name, pair_id=pipe.pair_id) as link:
             b, kind = pipe.bundle, pipe.kind.name.lower()
+            if pipe.tiles > 1:
+                kind += f", {pipe.tiles}x{pipe.tiles} tiles of 28x28 per frame"
             log(
                 f"sending {src.description} as {options.name!r} (id {wire.sender_id(options.name):#06x}) to "
                 f"{connect} with bundle {b.pair_id} ({b.latent_dim}-byte latent, {kind})"

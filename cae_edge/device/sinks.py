@@ -1,7 +1,7 @@
 """Where the receiver puts decoded frames: PNG files, a video per sender, a live mosaic, memory (tests).
 
-A sink takes ``write(sender, seq, image)`` for each decoded 28x28 uint8 frame and ``close()`` at the end;
-anything with those two methods works (see :class:`FrameSink`).
+A sink takes ``write(sender, seq, image)`` for each decoded uint8 frame (28x28, or 28N x 28N for a sender
+sending tiles) and ``close()`` at the end; anything with those two methods works (see :class:`FrameSink`).
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ class VideoSink:
         self.scale = max(1, int(scale))
         self.max_senders = max_senders
         self._writers: dict[str, Any] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
         if not self.path.parent.is_dir():
             raise ConfigError(f"{self.path}: folder {self.path.parent} does not exist")
         codec = self.CODECS.get(self.path.suffix.lower())
@@ -145,11 +146,17 @@ class VideoSink:
                 raise SinkError(f"{self.path}: already {self.max_senders} sender videos open")
             path = self._path_for(sender)
             codec = self.CODECS[path.suffix.lower()]
-            size = 28 * self.scale
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), self.fps, (size, size), False)
+            size = (image.shape[1] * self.scale, image.shape[0] * self.scale)  # the first frame's (tiles)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), self.fps, size, False)
             if not writer.isOpened():
                 raise SinkError(f"{path}: OpenCV cannot open this video for writing (codec {codec})")
             self._writers[sender] = writer
+            self._shapes[sender] = image.shape
+        elif image.shape != self._shapes[sender]:
+            raise SinkError(
+                f"{self.path}: a {image.shape[0]}x{image.shape[1]} frame of {sender} in its video of "
+                f"{self._shapes[sender][0]}x{self._shapes[sender][1]} frames (the sender changed --tiles?)"
+            )
         if self.scale > 1:
             image = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_NEAREST)
         writer.write(image)
@@ -158,6 +165,7 @@ class VideoSink:
         for w in self._writers.values():
             w.release()
         self._writers.clear()
+        self._shapes.clear()
 
 
 class MosaicSink:
@@ -190,7 +198,9 @@ class MosaicSink:
         if now < self._next:
             return
         self._next = now + self.refresh_s
-        row = np.hstack([self._latest[k] for k in sorted(self._latest)])
+        frames = [self._latest[k] for k in sorted(self._latest)]
+        h = max(f.shape[0] for f in frames)  # tiled frames are taller: pad the others below
+        row = np.hstack([np.pad(f, ((0, h - f.shape[0]), (0, 0))) for f in frames])
         big = self._cv2.resize(row, None, fx=self.scale, fy=self.scale, interpolation=self._cv2.INTER_NEAREST)
         self._cv2.imshow(self.title, big)
         self._cv2.waitKey(1)
