@@ -207,11 +207,17 @@ def read_photo(path: Path) -> np.ndarray:
     return img
 
 
-def scene_frame(photo: np.ndarray, rng: np.random.Generator, preprocess: Callable[[np.ndarray], np.ndarray]):
-    """One random 4:3 window of ``photo`` (BGR), through ``preprocess`` (the node's Preprocessor)."""
+def scene_frame(
+    photo: np.ndarray,
+    rng: np.random.Generator,
+    preprocess: Callable[[np.ndarray], np.ndarray],
+    min_side: int = 28,
+):
+    """One random 4:3 window of ``photo`` (BGR), through ``preprocess`` (the node's Preprocessor); the
+    window's short side is at least ``min_side`` pixels (the output size: windows are never enlarged)."""
     h, w = photo.shape[:2]
     short = min(h, w / ASPECT)
-    lo = min(max(MIN_FRACTION * short, 28.0), short)
+    lo = min(max(MIN_FRACTION * short, float(min_side)), short)
     sh = int(round(np.exp(rng.uniform(np.log(lo), np.log(short)))))
     sw = min(int(round(sh * ASPECT)), w)
     sh = min(sh, h)
@@ -234,9 +240,8 @@ def make_frames(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` frames, frame ``i`` from ``photos[i % len(photos)]``; labels are the photograph indices.
 
-    ``size``: the frames' side (28; 112 for the 4x4 tiled frames of ``cae-edge benchmark --tiles 4``). The
-    windows are the same for every size (the generator is drawn the same way); a window smaller than
-    ``size`` is enlarged by INTER_AREA, i.e. bilinear.
+    ``size``: the frames' side (28; 112 for the 4x4 tiled frames of ``cae-edge benchmark --tiles 4``);
+    windows are at least ``size`` pixels high (the same windows as for 28 where they are).
 
     Raises:
         ValueError: no photographs, or a negative count.
@@ -250,7 +255,7 @@ def make_frames(
     spec = dict(SCENE_PREPROCESS, size=size)
     for i in range(count):
         rng = np.random.default_rng([seed, split, i])
-        x[i] = scene_frame(photos[y[i]], rng, Preprocessor(spec))  # one plan per window shape
+        x[i] = scene_frame(photos[y[i]], rng, Preprocessor(spec), size)  # one plan per window shape
         if progress and (i + 1) % 5000 == 0:
             progress(what, i + 1, count)
     return x, y

@@ -73,6 +73,11 @@ class RDPoint:
     """Wall time spent on this row (encode + decode + metrics)."""
     note: str = ""
     """Anything a reader must know about this row."""
+    psnr_seam: float | None = None
+    """Tiled frames (``--tiles``): mean per-image PSNR over the pixels within 2 px of an inner tile border
+    (:func:`cae_edge.tiles.seam_psnr`); None for the other rows."""
+    psnr_interior: float | None = None
+    """Tiled frames: mean per-image PSNR over the other pixels (inside the tiles); None for the other rows."""
 
 
 def ssim_batch(

@@ -125,6 +125,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "bundle": (str, type(None)),
         "seconds": NUM,
         "note": (str,),
+        "psnr_seam": OPT_NUM,
+        "psnr_interior": OPT_NUM,
     },
     "bd": {
         "dataset": (str,),

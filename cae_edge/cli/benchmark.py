@@ -81,6 +81,18 @@ def benchmark(
         str,
         typer.Option("--encoder-kernels", help="With --kernels: comma-separated families to run here."),
     ] = "xnnpack,builtin,micro",
+    tiles: Annotated[
+        int | None,
+        typer.Option(
+            "--tiles",
+            min=2,
+            max=16,
+            help="Instead of latency and RD: each bundle (default scenes-small, -hq, -xl) on 28N x 28N "
+            "frames of the held-out scenes photographs sent as NxN tiles in one packet, against WebP and "
+            "JPEG XL on the same frames, with PSNR along the tile seams vs inside the tiles. --limit: "
+            "frames (300).",
+        ),
+    ] = None,
     kernel_latents: Annotated[
         list[str] | None,
         typer.Option(
@@ -103,6 +115,9 @@ def benchmark(
     """
     if kernels:
         _kernels(bundle, encoder_kernels, kernel_latents, limit, data_dir, json_out, markdown)
+        return
+    if tiles is not None:
+        _tiles(bundle, tiles, limit, no_baselines, json_out, markdown)
         return
     from ..benchmark.report import markdown as to_markdown
     from ..benchmark.report import plot as draw
@@ -147,6 +162,54 @@ def benchmark(
     if plot:
         draw(report, plot)
         console.print(f"wrote {plot}")
+
+
+def _tiles(
+    bundle: list[str] | None,
+    n: int,
+    limit: int | None,
+    no_baselines: bool,
+    json_out: Path | None,
+    markdown: Path | None,
+) -> None:
+    """``--tiles N``: tiled frames against WebP and JPEG XL, seams vs interiors."""
+    from ..benchmark.tiles import FRAMES, TilesOptions, run_tiles, table
+    from ..benchmark.tiles import markdown as to_markdown
+
+    opts = TilesOptions(
+        tiles=n,
+        frames=limit or FRAMES,
+        baselines=not no_baselines,
+        command="cae-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    if bundle:
+        opts.bundles = list(bundle)
+    try:
+        with progress_bar("benchmark --tiles") as progress:
+            report = run_tiles(opts, progress)
+    except CaeEdgeError as e:
+        raise fail(e) from None
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    s = report.system
+    console.print(
+        f"[bold]cae-edge benchmark --tiles {n}[/bold] on {s.cpu_model} ({s.cores} cores), "
+        f"load average {s.load_average}"
+    )
+    console.print(table(report))
+    from ..benchmark.report import tables
+
+    bd = [t for t in tables(report) if "Bjøntegaard" in str(t.title)]
+    for t in bd:
+        console.print(t)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB, {report.wall_s:.1f} s")
+    if json_out:
+        report.to_json(json_out)
+        console.print(f"wrote {json_out}")
+    if markdown:
+        markdown.write_text(to_markdown(report.to_dict()), encoding="utf-8")
+        console.print(f"wrote {markdown}")
 
 
 def _kernels(
