@@ -10,6 +10,10 @@ main loop decodes round-robin across senders, fresh frames first; every packet i
                     per-sender queues, bounded ─┴─────────┘
                     (full: the oldest is dropped, "backlog")
 
+A tiled packet (``wire.Packet.tiled``: ``stream send --tiles N``) is decoded tile by tile and reassembled
+(:func:`cae_edge.tiles.decode_tiled`), in this process also with decode workers; the sinks get the whole
+image, and it counts as one frame.
+
 Who a sender is: the identity the link authenticated, when there is one — on a CURVE link the name of the
 sender's key in the allowed-keys directory (the ZAP ``User-Id`` each message carries), on MQTT the node of
 the topic. Per-sender state, output folders and videos are keyed by it; the name in the packets is then a

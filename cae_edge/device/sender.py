@@ -6,6 +6,9 @@
        (capture)     (28x28 u8)      (payload)        (+24 B)      (never blocks)
                                                     (compact: +4 B
                                                      or +8 B)
+
+With ``tiles`` N > 1 the preprocessing makes 28N x 28N frames and the encoder is a
+:class:`~cae_edge.tiles.TiledEncoder`: NxN tiles, each coded with the bundle, in one packet per frame.
 """
 
 from __future__ import annotations
