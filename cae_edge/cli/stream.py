@@ -258,7 +258,7 @@ def send(
         Path | None,
         typer.Option(
             "--save-inputs",
-            help="Also record each 28x28 input with its capture time as a recording in DIR (as `data record` "
+            help="Also record each model input (28x28; 28N x 28N with --tiles) with its capture time as a recording in DIR (as `data record` "
             "writes; `train --dataset DIR` takes it). Flushed every 100 frames or 5 s.",
         ),
     ] = None,

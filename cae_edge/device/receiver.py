@@ -719,13 +719,16 @@ class _Receiving:
         stats.unpack_us = timer.mean_us("unpack", self.unpacked)
         stats.decode_us = timer.mean_us("decode", frames)
         stats.sink_us = timer.mean_us("sink", frames)
+        own = getattr(
+            getattr(self.decoder, "codec", None), "escaped_decoded", 0
+        )  # (with workers: tiled frames)
         if self.pool is not None:
-            stats.escaped = self.pool.escaped
+            stats.escaped = self.pool.escaped + own
             stats.worker_restarts = self.pool.restarts
             stats.worker_cpu_s = round(self.pool.cpu_s, 3)
             stats.worker_pids = self.pool.pids
         else:
-            stats.escaped = getattr(getattr(self.decoder, "codec", None), "escaped_decoded", 0)
+            stats.escaped = own
         if not self.link.closed:
             ls = self.link.stats
             stats.connects, stats.peers = ls.connects, ls.peers

@@ -171,3 +171,16 @@ def test_cli_refuses_tiles_for_an_mnist_bundle(tmp_path) -> None:
     )  # fmt: skip
     assert res.exit_code == 1
     assert "centres one object per frame" in res.output
+
+
+def test_node_config_takes_tiles(tmp_path) -> None:
+    from cae_edge.device.config import parse_node_config
+    from cae_edge.errors import ConfigError
+
+    base = {"source": "0", "connect": "tcp://127.0.0.1:5555", "bundle": "scenes-hq"}
+    base["security"] = {"insecure": True}
+    assert parse_node_config(base, tmp_path / "n.toml").tiles == 1
+    assert parse_node_config({**base, "tiles": 4}, tmp_path / "n.toml").tiles == 4
+    for bad in (0, 17, "4", 2.5, True):
+        with pytest.raises(ConfigError, match=r"tiles = .*: must be an integer 1 \.\. 16"):
+            parse_node_config({**base, "tiles": bad}, tmp_path / "n.toml")
