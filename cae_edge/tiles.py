@@ -207,8 +207,9 @@ def join_tiles(tiles: Sequence[np.ndarray], rows: int, cols: int) -> np.ndarray:
 class TiledEncoder:
     """A frame of ``rows`` x ``cols`` tiles -> one tiled payload, each tile through ``encoder``.
 
-    The bundles' encoders take one image per call (their batch dimension is 1), so the tiles are encoded in
-    a loop, each then entropy-coded (or not) by the encoder's own codec.
+    The bundles' encoders take one image per call, so the tiles are encoded in a loop, each then
+    entropy-coded (or not) by the encoder's own codec. (One call for all tiles would need a batch dimension:
+    resizing the shipped encoders' input to 16 images fails in XNNPACK, their graph reshapes to batch 1.)
 
     Args:
         encoder: the per-tile encoder.

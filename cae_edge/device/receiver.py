@@ -719,9 +719,8 @@ class _Receiving:
         stats.unpack_us = timer.mean_us("unpack", self.unpacked)
         stats.decode_us = timer.mean_us("decode", frames)
         stats.sink_us = timer.mean_us("sink", frames)
-        own = getattr(
-            getattr(self.decoder, "codec", None), "escaped_decoded", 0
-        )  # (with workers: tiled frames)
+        # escapes decoded in this process (with workers: those of tiled frames)
+        own = getattr(getattr(self.decoder, "codec", None), "escaped_decoded", 0)
         if self.pool is not None:
             stats.escaped = self.pool.escaped + own
             stats.worker_restarts = self.pool.restarts
