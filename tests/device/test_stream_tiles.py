@@ -184,3 +184,23 @@ def test_node_config_takes_tiles(tmp_path) -> None:
     for bad in (0, 17, "4", 2.5, True):
         with pytest.raises(ConfigError, match=r"tiles = .*: must be an integer 1 \.\. 16"):
             parse_node_config({**base, "tiles": bad}, tmp_path / "n.toml")
+
+
+def test_video_sink_takes_its_size_from_the_first_frame(tmp_path, camera_frames) -> None:
+    from cae_edge.device.sinks import SinkError, VideoSink
+
+    pipe = send_pipeline(BUNDLE, tiles=4)
+    big = [pipe.preprocess(f) for f in camera_frames[:3]]
+    sink = VideoSink(tmp_path / "v.avi", scale=2)
+    for i, img in enumerate(big):
+        sink.write("cam1", i, img)
+    with pytest.raises(SinkError, match="a 28x28 frame of cam1 in its video of 112x112 frames"):
+        sink.write("cam1", 3, big[0][:28, :28])
+    sink.close()
+    cap = cv2.VideoCapture(str(tmp_path / "v.avi"))
+    try:
+        size = (cap.get(cv2.CAP_PROP_FRAME_HEIGHT), cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    finally:
+        cap.release()
+    assert size == (224, 224) and count == 3
