@@ -258,8 +258,9 @@ def send(
         Path | None,
         typer.Option(
             "--save-inputs",
-            help="Also record each model input (28x28; 28N x 28N with --tiles) with its capture time as a recording in DIR (as `data record` "
-            "writes; `train --dataset DIR` takes it). Flushed every 100 frames or 5 s.",
+            help="Also record each model input (28x28; 28N x 28N with --tiles) with its capture time as a "
+            "recording in DIR (as `data record` writes; `train --dataset DIR` takes it). Flushed every 100 "
+            "frames or 5 s.",
         ),
     ] = None,
     save_inputs_format: Annotated[

@@ -60,13 +60,17 @@ class DriftWatch:
 
     @classmethod
     def for_bundle(
-        cls, bundle: Any, factor: float = DRIFT_FACTOR, window: int = DRIFT_WINDOW
+        cls, bundle: Any, factor: float = DRIFT_FACTOR, window: int = DRIFT_WINDOW, tiles: int = 1
     ) -> DriftWatch | None:
         """The watch for a loaded bundle (:class:`~cae_edge.device.bundle.Bundle`), or ``None``: no
-        ``coding.bytes_mean`` (fixed-size int8 payloads) or ``factor`` 0."""
+        ``coding.bytes_mean`` (fixed-size int8 payloads) or ``factor`` 0. With ``tiles`` N > 1 a payload
+        holds N*N tiles: the typical size is N*N tiles plus the grid (2 bytes) and a length byte per tile
+        (:mod:`cae_edge.tiles`)."""
         typical = (bundle.coding or {}).get("bytes_mean")
         if not factor or not typical:
             return None
+        if tiles > 1:
+            typical = tiles * tiles * (float(typical) + 1) + 2
         path = getattr(bundle, "path", None)
         dataset = (bundle.manifest.get("dataset") or {}) if hasattr(bundle, "manifest") else {}
         return cls(

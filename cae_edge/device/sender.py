@@ -529,7 +529,9 @@ class SendPipeline:
             tiled=self.tiles > 1,
             on_stats=on_stats,
             stop=stop,
-            drift=DriftWatch.for_bundle(self.bundle, options.drift_factor, options.drift_window),
+            drift=DriftWatch.for_bundle(
+                self.bundle, options.drift_factor, options.drift_window, tiles=self.tiles
+            ),
             on_log=on_log,
         )
 

@@ -204,3 +204,17 @@ def test_video_sink_takes_its_size_from_the_first_frame(tmp_path, camera_frames)
     finally:
         cap.release()
     assert size == (224, 224) and count == 3
+
+
+def test_drift_watch_counts_a_tiled_payload_as_its_tiles(camera_frames) -> None:
+    """A tiled payload holds N*N tiles: the watch compares it with N*N typical tiles, so scenes-small on the
+    photographs it is made for stays quiet; compared with one tile's typical size it would cry drift."""
+    from cae_edge.device.drift import DriftWatch
+
+    pipe = send_pipeline(BUNDLE, tiles=4)
+    sizes = [len(pipe.encoder.encode(pipe.preprocess(f))) for f in camera_frames]
+    tiled = DriftWatch.for_bundle(pipe.bundle, window=len(sizes), tiles=4)
+    single = DriftWatch.for_bundle(pipe.bundle, window=len(sizes))
+    assert tiled is not None and single is not None
+    assert [tiled.add(s) for s in sizes] == [None] * len(sizes) and tiled.warning is None
+    assert any(single.add(s) for s in sizes) and single.warning is not None
