@@ -39,8 +39,18 @@ METHODS = {"pchip": 2, "cubic": 4}
 """Interpolation method → fewest points per curve."""
 ANCHORS = (WEBP, JPEGXL)
 """Codecs every bundle family is compared with."""
-BYTE_COUNTS = ("payload", "total")
-"""``payload``: latent vs header-stripped codec data; ``total``: wire packet vs whole file."""
+BYTE_COUNTS = ("payload", "total", "wire")
+"""``payload``: latent vs header-stripped codec data; ``total``: full wire packet (24-byte header) vs whole
+file; ``wire``: the frame on a link that agreed its bundle pair at connect time (compact frames,
+``bytes_compact``) vs whole file. ``wire`` rows exist only where every family row has ``bytes_compact``."""
+
+
+def row_bytes(r: RDPoint, count: str) -> float:
+    """Bytes of row ``r`` counted as ``count`` (:data:`BYTE_COUNTS`); codec rows (no ``bytes_compact``)
+    count their whole file as ``wire``."""
+    if count == "wire":
+        return r.bytes_total if r.bytes_compact is None else r.bytes_compact
+    return getattr(r, f"bytes_{count}")
 
 
 @dataclass(frozen=True)
@@ -211,13 +221,12 @@ def pareto(points: Sequence[RDPoint], count: str) -> tuple[list[RDPoint], list[R
 
     Args:
         points: Rows of one codec (or one bundle family) on one dataset.
-        count: ``payload`` or ``total``: which byte count orders them.
+        count: one of :data:`BYTE_COUNTS`: which byte count orders them.
     """
     from ..metrics import PSNR_CAP
 
-    attr = f"bytes_{count}"
     front, rest, best = [], [], -np.inf
-    for r in sorted(points, key=lambda r: (getattr(r, attr), -r.psnr)):
+    for r in sorted(points, key=lambda r: (row_bytes(r, count), -r.psnr)):
         if r.psnr > best and r.psnr < PSNR_CAP:
             front.append(r)
             best = r.psnr
@@ -242,7 +251,8 @@ class BDelta:
     anchor: str
     """Anchor codec: ``webp`` or ``jpegxl``."""
     bytes_counted: str
-    """``payload`` (latent vs header-stripped codec data) or ``total`` (wire packet vs whole file)."""
+    """``payload`` (latent vs header-stripped codec data), ``total`` (full packet vs whole file) or ``wire``
+    (compact frame vs whole file), see :data:`BYTE_COUNTS`."""
     method: str
     """Interpolation: ``pchip`` or ``cubic``."""
     bd_rate: float | None
@@ -270,8 +280,8 @@ def family_deltas(
     method: str = "pchip",
 ) -> list[BDelta]:
     """BD-rate and BD-PSNR of each dataset's ``curve`` rows (its bundle family) against each anchor codec,
-    counting bytes both ways. Datasets without ``curve`` rows give nothing; an anchor without rows on a
-    dataset gives a row with None values and the reason.
+    counting bytes each way of :data:`BYTE_COUNTS`. Datasets without ``curve`` rows give nothing; an anchor
+    without rows on a dataset gives a row with None values and the reason.
 
     Args:
         rows: Rate–distortion rows of a benchmark run.
@@ -285,11 +295,12 @@ def family_deltas(
         for anchor in anchors:
             anc_rows = [r for r in rows if r.dataset == ds and r.codec == anchor]
             for count in BYTE_COUNTS:
+                if count == "wire" and any(r.bytes_compact is None for r in fam_rows):
+                    continue
                 fam, fam_out = pareto(fam_rows, count)
                 anc, anc_out = pareto(anc_rows, count)
-                attr = f"bytes_{count}"
-                a = ([getattr(r, attr) for r in anc], [r.psnr for r in anc])
-                t = ([getattr(r, attr) for r in fam], [r.psnr for r in fam])
+                a = ([row_bytes(r, count) for r in anc], [r.psnr for r in anc])
+                t = ([row_bytes(r, count) for r in fam], [r.psnr for r in fam])
                 if not anc_rows:
                     rate = dpsnr = BDResult(None, reason=f"no {anchor} rows on {ds}")
                     reasons = [rate.reason]

@@ -128,8 +128,10 @@ def test_pchip_integral_matches_scipy():
 # ---------------------------------------------------------------- rows of a benchmark run
 
 
-def _row(codec, setting, payload, total, psnr, dataset="mnist"):
-    return curves.RDPoint(dataset, codec, setting, 100, payload, total, psnr, 0.9, 1.0, 0)
+def _row(codec, setting, payload, total, psnr, dataset="mnist", compact=None):
+    return curves.RDPoint(
+        dataset, codec, setting, 100, payload, total, psnr, 0.9, 1.0, 0, bytes_compact=compact
+    )
 
 
 def test_pareto_drops_dominated_and_lossless_points():
@@ -174,3 +176,26 @@ def test_narrow_overlap_gets_a_caveat_in_tables():
     assert bd_note([23.90, 24.03], "").startswith("narrow overlap (0.13 dB)")
     assert bd_note([25.3, 28.6], "") == ""
     assert bd_note(None, "BD-rate: no webp rows") == "BD-rate: no webp rows"
+
+
+def test_wire_count_uses_compact_frames_against_whole_files():
+    """``wire``: the family's compact frames (payload + 4 B) against WebP's whole files; between payload and
+    total, and absent when a family row has no compact figure."""
+    webp = [(q, 80.0 + 10 * i, 25.0 + 2 * i) for i, q in enumerate((1, 5, 10, 25))]
+    rows = [_row(curves.WEBP, f"q={q}", b, b + 27, p) for q, b, p in webp]
+    fam = [
+        _row(curves.CAE_INT8, f"b{i}", b / 2, b / 2 + 24, p, compact=b / 2 + 4)
+        for i, (_, b, p) in enumerate(webp)
+    ]
+    by = {d.bytes_counted: d for d in bdrate.family_deltas(rows + fam, anchors=(curves.WEBP,))}
+    assert list(by) == ["payload", "total", "wire"]
+    # 4 B per frame against 27 B of file header saves more than the payloads alone; 24 B saves less
+    assert by["payload"].bd_rate == pytest.approx(-50.0)
+    assert by["wire"].bd_rate < by["payload"].bd_rate < by["total"].bd_rate < 0
+    assert bdrate.row_bytes(fam[0], "wire") == fam[0].bytes_compact
+    assert bdrate.row_bytes(rows[0], "wire") == rows[0].bytes_total
+    fam[0] = _row(curves.CAE_INT8, "b0", 40.0, 64.0, 25.0)  # no compact figure: no wire row
+    assert [d.bytes_counted for d in bdrate.family_deltas(rows + fam, anchors=(curves.WEBP,))] == [
+        "payload",
+        "total",
+    ]

@@ -312,7 +312,8 @@ def test_report_json_matches_schema(tiny_report, tmp_path):
     assert {r["setting"] for r in d["rd"] if r["codec"] == "jpegxl"} == {"d=8", "d=20"}
     # one bundle is one point: no curve, so every delta is undefined and says why
     assert [(x["anchor"], x["bytes_counted"]) for x in d["bd"]] == [
-        ("webp", "payload"), ("webp", "total"), ("jpegxl", "payload"), ("jpegxl", "total")
+        ("webp", "payload"), ("webp", "total"), ("webp", "wire"),
+        ("jpegxl", "payload"), ("jpegxl", "total"), ("jpegxl", "wire"),
     ]  # fmt: skip
     assert all(x["bd_rate"] is None and "1 point(s)" in x["reason"] for x in d["bd"])
     assert d["peak_rss_bytes"] > 0 and d["system"]["cores"] >= 1
