@@ -22,8 +22,12 @@ and inversion runs before, on the reduced square, because the object is found as
 
 How a frame is cut and reduced depends only on its shape and the spec: :func:`plan` works it out once per
 shape (a letterboxed frame keeps the part of it on whole blocks of the padded square, so content does not
-shift). The output equals the full-resolution computation up to rounding (the halvings round each 2x2 mean;
-mean difference ~0.3 levels on 480x640 frames of real images) and, with normalisation, up to bright specks
+shift), and the :class:`Preprocessor` keeps that shape's working arrays (luma of the crop's rows, each
+halving, the padded and inverted square) and writes into them frame after frame: nothing is allocated per
+frame but the small arrays of the last steps and the output.
+
+The output equals the full-resolution computation up to rounding (the halvings round each 2x2 mean; mean
+difference ~0.3 levels on 480x640 frames of real images) and, with normalisation, up to bright specks
 more than a block outside the object and the odd one-pixel change of placement when the centre of mass sits
 on a rounding edge (~0.2-0.8 levels); tests/device/test_preprocess.py keeps the full-resolution reference and
 bounds the difference.
@@ -101,8 +105,12 @@ def check_frame(frame: np.ndarray) -> None:
     raise ConfigError(f"frame shape {frame.shape}: expected HxW, HxWx3 (BGR) or HxWx4 (BGRA)")
 
 
-def to_gray(frame: np.ndarray) -> np.ndarray:
+def to_gray(frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """HxW, HxWx1, HxWx3 (BGR) or HxWx4 (BGRA) uint8 -> HxW uint8 (a 2-D frame is returned as is).
+
+    Args:
+        frame: The frame.
+        out: An HxW uint8 array to write the luma of a colour frame into (reused between frames).
 
     Raises:
         ConfigError: for another shape or dtype (quoting it).
@@ -113,7 +121,7 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     c = frame.shape[2]
     if c == 1:
         return frame[:, :, 0]
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if c == 3 else cv2.COLOR_BGRA2GRAY)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if c == 3 else cv2.COLOR_BGRA2GRAY, dst=out)
 
 
 def center_crop(img: np.ndarray, multiple: int = 1) -> np.ndarray:
@@ -151,9 +159,16 @@ def halvings(side: int, floor: int) -> int:
     return k
 
 
-def halve(gray: np.ndarray, times: int = 1) -> np.ndarray:
+def halve(gray: np.ndarray, times: int = 1, out: list[np.ndarray] | None = None) -> np.ndarray:
     """Halve both sides ``times`` times, each pixel the rounded mean of a 2x2 block (INTER_AREA at exactly
     2x: OpenCV's vectorised path, ~3x faster than one INTER_AREA by 4).
+
+    Args:
+        gray: The image.
+        times: How many halvings.
+        out: One array per halving to write into (``times`` of them, each half the previous one's sides;
+            the :class:`Preprocessor` reuses them between frames: no allocation, and the source of the next
+            halving is still in the cache).
 
     Raises:
         ConfigError: a side that does not divide by ``2 ** times``.
@@ -161,9 +176,9 @@ def halve(gray: np.ndarray, times: int = 1) -> np.ndarray:
     h, w = gray.shape[:2]
     if h % (1 << times) or w % (1 << times):
         raise ConfigError(f"halve {h}x{w} {times} times: both sides must divide by {1 << times}")
-    for _ in range(times):
+    for i in range(times):
         h, w = h // 2, w // 2
-        gray = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA)
+        gray = cv2.resize(gray, (w, h), dst=None if out is None else out[i], interpolation=cv2.INTER_AREA)
     return gray
 
 
@@ -254,16 +269,17 @@ def mnist_normalize(
     return out
 
 
-def _bright_rect(region: np.ndarray, t: float, inverted: bool) -> tuple[int, int, int, int]:
-    """Bounding rect (x, y, w, h) of the pixels above ``t`` (of ``255 - region`` when ``inverted``); w = 0
-    when there are none."""
+def _bright_level(t: float, inverted: bool) -> tuple[float, int]:
+    """cv2.threshold's level and type marking the pixels above ``t`` (of ``255 - x`` when ``inverted``)."""
+    if inverted:  # 255 - v > t  <=>  v < 255 - t  <=>  v <= ceil(255 - t) - 1 for integer v
+        return math.ceil(255 - t) - 1, cv2.THRESH_BINARY_INV
+    return t, cv2.THRESH_BINARY
+
+
+def _rect_above(region: np.ndarray, level: float, kind: int) -> tuple[int, int, int, int]:
     if region.size == 0:
         return 0, 0, 0, 0
-    if inverted:  # 255 - v > t  <=>  v < 255 - t  <=>  v <= ceil(255 - t) - 1 for integer v
-        mask = cv2.threshold(region, math.ceil(255 - t) - 1, 255, cv2.THRESH_BINARY_INV)[1]
-    else:
-        mask = cv2.threshold(region, t, 255, cv2.THRESH_BINARY)[1]
-    return cv2.boundingRect(mask)
+    return cv2.boundingRect(cv2.threshold(region, level, 255, kind)[1])
 
 
 def refine_box(
@@ -296,18 +312,21 @@ def refine_box(
     x, y, w, h = rect
     oy, ox = origin
     hh, ww = full.shape[:2]
+    level, kind = _bright_level(t, invert)
     y0, y1 = factor * y - oy, factor * (y + h) - oy  # the reduced box's block edges in full's pixels
     x0, x1 = factor * x - ox, factor * (x + w) - ox
     ya, yb = max(0, y0 - factor), min(hh, y1 + factor)
     xa, xb = max(0, x0 - factor), min(ww, x1 + factor)
-    band = _bright_rect(full[ya : max(ya, y0 + factor), xa:xb], t, invert)
-    top = ya + band[1] if band[2] else max(0, y0)
-    band = _bright_rect(full[max(0, y1 - factor) : yb, xa:xb], t, invert)
-    bottom = max(0, y1 - factor) + band[1] + band[3] if band[2] else min(hh, y1)
-    band = _bright_rect(full[top:bottom, xa : max(xa, x0 + factor)], t, invert)
-    left = xa + band[0] if band[2] else max(0, x0)
-    band = _bright_rect(full[top:bottom, max(0, x1 - factor) : xb], t, invert)
-    right = max(0, x1 - factor) + band[0] + band[2] if band[2] else min(ww, x1)
+    _, by, bw, _ = _rect_above(full[ya : max(ya, y0 + factor), xa:xb], level, kind)
+    top = ya + by if bw else max(0, y0)
+    yc = max(0, y1 - factor)
+    _, by, bw, bh = _rect_above(full[yc:yb, xa:xb], level, kind)
+    bottom = yc + by + bh if bw else min(hh, y1)
+    bx, _, bw, _ = _rect_above(full[top:bottom, xa : max(xa, x0 + factor)], level, kind)
+    left = xa + bx if bw else max(0, x0)
+    xc = max(0, x1 - factor)
+    bx, _, bw, _ = _rect_above(full[top:bottom, xc:xb], level, kind)
+    right = xc + bx + bw if bw else min(ww, x1)
     return left, top, max(1, right - left), max(1, bottom - top)
 
 
@@ -417,7 +436,9 @@ def area_resample(
     region = gray[y0 : y0 + my, x0 : x0 + mx].astype(np.float32)
     # |sum / area - lo|, rounded and saturated in one call; the sums are >= area * lo whenever lo is at
     # most the smallest pixel covered (as for the darkest level), so the abs() changes nothing
-    return cv2.convertScaleAbs(wy @ region @ wx.T, alpha=1 / (sy * sx), beta=-float(lo))
+    # the cheaper order of the two products (the region is about square; the output side may not be)
+    sums = (wy @ region) @ wx.T if ny * mx * (my + nx) <= nx * my * (mx + ny) else wy @ (region @ wx.T)
+    return cv2.convertScaleAbs(sums, alpha=1 / (sy * sx), beta=-float(lo))
 
 
 @dataclass(frozen=True)
@@ -473,8 +494,37 @@ def plan(height: int, width: int, spec: PreprocessSpec) -> Plan:
     return Plan((y0, y1, x0, x1), k, pad)
 
 
+class _Scratch:
+    """The arrays one frame shape needs, made once and reused for every frame of that shape."""
+
+    def __init__(self, shape: tuple[int, ...], p: Plan, spec: PreprocessSpec) -> None:
+        self.plan = p
+        y0, y1, x0, x1 = p.crop
+        colour = len(shape) == 3 and shape[2] > 1
+        self.rows = slice(y0, y1)
+        """Only the rows that are read get their luma computed (whole rows: contiguous, so fast)."""
+        self.cols = slice(x0, x1)
+        self.code = (cv2.COLOR_BGR2GRAY if shape[2] == 3 else cv2.COLOR_BGRA2GRAY) if colour else None
+        self.gray = np.empty((y1 - y0, shape[1]), np.uint8) if colour else None
+        h, w = y1 - y0, x1 - x0
+        self.halves = []
+        for _ in range(p.halvings):
+            h, w = h // 2, w // 2
+            self.halves.append(np.empty((h, w), np.uint8))
+        self.padded = None
+        if p.pad is not None and any(p.pad):
+            top, bottom, left, right = p.pad
+            self.padded = np.empty((h + top + bottom, w + left + right), np.uint8)
+            h, w = self.padded.shape
+        self.inverted = np.empty((h, w), np.uint8) if spec.mnist_normalize and spec.invert else None
+        self.origin = (p.pad[0] << p.halvings, p.pad[2] << p.halvings) if p.pad else (0, 0)
+
+
 class Preprocessor:
     """Callable turning a camera frame into the model input.
+
+    It keeps working arrays per frame shape and reuses them (no allocation per frame, beyond the output):
+    one Preprocessor per thread.
 
     Args:
         spec: the manifest's ``preprocess`` dict (or a :class:`PreprocessSpec`).
@@ -485,38 +535,46 @@ class Preprocessor:
 
     def __init__(self, spec: dict[str, Any] | PreprocessSpec | None = None):
         self.spec = spec if isinstance(spec, PreprocessSpec) else PreprocessSpec.from_dict(spec)
-        self._plans: dict[tuple[int, ...], Plan] = {}
+        self._scratch: dict[tuple[int, ...], _Scratch] = {}
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        """Frame (HxW gray or Y plane, HxWx3 BGR or HxWx4 BGRA uint8) -> (size, size) uint8.
+        """Frame (HxW gray or Y plane, HxWx3 BGR or HxWx4 BGRA uint8) -> (size, size) uint8, a new array.
 
         A 2-D frame (picamera2's Y plane) skips the colour conversion; a colour frame is converted only
-        inside the crop.
+        in the rows of the crop.
 
         Raises:
             ConfigError: for a frame of another shape or dtype.
         """
         s = self.spec
         check_frame(frame)
-        p = self._plans.get(frame.shape[:2])
-        if p is None:
-            p = self._plans[frame.shape[:2]] = plan(frame.shape[0], frame.shape[1], s)
-        y0, y1, x0, x1 = p.crop
-        full_res = to_gray(frame)[y0:y1, x0:x1]  # cvtColor of a whole frame beats that of a strided crop
-        gray = halve(full_res, p.halvings)
-        if p.pad is not None:
+        st = self._scratch.get(frame.shape)
+        if st is None:
+            if len(self._scratch) >= 8:  # a source whose frame size keeps changing: keep memory bounded
+                self._scratch.clear()
+            p = plan(frame.shape[0], frame.shape[1], s)
+            st = self._scratch[frame.shape] = _Scratch(frame.shape, p, s)
+        p = st.plan
+        if st.code is not None:  # cvtColor of whole rows beats that of a strided crop
+            full_res = cv2.cvtColor(frame[st.rows], st.code, dst=st.gray)[:, st.cols]
+        else:
+            full_res = (frame if frame.ndim == 2 else frame[:, :, 0])[st.rows, st.cols]
+        gray = halve(full_res, p.halvings, st.halves)
+        if st.padded is not None:
             top, bottom, left, right = p.pad
-            if top or bottom or left or right:
-                value = 255 if s.invert else 0
-                gray = cv2.copyMakeBorder(gray, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value)
+            value = 255 if s.invert else 0
+            gray = cv2.copyMakeBorder(
+                gray, top, bottom, left, right, cv2.BORDER_CONSTANT, dst=st.padded, value=value
+            )
         if s.mnist_normalize:
-            oy, ox = (p.pad[0] << p.halvings, p.pad[2] << p.halvings) if p.pad else (0, 0)
-            small = invert(gray) if s.invert else gray
+            small = cv2.bitwise_not(gray, dst=st.inverted) if s.invert else gray
             return mnist_normalize(
-                small, s.size, full=full_res, factor=1 << p.halvings, origin=(oy, ox), full_invert=s.invert
+                small, s.size, full=full_res, factor=1 << p.halvings, origin=st.origin, full_invert=s.invert
             )
         out = resize_area(gray, s.size)
-        return invert(out) if s.invert else out
+        if out is gray:  # already the output size: not the caller's frame, nor a working array
+            out = out.copy()
+        return cv2.bitwise_not(out, dst=out) if s.invert else out
 
     def __repr__(self) -> str:
         return f"Preprocessor({self.spec})"

@@ -376,3 +376,29 @@ def test_empty_frame_is_an_error() -> None:
     for bad in (np.zeros((0, 5), np.uint8), np.zeros((4, 0, 3), np.uint8)):
         with pytest.raises(ConfigError, match="empty"):
             Preprocessor()(bad)
+
+
+def test_reused_working_arrays_never_leak_into_outputs(digits, fashion) -> None:
+    """The Preprocessor writes every frame into the same working arrays: an output it returned must not
+    change when later frames (of the same shape or others, colour or Y plane) go through, and each output
+    equals that of a fresh Preprocessor."""
+    frames = [
+        _camera(digits[0], (480, 640), paper=True),
+        cv2.cvtColor(_camera(fashion[1], (480, 640), paper=True), cv2.COLOR_BGR2GRAY),
+        _camera(digits[2], (240, 330), paper=True),
+        cv2.cvtColor(_camera(digits[3], (480, 640), paper=True), cv2.COLOR_BGR2BGRA),
+        _camera(fashion[4], (480, 640), paper=True)[:, :, :1],
+        255 - digits[5],  # already 28x28
+        _camera(digits[6], (480, 640), paper=True),
+    ]
+    for spec in (PLAIN, NORM, {**NORM, "crop": "letterbox"}, {"crop": "letterbox"}, {"invert": False}):
+        p = Preprocessor(spec)
+        outs = [p(f) for f in frames]
+        kept = [o.copy() for o in outs]
+        for f in frames[::-1]:
+            p(f)
+        for f, o, k in zip(frames, outs, kept, strict=True):
+            np.testing.assert_array_equal(o, k)
+            np.testing.assert_array_equal(o, Preprocessor(spec)(f))
+            assert not np.shares_memory(o, f)
+        assert not np.array_equal(outs[0], outs[-1])  # different digits: the outputs differ
