@@ -46,6 +46,8 @@ import numpy as np
 from ..errors import ConfigError
 
 CROPS = ("center", "letterbox")
+_OTSU_LEVEL_ONLY = cv2.THRESH_BINARY + cv2.THRESH_OTSU + getattr(cv2, "THRESH_DRYRUN", 0)
+"""Otsu's level without the thresholded image (OpenCV >= 4.11 can skip writing it)."""
 REDUCE_TO = 4
 """Frames are halved while the square stays at least ``REDUCE_TO`` x ``size`` pixels (112 for 28)."""
 
@@ -232,7 +234,7 @@ def mnist_normalize(
     lo, hi, _, _ = cv2.minMaxLoc(gray)
     if hi == lo:
         return np.zeros((size, size), np.uint8)
-    thr, _ = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    thr, _ = cv2.threshold(gray, 0, 255, _OTSU_LEVEL_ONLY)
     t = (lo + thr) / 2
     _, mask = cv2.threshold(gray, t, 255, cv2.THRESH_BINARY)
     x, y, ow, oh = cv2.boundingRect(mask)  # the maximum is above the threshold: never empty
