@@ -39,6 +39,7 @@ import numpy as np
 
 from .errors import ConfigError, PacketError
 from .metrics import PSNR_CAP
+from .wire import read_varint, varint
 
 TILE = 28
 """Tile side in pixels (the bundles' input)."""
@@ -83,15 +84,6 @@ def parse_grid(text: str | int) -> tuple[int, int]:
     return rows, cols
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def pack_tiles(payloads: Sequence[bytes], rows: int, cols: int, *, fixed: int | None = None) -> bytes:
     """The tiled payload of ``rows`` x ``cols`` tile payloads (row-major).
 
@@ -115,7 +107,7 @@ def pack_tiles(payloads: Sequence[bytes], rows: int, cols: int, *, fixed: int | 
             raise PacketError(f"cannot pack tiles: payloads of {bad[0]} bytes, all must be {fixed}", "field")
         head = bytes((rows, cols))
     else:
-        head = bytes((rows, cols)) + b"".join(_varint(len(p)) for p in payloads)
+        head = bytes((rows, cols)) + b"".join(varint(len(p)) for p in payloads)
     out = head + b"".join(payloads)
     if len(out) > MAX_PAYLOAD:
         raise PacketError(
@@ -156,17 +148,10 @@ def unpack_tiles(payload: bytes, *, fixed: int | None = None) -> tuple[int, int,
         return rows, cols, [data[pos + i * fixed : pos + (i + 1) * fixed] for i in range(count)]
     lengths = []
     for _ in range(count):
-        value = shift = 0
-        while True:
-            if pos >= n or shift > 14:
-                raise PacketError(f"tiled payload: bad or truncated tile length at byte {pos}", "tiles")
-            b = data[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        lengths.append(value)
+        length, pos = read_varint(
+            data, pos, limit=MAX_PAYLOAD, what="tiled payload: bad or truncated tile length", reason="tiles"
+        )
+        lengths.append(length)
     if pos + sum(lengths) != n:
         raise PacketError(
             f"tiled payload of {n} bytes: its {rows}x{cols} tile lengths add up to {pos + sum(lengths)}",

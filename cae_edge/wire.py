@@ -339,7 +339,8 @@ def is_compact(data: bytes | bytearray | memoryview) -> bool:
     return len(data) > 0 and data[0] & _C_MARK_MASK == _C_MARK
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """``n`` >= 0 as LEB128: 7 bits a byte, low first, high bit set on every byte but the last."""
     out = bytearray()
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
@@ -348,17 +349,29 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(
+    data: bytes,
+    pos: int,
+    *,
+    limit: int = MASK32,
+    what: str = "compact frame: bad or truncated varint",
+    reason: str = "varint",
+) -> tuple[int, int]:
+    """The :func:`varint` at ``data[pos:]`` and the position after it.
+
+    Raises:
+        PacketError: (``reason``) truncated, or a value above ``limit``.
+    """
     n = shift = 0
-    for i in range(pos, min(pos + 5, len(data))):
+    for i in range(pos, min(pos + (limit.bit_length() + 6) // 7, len(data))):
         b = data[i]
         n |= (b & 0x7F) << shift
         if not b & 0x80:
-            if n > MASK32:
+            if n > limit:
                 break
             return n, i + 1
         shift += 7
-    raise PacketError(f"compact frame: bad or truncated varint at byte {pos}", "varint")
+    raise PacketError(f"{what} at byte {pos}", reason)
 
 
 def _deltas(p: Packet, session: Packet) -> tuple[int, int]:
@@ -424,7 +437,7 @@ def pack_compact(p: Packet, session: Packet, *, check: bool, with_id: bool) -> b
     parts = [bytes((kind,))]
     if with_id:
         parts.append(_U16.pack(p.sender_id))
-    parts += [_varint(seq_delta), _varint(t_units), p.payload]
+    parts += [varint(seq_delta), varint(t_units), p.payload]
     body = b"".join(parts)
     if check:
         body += _U16.pack(_check(session, body))
@@ -455,8 +468,8 @@ def unpack_compact(data: bytes | bytearray | memoryview) -> Compact:
         pos = 3
     if end <= pos:
         raise PacketError(f"compact frame of {len(data)} bytes is too short", "short")
-    seq_delta, pos = _read_varint(data[:end], pos)
-    t_units, pos = _read_varint(data[:end], pos)
+    seq_delta, pos = read_varint(data[:end], pos)
+    t_units, pos = read_varint(data[:end], pos)
     check = None
     if kind & _C_CHECK:
         (check,) = _U16.unpack_from(data, end)
