@@ -179,6 +179,9 @@ class MqttSenderOptions(MqttOptions):
     (0 = never). The receiver's own age limit still applies."""
     close_flush_s: float = 1.0
     """On ``close()``, keep trying to deliver queued frames for at most this long (0 = drop them)."""
+    on_drop: Callable[[bytes, str], None] | None = None
+    """Called with each packet this sender discards and why: ``"queue"`` (queue full) or ``"close"`` (still
+    queued when the close flush gave up), as the ZeroMQ sender's ``on_drop`` (exact loss accounting)."""
 
     def check(self, url: str) -> tuple[str, int, bool]:
         if self.policy not in POLICIES:
@@ -264,6 +267,16 @@ class NodeStatus:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _acked(info: Any) -> bool:
+    """Whether the broker acknowledged a publish (paho's ``MQTTMessageInfo``). A frame published while the
+    connection was going down has ``rc`` NO_CONN: paho keeps it and sends it again after reconnecting, but its
+    ``is_published()`` raises for it (paho-mqtt 2.2), so the flag is read directly."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return bool(getattr(info, "_published", False))
 
 
 class _MqttLink(ClosingLink):
@@ -451,11 +464,11 @@ class MqttSender(_MqttLink):
         inflight = self._inflight
         if inflight:
             stale = time.monotonic() - self._ack_timeout
-            while inflight and (inflight[0][1].is_published() or inflight[0][0] < stale):
+            while inflight and (_acked(inflight[0][1]) or inflight[0][0] < stale):
                 _t, info = inflight.popleft()
                 if info.mid in self._denied_mids:
                     self._denied_mids.discard(info.mid)
-                elif info.is_published():
+                elif _acked(info):
                     self._stats.acked += 1
         return len(inflight)
 
@@ -489,10 +502,10 @@ class MqttSender(_MqttLink):
         self._flush_nowait()
         if len(q) > self._max:
             self._stats.dropped += 1
-            if self._drop_oldest:
-                q.popleft()
-            else:
-                q.pop()
+            dropped = q.popleft() if self._drop_oldest else q.pop()
+            on_drop = self.options.on_drop  # type: ignore[attr-defined]
+            if on_drop is not None:
+                on_drop(dropped, "queue")
             return False
         return True
 
@@ -538,11 +551,15 @@ class MqttSender(_MqttLink):
         s.flushed_at_close += before - len(self._queue)
         s.lost_at_close += len(self._queue)
         s.unacked_at_close += self._reap()
+        on_drop = self.options.on_drop  # type: ignore[attr-defined]
+        if on_drop is not None:
+            for data in self._queue:
+                on_drop(data, "close")
         self._queue.clear()
         if self._connected.is_set():
             info = c.publish(self.status_topic, self._status("offline", "closed"), qos=1, retain=True)
             deadline = time.monotonic() + 1.0
-            while not info.is_published() and self._connected.is_set() and time.monotonic() < deadline:
+            while not _acked(info) and self._connected.is_set() and time.monotonic() < deadline:
                 time.sleep(0.005)
         super().close()
         s.queued = s.peers = 0
