@@ -5,9 +5,9 @@ Modules: :mod:`.latency` (LiteRT timing, model size, LiteRT tool cross-check), :
 codecs and how their bytes are counted), :mod:`.curves` (quality vs bytes rows), :mod:`.bdrate` (Bjøntegaard
 delta rate / PSNR of bundle families against WebP and JPEG XL), :mod:`.sysinfo` (the machine),
 :mod:`.report` (JSON schema, tables, plot), :mod:`.run` (one benchmark run). Stream harnesses, run through
-``cae-edge stream``: :mod:`.stream_bench` (both ends' throughput) and :mod:`.soak` (K sender processes, the
-receiver killed and restarted, every frame accounted for); both drive the real sender and receiver from
-:mod:`cae_edge.device`.
+``cae-edge stream``: :mod:`.stream_bench` (both ends' throughput) and :mod:`.soak` (a fleet of simulated nodes
+through ZeroMQ or MQTT, the receiver killed and restarted, the broker restarted, every frame accounted for;
+:mod:`.local_broker` runs its mosquitto); both drive the real sender and receiver from :mod:`cae_edge.device`.
 """
 
 from .report import SCHEMA, SCHEMA_VERSION, BenchmarkReport, validate

@@ -57,6 +57,40 @@ def test_on_drop_names_every_discarded_packet(policy: str, queue_drops: list[int
     assert link.stats.lost_at_close == 4
 
 
+def test_mqtt_on_drop_names_every_discarded_packet() -> None:
+    from cae_edge.benchmark.local_broker import free_port
+    from cae_edge.device.mqtt import MqttSender, MqttSenderOptions
+
+    got: dict[str, list[int]] = {"queue": [], "close": []}
+    opts = MqttSenderOptions(
+        insecure=True,
+        queue_size=4,
+        on_drop=lambda data, why: got[why].append(wire.unpack(data).seq),
+        reconnect_min_s=5,
+    )
+    # no broker listens there: every frame waits in the node's queue
+    link = MqttSender(f"mqtt://127.0.0.1:{free_port()}", "n", opts)
+    for seq in range(10):
+        link.send(packet(seq))
+    assert got["queue"] == [0, 1, 2, 3, 4, 5] and link.stats.dropped == 6
+    link.close(flush_s=0)
+    assert sorted(got["close"]) == [6, 7, 8, 9] and link.stats.lost_at_close == 4
+
+
+def test_mqtt_ack_check_survives_a_publish_made_while_the_connection_went_down() -> None:
+    from cae_edge.device.mqtt import _acked
+
+    class Info:  # paho's MQTTMessageInfo for a publish that returned NO_CONN (kept, resent on reconnect)
+        def __init__(self, published: bool) -> None:
+            self._published = published
+
+        def is_published(self) -> bool:
+            raise RuntimeError("Message publish failed: The client is not currently connected.")
+
+    assert _acked(Info(False)) is False
+    assert _acked(Info(True)) is True  # acknowledged after the resend
+
+
 # ------------------------------------------------------------------------------------------- accounting
 
 
