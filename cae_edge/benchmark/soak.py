@@ -590,7 +590,7 @@ class _Node:
     def __init__(self, cfg: dict, node: dict, bundle: Any, images: np.ndarray) -> None:
         from .. import wire
         from ..device.capture import SyntheticSource
-        from ..device.sender import SendPipeline, send_pipeline
+        from ..device.sender import send_pipeline
 
         self.name = node["name"]
         self.drops: dict[str, list[int]] = {"queue": [], "close": []}
@@ -598,8 +598,7 @@ class _Node:
         def on_drop(data: bytes, why: str) -> None:
             self.drops.setdefault(why, []).append(wire.unpack(data).seq)
 
-        base = send_pipeline(bundle)  # its own encoder: LiteRT interpreters are not shared across threads
-        self.pipe = SendPipeline(base.bundle, base.preprocess, base.encoder, base.kind, base.paper)
+        self.pipe = send_pipeline(bundle)  # its own encoder: LiteRT interpreters are not shared by threads
         self.source = SyntheticSource("mnist", seed=node["index"], paper=self.pipe.paper, images=images)
         self.link = self._link(cfg, node, on_drop)
         self.stats: Any = None
