@@ -110,13 +110,29 @@ def acl_file(nodes: list[str], receivers: list[str], prefix: str = DEFAULT_PREFI
     return "\n".join(lines)
 
 
-def mosquitto_conf(conf_dir: str, port: int = DEFAULT_TLS_PORT, *, bind: str | None = None) -> str:
+QUEUED_PER_NODE = 80
+"""Frames the broker holds for a receiver per node (about 2.5 s at 30 fps): a receiver or broker restart
+lets every node send its backlog at once, and what exceeds the receiver's queue the broker discards."""
+MIN_QUEUED = 200
+"""``max_queued_messages`` of a small fleet."""
+
+
+def queued_messages(nodes: int) -> int:
+    """``max_queued_messages`` for a fleet of ``nodes``: :data:`QUEUED_PER_NODE` each, at least
+    :data:`MIN_QUEUED`. (The soak measured a fixed 200 losing frames at the broker for 50 nodes.)"""
+    return max(MIN_QUEUED, QUEUED_PER_NODE * nodes)
+
+
+def mosquitto_conf(
+    conf_dir: str, port: int = DEFAULT_TLS_PORT, *, bind: str | None = None, nodes: int = 1
+) -> str:
     """``mosquitto.conf`` for one TLS listener with per-client passwords and the ACL, all under ``conf_dir``.
 
     Args:
         conf_dir: where the broker will find ``passwd``, ``acl`` and ``tls/`` (an absolute path on it).
         port: the TLS listener's port.
         bind: listen on this address only (default: every interface).
+        nodes: camera nodes in the fleet: sizes each receiver's queue at the broker (:func:`queued_messages`).
     """
     d = conf_dir.rstrip("/")
     listener = f"listener {port}" + (f" {bind}" if bind else "")
@@ -138,10 +154,13 @@ certfile {d}/tls/server.crt
 keyfile {d}/tls/server.key
 
 # Live video: a small window per client, nothing kept across broker restarts. A receiver that falls
-# behind loses frames at the broker (counted in $SYS) rather than building a backlog of stale ones.
+# behind loses frames at the broker (counted in $SYS; receivers count them as gaps) rather than building
+# a backlog of stale ones. The queue holds ~2.5 s of frames per node ({QUEUED_PER_NODE} x {nodes} nodes,
+# at least {MIN_QUEUED}), so the burst after a receiver or broker restart fits; regenerate it when the
+# fleet grows.
 persistence false
 max_inflight_messages 20
-max_queued_messages 200
+max_queued_messages {queued_messages(nodes)}
 max_packet_size {MAX_PACKET_BYTES}
 """
 
@@ -281,7 +300,7 @@ def write_broker_config(
     out.mkdir(parents=True, exist_ok=True)
     conf_dir = conf_dir or str(out.resolve())
     files = BrokerFiles(out=out, conf=out / "mosquitto.conf")
-    files.conf.write_text(mosquitto_conf(conf_dir, port, bind=bind))
+    files.conf.write_text(mosquitto_conf(conf_dir, port, bind=bind, nodes=len(nodes)))
     (out / "acl").write_text(acl_file(nodes, receivers, prefix))
     lines = []
     secrets_dir = out / "secrets"

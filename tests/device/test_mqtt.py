@@ -179,11 +179,24 @@ def test_broker_config_bad_input() -> None:
 def test_docs_example_is_what_the_generator_writes() -> None:
     """docs/mqtt/ holds `cae-edge mqtt broker-config --conf-dir /etc/mosquitto/cae-edge` output for cam1,
     cam2, rx1 (passwords and keys left out); regenerate it when the generator changes."""
-    assert (DOCS / "mosquitto.conf").read_text() == brokercfg.mosquitto_conf("/etc/mosquitto/cae-edge")
+    conf = brokercfg.mosquitto_conf("/etc/mosquitto/cae-edge", nodes=2)
+    assert (DOCS / "mosquitto.conf").read_text() == conf
     assert (DOCS / "acl").read_text() == brokercfg.acl_file(["cam1", "cam2"], ["rx1"])
     lines = (DOCS / "passwd").read_text().splitlines()
     assert [line.split(":")[0] for line in lines] == ["cam1", "cam2", "rx1"]
     assert all(line.split(":", 1)[1].startswith("$7$101$") for line in lines)
+
+
+def test_broker_queue_grows_with_the_fleet() -> None:
+    """A fixed queue of 200 lost frames at the broker for 50 nodes after a restart (the soak): the generated
+    config holds 80 frames a node."""
+
+    def queued(nodes: int) -> int:
+        conf = brokercfg.mosquitto_conf("/c", nodes=nodes)
+        return int(next(x for x in conf.splitlines() if x.startswith("max_queued_messages ")).split()[1])
+
+    assert queued(1) == queued(2) == 200
+    assert queued(50) == 4000 and queued(100) == 8000
 
 
 def test_cli_writes_a_complete_config(tmp_path: Path) -> None:
