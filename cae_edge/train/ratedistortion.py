@@ -49,6 +49,7 @@ from ..rundir import (
     write_run,
 )
 from .augment import random_affine
+from .from_bundle import CHECK_IMAGES
 from .model import build_decoder, build_encoder
 from .options import TrainOptions
 from .train import (
@@ -236,7 +237,7 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
     encoder = build_encoder(cfg)
     decoder = build_decoder(cfg)
     prior = _Prior(tf, cfg.latent_dim)
-    start = _load_start(opts, encoder, decoder, prior) if opts.init_from else None
+    start = _load_start(opts, encoder, decoder, prior, x_train[:CHECK_IMAGES]) if opts.init_from else None
     if start is None and cfg.linear_skip:
         pca_start(encoder, decoder, prior, x_train)
     if progress:
@@ -490,14 +491,15 @@ def pca_start(encoder, decoder, prior: _Prior, x_train: np.ndarray) -> None:
     prior.raw_scale.assign(np.log(np.expm1(scale)).astype(np.float32))
 
 
-def _load_start(opts: TrainOptions, encoder, decoder, prior: _Prior) -> dict:
+def _load_start(opts: TrainOptions, encoder, decoder, prior: _Prior, images: np.ndarray) -> dict:
     """Copy weights and prior of the run or bundle ``opts.init_from`` into freshly built models (same
-    architecture, checked by the options); what the run records of its start."""
+    architecture, checked by the options; a bundle's rebuilt pair checked on ``images``, a few training
+    frames); what the run records of its start."""
     from .from_bundle import load_start
 
     start = opts.start()
     assert start is not None
-    record = load_start(start, encoder, decoder)
+    record = load_start(start, encoder, decoder, images)
     old = start.prior or {}
     if "loc" in old and "scale" in old:
         scale = np.maximum(np.asarray(old["scale"], np.float32) - MIN_SCALE, 1e-4)

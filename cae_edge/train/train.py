@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from ..metrics import quality, to_uint8
 from ..rundir import LOSS_PLOT, RECON_PLOT, RunConfig, check_out_dir, make_out_dir, write_run
 from .augment import random_affine
+from .from_bundle import CHECK_IMAGES
 from .model import build_autoencoder
 from .noise import NoiseKind, add_noise
 from .options import LrDecay, TrainOptions
@@ -289,7 +290,7 @@ def train(opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
     if opts.init_from:
         from .from_bundle import load_start
 
-        start = load_start(opts.start(), encoder, decoder)
+        start = load_start(opts.start(), encoder, decoder, x_train_u8[:CHECK_IMAGES])
     steps = math.ceil(len(x_train) / opts.batch_size)
     optimizer = keras.optimizers.Adam(learning_rate=_schedule(opts, steps))
     autoencoder.compile(optimizer=optimizer, loss="mse")

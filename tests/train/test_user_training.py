@@ -54,26 +54,6 @@ def test_read_start_rejects_what_is_neither_run_nor_bundle(tmp_path):
         read_start(str(tmp_path))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["mnist-small", "mnist"])
-def test_keras_models_from_a_bundle_reproduce_its_float_tflite_pair(name, rec):
-    """Before any training, the rebuilt Keras pair computes what the bundle's float TFLite pair computes."""
-    from cae_edge.device.bundle import load_bundle
-    from cae_edge.train.from_bundle import models_from_bundle, read_start
-
-    frames = recording.read_recording(rec).frames[::8]  # 10 real photo frames
-    encoder, decoder = models_from_bundle(read_start(name))
-    bundle = load_bundle(name)
-    enc_f, dec_f = bundle.encoder(precision="float"), bundle.decoder(precision="float")
-    z_tflite = np.stack([enc_f.encode_latent(f) for f in frames])
-    z_keras = encoder.predict((frames / 255.0).astype(np.float32)[..., None], verbose=0)
-    assert np.abs(z_tflite).max() > 1.0  # a real latent, not zeros
-    np.testing.assert_allclose(z_keras, z_tflite, atol=1e-3 * np.abs(z_tflite).max())
-    x_tflite = np.stack([dec_f.decode_latent(z) for z in z_tflite]).astype(np.int16)
-    x_keras = np.clip(np.rint(decoder.predict(z_tflite, verbose=0)[..., 0] * 255), 0, 255).astype(np.int16)
-    assert np.abs(x_keras - x_tflite).max() <= 1
-
-
 def test_options_from_a_bundle_take_its_model_and_rate(rec, start):
     opts = TrainOptions(dataset=str(rec), init_from="mnist-small", out_dir="x").validated()
     assert opts.rd is not None and opts.model_config() == start.model
@@ -152,6 +132,21 @@ def test_export_calibrates_on_the_recording_and_keeps_its_preprocessing(tuned, r
     frame = recording.read_recording(rec).frames[-1]
     out = bundle.decoder().decode(bundle.encoder().encode(frame))
     assert out.shape == (28, 28) and out.dtype == np.uint8
+
+
+@pytest.mark.slow
+def test_an_exported_bundle_is_a_start_too(tuned, rec):
+    """A user's bundle has no self-test images: the rebuilt pair is checked on the run's own frames."""
+    from cae_edge.errors import BundleError
+    from cae_edge.train.from_bundle import check_against_tflite, models_from_bundle, read_start
+
+    _, _, path = tuned
+    start = read_start(str(path))
+    frames = recording.read_recording(rec).frames[::8]
+    encoder, decoder = models_from_bundle(start, images=frames)
+    assert max(check_against_tflite(start, encoder, decoder, frames).values()) < 1e-3
+    with pytest.raises(BundleError, match="no readable self-test images"):
+        models_from_bundle(start)
 
 
 @pytest.mark.slow
