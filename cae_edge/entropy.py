@@ -9,8 +9,10 @@ Data flow::
     training latents (N, D) int ─► fit() ─► EntropyModel: alphabet [lo, hi], integer frequency table (D, K)
                                               └─► entropy.npz in the bundle (sha256 in manifest["coding"])
     load:     frequency table ─► leaky_cdf() once per dimension ─► integer tables (K + 1 ints, sum 2**24)
+              └─► first decode: per dimension, a lookup table of the 2**12 quantile buckets (numpy)
     node:     int8 latent (D,) ─► range coder ─► [escapes] ─► trimmed stream ─► wire
-    receiver: stream ─► zero-pad ─► range decoder (bisect) ─► [escapes] ─► canonical check ─► int8 latent
+    receiver: stream ─► zero-pad ─► range decoder (bucket lookup, bisect where a bucket holds a CDF
+              boundary) ─► [escapes] ─► canonical check ─► int8 latent
 
 The model is a smoothed histogram per latent dimension, fitted at export from the training split's latents
 (the rate-distortion training shapes those latents to be cheap under a learned factorized prior; the
@@ -82,6 +84,16 @@ about 12 + log2 of the number of values beyond that edge)."""
 INT8_MIN, INT8_MAX = -128, 127
 
 _ONE = 1 << PRECISION
+_BUCKET_BITS = 12
+"""The decoder's lookup table splits each dimension's quantile range ``[0, 2**24)`` into ``2**12`` buckets
+of ``2**12`` units: a bucket without a CDF boundary inside gives the symbol at once, the others (about 2
+decoded symbols per frame of the shipped 96- to 256-dimension bundles) fall back to bisect. The table is
+one byte per bucket, 4 KiB per dimension (1 MiB for the 256-dimension ``scenes-xl``; a table of
+references instead of bytes measured slower, from cache misses), built on the first decode, so a node
+that only encodes never holds it."""
+_BUCKET_SHIFT = PRECISION - _BUCKET_BITS
+_NO_SYMBOL = 0xFF
+"""Bucket byte: a CDF boundary lies inside the bucket (or the symbol is 255), bisect decides."""
 _WORD = 1 << 32
 _STATE_MAX = (1 << 64) - 1
 
@@ -325,23 +337,26 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def _tail(low: int, rng: int) -> tuple[int, int]:
     """The stream's end: ``(value, keep)``, the number in ``[low, min(low + rng, 2**64))`` with the most
-    trailing zero bytes, of which the ``keep`` leading bytes are sent (``low`` < 2**64)."""
+    trailing zero bytes, of which the ``keep`` leading bytes are sent (``low`` < 2**64, ``rng`` >= 1).
+
+    The smallest multiple of ``2**t`` that is >= ``low`` lies below ``top`` exactly when ``low - 1`` and
+    ``top - 1`` differ above bit ``t``, i.e. when ``t`` is below the bit length of their xor: ``keep`` is
+    the fewest bytes that leave such a ``t`` (``t = 64 - 8 * keep``)."""
+    if not low:
+        return 0, 0
     top = min(low + rng, 1 << 64)
-    for keep in range(8):
-        unit = 1 << (64 - 8 * keep)
-        value = -(-low // unit) * unit  # smallest multiple of unit >= low
-        if value < top:
-            return value, keep
-    return low, 8
+    keep = (72 - ((low - 1) ^ (top - 1)).bit_length()) >> 3
+    t = 64 - 8 * keep
+    return (((low - 1) >> t) + 1) << t, keep
 
 
 class EntropyCoder:
     """Encode int8 latents to byte strings and back with a fixed :class:`EntropyModel`.
 
-    The integer tables are built once here; ``encode`` and ``decode`` are plain Python integer arithmetic,
-    about 0.2 and 0.4 µs per latent dimension on a desktop CPU (``cae-edge benchmark`` reports the real
-    figure per bundle). Thread-safe (calls share only read-only tables; the escape counters are approximate
-    under threads).
+    The encoder's integer tables are built here, the decoder's on the first :meth:`decode` (a few ms);
+    ``encode`` and ``decode`` are plain Python integer arithmetic, about 0.1 and 0.2 µs per latent
+    dimension on a desktop CPU (``cae-edge benchmark`` reports the real figure per bundle). Thread-safe
+    (calls share only read-only tables; the escape counters are approximate under threads).
 
     Args:
         model: the probability model.
@@ -361,20 +376,21 @@ class EntropyCoder:
         """Latent values outside the alphabet :meth:`encode` met so far (escaped; legacy format: clamped)."""
         self.escaped_decoded = 0
         """Escaped values :meth:`decode` restored so far (what a receiver reports)."""
-        lo, hi, k = model.lo, model.hi, model.alphabet_size
+        lo, hi = model.lo, model.hi
         self._lo, self._hi, self._dim = lo, hi, model.latent_dim
         self._shape = (model.latent_dim,)
-        cdfs = [leaky_cdf(row) for row in model.probabilities.tolist()]
+        self._cdfs = cdfs = [leaky_cdf(row) for row in model.probabilities.tolist()]
         # Encoder: per dimension, (cum, freq) by the latent's byte (int8 as 0..255), clamped to the alphabet.
-        clamp_sym = [min(max((b ^ 0x80) - 0x80, lo), hi) - lo for b in range(256)]
-        self._enc = [[(c[s], c[s + 1] - c[s]) for s in clamp_sym] for c in cdfs]
-        # Decoder: bisect(cdf, quantile) = symbol + 1 -> (cum, freq, byte); index K + 1 (quantile outside
-        # the model) raises IndexError.
-        self._dec = [
-            (c, [None] + [(c[i - 1], c[i] - c[i - 1], (lo + i - 1) & 0xFF) for i in range(1, k + 1)])
-            for c in cdfs
+        clamp_sym = np.array([min(max((b ^ 0x80) - 0x80, lo), hi) - lo for b in range(256)])
+        cdf_arr = np.asarray(cdfs, dtype=np.int64)
+        cums, ends = cdf_arr[:, clamp_sym], cdf_arr[:, clamp_sym + 1]
+        self._enc = [
+            list(zip(c, f, strict=True)) for c, f in zip(cums.tolist(), (ends - cums).tolist(), strict=True)
         ]
-        self._zeros = [0] * (3 * model.latent_dim + 2)  # reads past the payload: <= 1 word per symbol
+        self._dec: list[tuple[bytes, list, tuple[list[int], list]]] | None = None  # built by _decoder()
+        # Reads past the payload: <= 1 word per symbol, D main symbols and <= 2 escape symbols per dimension.
+        self._zeros = [0] * (model.latent_dim + 2)
+        self._zeros_escapes = [0] * (2 * model.latent_dim)
         # Bytes at or beyond an edge that carries escapes (legacy: strictly beyond, i.e. clamped).
         low_edge = lo if lo > INT8_MIN else INT8_MIN - 1
         high_edge = hi if hi < INT8_MAX else INT8_MAX + 1
@@ -415,16 +431,20 @@ class EntropyCoder:
         """
         raw = self._latent_bytes(q)
         # The hot loop spells its constants out (2**64 - 1, 2**32): literals are faster than globals.
-        low, rng, n = 0, 0xFFFFFFFFFFFFFFFF, 0
+        # ``low`` stays below 2**65 (short integers are faster): a renormalisation moves its top word into
+        # ``head``, the n words written so far, with its carry (bit 32) running into the words before it.
+        low, rng, head, n = 0, 0xFFFFFFFFFFFFFFFF, 0, 0
         for table, b in zip(self._enc, raw, strict=True):
             cum, freq = table[b]
             scale = rng >> 24  # PRECISION
-            low += scale * cum  # exact: carries run into the words already written
+            low += scale * cum
             rng = scale * freq
             if rng < 0x100000000:
                 rng <<= 32
-                low <<= 32
+                head = (head << 32) + (low >> 32)
+                low = (low & 0xFFFFFFFF) << 32
                 n += 1
+        low += head << 64
         if 1 in raw.translate(self._edge_table):
             low, rng, n = self._encode_escapes(raw, low, rng, n)
         # ``low`` is the exact number sent so far: n words, then the 64-bit state.
@@ -480,9 +500,15 @@ class EntropyCoder:
         append = out.append
         bisect = bisect_right
         try:
-            for cdf, table in self._dec:
+            for buckets, entries, fallback in self._dec or self._decoder():
                 scale = rng >> 24
-                cum, freq, b = table[bisect(cdf, diff // scale)]
+                quantile = diff // scale
+                # IndexError if quantile >= 2**24 (outside the model): the bucket index is >= 2**12.
+                entry = entries[buckets[quantile >> 12]]  # _BUCKET_SHIFT
+                if entry is None:  # a CDF boundary inside this bucket
+                    cdf, table = fallback
+                    entry = table[bisect(cdf, quantile)]
+                cum, freq, b = entry
                 append(b)
                 diff -= scale * cum
                 rng = scale * freq
@@ -491,6 +517,7 @@ class EntropyCoder:
                     diff = (diff << 32) | nxt()
             raw = bytes(out)
             if self.escapes and 1 in raw.translate(self._edge_table):
+                words += self._zeros_escapes  # the iterator is not exhausted (D + 2 zeros): it reads on
                 raw, diff, rng = self._decode_escapes(raw, diff, rng, nxt)
         except IndexError:
             raise self._error(size, "a quantile outside the model") from None
@@ -505,6 +532,44 @@ class EntropyCoder:
         if low < 0 or _tail(low, rng)[0] != window:
             raise self._error(size, "not the tail the encoder sends")
         return np.frombuffer(raw, dtype=np.int8)
+
+    def _decoder(self) -> list[tuple[bytes, list, tuple[list[int], list]]]:
+        """The decoder's tables, per dimension ``(buckets, entries, (cdf, table))``, built once (a few ms).
+
+        ``table[i]`` is ``(cum, freq, byte)`` of symbol ``i - 1`` (``bisect_right(cdf, quantile)`` is the
+        symbol + 1; ``table[0]`` is None), ``entries[s]`` the same for symbol ``s`` (None at
+        :data:`_NO_SYMBOL`), and byte ``j`` of ``buckets`` the one symbol that owns all of the quantiles
+        ``[j * 2**12, (j + 1) * 2**12)``, or :data:`_NO_SYMBOL` where a CDF boundary lies inside them.
+        """
+        lo, k, dim = self._lo, self.model.alphabet_size, self._dim
+        cdfs = self._cdfs
+        cdf_arr = np.asarray(cdfs, dtype=np.int64)
+        byte_of = [(lo + s) & 0xFF for s in range(k)]
+        tables = [
+            [None, *zip(cums, freqs, byte_of, strict=True)]
+            for cums, freqs in zip(cdf_arr[:, :-1].tolist(), np.diff(cdf_arr, axis=1).tolist(), strict=True)
+        ]
+        # Symbol + 1 at the first and at the last quantile of each bucket: the number of CDF entries at or
+        # below it. An entry c is at or below j * 2**12 from bucket ceil(c / 2**12) on, and at or below
+        # (j + 1) * 2**12 - 1 from bucket floor(c / 2**12) on; counting those starts and cumulating gives
+        # both counts for all buckets at once.
+        n_buckets = 1 << _BUCKET_BITS
+        row_start = np.arange(dim)[:, None] * (n_buckets + 1)
+
+        def symbols_plus_one_at_or_below(start_bucket: np.ndarray) -> np.ndarray:
+            starts = np.bincount((row_start + start_bucket).ravel(), minlength=dim * (n_buckets + 1))
+            return np.cumsum(starts.reshape(dim, n_buckets + 1)[:, :n_buckets], axis=1, dtype=np.int16)
+
+        first = symbols_plus_one_at_or_below(-(-cdf_arr >> _BUCKET_SHIFT))
+        last = symbols_plus_one_at_or_below(cdf_arr >> _BUCKET_SHIFT)
+        buckets = np.where(first == last, first - 1, _NO_SYMBOL).astype(np.uint8)
+        pad = [None] * (_NO_SYMBOL + 1 - min(k, _NO_SYMBOL))
+        dec = [
+            (row.tobytes(), table[1 : _NO_SYMBOL + 1] + pad, (cdf, table))
+            for row, cdf, table in zip(buckets, cdfs, tables, strict=True)
+        ]
+        self._dec = dec
+        return dec
 
     def _error(self, size: int, what: str) -> EntropyError:
         return EntropyError(

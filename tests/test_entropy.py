@@ -6,13 +6,14 @@ read its streams.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import constriction
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cae_edge import entropy
@@ -317,3 +318,127 @@ def test_from_bytes_and_unknown_coder(fitted):
         entropy.from_bytes(b"not a zip", "x.npz")
     with pytest.raises(ConfigError, match="upgrade"):
         entropy.EntropyCoder(model, "range-coder-9")
+
+
+# ---------------------------------------------------------------- the decoder's bucket table (fast path)
+
+
+@functools.cache
+def _crowded_model() -> entropy.EntropyModel:
+    """All 256 symbols; three of them hold nearly all the mass, so the ~250 others (about 5 quantile units
+    each) crowd into one or two buckets, and symbol 255 (whose bucket byte is the fallback marker) is a
+    likely one."""
+    freqs = np.ones((3, 256), dtype=np.uint32)
+    freqs[:, [0, 100, 255]] = 1 << 20
+    freqs[1, 100] = 1  # second row: the mass on the two ends, the tiny symbols in between
+    freqs[2, 255] = 3  # third row: symbol 255 tiny too, at the very end of the range
+    return entropy.EntropyModel(-128, freqs)
+
+
+@functools.cache
+def _edge_model() -> entropy.EntropyModel:
+    """Two-symbol rows whose CDF boundary lies exactly on a bucket edge, one unit after it, one before it."""
+    bucket = 1 << (entropy.PRECISION - entropy._BUCKET_BITS)
+    total = 999_983  # prime: the boundaries take every residue modulo the bucket width
+    rows = []
+    for want in (0, 1, bucket - 1):
+        for a in range(1, total):
+            probs = np.array([a, total - a], dtype=np.float64) / total
+            if entropy.leaky_cdf(probs)[1] % bucket == want:
+                rows.append([a, total - a])
+                break
+    assert len(rows) == 3
+    return entropy.EntropyModel(-1, np.array(rows, dtype=np.uint32))
+
+
+def _bisect_only(coder: entropy.EntropyCoder) -> entropy.EntropyCoder:
+    """The same coder with every bucket marked "bisect decides": the plain bisect decoder."""
+    no_symbol = bytes([entropy._NO_SYMBOL]) * (1 << entropy._BUCKET_BITS)
+    coder._dec = [(no_symbol, entries, fallback) for _, entries, fallback in coder._decoder()]
+    return coder
+
+
+def _check_bucket_table(model: entropy.EntropyModel) -> None:
+    """Every bucket byte other than the marker names the symbol that owns the whole bucket, the marker is
+    used exactly where a CDF boundary lies inside the bucket (or its one symbol is 255), and the entry per
+    symbol is the bisect table's."""
+    shift = entropy.PRECISION - entropy._BUCKET_BITS
+    n = 1 << entropy._BUCKET_BITS
+    starts = np.arange(n, dtype=np.int64) << shift
+    for buckets, entries, (cdf, table) in entropy.EntropyCoder(model)._decoder():
+        assert len(buckets) == n and len(entries) == 256
+        sym = np.frombuffer(buckets, dtype=np.uint8).astype(np.int64)
+        at_start = np.searchsorted(cdf, starts, side="right") - 1
+        at_end = np.searchsorted(cdf, starts + (1 << shift) - 1, side="right") - 1
+        whole = (at_start == at_end) & (at_start != entropy._NO_SYMBOL)
+        np.testing.assert_array_equal(sym[whole], at_start[whole])
+        assert (sym[~whole] == entropy._NO_SYMBOL).all()
+        for s in range(min(model.alphabet_size, entropy._NO_SYMBOL)):
+            assert entries[s] is table[s + 1]
+        assert all(e is None for e in entries[model.alphabet_size :]) and entries[entropy._NO_SYMBOL] is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(model=models())
+def test_bucket_table_names_the_owner_of_every_pure_bucket(model):
+    _check_bucket_table(model)
+
+
+def test_bucket_table_on_crowded_and_edge_boundaries(fitted):
+    for model in (_crowded_model(), _edge_model(), fitted[0]):
+        _check_bucket_table(model)
+    bucket = 1 << (entropy.PRECISION - entropy._BUCKET_BITS)
+    edges = [entropy.leaky_cdf(row)[1] % bucket for row in _edge_model().probabilities]
+    assert edges == [0, 1, bucket - 1]
+
+
+@pytest.mark.parametrize("make", [_crowded_model, _edge_model])
+def test_crowded_and_edge_models_code_like_constriction(make):
+    """Latents on the crowded symbols and on both sides of the edge boundaries: the bucket lookup and its
+    bisect fallback must give constriction's stream back, both ways."""
+    model = make()
+    rng = np.random.default_rng(7)
+    coder = entropy.EntropyCoder(model)
+    shift = entropy.PRECISION - entropy._BUCKET_BITS
+    only_bisect = [  # symbols whose every quantile lies in a bucket marked "bisect decides"
+        {
+            s
+            for s in range(model.alphabet_size)
+            if b[c[s] >> shift] == b[(c[s + 1] - 1) >> shift] == entropy._NO_SYMBOL
+        }
+        for b, _, (c, _) in coder._decoder()
+    ]
+    fallbacks = 0
+    for _ in range(300):
+        if model.alphabet_size == 256:
+            q = rng.choice(np.r_[0:40, 95:106, 250:256], size=model.latent_dim) - 128
+        else:
+            q = rng.integers(model.lo, model.hi + 1, size=model.latent_dim)
+        q = q.astype(np.int8)
+        seq = reference_symbols(model, q, escapes=True)
+        payload = reference_encode(seq)
+        assert coder.encode(q) == payload
+        np.testing.assert_array_equal(coder.decode(payload), q)
+        assert reference_decode(payload, seq) == [s for _, s in seq]
+        fallbacks += sum(s in only for (_, s), only in zip(seq, only_bisect, strict=False))
+    assert model.alphabet_size == 2 or fallbacks > 300  # the bisect fallback was exercised
+
+
+@pytest.mark.parametrize("make", [_crowded_model, _edge_model])
+@settings(max_examples=200, deadline=None)
+@given(blob=st.binary(max_size=24))
+@example(blob=b"\xff" * 8)  # the first quantile is beyond 2**24: outside the model
+@example(blob=b"\xff\xff\xff\xfe\xff")
+def test_fast_decoder_agrees_with_bisect_on_any_payload(make, blob):
+    """Garbage included: the same latent, or the same error, as the plain bisect decoder."""
+    model = make()
+    fast, plain = entropy.EntropyCoder(model), _bisect_only(entropy.EntropyCoder(model))
+    outcomes = []
+    for coder in (fast, plain):
+        try:
+            outcomes.append(coder.decode(blob).tolist())
+        except EntropyError as e:
+            outcomes.append(str(e))
+    assert outcomes[0] == outcomes[1]
+    if blob == b"\xff" * 8:
+        assert "outside the model" in outcomes[0]
