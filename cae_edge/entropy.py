@@ -546,8 +546,8 @@ class EntropyCoder:
         cdf_arr = np.asarray(cdfs, dtype=np.int64)
         byte_of = [(lo + s) & 0xFF for s in range(k)]
         tables = [
-            [None, *zip(cums, freqs, byte_of, strict=True)]
-            for cums, freqs in zip(cdf_arr[:, :-1].tolist(), np.diff(cdf_arr, axis=1).tolist(), strict=True)
+            [None, *zip(cdf[:-1], freqs, byte_of, strict=True)]
+            for cdf, freqs in zip(cdfs, np.diff(cdf_arr, axis=1).tolist(), strict=True)
         ]
         # Symbol + 1 at the first and at the last quantile of each bucket: the number of CDF entries at or
         # below it. An entry c is at or below j * 2**12 from bucket ceil(c / 2**12) on, and at or below
