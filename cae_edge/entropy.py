@@ -353,7 +353,8 @@ def _tail(low: int, rng: int) -> tuple[int, int]:
 class EntropyCoder:
     """Encode int8 latents to byte strings and back with a fixed :class:`EntropyModel`.
 
-    The encoder's integer tables are built here, the decoder's on the first :meth:`decode` (a few ms);
+    The encoder's integer tables are built here, the decoder's by :meth:`prepare_decode` or the first
+    :meth:`decode` (a few ms; a node that only encodes never holds them);
     ``encode`` and ``decode`` are plain Python integer arithmetic, about 0.1 and 0.2 µs per latent
     dimension on a desktop CPU (``cae-edge benchmark`` reports the real figure per bundle). Thread-safe
     (calls share only read-only tables; the escape counters are approximate under threads).
@@ -532,6 +533,12 @@ class EntropyCoder:
         if low < 0 or _tail(low, rng)[0] != window:
             raise self._error(size, "not the tail the encoder sends")
         return np.frombuffer(raw, dtype=np.int8)
+
+    def prepare_decode(self) -> None:
+        """Build the decoder's tables now rather than in the first :meth:`decode` (a receiver calls this at
+        load, so its first frame is not late by the few ms they take)."""
+        if self._dec is None:
+            self._decoder()
 
     def _decoder(self) -> list[tuple[bytes, list, tuple[list[int], list]]]:
         """The decoder's tables, per dimension ``(buckets, entries, (cdf, table))``, built once (a few ms).

@@ -442,3 +442,19 @@ def test_fast_decoder_agrees_with_bisect_on_any_payload(make, blob):
     assert outcomes[0] == outcomes[1]
     if blob == b"\xff" * 8:
         assert "outside the model" in outcomes[0]
+
+
+def test_decoder_tables_are_built_only_for_decoding(fitted):
+    model, test = fitted
+    node = entropy.EntropyCoder(model)
+    payloads = [node.encode(q) for q in test[:20]]
+    assert node._dec is None  # a node that only encodes never holds the decoder's tables
+    receiver = entropy.EntropyCoder(model)
+    receiver.prepare_decode()
+    tables = receiver._dec
+    assert tables is not None and len(tables) == model.latent_dim
+    receiver.prepare_decode()
+    assert receiver._dec is tables  # built once
+    for q, p in zip(test[:20], payloads, strict=True):
+        np.testing.assert_array_equal(receiver.decode(p), q)
+        np.testing.assert_array_equal(node.decode(p), q)  # or on the first decode

@@ -176,6 +176,9 @@ class Decoder(_Model):
         self._in_shape = spec.input.shape
         self._in_dtype = np.dtype(spec.input.dtype)
         self._latent_shape = (self.latent_dim,)
+        prepare = getattr(self._codec, "prepare_decode", None)  # the entropy coder's decoder tables
+        if prepare is not None:
+            prepare()
         out = spec.output
         self._lut = (
             output_to_pixel_lut(QuantParams(out.scale, out.zero_point, out.dtype))
