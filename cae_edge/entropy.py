@@ -505,7 +505,7 @@ class EntropyCoder:
                 scale = rng >> 24
                 quantile = diff // scale
                 # IndexError if quantile >= 2**24 (outside the model): the bucket index is >= 2**12.
-                entry = entries[buckets[quantile >> 12]]  # _BUCKET_SHIFT
+                entry = entries[buckets[quantile >> 12]]  # 12: _BUCKET_SHIFT spelled out, like 24
                 if entry is None:  # a CDF boundary inside this bucket
                     cdf, table = fallback
                     entry = table[bisect(cdf, quantile)]
