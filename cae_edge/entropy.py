@@ -1,8 +1,12 @@
 """Variable-length coding of the int8 latent: a static per-dimension probability model and a range coder.
 
 Shared by the node (encode) and the receiver (decode). Pure Python and numpy: no TensorFlow, no compiled
-coder, so it runs on every node (``constriction``, whose stream this reproduces bit for bit, is only a test
-reference).
+coder needed, so it runs on every node (``constriction``, whose stream this reproduces bit for bit, is only
+a test reference). Where numba is installed (the ``receiver`` extra; ``fast`` for a node) the main loops of
+the common frames run compiled (:mod:`cae_edge.entropy_jit`, same bytes, same accept/reject); frames that
+touch an alphabet edge, and every payload the compiled decoder does not accept, go through the Python code
+here, which stays the reference. ``CAE_EDGE_PURE_ENTROPY=1`` forces pure Python; ``EntropyCoder.impl`` says
+which one codes.
 
 Data flow::
 
@@ -82,6 +86,11 @@ ESCAPE_PROBABILITY = 2.0**-12
 """Probability of the escape flag on an edge symbol (what a value beyond the alphabet costs extra, in bits:
 about 12 + log2 of the number of values beyond that edge)."""
 INT8_MIN, INT8_MAX = -128, 127
+PURE_ENV = "CAE_EDGE_PURE_ENTROPY"
+"""Environment variable: set to ``1`` to code with pure Python even where numba is installed."""
+IMPLS = (None, "python", "numba")
+"""``EntropyCoder(impl=...)``: None picks numba when importable (and :data:`PURE_ENV` is unset), else
+Python; ``"python"`` and ``"numba"`` force one."""
 
 _ONE = 1 << PRECISION
 _BUCKET_BITS = 12
@@ -334,6 +343,43 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 # ---------------------------------------------------------------- the coder
 
+_jit_failure: str | None = None
+"""Why the compiled path is unavailable (numba missing or broken), once a coder has looked."""
+
+
+def _jit_module(impl: str | None):
+    """:mod:`cae_edge.entropy_jit` (imported here, so numba loads only when a coder is built), or None for
+    the pure-Python coder: ``impl="python"``, or ``impl=None`` with :data:`PURE_ENV` set or without a
+    working numba (:func:`jit_status` says why).
+
+    Raises:
+        ConfigError: ``impl="numba"`` without a working numba.
+    """
+    global _jit_failure
+    if impl == "python" or (impl is None and os.environ.get(PURE_ENV, "") not in ("", "0")):
+        return None
+    try:
+        from . import entropy_jit
+    except Exception as e:  # ImportError, or a numba that cannot compile here: the pure coder still works
+        _jit_failure = str(e) if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
+        if impl == "numba":
+            raise ConfigError(
+                f"the compiled entropy coder needs numba ({_jit_failure}); "
+                "install it with pip install 'cae-edge[fast]', or use the pure-Python coder"
+            ) from e
+        return None
+    return entropy_jit
+
+
+def jit_status() -> str:
+    """Which coder ``EntropyCoder(model)`` uses on this machine and why, in one line (``cae-edge doctor``)."""
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return f"python ({PURE_ENV}={os.environ[PURE_ENV]} forces the pure-Python coder)"
+    jit = _jit_module(None)
+    if jit is None:
+        return f"python (no compiled coder: {_jit_failure}; pip install 'cae-edge[fast]' adds it)"
+    return jit.JitCoder.impl
+
 
 def _tail(low: int, rng: int) -> tuple[int, int]:
     """The stream's end: ``(value, keep)``, the number in ``[low, min(low + rng, 2**64))`` with the most
@@ -356,19 +402,27 @@ class EntropyCoder:
     The encoder's integer tables are built here, the decoder's by :meth:`prepare_decode` or the first
     :meth:`decode` (a few ms; a node that only encodes never holds them);
     ``encode`` and ``decode`` are plain Python integer arithmetic, about 0.1 and 0.2 µs per latent
-    dimension on a desktop CPU (``cae-edge benchmark`` reports the real figure per bundle). Thread-safe
-    (calls share only read-only tables; the escape counters are approximate under threads).
+    dimension on a desktop CPU, or, with numba, compiled main loops of a few µs per frame whatever the
+    dimension (``cae-edge benchmark`` reports both per bundle). Thread-safe (calls share only read-only
+    tables; the escape counters are approximate under threads).
 
     Args:
         model: the probability model.
         coder: stream format, :data:`CODER` (escapes, exact) or :data:`CODER_CLAMP` (legacy, clamps).
+        impl: None: the compiled main loops where numba is importable and :data:`PURE_ENV` is not set,
+            else pure Python; ``"python"`` or ``"numba"`` to choose (``"numba"`` without numba raises
+            :class:`ConfigError`). Building the first coder of a process imports numba and loads the
+            compiled loops from numba's on-disk cache (under a second; the very first process compiles
+            them, a few seconds).
     """
 
     kind = KIND
 
-    def __init__(self, model: EntropyModel, coder: str = CODER) -> None:
+    def __init__(self, model: EntropyModel, coder: str = CODER, impl: str | None = None) -> None:
         if coder not in CODERS:
             raise ConfigError(f"entropy coder {coder!r}: this cae-edge reads {', '.join(CODERS)}; upgrade it")
+        if impl not in IMPLS:
+            raise ConfigError(f"entropy coder implementation {impl!r}: choose one of {IMPLS}")
         self.model = model
         self.coder = coder
         self.escapes = coder == CODER
@@ -404,6 +458,10 @@ class EntropyCoder:
         n_below, n_above = lo - INT8_MIN, INT8_MAX - hi
         self._below = leaky_cdf([1.0] * n_below) if n_below >= 2 else None
         self._above = leaky_cdf([1.0] * n_above) if n_above >= 2 else None
+        jit = _jit_module(impl)
+        self._jit = None if jit is None else jit.JitCoder(cums, ends - cums, cdf_arr, lo, self._edge_table)
+        self.impl = "python" if jit is None else self._jit.impl
+        """The implementation coding the common frames: ``"python"`` or ``"numba <version>"``."""
 
     @property
     def latent_dim(self) -> int:
@@ -431,6 +489,10 @@ class EntropyCoder:
             ConfigError: wrong shape, a non-integer dtype or values outside int8.
         """
         raw = self._latent_bytes(q)
+        if self._jit is not None:
+            out = self._jit.encode(raw)
+            if out is not None:
+                return out
         # The hot loop spells its constants out (2**64 - 1, 2**32): literals are faster than globals.
         # ``low`` stays below 2**65 (short integers are faster): a renormalisation moves its top word into
         # ``head``, the n words written so far, with its carry (bit 32) running into the words before it.
@@ -489,6 +551,10 @@ class EntropyCoder:
                 from another bundle).
         """
         payload = bytes(payload)
+        if self._jit is not None:
+            q = self._jit.decode(payload)
+            if q is not None:
+                return q
         size = len(payload)
         buf = payload + bytes(-size % 4 + 8)
         words = list(unpack(f">{len(buf) // 4}I", buf))

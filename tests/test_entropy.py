@@ -1,7 +1,8 @@
 """The static entropy model and the byte-trimmed range coder (no TensorFlow).
 
 ``constriction`` (a dev dependency) is the reference: the pure-Python coder must produce its bytes and
-read its streams.
+read its streams. Every coder here is the pure-Python one (``impl="python"``); tests/test_entropy_jit.py
+holds the compiled path to it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from cae_edge.errors import BundleError, ConfigError, EntropyError, PacketError
 GOLDEN = Path(__file__).parent / "golden"
 BUNDLES = Path(entropy.__file__).parent / "bundles"
 FAMILY = constriction.stream.model.Categorical(perfect=False)
+Coder = functools.partial(entropy.EntropyCoder, impl="python")
+"""The pure-Python coder, whether or not numba is installed."""
 
 
 # ---------------------------------------------------------------- the reference: constriction
@@ -123,7 +126,7 @@ def test_fit_table_shape_alphabet_and_normalisation(fitted):
 
 def test_round_trip_is_lossless_and_near_the_information_content(fitted):
     model, test = fitted
-    coder = entropy.EntropyCoder(model)
+    coder = Coder(model)
     payloads = [coder.encode(q) for q in test]
     for q, p in zip(test, payloads, strict=True):
         out = coder.decode(p)
@@ -137,7 +140,7 @@ def test_round_trip_is_lossless_and_near_the_information_content(fitted):
 
 def test_out_of_alphabet_values_escape_exactly_and_are_counted(fitted):
     model, test = fitted
-    coder = entropy.EntropyCoder(model)
+    coder = Coder(model)
     q = test[0].copy()
     q[5], q[6], q[7], q[8] = 127, -128, model.hi, model.lo  # beyond both edges, and on them
     payload = coder.encode(q)
@@ -150,7 +153,7 @@ def test_out_of_alphabet_values_escape_exactly_and_are_counted(fitted):
 
 def test_legacy_format_clamps_and_counts(fitted):
     model, test = fitted
-    coder = entropy.EntropyCoder(model, entropy.CODER_CLAMP)
+    coder = Coder(model, entropy.CODER_CLAMP)
     q = test[0].copy()
     q[5], q[6] = 127, -128
     out = coder.decode(coder.encode(q))
@@ -163,7 +166,7 @@ def test_legacy_format_clamps_and_counts(fitted):
 @given(st.data())
 def test_round_trip_property(fitted, data):
     model, _ = fitted
-    coder = entropy.EntropyCoder(model)
+    coder = Coder(model)
     values = data.draw(
         st.lists(st.integers(model.lo, model.hi), min_size=model.latent_dim, max_size=model.latent_dim)
     )
@@ -178,7 +181,7 @@ def test_round_trip_property(fitted, data):
 @given(blob=st.binary(max_size=40))
 def test_garbage_raises_entropy_error_or_decodes_canonically(fitted, coder_name, blob):
     model, _ = fitted
-    coder = entropy.EntropyCoder(model, coder_name)
+    coder = Coder(model, coder_name)
     try:
         q = coder.decode(blob)
     except EntropyError as e:
@@ -189,7 +192,7 @@ def test_garbage_raises_entropy_error_or_decodes_canonically(fitted, coder_name,
 
 def test_tampered_payloads_are_rejected(fitted):
     model, test = fitted
-    coder = entropy.EntropyCoder(model)
+    coder = Coder(model)
     payload = coder.encode(test[1])
     with pytest.raises(EntropyError):
         coder.decode(payload + b"\0")  # padded
@@ -201,7 +204,7 @@ def test_tampered_payloads_are_rejected(fitted):
 
 def test_zero_byte_payload_when_everything_is_certain():
     model = entropy.fit(np.zeros((50, 8), dtype=np.int8), margin=0, alpha=1e-6)
-    coder = entropy.EntropyCoder(model)
+    coder = Coder(model)
     assert model.alphabet_size == 2  # widened: a distribution needs two symbols
     payload = coder.encode(np.zeros(8, dtype=np.int8))
     assert payload == b""
@@ -217,7 +220,7 @@ def test_save_load_round_trip_and_hash(tmp_path, fitted):
     np.testing.assert_array_equal(again.freqs, model.freqs)
     assert again.lo == model.lo
     # the node and the receiver derive the same bitstream from the file
-    assert entropy.EntropyCoder(again).encode(test[2]) == entropy.EntropyCoder(model).encode(test[2])
+    assert Coder(again).encode(test[2]) == Coder(model).encode(test[2])
     assert model.to_bytes() == again.to_bytes()
 
 
@@ -237,7 +240,7 @@ def test_load_rejects_missing_and_corrupt_files(tmp_path, fitted):
 
 def test_bad_inputs_raise_config_error(fitted):
     model, _ = fitted
-    coder = entropy.EntropyCoder(model)
+    coder = Coder(model)
     with pytest.raises(ConfigError, match="shape"):
         coder.encode(np.zeros(3, dtype=np.int8))
     with pytest.raises(ConfigError, match="dtype"):
@@ -264,13 +267,13 @@ def test_describe_declares_the_coding(fitted):
 def test_legacy_stream_is_constrictions_both_ways(model, seed):
     q = latents(model, np.random.default_rng(seed), inside=True)
     seq = reference_symbols(model, q, escapes=False)
-    ours = entropy.EntropyCoder(model, entropy.CODER_CLAMP)
+    ours = Coder(model, entropy.CODER_CLAMP)
     payload = ours.encode(q)
     assert payload == reference_encode(seq)
     assert reference_decode(payload, seq) == [s for _, s in seq]  # constriction reads our stream
     np.testing.assert_array_equal(ours.decode(reference_encode(seq)), q)  # and we read its stream
     if not ((q == model.lo) | (q == model.hi)).any():  # away from the edges both formats are one stream
-        assert entropy.EntropyCoder(model).encode(q) == payload
+        assert Coder(model).encode(q) == payload
 
 
 @settings(max_examples=200, deadline=None)
@@ -278,11 +281,11 @@ def test_legacy_stream_is_constrictions_both_ways(model, seed):
 def test_escape_stream_is_constrictions_both_ways_and_exact(model, seed):
     q = latents(model, np.random.default_rng(seed), inside=False)
     seq = reference_symbols(model, q, escapes=True)
-    ours = entropy.EntropyCoder(model)
+    ours = Coder(model)
     payload = ours.encode(q)
     assert payload == reference_encode(seq)
     assert reference_decode(payload, seq) == [s for _, s in seq]
-    receiver = entropy.EntropyCoder(model)
+    receiver = Coder(model)
     np.testing.assert_array_equal(receiver.decode(payload), q)  # every int8 value, exactly
     assert receiver.escaped_decoded == ours.escaped_encoded == model.outside(q)
 
@@ -291,7 +294,7 @@ def test_escape_stream_is_constrictions_both_ways_and_exact(model, seed):
 def test_shipped_bundles_code_their_golden_latents_like_constriction(name):
     coding = json.loads((BUNDLES / name / "manifest.json").read_text())["coding"]
     model = entropy.load(BUNDLES / name / coding["file"])
-    coder = entropy.EntropyCoder(model, coding["coder"])
+    coder = Coder(model, coding["coder"])
     golden = json.loads((GOLDEN / f"{name}.json").read_text())
     for hexq in golden["xnnpack"]["latents_hex"] + golden["builtin"]["latents_hex"]:
         q = np.frombuffer(bytes.fromhex(hexq), np.int8)
@@ -317,7 +320,7 @@ def test_from_bytes_and_unknown_coder(fitted):
     with pytest.raises(BundleError, match="x.npz"):
         entropy.from_bytes(b"not a zip", "x.npz")
     with pytest.raises(ConfigError, match="upgrade"):
-        entropy.EntropyCoder(model, "range-coder-9")
+        Coder(model, "range-coder-9")
 
 
 # ---------------------------------------------------------------- the decoder's bucket table (fast path)
@@ -365,7 +368,7 @@ def _check_bucket_table(model: entropy.EntropyModel) -> None:
     shift = entropy.PRECISION - entropy._BUCKET_BITS
     n = 1 << entropy._BUCKET_BITS
     starts = np.arange(n, dtype=np.int64) << shift
-    for buckets, entries, (cdf, table) in entropy.EntropyCoder(model)._decoder():
+    for buckets, entries, (cdf, table) in Coder(model)._decoder():
         assert len(buckets) == n and len(entries) == 256
         sym = np.frombuffer(buckets, dtype=np.uint8).astype(np.int64)
         at_start = np.searchsorted(cdf, starts, side="right") - 1
@@ -398,7 +401,7 @@ def test_crowded_and_edge_models_code_like_constriction(make):
     bisect fallback must give constriction's stream back, both ways."""
     model = make()
     rng = np.random.default_rng(7)
-    coder = entropy.EntropyCoder(model)
+    coder = Coder(model)
     shift = entropy.PRECISION - entropy._BUCKET_BITS
     only_bisect = [  # symbols whose every quantile lies in a bucket marked "bisect decides"
         {
@@ -432,7 +435,7 @@ def test_crowded_and_edge_models_code_like_constriction(make):
 def test_fast_decoder_agrees_with_bisect_on_any_payload(make, blob):
     """Garbage included: the same latent, or the same error, as the plain bisect decoder."""
     model = make()
-    fast, plain = entropy.EntropyCoder(model), _bisect_only(entropy.EntropyCoder(model))
+    fast, plain = Coder(model), _bisect_only(Coder(model))
     outcomes = []
     for coder in (fast, plain):
         try:
@@ -446,10 +449,10 @@ def test_fast_decoder_agrees_with_bisect_on_any_payload(make, blob):
 
 def test_decoder_tables_are_built_only_for_decoding(fitted):
     model, test = fitted
-    node = entropy.EntropyCoder(model)
+    node = Coder(model)
     payloads = [node.encode(q) for q in test[:20]]
     assert node._dec is None  # a node that only encodes never holds the decoder's tables
-    receiver = entropy.EntropyCoder(model)
+    receiver = Coder(model)
     receiver.prepare_decode()
     tables = receiver._dec
     assert tables is not None and len(tables) == model.latent_dim
