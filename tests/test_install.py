@@ -85,6 +85,14 @@ def test_node_extras_hold_no_sdist_only_package(extra):
     assert not names & {"tensorflow", "scikit-image", "matplotlib", "scipy", "pillow"}, names
 
 
+def test_numba_is_for_the_receiver_and_optional_on_a_node():
+    # the compiled entropy coder: the receiver's, a node's by choice (`.[node,fast]`); never plain `node`,
+    # whose aarch64 CI runs under emulation and must not JIT
+    assert "numba" not in {_name(r) for r in EXTRAS["node"]}
+    for extra in ("receiver", "fast", "dev"):
+        assert "numba" in {_name(r) for r in EXTRAS[extra]}, extra
+
+
 def test_device_extra_is_the_union_of_the_roles():
     union = {_name(r) for role in ("node", "receiver", "bench") for r in EXTRAS[role]}
     assert {_name(r) for r in EXTRAS["device"]} == union
@@ -94,15 +102,24 @@ def test_device_extra_is_the_union_of_the_roles():
 @pytest.mark.network
 @pytest.mark.parametrize(
     "extra,target",
-    [("node", "pi-bookworm"), ("node", "pi-trixie"), ("receiver", "pi-bookworm"), ("node", "x86_64-linux")],
+    [
+        ("node", "pi-bookworm"),
+        ("node", "pi-trixie"),
+        ("receiver", "pi-bookworm"),
+        ("receiver", "pi-trixie"),
+        ("node", "x86_64-linux"),
+        ("node+fast", "pi-bookworm"),
+        ("node+fast", "pi-trixie"),
+    ],
 )
 def test_node_side_resolves_to_wheels_only(extra, target, tmp_path):
-    proc, report = resolve(CORE + EXTRAS[extra], target, tmp_path)
+    reqs = CORE + [r for name in extra.split("+") for r in EXTRAS[name]]
+    proc, report = resolve(reqs, target, tmp_path)
     assert proc.returncode == 0, (
         f"{extra} extra on {target}: no wheel for some package\n{proc.stderr[-3000:]}"
     )
     installed = {item["metadata"]["name"].lower(): item["download_info"]["url"] for item in report["install"]}
-    for req in CORE + EXTRAS[extra]:
+    for req in reqs:
         if "python_version < '3.11'" not in req:
             assert _name(req) in installed, f"{req} missing from the resolution: {sorted(installed)}"
     arch = TARGETS[target][1]
@@ -113,13 +130,16 @@ def test_node_side_resolves_to_wheels_only(extra, target, tmp_path):
 
 
 @pytest.mark.network
-def test_node_resolves_with_bookworms_own_numpy(tmp_path):
+@pytest.mark.parametrize("extras", [("node",), ("node", "fast")])
+def test_node_resolves_with_bookworms_own_numpy(extras, tmp_path):
     # A venv made with --system-site-packages (to see the OS's picamera2) keeps Debian Bookworm's numpy
-    # 1.24.2, which picamera2's compiled parts need (README: Raspberry Pi); the node extra must fit it.
-    proc, report = resolve(CORE + EXTRAS["node"] + ["numpy==1.24.2"], "pi-bookworm", tmp_path)
+    # 1.24.2, which picamera2's compiled parts need (README: Raspberry Pi); the node extras must fit it.
+    reqs = CORE + [r for name in extras for r in EXTRAS[name]]
+    proc, report = resolve(reqs + ["numpy==1.24.2"], "pi-bookworm", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     versions = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in report["install"]}
     assert versions["numpy"] == "1.24.2" and "ai-edge-litert" in versions
+    assert ("numba" in versions) == ("fast" in extras)
 
 
 @pytest.mark.network
