@@ -217,7 +217,10 @@ def _paths(bundle, test: np.ndarray, threads: int, opts: BenchmarkOptions) -> li
 def _coding_paths(bundle, test: np.ndarray, opts: BenchmarkOptions) -> tuple[list[latency.PathLatency], int]:
     """The payload codec alone, on the int8 latents of the test images: per-frame encode (sender) and decode
     (receiver) rows, and how many latent values lay outside the entropy model's alphabet (escaped, or
-    clamped by a legacy-format bundle). Entropy-coded bundles only."""
+    clamped by a legacy-format bundle). Entropy-coded bundles only.
+
+    The rows name the coder's implementation; where the bundle's coder is the compiled one (numba), the
+    pure-Python coder gets rows too: what a node without numba spends."""
     codec = bundle.codec()
     if getattr(codec, "kind", "") != "entropy":
         return [], 0
@@ -228,20 +231,28 @@ def _coding_paths(bundle, test: np.ndarray, opts: BenchmarkOptions) -> tuple[lis
     n = len(latents)
     runs = min(opts.runs, 2000)
     over = f"{n} test latents, {escaped} values escaped"
-    rows = [
-        latency.PathLatency(
-            "sender",
-            f"entropy encode: int8 latent -> payload ({over})",
-            1,
-            latency.time_callable(lambda i: codec.encode(latents[i % n]), runs, opts.warmup),
-        ),
-        latency.PathLatency(
-            "receiver",
-            f"entropy decode: payload -> int8 latent ({over})",
-            1,
-            latency.time_callable(lambda i: codec.decode(payloads[i % n]), runs, opts.warmup),
-        ),
-    ]
+    coders = [codec]
+    if codec.impl != "python":
+        from ..entropy import EntropyCoder
+
+        coders.append(EntropyCoder(codec.model, codec.coder, impl="python"))
+    rows = []
+    for coder in coders:
+        coder.prepare_decode()
+        rows += [
+            latency.PathLatency(
+                "sender",
+                f"entropy encode, {coder.impl}: int8 latent -> payload ({over})",
+                1,
+                latency.time_callable(lambda i, c=coder: c.encode(latents[i % n]), runs, opts.warmup),
+            ),
+            latency.PathLatency(
+                "receiver",
+                f"entropy decode, {coder.impl}: payload -> int8 latent ({over})",
+                1,
+                latency.time_callable(lambda i, c=coder: c.decode(payloads[i % n]), runs, opts.warmup),
+            ),
+        ]
     return rows, int(escaped)
 
 
