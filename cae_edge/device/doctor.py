@@ -139,6 +139,13 @@ def check_python() -> Check:
     return Check("python", "ok", detail)
 
 
+def check_entropy_coder() -> Check:
+    """Which range coder entropy-coded bundles use here: compiled (numba) or pure Python (always works)."""
+    from ..entropy import jit_status
+
+    return Check("entropy coder", "ok", jit_status())
+
+
 def check_interpreter(bundle_dirs: list[Path], timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Load and run an encoder in a child process (:func:`~cae_edge.device.probe.probe_interpreter`).
 
@@ -508,6 +515,7 @@ def run_doctor(opts: DoctorOptions, on_check: Callable[[Check], None] | None = N
 
     add(check_platform())
     add(check_python())
+    add(check_entropy_coder())
     bundles = _bundle_dirs(opts, config_bundle)
     interp = check_interpreter([p for _, p, _ in bundles if p is not None], opts.probe_timeout_s)
     add(interp)

@@ -70,6 +70,7 @@ def test_a_good_node_exits_0(node):
     assert "this node can stream" in r.output
     lines = r.output.splitlines()
     assert any(line.startswith("ok   interpreter: ai-edge-litert ") for line in lines), r.output
+    assert "ok   entropy coder: numba " in r.output  # numba is a dev dependency
     assert any(line.startswith("ok   bundle mnist: self-test 12 images") for line in lines), r.output
     assert any("ok   key: " in line and "mode 0600" in line for line in lines), r.output
     assert any(line.startswith("ok   receiver: ") and "CURVE handshake done" in line for line in lines)
@@ -79,6 +80,7 @@ def test_a_good_node_exits_0(node):
     for name in (
         "platform",
         "python",
+        "entropy coder",
         "interpreter",
         "bundle mnist",
         "source",
@@ -209,6 +211,13 @@ def test_32bit_arm_fails_the_platform_check(monkeypatch):
     monkeypatch.setattr(doctor.platform, "machine", lambda: "armv7l")
     c = doctor.check_platform()
     assert c.status == "fail" and "Raspberry Pi OS (64-bit)" in c.fix
+
+
+def test_entropy_coder_line_names_the_forced_pure_coder(monkeypatch):
+    monkeypatch.setenv("CAE_EDGE_PURE_ENTROPY", "1")
+    check = doctor.check_entropy_coder()
+    assert check.status == "ok"
+    assert check.line() == "ok   entropy coder: python (CAE_EDGE_PURE_ENTROPY=1 forces the pure-Python coder)"
 
 
 def test_every_line_is_one_line():
