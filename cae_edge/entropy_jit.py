@@ -11,13 +11,17 @@ Pure Python costs about 0.1 µs (encode) and 0.2 µs (decode) per latent dimensi
 
 Anything else, i.e. a latent or decoded symbol at an edge of the alphabet (escapes, or the legacy format's
 clamping, rare) and every stream the decoder does not accept (garbage, truncated, padded), is left to the
-pure-Python coder, which stays the reference: it gives the escapes and the exact error message, so the
-accept/reject behaviour and every byte are the pure coder's by construction.
+pure-Python coder, which stays the reference: it gives the escapes and the exact error message. A frame
+the loops here do finish must give the pure coder's bytes or latent; tests/test_entropy_jit.py holds them
+to that over random models, latents and garbage.
 
 This module imports numba, so :mod:`cae_edge.entropy` imports it only when a coder is built (never at CLI
-import) and only if numba is installed (the ``receiver``, ``fast`` and ``dev`` extras); the kernels are
-compiled once per signature and cached on disk (``cache=True``): the first process compiles (about a second
-or two), later ones load the cache. ``CAE_EDGE_PURE_ENTROPY=1`` makes the coder ignore this module.
+import) and only if numba is installed (the ``receiver``, ``fast`` and ``dev`` extras). The kernels have
+explicit signatures, so they compile when this module is imported, not on the first frame, and are cached
+on disk (``cache=True``: in ``__pycache__`` next to this file, or numba's user cache directory where that is
+not writable, or ``NUMBA_CACHE_DIR``). Measured here: the first process spends about 1.7 s importing numba
+and compiling, later ones about 0.7 s importing numba and loading the cache. ``CAE_EDGE_PURE_ENTROPY=1``
+makes the coder ignore this module.
 
 All arithmetic is uint64 (numba would turn a mix of signed and unsigned integers into floats), hence the
 typed constants below.
