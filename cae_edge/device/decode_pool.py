@@ -2,14 +2,19 @@
 
 ::
 
-    main process                                     worker processes (spawned, one decoder each)
-    next fresh frame ─► worker = hash(sender) mod N ─► pipe ─► decode batch ─► pipe ─► sinks, accounting
-                                                                                       (main process)
+    main process                                      worker processes (spawned, one decoder each)
+    fresh frames ─► worker = hash(sender) mod N ─► pipe: one message ─► decode batch ─┐
+    (handed off in batches, one lock)                  per batch (≤ 64)              │
+    sinks, accounting ◄─ frames in order ◄─ pipe: one array of images + the failures ◄┘
+    (main process)
 
 Each sender's frames always go to the same worker, each worker decodes its batches in the order they came
 and answers in that order, and the main process takes the answers in the order each worker sent them: so
-each sender's frames reach the sinks in the order they were handed off. A worker that dies is started
-again; the frames it held are returned as failed (the receiver counts them as dropped, reason ``worker``).
+each sender's frames reach the sinks in the order they were handed off. Per batch the main process sends one
+message (the payloads) and gets one back (the decoded images as one array, the frames the decoder refused by
+index, the batch's decode time), so what a frame costs beyond its decode is a few list operations on each
+side. A worker that dies is started again; the frames it held are returned as failed (the receiver counts
+them as dropped, reason ``worker``).
 
 Workers are started with ``spawn`` (never ``fork``: the parent has ZeroMQ and threads running).
 """
@@ -40,7 +45,11 @@ WORKER_FAILED = "worker"
 
 
 def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no cover - runs in a child
-    """Load the bundle's decoder, then decode batches until told to stop (``None``) or the pipe closes."""
+    """Load the bundle's decoder, then decode batches until told to stop (``None``) or the pipe closes.
+
+    Each answer is compact: the decoded images as one array, the failures by index (most batches have none),
+    the batch's decode time, and this process's CPU time and escape count so far.
+    """
     import os
     import signal
 
@@ -51,39 +60,79 @@ def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no 
     from .bundle import load_bundle
 
     decoder = load_bundle(bundle).decoder(threads)
-    codec = getattr(decoder, "codec", None)
+    decode, codec = decoder.decode, getattr(decoder, "codec", None)
     conn.send(("ready", os.getpid()))
     cpu0 = time.process_time()  # decoding only, not the start-up
     ns = time.perf_counter_ns
+    recv, send = conn.recv, conn.send
     while True:
         try:
-            batch = conn.recv()
+            batch = recv()
         except EOFError:
             return
         if batch is None:
             return
-        out, images = [], []
-        for payload in batch:
-            t0 = ns()
+        images: list[np.ndarray] = []
+        failed: dict[int, tuple[str, str]] = {}
+        t0 = ns()
+        for i, payload in enumerate(batch):  # the same call as the inline path: nothing else per frame
             try:
-                images.append(decoder.decode(payload))
+                images.append(decode(payload))
             except (PacketError, CaeEdgeError, ValueError) as e:
-                out.append((getattr(e, "reason", "payload"), str(e), ns() - t0))
-                continue
-            out.append((None, None, ns() - t0))
+                failed[i] = (getattr(e, "reason", "payload"), str(e))
+        t_ns = ns() - t0
         stacked = np.stack(images) if images else None  # one array to pickle, not one per frame
-        conn.send((out, stacked, time.process_time() - cpu0, getattr(codec, "escaped_decoded", 0)))
+        send((stacked, failed, t_ns, time.process_time() - cpu0, getattr(codec, "escaped_decoded", 0)))
+
+
+class Answer:
+    """One batch back from a worker: its tokens in the order submitted, the decoded images of those not in
+    ``failed`` (in the same order), and why the others failed."""
+
+    __slots__ = ("tokens", "images", "failed", "decode_ns")
+
+    def __init__(
+        self, tokens: list[Any], images: np.ndarray | None, failed: dict[int, tuple[str, str]], decode_ns: int
+    ) -> None:
+        self.tokens = tokens
+        self.images = images
+        """Decoded images, one per token not in ``failed``, in token order (None: none decoded)."""
+        self.failed = failed
+        """Token index -> (reason, message) for the frames not decoded."""
+        self.decode_ns = decode_ns
+        """Time the worker spent decoding the whole batch."""
+
+    @classmethod
+    def failing(cls, tokens: list[Any], reason: str, message: str) -> Answer:
+        """Every frame of ``tokens`` failed for ``reason``."""
+        return cls(tokens, None, dict.fromkeys(range(len(tokens)), (reason, message)), 0)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any, str | None, str | None]]:
+        """(token, image or None, reason, message) per frame, in order."""
+        images, failed, k = self.images, self.failed, 0
+        for i, token in enumerate(self.tokens):
+            if i in failed:
+                reason, message = failed[i]
+                yield token, None, reason, message
+            else:
+                yield token, images[k], None, None  # type: ignore[index]
+                k += 1
 
 
 class _Worker:
-    __slots__ = ("proc", "conn", "pid", "pending", "sent", "cpu_s", "escaped")
+    __slots__ = ("proc", "conn", "pid", "tokens", "payloads", "sent", "cpu_s", "escaped")
 
     def __init__(self) -> None:
         self.proc: Any = None
         self.conn: Connection | None = None
         self.pid = 0
-        self.pending: list[tuple[Any, bytes]] = []
-        """(token, payload) not yet sent."""
+        self.tokens: list[Any] = []
+        """Tokens of the frames not yet sent."""
+        self.payloads: list[bytes] = []
+        """Their payloads."""
         self.sent: deque[list[Any]] = deque()
         """Tokens of the batches sent and not yet answered, oldest first."""
         self.cpu_s = 0.0
@@ -149,7 +198,7 @@ class DecodePool:
     @property
     def in_flight(self) -> int:
         """Frames submitted and not yet returned."""
-        return sum(len(w.pending) + sum(map(len, w.sent)) for w in self.workers)
+        return sum(len(w.tokens) + sum(map(len, w.sent)) for w in self.workers)
 
     @property
     def cpu_s(self) -> float:
@@ -162,37 +211,40 @@ class DecodePool:
 
     def submit(self, index: int, token: Any, payload: bytes) -> None:
         """Queue ``payload`` for worker ``index``; ``token`` comes back with its result."""
-        self.workers[index].pending.append((token, payload))
+        w = self.workers[index]
+        w.tokens.append(token)
+        w.payloads.append(payload)
 
     def has_room(self) -> bool:
         """Whether some worker could take another batch now."""
         return any(len(w.sent) < IN_FLIGHT for w in self.workers)
 
     def flush(self) -> None:
-        """Send pending frames to each worker that has room for another batch."""
+        """Send pending frames to each worker that has room for another batch (one message per batch)."""
         for w in self.workers:
-            while w.pending and len(w.sent) < IN_FLIGHT:
-                batch, w.pending = w.pending[:BATCH], w.pending[BATCH:]
+            while w.tokens and len(w.sent) < IN_FLIGHT:
+                payloads = w.payloads[:BATCH]
                 try:
-                    w.conn.send([payload for _, payload in batch])  # type: ignore[union-attr]
+                    w.conn.send(payloads)  # type: ignore[union-attr]
                 except (BrokenPipeError, ConnectionResetError, OSError):
-                    w.pending[:0] = batch  # the sentinel tells results() it died
-                    break
-                w.sent.append([token for token, _ in batch])
+                    break  # still pending: the sentinel tells answers() it died
+                w.sent.append(w.tokens[:BATCH])
+                del w.tokens[:BATCH], w.payloads[:BATCH]
 
-    def results(self, timeout_s: float) -> Iterator[tuple[Any, Any, str | None, str | None, int]]:
-        """Answers that came within ``timeout_s``: (token, image or None, reject reason, message, decode ns).
+    def answers(self, timeout_s: float) -> Iterator[Answer]:
+        """The batches answered within ``timeout_s``, in order per worker.
 
-        A dead worker's frames come back with reason :data:`WORKER_FAILED`, and the worker is started again.
+        A dead worker's batches come back with every frame failed (reason :data:`WORKER_FAILED`), and the
+        worker is started again.
         """
         self.flush()
-        busy = [w for w in self.workers if w.sent or w.pending]
-        if not busy:
-            return
         waitables: dict[Any, _Worker] = {}
-        for w in busy:
-            waitables[w.conn] = w
-            waitables[w.proc.sentinel] = w
+        for w in self.workers:
+            if w.sent or w.tokens:
+                waitables[w.conn] = w
+                waitables[w.proc.sentinel] = w
+        if not waitables:
+            return
         restarted: set[int] = set()
         for ready in wait(list(waitables), timeout_s):
             w = waitables[ready]
@@ -200,24 +252,26 @@ class DecodePool:
                 continue
             if ready is w.conn or w.conn.poll():  # type: ignore[union-attr]  # an answer, or EOF: it died
                 try:
-                    out, images, w.cpu_s, w.escaped = w.conn.recv()  # type: ignore[union-attr]
+                    images, failed, t_ns, w.cpu_s, w.escaped = w.conn.recv()  # type: ignore[union-attr]
                 except (EOFError, OSError):
                     restarted.add(id(w))
                     yield from self._restart(w)
                     continue
-                k = 0
-                for token, (reason, message, t_ns) in zip(w.sent.popleft(), out, strict=True):
-                    if reason is None:
-                        yield token, images[k], None, None, t_ns
-                        k += 1
-                    else:
-                        yield token, None, reason, message, t_ns
+                yield Answer(w.sent.popleft(), images, failed, t_ns)
             else:  # died, nothing left in the pipe
                 restarted.add(id(w))
                 yield from self._restart(w)
         self.flush()
 
-    def _restart(self, w: _Worker) -> Iterator[tuple[Any, Any, str | None, str | None, int]]:
+    def results(self, timeout_s: float) -> Iterator[tuple[Any, Any, str | None, str | None, int]]:
+        """:meth:`answers` frame by frame: (token, image or None, reject reason, message, decode ns: the
+        batch's mean)."""
+        for answer in self.answers(timeout_s):
+            t_ns = answer.decode_ns // max(1, len(answer))
+            for token, image, reason, message in answer:
+                yield token, image, reason, message, t_ns
+
+    def _restart(self, w: _Worker) -> Iterator[Answer]:
         code = w.proc.exitcode
         w.proc.join(1.0)
         w.conn.close()  # type: ignore[union-attr]
@@ -227,17 +281,17 @@ class DecodePool:
         self.restarts += 1
         self._start(w)
         self._await_ready(w)
-        for token in lost:
-            yield token, None, WORKER_FAILED, f"decode worker died (exit code {code})", 0
+        if lost:
+            yield Answer.failing(lost, WORKER_FAILED, f"decode worker died (exit code {code})")
 
     def take_all(self) -> list[Any]:
         """Tokens of every frame not yet returned, forgotten here (answers still to come are ignored)."""
         out = []
         for w in self.workers:
             out += [token for batch in w.sent for token in batch]
-            out += [token for token, _ in w.pending]
+            out += w.tokens
             w.sent.clear()
-            w.pending.clear()
+            w.tokens, w.payloads = [], []
         return out
 
     def close(self) -> None:
@@ -252,7 +306,7 @@ class DecodePool:
             while w.proc.is_alive() and time.monotonic() < deadline:  # answers still coming: read, ignore
                 try:
                     if w.conn.poll(0.05):  # type: ignore[union-attr]
-                        w.cpu_s = w.conn.recv()[2]  # type: ignore[union-attr]
+                        w.cpu_s = w.conn.recv()[3]  # type: ignore[union-attr]
                 except (EOFError, OSError):
                     break
             w.proc.join(0.5)

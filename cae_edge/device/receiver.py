@@ -51,7 +51,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -65,6 +65,9 @@ from .mqtt import MqttReceiver, MqttReceiverOptions
 from .sinks import FrameSink, GuardedSink
 from .stream import Log, ReceiverLink, Sessions, StageTimer, now_us
 from .transport import PullReceiver, Received, ReceiverOptions
+
+if TYPE_CHECKING:
+    from .decode_pool import Answer
 
 DROP_REASONS = ("stale", "backlog", "shutdown", "worker")
 """Why an arrived frame was not decoded: too old when its turn came, pushed out of a full queue, still
@@ -608,15 +611,17 @@ class _Receiving:
 
     # ------------------------------------------------------------------------------ main loop
 
-    def next_frame(self, timeout_s: float) -> tuple[_Peer, Packet, int] | None:
-        """The next sender's next fresh frame (round-robin), waiting up to ``timeout_s`` for one."""
+    def next_frames(self, n: int, timeout_s: float) -> list[tuple[_Peer, Packet, int]]:
+        """Up to ``n`` fresh frames, one sender's next after another (round-robin), under one lock; waits up
+        to ``timeout_s`` while none is queued."""
+        out: list[tuple[_Peer, Packet, int]] = []
         with self.ready:
             if not self.ring:
                 self.ready.wait(timeout_s)
             now = now_us()
             margin = min(int(self.service_us), self.max_age // 2)
             ring = self.ring
-            while ring:
+            while ring and len(out) < n:
                 peer = ring.popleft()
                 before = len(peer.queue)
                 item = peer.pick(now, self.max_age, margin, self._drop)
@@ -626,8 +631,13 @@ class _Receiving:
                 else:
                     peer.in_ring = False
                 if item is not None:
-                    return peer, item[0], item[1]
-        return None
+                    out.append((peer, item[0], item[1]))
+        return out
+
+    def next_frame(self, timeout_s: float) -> tuple[_Peer, Packet, int] | None:
+        """The next sender's next fresh frame (round-robin), waiting up to ``timeout_s`` for one."""
+        got = self.next_frames(1, timeout_s)
+        return got[0] if got else None
 
     def serve(self, peer: _Peer, p: Packet, t_us: int) -> None:
         """Decode one frame and hand it to the sinks, or count why the decoder refused it."""
@@ -652,25 +662,35 @@ class _Receiving:
         fixed = getattr(self.decoder, "latent_dim", None) if self.kind == PayloadKind.INT8 else None
         return decode_tiled(self.decoder, payload, fixed=fixed)
 
-    def hand_off(self, peer: _Peer, p: Packet, t_us: int) -> None:
-        """Give a frame to its sender's decode worker (it counts as queued until it comes back); a tiled
+    def hand_off(self, items: list[tuple[_Peer, Packet, int]]) -> None:
+        """Give frames to their senders' decode workers (each counts as queued until it comes back); a tiled
         frame is decoded here instead (workers return batches of 28x28 images)."""
-        if p.tiled:
-            self.serve(peer, p, t_us)
-            return
+        tiled = [item for item in items if item[1].tiled]
+        if tiled:
+            items = [item for item in items if not item[1].tiled]
+            for item in tiled:
+                self.serve(*item)
+        started = now_us()
         with self.lock:
-            peer.inflight += 1
-            self.inflight += 1
-        self.pool.submit(peer.worker, (peer, p, t_us, now_us()), p.payload)
+            for peer, _, _ in items:
+                peer.inflight += 1
+            self.inflight += len(items)
+        submit = self.pool.submit
+        for peer, p, t_us in items:
+            submit(peer.worker, (peer, p, t_us, started), p.payload)
 
-    def returned(self, token: tuple, image: Any, reason: str | None, message: str | None, t_ns: int) -> None:
-        """A frame back from a decode worker: to the sinks, or counted."""
-        peer, p, t_us, started = token
+    def returned(self, answer: Answer) -> None:
+        """A batch back from a decode worker: each frame to the sinks, or counted."""
+        tokens = answer.tokens
         with self.lock:
-            peer.inflight -= 1
-            self.inflight -= 1
-        if image is None:
-            if reason in DROP_REASONS:  # not the payload's fault: a drop, not a refusal
+            for token in tokens:
+                token[0].inflight -= 1
+            self.inflight -= len(tokens)
+        t_ns = answer.decode_ns // max(1, len(tokens))
+        for (peer, p, t_us, started), image, reason, message in answer:
+            if image is not None:
+                self.deliver(peer, p, t_us, image, t_ns, started)
+            elif reason in DROP_REASONS:  # not the payload's fault: a drop, not a refusal
                 if reason == "worker":
                     self.rlog(
                         "worker", f"a decode worker died holding a frame from {peer.stats.name}: {message}"
@@ -679,8 +699,6 @@ class _Receiving:
                     self._drop(peer, p, reason)
             else:
                 self.refused(peer, p, reason or "payload", message or "")
-            return
-        self.deliver(peer, p, t_us, image, t_ns, started)
 
     def deliver(self, peer: _Peer, p: Packet, t_us: int, image: Any, decode_ns: int, started: int) -> None:
         """Hand a decoded frame to the sinks and count it (``started``: when its decode began, µs)."""
@@ -826,87 +844,101 @@ def run_receiver(
     stop = stop or threading.Event()
     rx = _Receiving(link, decoder, pair_id, kind, sinks or [], on_log or (lambda _msg: None), options, ledger)
     pump = _ReceiveThread(link, rx, options.batch)
-    if options.workers > 1:
-        if bundle is None:
-            raise ConfigError(f"{options.workers} decode workers need the bundle to load (bundle=...)")
-        from .decode_pool import DecodePool
+    if options.workers == 1:
+        return _serve(rx, pump, _DecodeInline(rx), options, stop, on_stats)
+    if bundle is None:
+        raise ConfigError(f"{options.workers} decode workers need the bundle to load (bundle=...)")
+    from .decode_pool import DecodePool
 
-        with DecodePool(bundle, options.workers, threads) as rx.pool:
-            return _run_pool(rx, pump, options, stop, on_stats)
-    clock = time.perf_counter
-    start = rx.timer.start
-    last_frame = start
-    next_stats = start + options.stats_every_s
-    time_at_report = start
-    status = "stopped"
-    pump.start()
-    try:
-        while not stop.is_set():
-            item = rx.next_frame(0.05)
-            if pump.error is not None:
-                raise pump.error
-            now = clock()
-            if item is not None:
-                rx.serve(*item)
-                last_frame = now
-                if options.max_frames and rx.frames >= options.max_frames:
-                    status = "finished"
-                    break
-            if options.idle_timeout_s and now - last_frame >= options.idle_timeout_s:
-                status = "idle" if rx.frames else "nothing-received"
-                break
-            if on_stats is not None and now >= next_stats:
-                next_stats = now + options.stats_every_s
-                on_stats(rx.report(now - time_at_report))
-                time_at_report = now
-    finally:
-        pump.halt.set()
-        pump.join()
-        rx.drop_queued("shutdown")
-    if pump.error is not None:
-        raise pump.error
-    rx.stats.status = status
-    rx.rlog.flush()
-    return rx.report(0.0)
+    with DecodePool(bundle, options.workers, threads) as rx.pool:
+        rx.timer.start = time.perf_counter()  # the workers are up: the loop starts now
+        return _serve(
+            rx, pump, _DecodeInWorkers(rx, options.max_frames), options, stop or threading.Event(), on_stats
+        )
 
 
-def _run_pool(
+class _DecodeInline:
+    """The main loop's step with the decode in this process: the next fresh frame, decoded, to the sinks."""
+
+    def __init__(self, rx: _Receiving) -> None:
+        self.rx = rx
+
+    def step(self) -> bool:
+        """Serve one frame (waiting up to 50 ms for one); whether a frame was decoded (or refused)."""
+        item = self.rx.next_frame(0.05)
+        if item is None:
+            return False
+        self.rx.serve(*item)
+        return True
+
+    def finish(self) -> None:
+        """Nothing is held outside the queues."""
+
+
+class _DecodeInWorkers:
+    """The main loop's step with decode workers: hand the fresh frames off in batches (no more than the
+    workers can hold), take the decoded ones back and give them to the sinks."""
+
+    def __init__(self, rx: _Receiving, max_frames: int) -> None:
+        from .decode_pool import BATCH, IN_FLIGHT
+
+        self.rx, self.pool, self.max_frames = rx, rx.pool, max_frames
+        self.cap = len(rx.pool) * BATCH * IN_FLIGHT
+        self.progress = (0, 0)
+
+    def step(self) -> bool:
+        """Hand off, take back (waiting up to 10 ms for an answer); whether frames came back or a worker
+        was restarted (a restart waits for the new worker: that is not idleness)."""
+        rx, pool = self.rx, self.pool
+        room = self.cap - rx.inflight
+        if self.max_frames:  # hand off no more than will be needed
+            room = min(room, self.max_frames - rx.frames - rx.inflight)
+        if room > 0:
+            items = rx.next_frames(room, 0.05 if rx.inflight == 0 else 0.0)
+            if items:
+                rx.hand_off(items)
+        for answer in list(pool.answers(0.01)):
+            rx.returned(answer)
+        progress, self.progress = self.progress, (rx.frames, pool.restarts)
+        return progress != self.progress
+
+    def finish(self) -> None:
+        """What the workers are decoding now: delivered if back within 0.5 s, else counted (``shutdown``)."""
+        from .decode_pool import Answer
+
+        rx, pool = self.rx, self.pool
+        deadline = time.perf_counter() + 0.5
+        while rx.inflight and time.perf_counter() < deadline:
+            for answer in list(pool.answers(0.05)):
+                rx.returned(answer)
+        rx.returned(Answer.failing(pool.take_all(), "shutdown", "the receiver stopped"))
+
+
+def _serve(
     rx: _Receiving,
     pump: _ReceiveThread,
+    decode: _DecodeInline | _DecodeInWorkers,
     options: ReceiveOptions,
     stop: threading.Event,
     on_stats: Callable[[ReceiverStats], None] | None,
 ) -> ReceiverStats:
-    """:func:`run_receiver`'s loop with decode workers: hand fresh frames off, take decoded ones back."""
-    from .decode_pool import BATCH, IN_FLIGHT
-
-    pool = rx.pool
-    cap = len(pool) * BATCH * IN_FLIGHT
+    """:func:`run_receiver`'s loop, whichever way it decodes: ``decode.step()`` until ``max_frames``, the
+    idle timeout or ``stop``, the stats every ``stats_every_s``; then the receive thread stops, what is
+    still queued is counted (``shutdown``) and ``decode.finish()`` settles what the decoders hold."""
     clock = time.perf_counter
-    start = rx.timer.start = clock()  # the workers are up: the loop starts now
-    last_frame = start
+    start = rx.timer.start
+    last_frame = time_at_report = start
     next_stats = start + options.stats_every_s
-    time_at_report = start
     status = "stopped"
-    frames_before = restarts = 0
     pump.start()
     try:
         while not stop.is_set():
-            room = cap - rx.inflight
-            if options.max_frames:  # hand off no more than will be needed
-                room = min(room, options.max_frames - rx.frames - rx.inflight)
-            wait_s = 0.05 if rx.inflight == 0 else 0.0
-            while room > 0 and (item := rx.next_frame(wait_s)) is not None:
-                rx.hand_off(*item)
-                room -= 1
-                wait_s = 0.0
+            progressed = decode.step()
             if pump.error is not None:
                 raise pump.error
-            for result in list(pool.results(0.01)):
-                rx.returned(*result)
             now = clock()
-            if rx.frames != frames_before or pool.restarts != restarts:  # (a restart waits for the worker)
-                frames_before, restarts, last_frame = rx.frames, pool.restarts, now
+            if progressed:
+                last_frame = now
             if options.max_frames and rx.frames >= options.max_frames:
                 status = "finished"
                 break
@@ -921,12 +953,7 @@ def _run_pool(
         pump.halt.set()
         pump.join()
         rx.drop_queued("shutdown")
-        deadline = clock() + 0.5  # what the workers are decoding now: delivered if back soon, else counted
-        while rx.inflight and clock() < deadline:
-            for result in list(pool.results(0.05)):
-                rx.returned(*result)
-        for token in pool.take_all():
-            rx.returned(token, None, "shutdown", "the receiver stopped", 0)
+        decode.finish()
     if pump.error is not None:
         raise pump.error
     rx.stats.status = status

@@ -159,6 +159,25 @@ def test_a_worker_killed_mid_stream_is_replaced_and_every_frame_still_counted(fr
     _identity(stats)
 
 
+def test_a_refused_payload_comes_back_in_its_place_and_the_rest_of_its_batch_decodes(frames) -> None:
+    bundle, payloads, images = frames
+    bad = payloads[3][:-1] + bytes([payloads[3][-1] ^ 0xFF]) + b"\x00" * 40  # not what the decoder takes
+    sent = [payloads[0], b"", payloads[1], bad, payloads[2]]
+    with DecodePool(bundle.path, 2) as pool:
+        for i, payload in enumerate(sent):
+            pool.submit(1, i, payload)
+        back = []
+        deadline = time.monotonic() + WAIT_S
+        while len(back) < len(sent) and time.monotonic() < deadline:
+            back += list(pool.results(0.1))
+    assert [token for token, *_ in back] == [0, 1, 2, 3, 4]  # one batch, in the order submitted
+    for (token, image, reason, message, _ns), want in zip(back, (0, None, 1, None, 2), strict=True):
+        if want is None:
+            assert image is None and reason and message, (token, reason)
+        else:
+            assert reason is None and np.array_equal(image, images[want])
+
+
 def test_worker_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="workers 0"):
         ReceiveOptions(workers=0).check()
