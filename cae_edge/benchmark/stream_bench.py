@@ -26,6 +26,7 @@ from ..device.stream import StageTimer
 from ..device.transport import PushSender, SenderOptions
 from ..errors import ConfigError
 from ..wire import Packet
+from .sysinfo import cores, machine_busy_s
 
 
 @dataclass
@@ -245,6 +246,14 @@ class ReceiverBenchResult:
     """Frames not decoded (must be 0: the queues hold every frame)."""
     load_avg: float
     """1-minute load average when the run started."""
+    cores: int
+    """CPUs this process may run on."""
+    bound_fps: float
+    """The most frames/s its CPU time per frame allows on ``cores`` otherwise idle cores
+    (:func:`bound_fps`)."""
+    others_pct: float | None
+    """Share of the machine's CPU (all cores) that other processes used during the run, % (None: no
+    ``/proc/stat``). The wall-clock rate means what it says only when this is near 0."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -263,10 +272,16 @@ class _MemoryLink:
         self.at = 0
         self.first = 0.0
         """perf_counter at the first call (the receiver's loop has started, its workers are up)."""
+        self.cpu_first = 0.0
+        """This process's CPU time then."""
+        self.busy_first: float | None = None
+        """The machine's busy CPU seconds then (:func:`~cae_edge.benchmark.sysinfo.machine_busy_s`)."""
         self.stats = type("LinkStats", (), {"connects": 0, "peers": 0})()
 
     def recv_many(self, max_n: int = 256, timeout_s: float = 0.1) -> list:
         if not self.first:
+            self.busy_first = machine_busy_s()
+            self.cpu_first = time.process_time()
             self.first = time.perf_counter()
         out = self.msgs[self.at : self.at + max_n]
         self.at += len(out)
@@ -335,22 +350,44 @@ def receiver_bench(
         max_frames=frames, idle_timeout_s=10.0, max_age_ms=0, queue_per_sender=frames, workers=workers
     )
     ledger = _LastDelivered()
-    cpu0 = time.process_time()
     stats = rp.run(link, [], options, on_log=lambda _m: None, ledger=ledger)  # type: ignore[arg-type]
-    cpu_main = time.process_time() - cpu0
+    busy, cpu_end, end = machine_busy_s(), time.process_time(), time.perf_counter()
+    cpu_main = cpu_end - link.cpu_first  # from the loop's start: the workers' start-up is not in it
     wall = ledger.last - link.first
     cpu_workers = stats.worker_cpu_s
     n = max(stats.frames, 1)
+    main_us, workers_us = cpu_main / n * 1e6, cpu_workers / n * 1e6
+    n_cores = cores()
+    others = None
+    if busy is not None and link.busy_first is not None and end > link.first:
+        mine = cpu_main + cpu_workers
+        others = round(max(0.0, busy - link.busy_first - mine) / ((end - link.first) * n_cores) * 100, 1)
     return ReceiverBenchResult(
         workers=workers,
         senders=senders,
         frames=stats.frames,
         seconds=round(wall, 3),
         fps=round(stats.frames / wall, 1) if wall > 0 else 0.0,
-        cpu_main_us=round(cpu_main / n * 1e6, 1),
-        cpu_workers_us=round(cpu_workers / n * 1e6, 1),
-        cpu_total_us=round((cpu_main + cpu_workers) / n * 1e6, 1),
+        cpu_main_us=round(main_us, 1),
+        cpu_workers_us=round(workers_us, 1),
+        cpu_total_us=round(main_us + workers_us, 1),
         decode_us=stats.decode_us,
         dropped=sum(stats.dropped.values()),
         load_avg=round(load, 2),
+        cores=n_cores,
+        bound_fps=round(bound_fps(workers, n_cores, main_us, workers_us), 1),
+        others_pct=others,
     )
+
+
+def bound_fps(workers: int, n_cores: int, cpu_main_us: float, cpu_workers_us: float) -> float:
+    """Frames/s a receiver needing this CPU time per frame reaches at most on ``n_cores`` otherwise idle
+    cores.
+
+    Each process gets at most one core (the receiver's own process is one Python core; so is each decode
+    worker, decoding with one interpreter thread), and all of them together at most ``cores``.
+    """
+    if workers == 1 or cpu_workers_us <= 0:
+        return 1e6 / cpu_main_us
+    all_cores = n_cores * 1e6 / (cpu_main_us + cpu_workers_us)
+    return min(all_cores, 1e6 / cpu_main_us, workers * 1e6 / cpu_workers_us)

@@ -86,6 +86,19 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds all processes on this machine have used since boot (``/proc/stat``: all but idle and
+    iowait); None where there is no ``/proc/stat``. The difference over a run, less the run's own CPU time,
+    is what other processes took meanwhile."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = sum(ticks[3:5])  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user .. steal (guest time is inside user)
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far, in bytes."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -711,6 +711,43 @@ def compare(
     )
 
 
+def _receiver_summary(runs: list[dict], workers: list[int]) -> dict:
+    """Per worker count over its runs: median CPU µs/frame (main, workers) and the bound they give, the best
+    wall-clock rate; and each count's ratio to the first count given (e.g. 2 workers against 1)."""
+    from statistics import median
+
+    from ..benchmark.stream_bench import bound_fps
+
+    by: dict[int, dict] = {}
+    for n in dict.fromkeys(workers):
+        mine = [r for r in runs if r["workers"] == n]
+        main = median(r["cpu_main_us"] for r in mine)
+        work = median(r["cpu_workers_us"] for r in mine)
+        best = max(mine, key=lambda r: r["fps"])
+        by[n] = {
+            "runs": len(mine),
+            "cpu_main_us": round(main, 1),
+            "cpu_workers_us": round(work, 1),
+            "cpu_total_us": round(main + work, 1),
+            "bound_fps": round(bound_fps(n, mine[0]["cores"], main, work), 1),
+            "best_fps": best["fps"],
+            "best_others_pct": best["others_pct"],
+        }
+    base = by[workers[0]]
+    lines = []
+    for n, b in by.items():
+        b["bound_ratio"] = round(b["bound_fps"] / base["bound_fps"], 2)
+        b["wall_ratio"] = round(b["best_fps"] / base["best_fps"], 2) if base["best_fps"] else 0.0
+        others = "?" if b["best_others_pct"] is None else f"{b['best_others_pct']:.0f} %"
+        lines.append(
+            f"{n} worker(s), {b['runs']} run(s): median CPU µs/frame {b['cpu_main_us']:.1f} + "
+            f"{b['cpu_workers_us']:.1f} = {b['cpu_total_us']:.1f} -> bound {b['bound_fps']:,.0f} frames/s "
+            f"(x{b['bound_ratio']:.2f}); best wall {b['best_fps']:,.0f} frames/s (x{b['wall_ratio']:.2f}, "
+            f"others took {others})"
+        )
+    return {"by_workers": by, "lines": lines}
+
+
 class BenchSource(str, Enum):
     canvas = "canvas"
     digits = "digits"
@@ -760,23 +797,21 @@ def bench(
             for _ in range(rounds):
                 for n in workers:
                     r = receiver_bench(bundle, frames, workers=n, senders=senders, threads=threads)
+                    others = "?" if r.others_pct is None else f"{r.others_pct:.0f} %"
                     typer.echo(
                         f"receiver, {n} worker(s): {r.fps:,.0f} frames/s wall ({r.frames} frames, "
-                        f"{r.dropped} dropped); CPU µs/frame: main {r.cpu_main_us:.1f} + workers "
-                        f"{r.cpu_workers_us:.1f} = {r.cpu_total_us:.1f} (decode call {r.decode_us:.1f}); "
-                        f"load average {r.load_avg:.1f}"
+                        f"{r.dropped} dropped; other processes took {others} of the CPU); CPU µs/frame: "
+                        f"main {r.cpu_main_us:.1f} + workers {r.cpu_workers_us:.1f} = {r.cpu_total_us:.1f} "
+                        f"(decode call {r.decode_us:.1f}) -> bound {r.bound_fps:,.0f} frames/s on "
+                        f"{r.cores} idle cores"
                     )
                     results.append(r.to_dict())
         except CaeEdgeError as e:
             raise fail(e) from None
-        for n in workers:
-            fps = [r["fps"] for r in results if r["workers"] == n]
-            cpu = [r["cpu_total_us"] for r in results if r["workers"] == n]
-            typer.echo(
-                f"{n} worker(s): best {max(fps):,.0f} frames/s wall, "
-                f"least {min(cpu):.1f} CPU µs/frame over {len(fps)} run(s)"
-            )
-        write_json(stats_json, {"bundle": bundle, "runs": results})
+        summary = _receiver_summary(results, workers)
+        for line in summary["lines"]:
+            typer.echo(line)
+        write_json(stats_json, {"bundle": bundle, "runs": results, "summary": summary["by_workers"]})
         return
     try:
         r = run_bench(bundle, frames, threads=threads, source=source.value)

@@ -45,10 +45,26 @@ def test_receiver_bench_runs_the_whole_receiver_with_and_without_workers(tmp_pat
          "--senders", "3", "--json", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    runs = json.loads(out.read_text())["runs"]
+    report = json.loads(out.read_text())
+    runs = report["runs"]
     assert [r["workers"] for r in runs] == [1, 2]
     for r in runs:
         assert r["frames"] == 300 and r["dropped"] == 0 and r["senders"] == 3 and r["fps"] > 0
         assert r["cpu_total_us"] == pytest.approx(r["cpu_main_us"] + r["cpu_workers_us"], abs=0.2)
+        assert r["bound_fps"] == pytest.approx(
+            stream_bench.bound_fps(r["workers"], r["cores"], r["cpu_main_us"], r["cpu_workers_us"]), rel=0.01
+        )
+        assert r["others_pct"] is None or 0 <= r["others_pct"] <= 100
     assert runs[0]["cpu_workers_us"] == 0 and runs[1]["cpu_workers_us"] > 0  # the decode moved out
-    assert "2 worker(s): best" in result.output
+    one, two = report["summary"]["1"], report["summary"]["2"]
+    assert one["bound_ratio"] == 1.0 and two["bound_ratio"] == pytest.approx(
+        two["bound_fps"] / one["bound_fps"], abs=0.01
+    )
+    assert two["best_fps"] == runs[1]["fps"] and "2 worker(s), 1 run(s): median CPU" in result.output
+
+
+def test_the_bound_is_the_tightest_of_cores_main_process_and_workers() -> None:
+    assert stream_bench.bound_fps(1, 2, 80.0, 0.0) == pytest.approx(12_500)  # one process: one core
+    assert stream_bench.bound_fps(2, 2, 10.0, 90.0) == pytest.approx(20_000)  # 2 cores, 100 µs in all
+    assert stream_bench.bound_fps(2, 16, 10.0, 90.0) == pytest.approx(2e6 / 90)  # two workers, one core each
+    assert stream_bench.bound_fps(8, 16, 40.0, 90.0) == pytest.approx(25_000)  # the main process's one core
