@@ -45,3 +45,7 @@ app.add_typer(mqtt.app, name="mqtt")
 
 def main() -> None:  # console-script entry point
     app()
+
+
+if __name__ == "__main__":  # python -m cae_edge.cli.main (spawned decode workers import it as __mp_main__)
+    main()
