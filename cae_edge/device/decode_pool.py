@@ -22,10 +22,11 @@ Workers are started with ``spawn`` (never ``fork``: the parent has ZeroMQ and th
 from __future__ import annotations
 
 import multiprocessing as mp
+import selectors
 import time
 from collections import deque
 from collections.abc import Iterator
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,8 @@ class DecodePool:
             raise ConfigError(f"{workers} decode workers: use 2 .. 64 (1 = decode in the receiver's process)")
         self.bundle, self.threads = str(bundle), threads
         self.ctx = mp.get_context("spawn")
+        self.selector = selectors.DefaultSelector()
+        """Each worker's pipe and process sentinel, registered once (not a new poll set per wait)."""
         self.workers = [_Worker() for _ in range(workers)]
         self.restarts = 0
         """Workers started again after they died."""
@@ -175,6 +178,8 @@ class DecodePool:
         w.proc.start()
         child.close()
         w.conn, w.cpu_s, w.escaped = parent, 0.0, 0
+        self.selector.register(parent, selectors.EVENT_READ, w)
+        self.selector.register(w.proc.sentinel, selectors.EVENT_READ, w)
 
     def _await_ready(self, w: _Worker) -> None:
         assert w.conn is not None
@@ -238,19 +243,14 @@ class DecodePool:
         worker is started again.
         """
         self.flush()
-        waitables: dict[Any, _Worker] = {}
-        for w in self.workers:
-            if w.sent or w.tokens:
-                waitables[w.conn] = w
-                waitables[w.proc.sentinel] = w
-        if not waitables:
+        if not any(w.sent or w.tokens for w in self.workers):
             return
         restarted: set[int] = set()
-        for ready in wait(list(waitables), timeout_s):
-            w = waitables[ready]
+        for key, _ in self.selector.select(timeout_s):
+            w = key.data
             if id(w) in restarted:
                 continue
-            if ready is w.conn or w.conn.poll():  # type: ignore[union-attr]  # an answer, or EOF: it died
+            if key.fileobj is w.conn or w.conn.poll():  # type: ignore[union-attr]  # an answer, or EOF: died
                 try:
                     images, failed, t_ns, w.cpu_s, w.escaped = w.conn.recv()  # type: ignore[union-attr]
                 except (EOFError, OSError):
@@ -274,6 +274,8 @@ class DecodePool:
     def _restart(self, w: _Worker) -> Iterator[Answer]:
         code = w.proc.exitcode
         w.proc.join(1.0)
+        self.selector.unregister(w.conn)
+        self.selector.unregister(w.proc.sentinel)
         w.conn.close()  # type: ignore[union-attr]
         self.cpu_dead_s += w.cpu_s
         lost = [token for batch in w.sent for token in batch]
@@ -316,6 +318,7 @@ class DecodePool:
             w.conn.close()  # type: ignore[union-attr]
             self.cpu_dead_s += w.cpu_s
             w.cpu_s = 0.0
+        self.selector.close()
 
     def __enter__(self) -> DecodePool:
         return self
