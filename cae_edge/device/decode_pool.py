@@ -26,6 +26,7 @@ import selectors
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -86,22 +87,19 @@ def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no 
         send((stacked, failed, t_ns, time.process_time() - cpu0, getattr(codec, "escaped_decoded", 0)))
 
 
+@dataclass(slots=True)
 class Answer:
     """One batch back from a worker: its tokens in the order submitted, the decoded images of those not in
     ``failed`` (in the same order), and why the others failed."""
 
-    __slots__ = ("tokens", "images", "failed", "decode_ns")
-
-    def __init__(
-        self, tokens: list[Any], images: np.ndarray | None, failed: dict[int, tuple[str, str]], decode_ns: int
-    ) -> None:
-        self.tokens = tokens
-        self.images = images
-        """Decoded images, one per token not in ``failed``, in token order (None: none decoded)."""
-        self.failed = failed
-        """Token index -> (reason, message) for the frames not decoded."""
-        self.decode_ns = decode_ns
-        """Time the worker spent decoding the whole batch."""
+    tokens: list[Any]
+    """What :meth:`DecodePool.submit` was given with each frame, in the order submitted."""
+    images: np.ndarray | None
+    """Decoded images, one per token not in ``failed``, in token order (None: none decoded)."""
+    failed: dict[int, tuple[str, str]]
+    """Token index -> (reason, message) for the frames not decoded."""
+    decode_ns: int
+    """Time the worker spent decoding the whole batch."""
 
     @classmethod
     def failing(cls, tokens: list[Any], reason: str, message: str) -> Answer:
@@ -144,7 +142,8 @@ class DecodePool:
     """``workers`` processes, each with the bundle's decoder.
 
     :meth:`submit` a frame for a worker (the caller picks it: a sender's frames always to the same one),
-    :meth:`results` yields what came back, in order per worker. Not thread-safe: one thread drives it.
+    :meth:`answers` yields the batches that came back (:meth:`results`: frame by frame), in order per worker.
+    Not thread-safe: one thread drives it.
 
     Raises:
         ConfigError: bad worker count, or a worker could not start (its bundle failed to load).
