@@ -786,7 +786,9 @@ def bench(
     (tight loops, best of 3) give the rate one otherwise idle core reaches.
 
     With --workers: the whole receiver (receive thread, queues, decode in N processes, accounting) over
-    prepacked digit frames, each worker count in turn (ABAB), wall clock and CPU µs per frame.
+    prepacked digit frames, each worker count in turn (ABAB): wall clock, CPU µs per frame, the rate that CPU
+    time allows on this machine's idle cores and its ratio to the first worker count, and the share of the
+    CPU other processes took meanwhile (a wall-clock rate means what it says only when that is near 0).
     """
     from ..benchmark.stream_bench import bench as run_bench
     from ..benchmark.stream_bench import receiver_bench
