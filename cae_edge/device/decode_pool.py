@@ -204,6 +204,12 @@ class DecodePool:
         """Frames submitted and not yet returned."""
         return sum(len(w.tokens) + sum(map(len, w.sent)) for w in self.workers)
 
+    def room(self) -> list[int]:
+        """Frames each worker can be given now: what fills its batches in flight (:data:`IN_FLIGHT` of
+        :data:`BATCH`), less what it holds."""
+        full = BATCH * IN_FLIGHT
+        return [full - len(w.tokens) - sum(map(len, w.sent)) for w in self.workers]
+
     @property
     def cpu_s(self) -> float:
         """CPU seconds the workers spent decoding so far, start-up excluded (reported with every answer)."""

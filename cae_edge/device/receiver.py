@@ -611,10 +611,14 @@ class _Receiving:
 
     # ------------------------------------------------------------------------------ main loop
 
-    def next_frames(self, n: int, timeout_s: float) -> list[tuple[_Peer, Packet, int]]:
+    def next_frames(
+        self, n: int, timeout_s: float, room: list[int] | None = None
+    ) -> list[tuple[_Peer, Packet, int]]:
         """Up to ``n`` fresh frames, one sender's next after another (round-robin), under one lock; waits up
-        to ``timeout_s`` while none is queued."""
+        to ``timeout_s`` while none is queued. With ``room`` (frames each decode worker can take), a sender
+        whose worker is full is passed over and keeps its turn."""
         out: list[tuple[_Peer, Packet, int]] = []
+        passed: list[_Peer] = []
         with self.ready:
             if not self.ring:
                 self.ready.wait(timeout_s)
@@ -623,6 +627,9 @@ class _Receiving:
             ring = self.ring
             while ring and len(out) < n:
                 peer = ring.popleft()
+                if room is not None and room[peer.worker] <= 0:
+                    passed.append(peer)
+                    continue
                 before = len(peer.queue)
                 item = peer.pick(now, self.max_age, margin, self._drop)
                 self.queued -= before - len(peer.queue)
@@ -632,6 +639,9 @@ class _Receiving:
                     peer.in_ring = False
                 if item is not None:
                     out.append((peer, item[0], item[1]))
+                    if room is not None:
+                        room[peer.worker] -= 1
+            ring.extendleft(reversed(passed))
         return out
 
     def next_frame(self, timeout_s: float) -> tuple[_Peer, Packet, int] | None:
@@ -880,21 +890,22 @@ class _DecodeInWorkers:
     workers can hold), take the decoded ones back and give them to the sinks."""
 
     def __init__(self, rx: _Receiving, max_frames: int) -> None:
-        from .decode_pool import BATCH, IN_FLIGHT
-
         self.rx, self.pool, self.max_frames = rx, rx.pool, max_frames
-        self.cap = len(rx.pool) * BATCH * IN_FLIGHT
         self.progress = (0, 0)
 
     def step(self) -> bool:
         """Hand off, take back (waiting up to 10 ms for an answer); whether frames came back or a worker
-        was restarted (a restart waits for the new worker: that is not idleness)."""
+        was restarted (a restart waits for the new worker: that is not idleness).
+
+        Each worker is given what fills its batches (so a batch is full under load, one message each way),
+        no more: frames not handed off stay in their queues, under the age check."""
         rx, pool = self.rx, self.pool
-        room = self.cap - rx.inflight
+        room = pool.room()
+        n = sum(r for r in room if r > 0)
         if self.max_frames:  # hand off no more than will be needed
-            room = min(room, self.max_frames - rx.frames - rx.inflight)
-        if room > 0:
-            items = rx.next_frames(room, 0.05 if rx.inflight == 0 else 0.0)
+            n = min(n, self.max_frames - rx.frames - rx.inflight)
+        if n > 0:
+            items = rx.next_frames(n, 0.05 if rx.inflight == 0 else 0.0, room)
             if items:
                 rx.hand_off(items)
         for answer in list(pool.answers(0.01)):
