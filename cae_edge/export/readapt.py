@@ -166,7 +166,10 @@ def kernel_latents(
 
 def _calibration(manifest: Manifest, opts: ReadaptOptions) -> tuple[int, int, float]:
     """(images, seed, percentile) of the decoder's int8 calibration, as the bundle was exported."""
-    m = re.fullmatch(r"(\d+) training images, seed (\d+)", str(manifest.dataset.get("calibration", "")))
+    calibration = str(
+        manifest.dataset.get("calibration", "")
+    )  # export writes "N training images of SRC, seed S"
+    m = re.fullmatch(r"(\d+) training images(?: of .+)?, seed (\d+)", calibration)
     calib = opts.calib if opts.calib is not None else (int(m.group(1)) if m else None)
     seed = opts.calib_seed if opts.calib_seed is not None else (int(m.group(2)) if m else None)
     if calib is None or seed is None:

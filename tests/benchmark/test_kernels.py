@@ -192,3 +192,21 @@ def test_readapt_changes_only_the_decoder(tmp_path):
         readapt_bundle(opts)
     with pytest.raises(ConfigError, match="'gpu'"):
         ReadaptOptions(bundle=copy, out_dir=out, kernels=("gpu",)).validate()
+
+
+def test_readapt_reads_the_calibration_export_records(tmp_path):
+    """Export writes "N training images of SOURCE, seed S"; readapt recalibrates the decoder the same way."""
+    from types import SimpleNamespace
+
+    from cae_edge.export.readapt import ReadaptOptions, _calibration
+
+    opts = ReadaptOptions(bundle=tmp_path, out_dir=tmp_path / "out")
+    cmd = "cae-edge export runs/x --out b --calib 1000 --calib-percentile 99.9"
+    for text in (
+        "1000 training images of Debian package dataset-fashion-mnist, seed 3",
+        "1000 training images, seed 3",
+    ):
+        m = SimpleNamespace(dataset={"calibration": text}, command=cmd)
+        assert _calibration(m, opts)[:2] == (1000, 3)
+    with pytest.raises(ConfigError, match="'some images' does not say how many"):
+        _calibration(SimpleNamespace(dataset={"calibration": "some images"}, command=cmd), opts)
