@@ -145,9 +145,10 @@ def score(
 # ---------------------------------------------------------------- classical codecs
 
 
-def _run_codec(
+def run_codec(
     fn: Callable[[np.ndarray], codecs.Encoded], images: np.ndarray
 ) -> tuple[np.ndarray, float, float]:
+    """Code each image with ``fn``: (reconstructions, mean payload bytes, mean whole-file bytes)."""
     recon = np.empty_like(images)
     payload = total = 0
     for i, img in enumerate(images):
@@ -195,12 +196,12 @@ def codec_points(
         codecs.jpegxl_codec()  # fail before any work
     jobs: list[tuple[str, str, Callable[[], tuple[np.ndarray, float, float]], str]] = []
     for q in jpeg_qualities:
-        jobs.append((JPEG, f"q={q}", lambda q=q: _run_codec(lambda im: codecs.jpeg(im, q), test), ""))
+        jobs.append((JPEG, f"q={q}", lambda q=q: run_codec(lambda im: codecs.jpeg(im, q), test), ""))
     for q in webp_qualities:
-        jobs.append((WEBP, f"q={q}", lambda q=q: _run_codec(lambda im: codecs.webp(im, q), test), ""))
+        jobs.append((WEBP, f"q={q}", lambda q=q: run_codec(lambda im: codecs.webp(im, q), test), ""))
     for d in jpegxl_distances:
-        jobs.append((JPEGXL, f"d={d:g}", lambda d=d: _run_codec(lambda im: codecs.jpegxl(im, d), test), ""))
-    jobs.append((PNG, "lossless", lambda: _run_codec(codecs.png, test), ""))
+        jobs.append((JPEGXL, f"d={d:g}", lambda d=d: run_codec(lambda im: codecs.jpegxl(im, d), test), ""))
+    jobs.append((PNG, "lossless", lambda: run_codec(codecs.png, test), ""))
     dims = sorted({int(k) for k in (*pca_dims, *pca_float_dims)})
     pca: list[codecs.PCA] = []
 

@@ -26,7 +26,7 @@ from .. import __version__, scenes, tiles, wire
 from ..errors import ConfigError, DataNotFoundError
 from ..payload import payload_kind
 from . import bdrate, codecs, sysinfo
-from .curves import CAE_INT8, JPEGXL, WEBP, RDPoint, score
+from .curves import CAE_INT8, JPEGXL, WEBP, RDPoint, run_codec, score
 from .report import BenchmarkReport, bd_note, bd_text
 
 Progress = Callable[[str, int, int], None]
@@ -148,16 +148,9 @@ def codec_rows(
     for j, (codec, setting, fn) in enumerate(jobs):
         step(f"{dataset}: {codec} {setting}", j, len(jobs))
         t0 = time.perf_counter()
-        recon = np.empty_like(frames)
-        payload = total = 0
-        for i, img in enumerate(frames):
-            e = fn(img)
-            recon[i] = e.decoded
-            payload += e.payload_bytes
-            total += len(e.data)
-        count = max(len(frames), 1)
+        recon, payload, total = run_codec(fn, frames)
         row = score(
-            dataset, codec, setting, frames, recon, payload / count, total / count,
+            dataset, codec, setting, frames, recon, payload, total,
             seconds=time.perf_counter() - t0, note="the whole frame as one file",
         )  # fmt: skip
         rows.append(_seams(row, frames, recon))

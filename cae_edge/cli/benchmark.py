@@ -150,6 +150,14 @@ def benchmark(
     )
     for table in tables(report):
         console.print(table)
+    _finish(console, report, json_out, markdown, to_markdown)
+    if plot:
+        draw(report, plot)
+        console.print(f"wrote {plot}")
+
+
+def _finish(console: Console, report, json_out: Path | None, markdown: Path | None, to_markdown) -> None:
+    """The report's notes, its memory and time, and the JSON / Markdown files asked for."""
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(f"peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB, {report.wall_s:.1f} s")
@@ -159,9 +167,6 @@ def benchmark(
     if markdown:
         markdown.write_text(to_markdown(report.to_dict()), encoding="utf-8")
         console.print(f"wrote {markdown}")
-    if plot:
-        draw(report, plot)
-        console.print(f"wrote {plot}")
 
 
 def _tiles(
@@ -201,15 +206,7 @@ def _tiles(
     bd = [t for t in tables(report) if "Bjøntegaard" in str(t.title)]
     for t in bd:
         console.print(t)
-    for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
-    console.print(f"peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB, {report.wall_s:.1f} s")
-    if json_out:
-        report.to_json(json_out)
-        console.print(f"wrote {json_out}")
-    if markdown:
-        markdown.write_text(to_markdown(report.to_dict()), encoding="utf-8")
-        console.print(f"wrote {markdown}")
+    _finish(console, report, json_out, markdown, to_markdown)
 
 
 def _kernels(
