@@ -602,8 +602,9 @@ class EntropyCoder:
 
     def prepare_decode(self) -> None:
         """Build the decoder's tables now rather than in the first :meth:`decode` (a receiver calls this at
-        load, so its first frame is not late by the few ms they take)."""
-        if self._dec is None:
+        load, so its first frame is not late by the few ms they take). With the compiled decoder they serve
+        only the rare frames it hands back (escapes, bad payloads) and are left to the first of those."""
+        if self._dec is None and self._jit is None:
             self._decoder()
 
     def _decoder(self) -> list[tuple[bytes, list, tuple[list[int], list]]]:

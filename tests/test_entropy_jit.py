@@ -224,6 +224,21 @@ def test_escape_frames_fall_back_to_the_pure_coder():
     assert fast._jit.encode(q.tobytes()) is None and fast._jit.decode(payload) is None
 
 
+def test_compiled_decoder_leaves_the_pure_tables_to_the_first_fallback():
+    """With the compiled decoder, ``prepare_decode`` builds nothing: the pure tables serve only frames it
+    hands back, and the first such frame builds them (and still gets the exact error)."""
+    pure, fast = coders(_fixed_model())
+    fast.prepare_decode()
+    m = fast.model
+    q = np.clip(draw_latent(m, np.random.default_rng(9), edges=False), m.lo + 1, m.hi - 1).astype(np.int8)
+    np.testing.assert_array_equal(fast.decode(pure.encode(q)), q)  # no edge: the compiled decoder alone
+    assert fast._dec is None
+    assert outcome(fast, b"\xff" * 8) == outcome(pure, b"\xff" * 8)
+    assert fast._dec is not None
+    pure.prepare_decode()
+    assert pure._dec is not None
+
+
 # ---------------------------------------------------------------- same accept/reject
 
 
