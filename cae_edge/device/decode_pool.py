@@ -109,6 +109,11 @@ class Answer:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def decode_ns_each(self) -> int:
+        """The batch's decode time per frame (its mean)."""
+        return self.decode_ns // max(1, len(self.tokens))
+
     def __iter__(self) -> Iterator[tuple[Any, Any, str | None, str | None]]:
         """(token, image or None, reason, message) per frame, in order."""
         images, failed, k = self.images, self.failed, 0
@@ -272,9 +277,8 @@ class DecodePool:
         """:meth:`answers` frame by frame: (token, image or None, reject reason, message, decode ns: the
         batch's mean)."""
         for answer in self.answers(timeout_s):
-            t_ns = answer.decode_ns // max(1, len(answer))
             for token, image, reason, message in answer:
-                yield token, image, reason, message, t_ns
+                yield token, image, reason, message, answer.decode_ns_each
 
     def _restart(self, w: _Worker) -> Iterator[Answer]:
         code = w.proc.exitcode

@@ -696,7 +696,7 @@ class _Receiving:
             for token in tokens:
                 token[0].inflight -= 1
             self.inflight -= len(tokens)
-        t_ns = answer.decode_ns // max(1, len(tokens))
+        t_ns = answer.decode_ns_each
         for (peer, p, t_us, started), image, reason, message in answer:
             if image is not None:
                 self.deliver(peer, p, t_us, image, t_ns, started)
@@ -862,9 +862,7 @@ def run_receiver(
 
     with DecodePool(bundle, options.workers, threads) as rx.pool:
         rx.timer.start = time.perf_counter()  # the workers are up: the loop starts now
-        return _serve(
-            rx, pump, _DecodeInWorkers(rx, options.max_frames), options, stop or threading.Event(), on_stats
-        )
+        return _serve(rx, pump, _DecodeInWorkers(rx, options.max_frames), options, stop, on_stats)
 
 
 class _DecodeInline:
