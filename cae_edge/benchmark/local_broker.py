@@ -45,7 +45,7 @@ def free_port() -> int:
 
 class LocalBroker:
     """mosquitto with the generated config on ``127.0.0.1``: ``nodes`` may publish under their own topics,
-    ``receivers`` read every node's. ``max_queued`` replaces the config's ``max_queued_messages`` (what the
+    ``receivers`` read every node's. ``max_queued`` sets the config's ``max_queued_messages`` (what the
     broker holds for a receiver beyond its in-flight window before it discards messages).
 
     Raises:
@@ -70,17 +70,14 @@ class LocalBroker:
         self.dir = Path(directory)
         self.port = free_port()
         self.files: BrokerFiles = write_broker_config(
-            self.dir, nodes, receivers, hosts=[LOOPBACK, "localhost"], port=self.port, bind=LOOPBACK
+            self.dir,
+            nodes,
+            receivers,
+            hosts=[LOOPBACK, "localhost"],
+            port=self.port,
+            bind=LOOPBACK,
+            max_queued=max_queued,
         )
-        if max_queued is not None:  # messages the broker holds per receiver beyond its in-flight window
-            conf = self.files.conf.read_text()
-            if "max_queued_messages " not in conf:
-                raise ConfigError("the generated mosquitto.conf has no max_queued_messages line to change")
-            conf = "\n".join(
-                f"max_queued_messages {max_queued}" if line.startswith("max_queued_messages ") else line
-                for line in conf.splitlines()
-            )
-            self.files.conf.write_text(conf + "\n")
         if os.geteuid() == 0:  # as root mosquitto switches to user mosquitto, who cannot read our files
             with self.files.conf.open("a") as f:
                 f.write("user root\n")

@@ -124,7 +124,12 @@ def queued_messages(nodes: int) -> int:
 
 
 def mosquitto_conf(
-    conf_dir: str, port: int = DEFAULT_TLS_PORT, *, bind: str | None = None, nodes: int = 1
+    conf_dir: str,
+    port: int = DEFAULT_TLS_PORT,
+    *,
+    bind: str | None = None,
+    nodes: int = 1,
+    max_queued: int | None = None,
 ) -> str:
     """``mosquitto.conf`` for one TLS listener with per-client passwords and the ACL, all under ``conf_dir``.
 
@@ -133,7 +138,9 @@ def mosquitto_conf(
         port: the TLS listener's port.
         bind: listen on this address only (default: every interface).
         nodes: camera nodes in the fleet: sizes each receiver's queue at the broker (:func:`queued_messages`).
+        max_queued: that queue's size instead (``max_queued_messages``; the soak sets it).
     """
+    queued = queued_messages(nodes) if max_queued is None else max_queued
     d = conf_dir.rstrip("/")
     listener = f"listener {port}" + (f" {bind}" if bind else "")
     return f"""\
@@ -160,7 +167,7 @@ keyfile {d}/tls/server.key
 # fleet grows.
 persistence false
 max_inflight_messages 20
-max_queued_messages {queued_messages(nodes)}
+max_queued_messages {queued}
 max_packet_size {MAX_PACKET_BYTES}
 """
 
@@ -272,6 +279,7 @@ def write_broker_config(
     prefix: str = DEFAULT_PREFIX,
     tls: bool = True,
     passwords: dict[str, str] | None = None,
+    max_queued: int | None = None,
 ) -> BrokerFiles:
     """Write a complete broker config for these nodes and receivers into ``out``.
 
@@ -287,6 +295,8 @@ def write_broker_config(
         prefix: first topic level(s).
         tls: make the CA and server certificate (needs ``openssl``).
         passwords: fixed passwords by client name (tests); random 32-character tokens otherwise.
+        max_queued: the broker's queue per receiver (``max_queued_messages``); default sized for the fleet
+            (:func:`queued_messages`).
 
     Raises:
         ConfigError: bad or duplicate names, bad prefix or port, ``openssl`` missing or failing.
@@ -300,7 +310,7 @@ def write_broker_config(
     out.mkdir(parents=True, exist_ok=True)
     conf_dir = conf_dir or str(out.resolve())
     files = BrokerFiles(out=out, conf=out / "mosquitto.conf")
-    files.conf.write_text(mosquitto_conf(conf_dir, port, bind=bind, nodes=len(nodes)))
+    files.conf.write_text(mosquitto_conf(conf_dir, port, bind=bind, nodes=len(nodes), max_queued=max_queued))
     (out / "acl").write_text(acl_file(nodes, receivers, prefix))
     lines = []
     secrets_dir = out / "secrets"

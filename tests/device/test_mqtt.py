@@ -191,12 +191,13 @@ def test_broker_queue_grows_with_the_fleet() -> None:
     """A fixed queue of 200 lost frames at the broker for 50 nodes after a restart (the soak): the generated
     config holds 80 frames a node."""
 
-    def queued(nodes: int) -> int:
-        conf = brokercfg.mosquitto_conf("/c", nodes=nodes)
+    def queued(nodes: int, max_queued: int | None = None) -> int:
+        conf = brokercfg.mosquitto_conf("/c", nodes=nodes, max_queued=max_queued)
         return int(next(x for x in conf.splitlines() if x.startswith("max_queued_messages ")).split()[1])
 
     assert queued(1) == queued(2) == 200
     assert queued(50) == 4000 and queued(100) == 8000
+    assert queued(50, max_queued=123) == 123  # the soak's --broker-queue
 
 
 def test_cli_writes_a_complete_config(tmp_path: Path) -> None:
