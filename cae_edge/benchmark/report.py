@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import __version__
+from . import sysinfo
 from .bdrate import BDelta
 from .curves import CAE_FLOAT, CAE_INT8, CAE_KERAS, RDPoint
 from .latency import ModelLatency, ModelSize, PathLatency, ToolComparison
@@ -211,6 +215,23 @@ class BenchmarkReport:
     """Version of this JSON layout."""
     tool: str = "cae-edge benchmark"
     """Producer."""
+
+    @classmethod
+    def begin(cls, command: str, options: dict) -> BenchmarkReport:
+        """An empty report of a run starting now on this machine (version, UTC time, system facts)."""
+        return cls(
+            cae_edge_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            command=command,
+            options=options,
+            system=sysinfo.collect(),
+        )
+
+    def end(self, started: float) -> BenchmarkReport:
+        """Record the peak memory and the wall time since ``started`` (``time.perf_counter()``)."""
+        self.peak_rss_bytes = sysinfo.peak_rss_bytes()
+        self.wall_s = time.perf_counter() - started
+        return self
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (floats that are not finite become None)."""

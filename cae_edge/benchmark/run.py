@@ -19,12 +19,11 @@ import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, datasets, wire
+from .. import datasets, wire
 from ..errors import ConfigError, RunDirError
 from ..rundir import MODEL_FILES, RunConfig, read_config
 from . import bdrate, codecs, curves, latency, sysinfo
@@ -292,15 +291,9 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress | None = None) -> B
     opts.validate()
     step = progress or (lambda what, done, total: None)
     t_start = time.perf_counter()
-    system = sysinfo.collect()
     threads = opts.thread_counts()
-    report = BenchmarkReport(
-        cae_edge_version=__version__,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        command=opts.command,
-        options=asdict(opts) | {"threads": threads},
-        system=system,
-    )
+    report = BenchmarkReport.begin(opts.command, asdict(opts) | {"threads": threads})
+    system = report.system
     loaded: dict[str, datasets.Dataset] = {}
 
     def dataset(name: str) -> datasets.Dataset:
@@ -410,8 +403,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress | None = None) -> B
             )
             stage += 1
     report.bd = bdrate.family_deltas(report.rd)
-    report.peak_rss_bytes = sysinfo.peak_rss_bytes()
-    report.wall_s = time.perf_counter() - t_start
+    report.end(t_start)
     if system.load_average and system.load_average[0] > system.cores:
         report.notes.append(
             f"load average {system.load_average[0]} on {system.cores} cores at the start: other processes "

@@ -18,14 +18,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
 
-from .. import __version__, scenes, tiles, wire
+from .. import scenes, tiles, wire
 from ..errors import ConfigError, DataNotFoundError
 from ..payload import payload_kind
-from . import bdrate, codecs, sysinfo
+from . import bdrate, codecs
 from .curves import CAE_INT8, JPEGXL, WEBP, RDPoint, run_codec, score
 from .report import BenchmarkReport, bd_note, bd_text
 
@@ -173,14 +172,7 @@ def run_tiles(opts: TilesOptions, progress: Progress | None = None) -> Benchmark
     opts.validate()
     step = progress or (lambda what, done, total: None)
     t_start = time.perf_counter()
-    system = sysinfo.collect()
-    report = BenchmarkReport(
-        cae_edge_version=__version__,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        command=opts.command,
-        options=asdict(opts),
-        system=system,
-    )
+    report = BenchmarkReport.begin(opts.command, asdict(opts))
     loaded = [(spec, load_bundle(spec)) for spec in opts.bundles]
     step(f"cutting {opts.frames} frames of {opts.dataset}", 0, len(loaded) + 1)
     frames = tiled_frames(opts.frames, opts.tiles, opts.seed)
@@ -201,10 +193,8 @@ def run_tiles(opts: TilesOptions, progress: Progress | None = None) -> Benchmark
         f"{len(frames)} frames of {opts.dataset} from the held-out scenes photographs (never seen in "
         f"training); seam = pixels within {tiles.SEAM_WIDTH} px of an inner tile border, interior = the rest"
     )
-    report.peak_rss_bytes = sysinfo.peak_rss_bytes()
-    report.wall_s = time.perf_counter() - t_start
     step("done", len(loaded) + 1, len(loaded) + 1)
-    return report
+    return report.end(t_start)
 
 
 def _sorted(rd: list[dict]) -> list[dict]:
