@@ -11,7 +11,8 @@ from rich.table import Table
 
 from .. import datasets
 from ..errors import CaeEdgeError
-from .common import fail, print_json, progress_bar
+from .common import fail, print_json, progress_bar, stop_on_signals
+from .stream import EXIT_SOURCE_FAILED
 
 app = typer.Typer(
     help="Obtain, cache and describe MNIST, Fashion-MNIST and real scenes; record your own frames; "
@@ -102,12 +103,17 @@ def record(
     fps: Annotated[
         float | None, typer.Option("--fps", help="Keep at most this many frames per second (default: all).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing recording.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an existing recording (removed at the first frame)."),
+    ] = False,
 ) -> None:
     """Record frames after the bundle's preprocessing, with capture times: a dataset for `train --dataset`.
 
-    Writes OUT/frames.npy (uint8 N x 28 x 28), OUT/timestamps.npy (seconds) and OUT/meta.json. A camera
-    records until --seconds / --frames or Ctrl-C; a video file or folder until its end (or a limit).
+    Writes OUT/frames.npy (uint8 N x 28 x 28), OUT/timestamps.npy (seconds) and OUT/meta.json as the frames
+    come, flushed every 100 frames or 5 s (a killed recorder loses at most those). A camera records until
+    --seconds / --frames or Ctrl-C / SIGTERM; a video file or folder until its end (or a limit). Exit codes:
+    0 recorded, 1 could not start, 3 the camera failed mid-record (the frames before it are kept).
     """
     from ..device.record import RecordOptions
     from ..device.record import record as do_record
@@ -128,16 +134,28 @@ def record(
             fps=fps,
             overwrite=overwrite,
         )
+        stop = stop_on_signals()
         with progress_bar("recording", total=frames) as step:
-            result = do_record(opts, source, progress=lambda n, t: step(f"recording {t:.1f} s", n, frames))
+            result = do_record(
+                opts, source, progress=lambda n, t: step(f"recording {t:.1f} s", n, frames), stop=stop
+            )
     except CaeEdgeError as e:
         raise fail(e) from None
-    note = " (stopped by Ctrl-C)" if result.interrupted else ""
+    except OSError as e:  # disk full, folder gone: what was flushed before stays readable
+        what = e.strerror or e
+        raise fail(f"{out}: cannot write the recording ({what}); free space or use another --out") from None
+    note = " (stopped by Ctrl-C / SIGTERM)" if result.interrupted else ""
     typer.echo(
         f"recorded {result.frames} frames over {result.seconds:.1f} s ({result.clock} clock) "
         f"from {result.source}{note}"
     )
     typer.echo(f"recording: {result.path}")
+    if result.error is not None:
+        fail(
+            f"{result.error} -- the recording keeps the {result.frames} frames before it; check the camera, "
+            "then record again (another --out, or --overwrite)"
+        )
+        raise typer.Exit(EXIT_SOURCE_FAILED)
 
 
 @app.command("demo-video")

@@ -8,12 +8,12 @@ A recording is a directory::
     DIR/timestamps.npy   float64 (N,): capture time of each frame in seconds (wall clock for a camera,
                          position in the file for a video, frame number / rate for images)
     DIR/meta.json        {"format": "cae-edge-recording-1", "source", "preprocess", "bundle", "count",
-                          "clock", "created", ...}
+                          "clock", "created", "complete" (false until closed), "ended", ...}
 
-:func:`write_recording` writes one at once (``cae-edge data record``); :class:`RecordingWriter` grows one
-frame by frame (``cae-edge stream send --save-inputs``), readable after every flush: the ``.npy`` headers
-say how many frames are complete, and a writer killed mid-chunk leaves a recording that ends at its last
-flush (``meta.json`` has ``"complete": false`` until it is closed).
+:class:`RecordingWriter` grows one frame by frame, for ``cae-edge data record`` and ``cae-edge stream send
+--save-inputs`` alike, readable after every flush: the ``.npy`` headers say how many frames are complete,
+and a writer killed mid-chunk leaves a recording that ends at its last flush (``meta.json`` has
+``"complete": false`` until it is closed).
 
 ``cae-edge train --dataset PATH`` accepts such a directory, a folder of images or a video file
 (:func:`load_user_dataset`); images and video frames are preprocessed on the way in, with the preprocessing
@@ -97,44 +97,6 @@ def check_frames(frames: np.ndarray, timestamps: np.ndarray, where: str) -> None
         )
     if not np.all(np.isfinite(timestamps)):
         raise ConfigError(f"{where}: timestamps are not all finite numbers")
-
-
-def write_recording(out_dir: str | os.PathLike, rec: Recording, *, overwrite: bool = False) -> Path:
-    """Write ``rec`` as a recording directory (into ``OUT.tmp`` first, then renamed).
-
-    ``meta.json`` gets ``format``, ``count``, ``created`` and ``seconds`` (time spanned) added.
-
-    Raises:
-        ConfigError: the directory exists (without ``overwrite``), or bad frames / timestamps.
-    """
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"recording {str(out)!r} already exists: choose another --out or pass --overwrite")
-    frames = np.ascontiguousarray(rec.frames, dtype=np.uint8)
-    ts = np.asarray(rec.timestamps, dtype=np.float64)
-    check_frames(frames, ts, str(out))
-    meta = {
-        "format": FORMAT,
-        **rec.meta,
-        "count": int(len(frames)),
-        "seconds": float(ts.max() - ts.min()) if len(ts) else 0.0,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        np.save(tmp / FRAMES_FILE, frames)
-        np.save(tmp / TIMESTAMPS_FILE, ts)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 FLUSH_FRAMES = 100

@@ -6,6 +6,7 @@ No TensorFlow here (training on recordings: tests/train/test_user_training.py).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import cv2
@@ -114,6 +115,8 @@ def test_record_from_a_video_keeps_its_time_line_and_preprocessing(video, tmp_pa
     np.testing.assert_array_equal(rec.frames, want)
     assert rec.meta["preprocess"] == recording.DEFAULT_PREPROCESS and rec.meta["count"] == 50
     assert rec.meta["format"] == recording.FORMAT and rec.meta["source"].endswith("pan.avi")
+    assert rec.meta["complete"] is True and rec.meta["ended"] == "finished"
+    assert rec.meta["seconds"] == pytest.approx(9.8) == result.seconds
 
 
 def test_record_stops_at_frames_or_seconds(video, tmp_path):
@@ -208,6 +211,162 @@ def test_ctrl_c_keeps_what_was_recorded(photo_frames, tmp_path):
     )
     assert result.interrupted and result.frames == 3
     assert len(recording.read_recording(result.path).frames) == 3
+    stop = threading.Event()
+    stop.set()  # SIGTERM before the first frame
+    with pytest.raises(ConfigError, match="before the first frame"):
+        record(RecordOptions(tmp_path / "none", seconds=60), _Camera(photo_frames), stop=stop)
+    assert not (tmp_path / "none").exists()
+
+
+class _Unplugged(_Camera):
+    """A camera that disappears after ``frames_before`` frames, as VideoCaptureSource says it."""
+
+    frames_before = 6
+
+    def read(self):
+        if self._i == self.frames_before:
+            raise SourceError(
+                "camera 0: stopped delivering frames (10 reads failed in a row); is it unplugged?"
+            )
+        return super().read()
+
+
+def test_a_camera_that_disappears_ends_the_recording_and_keeps_its_frames(photo_frames, tmp_path):
+    clock = _Clock()
+    result = record(
+        RecordOptions(tmp_path / "cam", seconds=60), _Unplugged(photo_frames), clock=clock, sleep=clock.sleep
+    )
+    assert result.frames == 6 and "stopped delivering" in result.error and not result.interrupted
+    rec = recording.read_recording(result.path)
+    assert rec.meta["complete"] is True and rec.meta["count"] == 6
+    assert rec.meta["ended"].startswith("source error: camera 0: stopped delivering")
+    pre = Preprocessor(recording.DEFAULT_PREPROCESS)
+    np.testing.assert_array_equal(rec.frames, np.stack([pre(f) for f in photo_frames[:6]]))
+    assert np.all(np.diff(rec.timestamps) > 0) and rec.timestamps[0] > 1000
+    # gone before its first frame: the error itself, and no recording left behind
+    _Unplugged.frames_before = 0
+    try:
+        with pytest.raises(SourceError, match="stopped delivering"):
+            record(RecordOptions(tmp_path / "none", seconds=60), _Unplugged(photo_frames))
+    finally:
+        _Unplugged.frames_before = 6
+    assert not (tmp_path / "none").exists()
+
+
+def test_cli_record_from_a_camera_that_disappears(photo_frames, tmp_path, monkeypatch):
+    from cae_edge.device import record as record_module
+
+    monkeypatch.setattr(record_module, "open_source", lambda spec: _Unplugged(photo_frames))
+    out = tmp_path / "cam"
+    result = runner.invoke(app, ["data", "record", "--source", "0", "--out", str(out), "--seconds", "60"])
+    assert result.exit_code == 3, result.output
+    assert "recorded 6 frames" in result.stdout
+    assert "stopped delivering" in result.stderr and "keeps the 6 frames" in result.stderr
+    assert len(recording.read_recording(out).frames) == 6
+
+
+def test_cli_record_on_a_full_disk_says_so_and_keeps_the_flushed_frames(video, tmp_path, monkeypatch):
+    import errno
+
+    write = recording.RecordingWriter.write
+
+    def full_after_12(self, frame, t):
+        if self.count == 12:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, frame, t)
+
+    monkeypatch.setattr(recording.RecordingWriter, "write", full_after_12)
+    out = tmp_path / "rec"
+    result = runner.invoke(app, ["data", "record", "--source", str(video), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.stderr and "another --out" in result.stderr
+    rec = recording.read_recording(out)  # closed on the way out: every frame before the error
+    assert (
+        len(rec.frames) == 12 and rec.meta["ended"] == "failed: OSError: [Errno 28] No space left on device"
+    )
+
+
+KILLED_RECORDER = """
+import os, signal, sys
+from cae_edge.device.record import RecordOptions, record
+
+def die_at(n, t):
+    if n == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)  # mid-chunk: frames since the last flush are lost
+
+record(RecordOptions(sys.argv[2], flush_frames=int(sys.argv[4]), flush_s=3600), sys.argv[1], progress=die_at)
+"""
+
+
+@pytest.mark.parametrize("kind", ["video", "images"])
+def test_a_killed_recorder_leaves_a_recording_up_to_its_last_flush(video, tmp_path, kind):
+    import subprocess
+    import sys
+
+    frames = decoded(video)
+    source = video
+    if kind == "images":  # a folder of 30 video frames, read in name order
+        source = tmp_path / "images"
+        source.mkdir()
+        for i, frame in enumerate(frames[:30]):
+            cv2.imwrite(str(source / f"{i:03d}.png"), frame)
+        frames = [cv2.imread(str(source / f"{i:03d}.png")) for i in range(30)]
+    kill_at, chunk = (90, 40) if kind == "video" else (25, 10)
+    kept = kill_at // chunk * chunk
+    out = tmp_path / "rec"
+    args = [sys.executable, "-c", KILLED_RECORDER, str(source), str(out), str(kill_at), str(chunk)]
+    proc = subprocess.run(args, capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()
+    rec = recording.read_recording(out)
+    assert rec.meta["complete"] is False and rec.meta["count"] == kept == len(rec.frames)
+    assert rec.meta["clock"] == "media" and str(source) in rec.meta["source"]
+    assert rec.meta["recorded_by"] == "cae-edge data record"
+    pre = Preprocessor(recording.DEFAULT_PREPROCESS)
+    np.testing.assert_array_equal(rec.frames, np.stack([pre(f) for f in frames[:kept]]))
+    np.testing.assert_allclose(rec.timestamps, np.arange(kept) / 10.0, atol=1e-9)  # both at 10 frames/s
+    ds = recording.load_user_dataset(out, test_fraction=0.25, gap=0)  # what `train --dataset` reads
+    assert len(ds.x_train) + len(ds.x_test) == kept
+
+
+def test_sigterm_ends_cli_record_cleanly(tmp_path):
+    """`data record` of an endless source (MNIST test digits moving over a canvas) stopped by SIGTERM."""
+    import json as _json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "rec"
+    args = ["data", "record", "--source", "synthetic", "--out", str(out), "--seconds", "1000000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cae_edge.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        deadline = time.monotonic() + 120  # an upper bound on a loaded machine, not a timing assertion
+        while time.monotonic() < deadline and proc.poll() is None:
+            meta = out / recording.META_FILE
+            if meta.is_file() and _json.loads(meta.read_text()).get("count", 0) >= 100:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert "stopped by Ctrl-C / SIGTERM" in stdout
+    rec = recording.read_recording(out)
+    n = len(rec.frames)
+    assert n >= 100 and rec.meta["complete"] is True and rec.meta["count"] == n
+    assert rec.meta["ended"] == "stopped" and f"recorded {n} frames" in stdout
+    np.testing.assert_allclose(rec.timestamps, np.arange(n) / 10.0, atol=1e-9)
+    assert rec.frames.std() > 10  # digits on a canvas, not a blank frame
 
 
 @pytest.mark.parametrize(
