@@ -224,9 +224,10 @@ class ReceiverBenchResult:
     JSON via :meth:`to_dict`."""
 
     workers: int
-    """Decode processes (1 = in the receiver's process)."""
+    """Decode processes, the receiver's own counted (1 = the receiver's process only; N > 1: N - 1 worker
+    processes, and the receiver's process decodes what they have no room for)."""
     senders: int
-    """Distinct senders the packets come from (spread over the workers by sender)."""
+    """Distinct senders the packets come from."""
     frames: int
     """Frames decoded."""
     seconds: float
@@ -234,14 +235,20 @@ class ReceiverBenchResult:
     fps: float
     """frames / seconds."""
     cpu_main_us: float
-    """CPU µs per frame of the receiver's own process (receive thread, hand-off, accounting; the decode too
-    with one worker)."""
+    """CPU µs per frame of the receiver's own process (receive thread, hand-off, accounting, and the frames
+    it decoded itself: all with one decode process), over all frames."""
     cpu_workers_us: float
-    """CPU µs per frame of the decode workers together (0 with one worker)."""
+    """CPU µs per frame of the decode worker processes together, over all frames (0 with one decode
+    process)."""
     cpu_total_us: float
     """cpu_main_us + cpu_workers_us."""
     decode_us: float
     """Mean wall µs of one decode call (payload → image), wherever it ran."""
+    here_pct: float
+    """Frames decoded in the receiver's own process, % (100 with one decode process)."""
+    here_decode_us: float
+    """Of ``cpu_main_us``, what its decode calls took per frame (``here_pct`` of ``decode_us``): the rest is
+    intake, hand-off and accounting."""
     dropped: int
     """Frames not decoded (must be 0: the queues hold every frame)."""
     load_avg: float
@@ -249,8 +256,8 @@ class ReceiverBenchResult:
     cores: int
     """CPUs this process may run on."""
     bound_fps: float
-    """The most frames/s its CPU time per frame allows on ``cores`` otherwise idle cores
-    (:func:`bound_fps`)."""
+    """The most frames/s its CPU time per frame allows on ``cores`` otherwise idle cores (:func:`bound_fps`;
+    approximate: at this run's split between the worker processes and the receiver's)."""
     others_pct: float | None
     """Share of the machine's CPU (all cores) that other processes used during the run, % (None: no
     ``/proc/stat``). The wall-clock rate means what it says only when this is near 0."""
@@ -317,7 +324,7 @@ def receiver_bench(
     """Run the real receiver loop over ``frames`` prepacked digit frames from ``senders`` senders.
 
     Measures the receiver alone (the senders cost nothing); with ``workers`` > 1 the decode runs in that many
-    processes. The worker start-up (loading the bundle) is not in the time.
+    processes, the receiver's own counted. The worker start-up (loading the bundle) is not in the time.
     """
     import os
 
@@ -358,6 +365,8 @@ def receiver_bench(
     n = max(stats.frames, 1)
     main_us, workers_us = cpu_main / n * 1e6, cpu_workers / n * 1e6
     n_cores = cores()
+    here_pct = stats.decoded_here / n * 100
+    here_us = here_pct / 100 * stats.decode_us
     others = None
     if busy is not None and link.busy_first is not None and end > link.first:
         mine = cpu_main + cpu_workers
@@ -372,22 +381,30 @@ def receiver_bench(
         cpu_workers_us=round(workers_us, 1),
         cpu_total_us=round(main_us + workers_us, 1),
         decode_us=stats.decode_us,
+        here_pct=round(here_pct, 1),
+        here_decode_us=round(here_us, 1),
         dropped=sum(stats.dropped.values()),
         load_avg=round(load, 2),
         cores=n_cores,
-        bound_fps=round(bound_fps(workers, n_cores, main_us, workers_us), 1),
+        bound_fps=round(bound_fps(workers, n_cores, main_us, workers_us, here_us), 1),
         others_pct=others,
     )
 
 
-def bound_fps(workers: int, n_cores: int, cpu_main_us: float, cpu_workers_us: float) -> float:
+def bound_fps(
+    workers: int, n_cores: int, cpu_main_us: float, cpu_workers_us: float, here_decode_us: float = 0.0
+) -> float:
     """Frames/s a receiver needing this CPU time per frame reaches at most on ``n_cores`` otherwise idle
-    cores.
+    cores, with ``workers`` decode processes (the receiver's own counted).
 
-    Each process gets at most one core (the receiver's own process is one Python core; so is each decode
-    worker, decoding with one interpreter thread), and all of them together at most ``cores``.
+    Each process gets at most one core (each decodes with one interpreter thread), all of them together at
+    most ``n_cores``; the receiver's process decodes whatever the worker processes have no room for, so the
+    decode share balances and the limits are the cores the processes can use, and the receiver's own work
+    beyond its decode calls (``cpu_main_us`` - ``here_decode_us``: intake, hand-off, accounting), which no
+    other process can take. Approximate: a frame decoded here skips the hand-off, so another split changes
+    the total a little.
     """
     if workers == 1 or cpu_workers_us <= 0:
         return 1e6 / cpu_main_us
-    all_cores = n_cores * 1e6 / (cpu_main_us + cpu_workers_us)
-    return min(all_cores, 1e6 / cpu_main_us, workers * 1e6 / cpu_workers_us)
+    processes = min(workers, n_cores) * 1e6 / (cpu_main_us + cpu_workers_us)
+    return min(processes, 1e6 / max(cpu_main_us - here_decode_us, 1e-3))

@@ -474,8 +474,9 @@ def receive(
             "--workers",
             min=1,
             max=64,
-            help="Decode processes: 1 = in this process (one core); N > 1 = N worker processes, each "
-            "sender's frames to one of them (kept in order).",
+            help="Decode processes, this one counted: 1 = in this process only (one core); N > 1 = N - 1 "
+            "worker processes, and this one decodes what they have no room for (each sender's frames are "
+            "delivered in order).",
         ),
     ] = 1,
     stats_json: Annotated[
@@ -629,7 +630,10 @@ def receive(
         "decode workers restarted (their frames dropped as 'worker')": stats.worker_restarts,
     }
     if stats.workers > 1:
-        say(f"  {stats.workers} decode workers, {stats.worker_cpu_s:.1f} CPU s decoding")
+        say(
+            f"  {stats.workers} decode processes: {stats.decoded_here} frames decoded in this one, the "
+            f"others in {stats.workers - 1} worker process(es) ({stats.worker_cpu_s:.1f} CPU s)"
+        )
     for what, n in extra.items():
         if n:
             say(f"  {what}: {n}")
@@ -712,8 +716,9 @@ def compare(
 
 
 def _receiver_summary(runs: list[dict], workers: list[int]) -> dict:
-    """Per worker count over its runs: median CPU µs/frame (main, workers) and the bound they give, the best
-    wall-clock rate; and each count's ratio to the first count given (e.g. 2 workers against 1)."""
+    """Per decode process count over its runs: median CPU µs/frame (main, workers), the share decoded in the
+    receiver's process, the bound they give, the best wall-clock rate; and each count's ratio to the first
+    count given (e.g. 2 decode processes against 1)."""
     from statistics import median
 
     from ..benchmark.stream_bench import bound_fps
@@ -723,13 +728,15 @@ def _receiver_summary(runs: list[dict], workers: list[int]) -> dict:
         mine = [r for r in runs if r["workers"] == n]
         main = median(r["cpu_main_us"] for r in mine)
         work = median(r["cpu_workers_us"] for r in mine)
+        here = median(r["here_decode_us"] for r in mine)
         best = max(mine, key=lambda r: r["fps"])
         by[n] = {
             "runs": len(mine),
             "cpu_main_us": round(main, 1),
             "cpu_workers_us": round(work, 1),
             "cpu_total_us": round(main + work, 1),
-            "bound_fps": round(bound_fps(n, mine[0]["cores"], main, work), 1),
+            "here_pct": round(median(r["here_pct"] for r in mine), 1),
+            "bound_fps": round(bound_fps(n, mine[0]["cores"], main, work, here), 1),
             "best_fps": best["fps"],
             "best_others_pct": best["others_pct"],
         }
@@ -740,8 +747,9 @@ def _receiver_summary(runs: list[dict], workers: list[int]) -> dict:
         b["wall_ratio"] = round(b["best_fps"] / base["best_fps"], 2) if base["best_fps"] else 0.0
         others = "?" if b["best_others_pct"] is None else f"{b['best_others_pct']:.0f} %"
         lines.append(
-            f"{n} worker(s), {b['runs']} run(s): median CPU µs/frame {b['cpu_main_us']:.1f} + "
-            f"{b['cpu_workers_us']:.1f} = {b['cpu_total_us']:.1f} -> bound {b['bound_fps']:,.0f} frames/s "
+            f"{n} decode process(es), {b['runs']} run(s): median CPU µs/frame {b['cpu_main_us']:.1f} + "
+            f"{b['cpu_workers_us']:.1f} = {b['cpu_total_us']:.1f} ({b['here_pct']:.0f} % decoded in the "
+            f"receiver's process) -> bound {b['bound_fps']:,.0f} frames/s "
             f"(x{b['bound_ratio']:.2f}); best wall {b['best_fps']:,.0f} frames/s (x{b['wall_ratio']:.2f}, "
             f"others took {others})"
         )
@@ -771,12 +779,13 @@ def bench(
             "--workers",
             min=1,
             max=64,
-            help="Instead: the whole receiver loop with this many decode processes, fed by senders that cost "
-            "nothing (repeat to alternate, e.g. --workers 1 --workers 2).",
+            help="Instead: the whole receiver loop with this many decode processes (the receiver's own "
+            "counted, as in `stream receive`), fed by senders that cost nothing (repeat to alternate, e.g. "
+            "--workers 1 --workers 2).",
         ),
     ] = None,
     rounds: Annotated[
-        int, typer.Option("--rounds", min=1, help="With --workers: times each worker count runs (ABAB).")
+        int, typer.Option("--rounds", min=1, help="With --workers: times each count runs (ABAB).")
     ] = 2,
     senders: Annotated[int, typer.Option("--senders", min=1, help="With --workers: distinct senders.")] = 8,
 ) -> None:
@@ -786,9 +795,10 @@ def bench(
     (tight loops, best of 3) give the rate one otherwise idle core reaches.
 
     With --workers: the whole receiver (receive thread, queues, decode in N processes, accounting) over
-    prepacked digit frames, each worker count in turn (ABAB): wall clock, CPU µs per frame, the rate that CPU
-    time allows on this machine's idle cores and its ratio to the first worker count, and the share of the
-    CPU other processes took meanwhile (a wall-clock rate means what it says only when that is near 0).
+    prepacked digit frames, each count in turn (ABAB): wall clock, CPU µs per frame, the share of the frames
+    the receiver's own process decoded, the rate that CPU time allows on this machine's idle cores and its
+    ratio to the first count, and the share of the CPU other processes took meanwhile (a wall-clock rate means
+    what it says only when that is near 0).
     """
     from ..benchmark.stream_bench import bench as run_bench
     from ..benchmark.stream_bench import receiver_bench
@@ -801,11 +811,11 @@ def bench(
                     r = receiver_bench(bundle, frames, workers=n, senders=senders, threads=threads)
                     others = "?" if r.others_pct is None else f"{r.others_pct:.0f} %"
                     typer.echo(
-                        f"receiver, {n} worker(s): {r.fps:,.0f} frames/s wall ({r.frames} frames, "
-                        f"{r.dropped} dropped; other processes took {others} of the CPU); CPU µs/frame: "
-                        f"main {r.cpu_main_us:.1f} + workers {r.cpu_workers_us:.1f} = {r.cpu_total_us:.1f} "
-                        f"(decode call {r.decode_us:.1f}) -> bound {r.bound_fps:,.0f} frames/s on "
-                        f"{r.cores} idle cores"
+                        f"receiver, {n} decode process(es): {r.fps:,.0f} frames/s wall ({r.frames} frames, "
+                        f"{r.dropped} dropped, {r.here_pct:.0f} % decoded in the receiver's process; other "
+                        f"processes took {others} of the CPU); CPU µs/frame: main {r.cpu_main_us:.1f} + "
+                        f"workers {r.cpu_workers_us:.1f} = {r.cpu_total_us:.1f} (decode call "
+                        f"{r.decode_us:.1f}) -> bound {r.bound_fps:,.0f} frames/s on {r.cores} idle cores"
                     )
                     results.append(r.to_dict())
         except CaeEdgeError as e:

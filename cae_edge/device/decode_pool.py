@@ -1,20 +1,21 @@
-"""Decode in worker processes, so that a receiver is not one Python core (``stream receive --workers N``).
+"""Decode in worker processes, so that a receiver is not one Python core (``stream receive --workers N``:
+N - 1 of these workers, the receiver's own process decoding too).
 
 ::
 
     main process                                      worker processes (spawned, one decoder each)
-    fresh frames ─► worker = hash(sender) mod N ─► pipe: one message ─► decode batch ─┐
+    fresh frames ─► a worker with room ──────────► pipe: one message ─► decode batch ─┐
     (handed off in batches, one lock)                  per batch (≤ 64)              │
-    sinks, accounting ◄─ frames in order ◄─ pipe: one array of images + the failures ◄┘
+    sinks, accounting ◄─ answers in order ◄─ pipe: one array of images + the failures ◄┘
     (main process)
 
-Each sender's frames always go to the same worker, each worker decodes its batches in the order they came
-and answers in that order, and the main process takes the answers in the order each worker sent them: so
-each sender's frames reach the sinks in the order they were handed off. Per batch the main process sends one
-message (the payloads) and gets one back (the decoded images as one array, the frames the decoder refused by
-index, the batch's decode time), so what a frame costs beyond its decode is a few list operations on each
-side. A worker that dies is started again; the frames it held are returned as failed (the receiver counts
-them as dropped, reason ``worker``).
+Each worker decodes its batches in the order they came and answers in that order, and the caller takes the
+answers in the order each worker sent them; the receiver puts each sender's frames back in order wherever
+they were decoded (:class:`cae_edge.device.receiver._Ticket`). Per batch the main process sends one message
+(the payloads) and gets one back (the decoded images as one array, the frames the decoder refused by index,
+the batch's decode time), so what a frame costs beyond its decode is a few list operations on each side. A
+worker that dies is started again; the frames it held are returned as failed (the receiver counts them as
+dropped, reason ``worker``).
 
 Workers are started with ``spawn`` (never ``fork``: the parent has ZeroMQ and threads running).
 """
@@ -146,8 +147,8 @@ class _Worker:
 class DecodePool:
     """``workers`` processes, each with the bundle's decoder.
 
-    :meth:`submit` a frame for a worker (the caller picks it: a sender's frames always to the same one),
-    :meth:`answers` yields the batches that came back (:meth:`results`: frame by frame), in order per worker.
+    :meth:`submit` a frame for a worker (the caller picks it, e.g. one with :meth:`room`), :meth:`answers`
+    yields the batches that came back (:meth:`results`: frame by frame), in order per worker.
     Not thread-safe: one thread drives it.
 
     Raises:
@@ -155,8 +156,10 @@ class DecodePool:
     """
 
     def __init__(self, bundle: str | Path, workers: int, threads: int = 1) -> None:
-        if not 2 <= workers <= 64:
-            raise ConfigError(f"{workers} decode workers: use 2 .. 64 (1 = decode in the receiver's process)")
+        if not 1 <= workers <= 63:
+            raise ConfigError(
+                f"{workers} decode worker processes: use 1 .. 63 (the receiver's own process decodes too)"
+            )
         self.bundle, self.threads = str(bundle), threads
         self.ctx = mp.get_context("spawn")
         self.selector = selectors.DefaultSelector()

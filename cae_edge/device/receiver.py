@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field, replace
@@ -105,9 +104,11 @@ class ReceiveOptions:
     """Senders whose state (counters, latencies) is kept; beyond that the one seen longest ago is forgotten
     (``ReceiverStats.evicted``): a flood of made-up sender ids cannot grow the receiver or its status file."""
     workers: int = 1
-    """Decode processes: 1 = decode in this process (one Python core); N > 1 = N worker processes
-    (:mod:`cae_edge.device.decode_pool`), each sender's frames always to the same one, so they stay in
-    order. Sinks, the age check and accounting stay in this process."""
+    """Decode processes, this one counted: 1 = decode in this process only (one Python core); N > 1 = N - 1
+    worker processes (:mod:`cae_edge.device.decode_pool`) are handed frames in batches, and this process
+    decodes what they have no room for, so N processes decode on N cores. Each sender's frames reach the
+    sinks in the order they were taken from its queue, wherever they were decoded. Sinks, the age check and
+    accounting stay in this process."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a bad value."""
@@ -118,7 +119,10 @@ class ReceiveOptions:
         if self.batch < 1:
             raise ConfigError(f"batch {self.batch}: must be >= 1")
         if not 1 <= self.workers <= 64:
-            raise ConfigError(f"workers {self.workers}: must be 1 .. 64 (1 = decode in this process)")
+            raise ConfigError(
+                f"workers {self.workers}: must be 1 .. 64 decode processes, the receiver's own counted "
+                "(1 = decode in this process only)"
+            )
 
 
 @dataclass
@@ -145,7 +149,8 @@ class PeerStats:
     dropped: dict[str, int] = field(default_factory=dict)
     """Arrived but not decoded, by reason (:data:`DROP_REASONS`, or the decoder's reject reason)."""
     queued: int = 0
-    """Waiting for decode now (with ``--workers`` > 1: including frames in a decode worker)."""
+    """Waiting for decode now (with ``--workers`` > 1: including frames in a decode worker, and decoded ones
+    waiting for this sender's earlier frames to come back from one)."""
     lost: int = 0
     """Frames that never arrived: gaps in the sequence numbers (dropped by the sender or lost in transit)."""
     skipped: int = 0
@@ -235,13 +240,16 @@ class ReceiverStats:
     log_suppressed: int = 0
     """Log lines not written because their kind exceeded its rate (the events are still counted)."""
     workers: int = 1
-    """Decode processes (1 = decoding in the receiver's own process)."""
+    """Decode processes, the receiver's own counted (1 = decoding in the receiver's process only)."""
+    decoded_here: int = 0
+    """Frames decoded in the receiver's own process: all of them with one decode process; with more, those
+    the worker processes had no room for (and tiled frames)."""
     worker_restarts: int = 0
     """Decode workers that died and were started again (their frames: dropped, reason ``worker``)."""
     worker_cpu_s: float = 0.0
-    """CPU seconds the decode workers spent decoding (0 with one worker: it is this process's)."""
+    """CPU seconds the decode worker processes spent decoding (0 with one decode process)."""
     worker_pids: list[int] = field(default_factory=list)
-    """Process ids of the decode workers (empty with one worker)."""
+    """Process ids of the decode worker processes (``workers`` - 1 of them)."""
 
     @property
     def rejected_total(self) -> int:
@@ -294,7 +302,7 @@ class _Peer:
 
     __slots__ = (
         "stats", "lat", "frames_at_report", "named", "queue", "in_ring", "evicted", "epochs", "last_t",
-        "clock", "inflight", "worker",
+        "clock", "pending",
     )  # fmt: skip
 
     def __init__(self, sid: int) -> None:
@@ -310,10 +318,9 @@ class _Peer:
         self.epochs: deque[int] = deque(maxlen=8)
         self.last_t = 0
         self.clock = _ClockOffset()
-        self.inflight = 0
-        """Frames handed to a decode worker, not yet back."""
-        self.worker = 0
-        """The decode worker this sender's frames go to (always the same one: they stay in order)."""
+        self.pending: deque[_Ticket] = deque()
+        """With decode workers: this sender's frames taken for decode and not yet delivered or counted, in
+        the order taken; they settle from the front only, so they reach the sinks in that order."""
 
     def sequence(self, p: Packet, t_us: int, log: Callable[[str, str], Any], shared: bool = False) -> None:
         """Restarts, gaps and jumps from this packet's epoch and sequence number (``t_us``: capture time;
@@ -377,7 +384,7 @@ class _Peer:
         if interval > 0:
             ps.fps = round((ps.frames - self.frames_at_report) / interval, 1)
             self.frames_at_report = ps.frames
-        ps.queued = len(self.queue) + self.inflight
+        ps.queued = len(self.queue) + len(self.pending)
         ps.clock_offset_ms = round(self.clock.correction / 1000, 1)
         if self.lat:
             lat = np.fromiter(self.lat, dtype=np.int64, count=len(self.lat)) / 1000.0
@@ -390,6 +397,25 @@ class _Peer:
                 "max": round(float(lat.max()), 3),
             }
         return dataclasses.replace(ps, dropped=dict(ps.dropped), latency_ms=dict(ps.latency_ms))
+
+
+class _Ticket:
+    """A frame taken for decode while decode workers run, until it is delivered or counted.
+
+    Decoding is a function of the payload alone (compact frames are resolved on the receive thread), so a
+    frame may be decoded in any worker or in this process; its sender's tickets (``_Peer.pending``) settle
+    in the order they were taken, so its frames reach the sinks in that order all the same."""
+
+    __slots__ = ("peer", "packet", "t_us", "started", "done", "image", "reason", "message", "decode_ns")
+
+    def __init__(self, peer: _Peer, packet: Packet, t_us: int, started: int) -> None:
+        self.peer, self.packet, self.t_us, self.started = peer, packet, t_us, started
+        self.done = False
+        """Decoded, refused, or failed (``reason``): ready to settle once the tickets before it are."""
+        self.image: Any = None
+        self.reason: str | None = None
+        self.message = ""
+        self.decode_ns = 0
 
 
 class Decoder(Protocol):
@@ -454,7 +480,10 @@ class _Receiving:
         younger than the max age when the sinks have it."""
         self.workers = options.workers
         self.inflight = 0
-        """Frames in decode workers now, all senders."""
+        """Tickets not yet settled, all senders (frames in decode workers, or decoded and waiting for their
+        sender's earlier frames; main loop only)."""
+        self.decoded_here = 0
+        """Frames decoded in this process (with workers: those handed to none, see :meth:`hand_off`)."""
         self.pool: Any = None
         """The :class:`~cae_edge.device.decode_pool.DecodePool` when decoding in workers."""
 
@@ -558,7 +587,6 @@ class _Receiving:
             self.stats.evicted += 1
             self.rlog("evicted", f"forgot sender {gone.stats.name}: more than {self.max_senders} senders")
         peer = self.peers[key] = _Peer(p.sender_id)
-        peer.worker = zlib.crc32(repr(key).encode()) % self.workers
         self.rlog(
             "new-sender",
             f"new sender {self._label(p, msg)} (id {p.sender_id:#06x})"
@@ -611,27 +639,20 @@ class _Receiving:
 
     # ------------------------------------------------------------------------------ main loop
 
-    def next_frames(
-        self, n: int, timeout_s: float, room: list[int] | None = None
-    ) -> list[tuple[_Peer, Packet, int]]:
+    def next_frames(self, n: int, timeout_s: float) -> list[tuple[_Peer, Packet, int]]:
         """Up to ``n`` fresh frames, one sender's next after another (round-robin), under one lock; waits up
-        to ``timeout_s`` while none is queued. With ``room`` (frames each decode worker can take), a sender
-        whose worker is full is passed over and keeps its turn."""
+        to ``timeout_s`` while none is queued."""
         out: list[tuple[_Peer, Packet, int]] = []
-        passed: list[_Peer] = []
         with self.ready:
             if not self.ring:
                 self.ready.wait(timeout_s)
             now = now_us()
             margin = min(int(self.service_us), self.max_age // 2)
-            ring = self.ring
+            ring, max_age, drop = self.ring, self.max_age, self._drop
             while ring and len(out) < n:
                 peer = ring.popleft()
-                if room is not None and room[peer.worker] <= 0:
-                    passed.append(peer)
-                    continue
                 before = len(peer.queue)
-                item = peer.pick(now, self.max_age, margin, self._drop)
+                item = peer.pick(now, max_age, margin, drop)
                 self.queued -= before - len(peer.queue)
                 if peer.queue:
                     ring.append(peer)
@@ -639,9 +660,6 @@ class _Receiving:
                     peer.in_ring = False
                 if item is not None:
                     out.append((peer, item[0], item[1]))
-                    if room is not None:
-                        room[peer.worker] -= 1
-            ring.extendleft(reversed(passed))
         return out
 
     def next_frame(self, timeout_s: float) -> tuple[_Peer, Packet, int] | None:
@@ -662,7 +680,7 @@ class _Receiving:
         self.deliver(peer, p, t_us, image, ns() - t1, started)
 
     def refused(self, peer: _Peer, p: Packet, reason: str, message: str) -> None:
-        """Count a frame the decoder refused (or a dead worker held: reason ``worker``)."""
+        """Count a frame the decoder refused (counted under its reject reason)."""
         self.reject(reason, (p.sender_id,), f"refused a frame from {peer.stats.name}: {message}")
         with self.lock:
             self._drop(peer, p, reason)
@@ -672,43 +690,76 @@ class _Receiving:
         fixed = getattr(self.decoder, "latent_dim", None) if self.kind == PayloadKind.INT8 else None
         return decode_tiled(self.decoder, payload, fixed=fixed)
 
-    def hand_off(self, items: list[tuple[_Peer, Packet, int]]) -> None:
-        """Give frames to their senders' decode workers (each counts as queued until it comes back); a tiled
-        frame is decoded here instead (workers return batches of 28x28 images)."""
-        tiled = [item for item in items if item[1].tiled]
-        if tiled:
-            items = [item for item in items if not item[1].tiled]
-            for item in tiled:
-                self.serve(*item)
+    def hand_off(self, items: list[tuple[_Peer, Packet, int]], room: list[int]) -> None:
+        """Give frames to the decode workers, as many as each has ``room`` for, and decode the rest here
+        (tiled frames always here: workers return batches of 28x28 images). Each frame gets a ticket in its
+        sender's ``pending`` line and counts as queued until it settles (:meth:`settle`)."""
         started = now_us()
-        with self.lock:
-            for peer, _, _ in items:
-                peer.inflight += 1
-            self.inflight += len(items)
         submit = self.pool.submit
+        here: list[_Ticket] = []
+        worker, left = 0, room[0] if room else 0
         for peer, p, t_us in items:
-            submit(peer.worker, (peer, p, t_us, started), p.payload)
+            ticket = _Ticket(peer, p, t_us, started)
+            peer.pending.append(ticket)
+            if p.tiled:
+                here.append(ticket)
+                continue
+            while left <= 0 and worker + 1 < len(room):
+                worker += 1
+                left = room[worker]
+            if left > 0:
+                submit(worker, ticket, p.payload)
+                left -= 1
+            else:
+                here.append(ticket)
+        self.inflight += len(items)
+        if not here:
+            return
+        ns = time.perf_counter_ns
+        decoder, peers = self.decoder, {}
+        for ticket in here:
+            p = ticket.packet
+            ticket.started = now_us()
+            t1 = ns()
+            try:
+                ticket.image = self.decode_tiled(p.payload) if p.tiled else decoder.decode(p.payload)
+                self.decoded_here += 1
+            except (PacketError, CaeEdgeError, ValueError) as e:
+                ticket.reason, ticket.message = getattr(e, "reason", "payload"), str(e)
+            ticket.decode_ns, ticket.done = ns() - t1, True
+            peers[id(ticket.peer)] = ticket.peer
+        for peer in peers.values():
+            self.settle(peer)
 
     def returned(self, answer: Answer) -> None:
-        """A batch back from a decode worker: each frame to the sinks, or counted."""
-        tokens = answer.tokens
-        with self.lock:
-            for token in tokens:
-                token[0].inflight -= 1
-            self.inflight -= len(tokens)
+        """A batch back from a decode worker: its tickets are done; settle their senders."""
         t_ns = answer.decode_ns_each
-        for (peer, p, t_us, started), image, reason, message in answer:
-            if image is not None:
-                self.deliver(peer, p, t_us, image, t_ns, started)
-            elif reason in DROP_REASONS:  # not the payload's fault: a drop, not a refusal
-                if reason == "worker":
+        peers = {}
+        for ticket, image, reason, message in answer:
+            ticket.image, ticket.reason, ticket.message = image, reason, message or ""
+            ticket.decode_ns, ticket.done = t_ns, True
+            peers[id(ticket.peer)] = ticket.peer
+        for peer in peers.values():
+            self.settle(peer)
+
+    def settle(self, peer: _Peer) -> None:
+        """Deliver or count ``peer``'s done tickets from the front of its line, in order; stop at the first
+        one still in a worker."""
+        q = peer.pending
+        while q and q[0].done:
+            t = q.popleft()
+            self.inflight -= 1
+            if t.reason is None:
+                self.deliver(peer, t.packet, t.t_us, t.image, t.decode_ns, t.started)
+            elif t.reason in DROP_REASONS:  # not the payload's fault: a drop, not a refusal
+                if t.reason == "worker":
                     self.rlog(
-                        "worker", f"a decode worker died holding a frame from {peer.stats.name}: {message}"
+                        "worker", f"a decode worker died holding a frame from {peer.stats.name}: {t.message}"
                     )
                 with self.lock:
-                    self._drop(peer, p, reason)
+                    self._drop(peer, t.packet, t.reason)
             else:
-                self.refused(peer, p, reason or "payload", message or "")
+                self.refused(peer, t.packet, t.reason, t.message)
 
     def deliver(self, peer: _Peer, p: Packet, t_us: int, image: Any, decode_ns: int, started: int) -> None:
         """Hand a decoded frame to the sinks and count it (``started``: when its decode began, µs)."""
@@ -747,7 +798,7 @@ class _Receiving:
         stats.unpack_us = timer.mean_us("unpack", self.unpacked)
         stats.decode_us = timer.mean_us("decode", frames)
         stats.sink_us = timer.mean_us("sink", frames)
-        # escapes decoded in this process (with workers: those of tiled frames)
+        # escapes decoded in this process (with workers: in the frames decoded here)
         own = getattr(getattr(self.decoder, "codec", None), "escaped_decoded", 0)
         if self.pool is not None:
             stats.escaped = self.pool.escaped + own
@@ -756,6 +807,7 @@ class _Receiving:
             stats.worker_pids = self.pool.pids
         else:
             stats.escaped = own
+        stats.decoded_here = self.decoded_here if self.pool is not None else frames
         if not self.link.closed:
             ls = self.link.stats
             stats.connects, stats.peers = ls.connects, ls.peers
@@ -834,8 +886,9 @@ def run_receiver(
     """Receive → unpack → pair check → queue (receive thread); fresh frames → decode → sinks (this thread);
     until ``max_frames``, the idle timeout or ``stop``.
 
-    With ``options.workers`` > 1 the decode runs in that many worker processes, each loading ``bundle``
-    (its directory or name; ``threads``: the workers' interpreter threads); ``decoder`` is then unused.
+    With ``options.workers`` = N > 1 the decode runs in N - 1 worker processes, each loading ``bundle`` (its
+    directory or name; ``threads``: the workers' interpreter threads), and in this process with ``decoder``
+    for the frames the workers have no room for; each sender's frames reach the sinks in order.
 
     Malformed packets, packets for another bundle (pair id) or coding, and payloads the decoder refuses are
     counted in ``rejected`` by reason and skipped; the loop keeps serving the other senders. Refusals are
@@ -860,7 +913,7 @@ def run_receiver(
         raise ConfigError(f"{options.workers} decode workers need the bundle to load (bundle=...)")
     from .decode_pool import DecodePool
 
-    with DecodePool(bundle, options.workers, threads) as rx.pool:
+    with DecodePool(bundle, options.workers - 1, threads) as rx.pool:
         rx.timer.start = time.perf_counter()  # the workers are up: the loop starts now
         return _serve(rx, pump, _DecodeInWorkers(rx, options.max_frames), options, stop, on_stats)
 
@@ -885,28 +938,33 @@ class _DecodeInline:
 
 class _DecodeInWorkers:
     """The main loop's step with decode workers: hand the fresh frames off in batches (no more than the
-    workers can hold), take the decoded ones back and give them to the sinks."""
+    workers can hold), decode a few here when they are full, take the decoded ones back and settle them."""
+
+    HERE = 8
+    """Frames this process decodes per step while the workers are full (~0.4 ms for ``mnist-hq``): few enough
+    that it comes back to refill a worker long before the worker runs out (a batch is ~3 ms of work)."""
 
     def __init__(self, rx: _Receiving, max_frames: int) -> None:
         self.rx, self.pool, self.max_frames = rx, rx.pool, max_frames
         self.progress = (0, 0)
 
     def step(self) -> bool:
-        """Hand off, take back (waiting up to 10 ms for an answer); whether frames came back or a worker
-        was restarted (a restart waits for the new worker: that is not idleness).
+        """Hand off, decode here what the workers have no room for, take back (waiting up to 10 ms for an
+        answer when there was nothing to do); whether frames were settled or a worker was restarted (a
+        restart waits for the new worker: that is not idleness).
 
-        Each worker is given what fills its batches (so a batch is full under load, one message each way),
-        no more: frames not handed off stay in their queues, under the age check."""
+        Each worker is given what fills its batches (so a batch is full under load, one message each way);
+        this process takes up to :attr:`HERE` more and decodes them itself. Frames not taken stay in their
+        queues, under the age check."""
         rx, pool = self.rx, self.pool
         room = pool.room()
-        n = sum(r for r in room if r > 0)
-        if self.max_frames:  # hand off no more than will be needed
+        n = sum(r for r in room if r > 0) + self.HERE
+        if self.max_frames:  # take no more than will be needed
             n = min(n, self.max_frames - rx.frames - rx.inflight)
-        if n > 0:
-            items = rx.next_frames(n, 0.05 if rx.inflight == 0 else 0.0, room)
-            if items:
-                rx.hand_off(items)
-        for answer in list(pool.answers(0.01)):
+        items = rx.next_frames(n, 0.05 if rx.inflight == 0 else 0.0) if n > 0 else None
+        if items:
+            rx.hand_off(items, room)
+        for answer in list(pool.answers(0.0 if items else 0.01)):
             rx.returned(answer)
         progress, self.progress = self.progress, (rx.frames, pool.restarts)
         return progress != self.progress
@@ -917,7 +975,7 @@ class _DecodeInWorkers:
 
         rx, pool = self.rx, self.pool
         deadline = time.perf_counter() + 0.5
-        while rx.inflight and time.perf_counter() < deadline:
+        while pool.in_flight and time.perf_counter() < deadline:
             for answer in list(pool.answers(0.05)):
                 rx.returned(answer)
         rx.returned(Answer.failing(pool.take_all(), "shutdown", "the receiver stopped"))

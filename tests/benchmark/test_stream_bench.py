@@ -52,19 +52,28 @@ def test_receiver_bench_runs_the_whole_receiver_with_and_without_workers(tmp_pat
         assert r["frames"] == 300 and r["dropped"] == 0 and r["senders"] == 3 and r["fps"] > 0
         assert r["cpu_total_us"] == pytest.approx(r["cpu_main_us"] + r["cpu_workers_us"], abs=0.2)
         assert r["bound_fps"] == pytest.approx(
-            stream_bench.bound_fps(r["workers"], r["cores"], r["cpu_main_us"], r["cpu_workers_us"]), rel=0.01
+            stream_bench.bound_fps(
+                r["workers"], r["cores"], r["cpu_main_us"], r["cpu_workers_us"], r["here_decode_us"]
+            ),
+            rel=0.01,
         )
         assert r["others_pct"] is None or 0 <= r["others_pct"] <= 100
-    assert runs[0]["cpu_workers_us"] == 0 and runs[1]["cpu_workers_us"] > 0  # the decode moved out
+        assert r["here_decode_us"] == pytest.approx(r["here_pct"] / 100 * r["decode_us"], abs=0.2)
+    assert runs[0]["cpu_workers_us"] == 0 and runs[0]["here_pct"] == 100  # one process decodes everything
+    # all frames are offered at once: the worker process takes what fills its batches, the receiver the rest
+    assert runs[1]["cpu_workers_us"] > 0 and 0 < runs[1]["here_pct"] < 100
     one, two = report["summary"]["1"], report["summary"]["2"]
     assert one["bound_ratio"] == 1.0 and two["bound_ratio"] == pytest.approx(
         two["bound_fps"] / one["bound_fps"], abs=0.01
     )
-    assert two["best_fps"] == runs[1]["fps"] and "2 worker(s), 1 run(s): median CPU" in result.output
+    assert two["best_fps"] == runs[1]["fps"] and "2 decode process(es), 1 run(s): median CPU" in result.output
+    assert two["here_pct"] == runs[1]["here_pct"] and "decoded in the receiver's process" in result.output
 
 
-def test_the_bound_is_the_tightest_of_cores_main_process_and_workers() -> None:
+def test_the_bound_is_the_tightest_of_cores_processes_and_the_main_processs_own_work() -> None:
     assert stream_bench.bound_fps(1, 2, 80.0, 0.0) == pytest.approx(12_500)  # one process: one core
-    assert stream_bench.bound_fps(2, 2, 10.0, 90.0) == pytest.approx(20_000)  # 2 cores, 100 µs in all
-    assert stream_bench.bound_fps(2, 16, 10.0, 90.0) == pytest.approx(2e6 / 90)  # two workers, one core each
-    assert stream_bench.bound_fps(8, 16, 40.0, 90.0) == pytest.approx(25_000)  # the main process's one core
+    assert stream_bench.bound_fps(2, 2, 50.0, 50.0, 40.0) == pytest.approx(20_000)  # 2 cores, 100 µs in all
+    assert stream_bench.bound_fps(2, 16, 50.0, 50.0, 40.0) == pytest.approx(20_000)  # 2 processes, 2 cores
+    assert stream_bench.bound_fps(3, 2, 10.0, 90.0) == pytest.approx(20_000)  # 3 processes on 2 cores
+    assert stream_bench.bound_fps(8, 16, 40.0, 90.0) == pytest.approx(25_000)  # the main process's own work
+    assert stream_bench.bound_fps(8, 16, 60.0, 90.0, 20.0) == pytest.approx(25_000)  # its decode calls aside
