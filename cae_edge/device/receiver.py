@@ -713,6 +713,7 @@ class _Receiving:
             else:
                 here.append(ticket)
         self.inflight += len(items)
+        self.pool.flush()  # the workers' batches go now, before this process decodes its share
         if not here:
             return
         ns = time.perf_counter_ns
