@@ -247,8 +247,9 @@ class ReceiverBenchResult:
     here_pct: float
     """Frames decoded in the receiver's own process, % (100 with one decode process)."""
     here_decode_us: float
-    """Of ``cpu_main_us``, what its decode calls took per frame (``here_pct`` of ``decode_us``): the rest is
-    intake, hand-off and accounting."""
+    """Of ``cpu_main_us``, what its decode calls took per frame, estimated as ``here_pct`` of a worker
+    process's CPU time per frame it decoded (of ``decode_us`` with one decode process): the rest is intake,
+    hand-off and accounting."""
     dropped: int
     """Frames not decoded (must be 0: the queues hold every frame)."""
     load_avg: float
@@ -365,8 +366,10 @@ def receiver_bench(
     n = max(stats.frames, 1)
     main_us, workers_us = cpu_main / n * 1e6, cpu_workers / n * 1e6
     n_cores = cores()
-    here_pct = stats.decoded_here / n * 100
-    here_us = here_pct / 100 * stats.decode_us
+    here = stats.decoded_here / n
+    # a decode's CPU time as a worker spends it (decode_us is wall clock: on a busy box it counts the waits)
+    per_decode = workers_us / (1 - here) if here < 1 and workers_us > 0 else stats.decode_us
+    here_pct, here_us = here * 100, here * per_decode
     others = None
     if busy is not None and link.busy_first is not None and end > link.first:
         mine = cpu_main + cpu_workers
