@@ -202,6 +202,14 @@ def train_cmd(
     latent_jitter: Annotated[
         float, typer.Option("--latent-jitter", help="Rate-distortion: latent noise std before rounding.")
     ] = 0.0,
+    qat: Annotated[
+        bool,
+        typer.Option(
+            "--qat",
+            help="Rate-distortion fine-tuning (with --init-from) through the int8 model's rounding "
+            "(fake-quantized weights and activations), so int8 loses less.",
+        ),
+    ] = False,
 ) -> None:
     """Train the convolutional autoencoder and write a run directory (Keras models, metrics, plots).
 
@@ -214,8 +222,10 @@ def train_cmd(
 
         rate_distortion = preset is not None or lam is not None or target_bytes is not None
         rd = None
-        if rate_distortion or latent_jitter:
-            rd = RDOptions(preset=preset, lam=lam, target_bytes=target_bytes, latent_jitter=latent_jitter)
+        if rate_distortion or latent_jitter or qat:
+            rd = RDOptions(
+                preset=preset, lam=lam, target_bytes=target_bytes, latent_jitter=latent_jitter, qat=qat
+            )
         opts = TrainOptions(
             dataset=dataset,
             latent_dim=latent,
@@ -240,9 +250,10 @@ def train_cmd(
             test_fraction=test_fraction,
             gap=gap,
         ).validated()
-        if latent_jitter and not rate_distortion and (opts.start() is None or not opts.start().rd):
+        if (latent_jitter or qat) and not rate_distortion and (opts.start() is None or not opts.start().rd):
+            flag = "--latent-jitter" if latent_jitter else "--qat"
             raise ConfigError(
-                "--latent-jitter is for rate-distortion runs: add --preset, --lam, --target-bytes or "
+                f"{flag} is for rate-distortion runs: add --preset, --lam, --target-bytes or "
                 "--init-from a rate-distortion run or bundle"
             )
         check_out_dir(opts.out_dir)

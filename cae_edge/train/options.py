@@ -82,6 +82,10 @@ class RDOptions:
     tolerate it."""
     max_test: int | None = None
     """Evaluate on at most this many test images (None: the full test split)."""
+    qat: bool = False
+    """Quantization-aware fine-tuning (:mod:`cae_edge.train.qat`): train through the int8 model's weight and
+    activation rounding so the int8 encoder's latents are the ones the decoder learned. Needs ``init_from``
+    (a trained run or bundle); not for ``linear_skip`` (scenes) models."""
 
 
 @dataclass
@@ -336,6 +340,16 @@ class TrainOptions:
         jitter = float(rd.latent_jitter)
         if not (math.isfinite(jitter) and jitter >= 0):
             raise ConfigError(f"latent jitter {rd.latent_jitter}: must be >= 0 (0 = off)")
+        if rd.qat and start is None:
+            raise ConfigError(
+                "--qat fine-tunes a trained model through int8 rounding: add --init-from RUN_OR_BUNDLE "
+                "(e.g. --init-from mnist-hq)"
+            )
+        if rd.qat and self.model_config().linear_skip:
+            raise ConfigError(
+                f"--qat: {self.init_from} has linear_skip (a scenes preset), which quantization-aware "
+                "fine-tuning does not support yet; train without --qat"
+            )
         return replace(
             rd,
             preset=preset.name if preset else None,
@@ -343,6 +357,7 @@ class TrainOptions:
             target_bytes=float(target),
             latent_jitter=jitter,
             max_test=max_test,
+            qat=bool(rd.qat),
         )
 
     # ---- (de)serialisation --------------------------------------------------------------------------
@@ -440,6 +455,8 @@ class TrainOptions:
             args += ["--max-samples", str(self.max_samples)]
         if rd.latent_jitter:
             args += ["--latent-jitter", repr(rd.latent_jitter)]
+        if rd.qat:
+            args.append("--qat")
         if self.threads is not None:
             args += ["--threads", str(self.threads)]
         args += self._data_args()

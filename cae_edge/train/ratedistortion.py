@@ -240,13 +240,22 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
     start = _load_start(opts, encoder, decoder, prior, x_train[:CHECK_IMAGES]) if opts.init_from else None
     if start is None and cfg.linear_skip:
         pca_start(encoder, decoder, prior, x_train)
+    qat = None
+    if rd.qat:
+        from .qat import CALIB_IMAGES, qat_pair
+
+        calib = (x_train[:CALIB_IMAGES].astype(np.float32) / 255.0)[..., None]
+        qat = (*qat_pair(encoder, decoder), calib)
     if progress:
         progress(0, {"train_images": len(x_train), "test_images": len(x_test), "epochs": opts.epochs})
     t_start = time.perf_counter()
-    history, lam_final = _fit(encoder, decoder, prior, opts, x_train, rng, progress)
+    history, lam_final = _fit(encoder, decoder, prior, opts, x_train, rng, progress, qat=qat)
     seconds = time.perf_counter() - t_start
 
     ev = evaluate(encoder, decoder, x_train, x_test)
+    if qat is not None:
+        qenc, qdec, calib = qat
+        ev["qat"] = evaluate_qat(qenc, qdec, x_test, calib)
     xs = (x_test.astype(np.float32) / 255.0)[..., None]
     bits_prior = float(np.mean(prior.bits(tf.round(encoder(xs[:2000], training=False))).numpy()))
     result = RDResult(
@@ -264,6 +273,8 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
     )
     config = _run_config(opts, cfg, ds, len(x_train), len(x_test), lam_final, prior, start)
     metrics = {**result.to_dict(), "mse": ev["mse"], "latent_range": ev["latent_range"]}
+    if "qat" in ev:
+        metrics["qat"] = ev["qat"]
     write_run(out, config, encoder, decoder, history, metrics)
     _plots(history, encoder, decoder, ds, len(x_test), out, opts, ev)
     return result
@@ -386,11 +397,35 @@ class EpochRunner:
         return {"loss": loss, "mse": mse, "bits": bits, "psnr": psnr}
 
 
-def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarray, rng, progress):
+def evaluate_qat(qenc, qdec, x_test_u8: np.ndarray, calib: np.ndarray, batch: int = 500) -> dict:
+    """Test-split PSNR through the fake-quantized pair (:mod:`cae_edge.train.qat`), recalibrated on
+    ``calib`` as the export would, and how many latent values it rounds unlike the float encoder."""
+    from .qat import calibrate_pair
+
+    calibrate_pair(qenc, qdec, calib)
+    xs = (x_test_u8.astype(np.float32) / 255.0)[..., None]
+    q = np.concatenate(
+        [
+            np.clip(np.rint(np.asarray(qenc(xs[i : i + batch]))), -LATENT_CLIP, LATENT_CLIP)
+            for i in range(0, len(xs), batch)
+        ]
+    )
+    q_float = encode_integer(qenc.model, xs)
+    rec = np.concatenate([np.asarray(qdec(q[i : i + batch])) for i in range(0, len(q), batch)])
+    return {
+        "psnr_fake_quant": float(psnr_per_image(x_test_u8, to_uint8(rec[..., 0])).mean()),
+        "latent_changed_vs_float": float(np.mean(q != q_float)),
+        "calibration_images": int(len(calib)),
+    }
+
+
+def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarray, rng, progress, qat=None):
     """The training loop; ``(history, lam_final)``.
 
     A worker thread prepares the next epoch's images (numpy augmentation and shuffle, same random draws in
     the same order) while TensorFlow trains on the current one; lam is steered per step inside the graph.
+    ``qat``: ``(qat encoder, qat decoder, calibration images)``: the step runs through the fake-quantized
+    views (:mod:`cae_edge.train.qat`), whose activation ranges are recalibrated before every epoch.
     """
     import keras
     import tensorflow as tf
@@ -404,6 +439,12 @@ def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarra
     optimizer = keras.optimizers.Adam(schedule)
     lam = tf.Variable(rd.lam, dtype=tf.float32, trainable=False, name="lam")
     target = max(8.0 * (rd.target_bytes - CODER_OVERHEAD_BYTES), 1.0) if rd.target_bytes else None
+    if qat is not None:
+        from .qat import calibrate_pair
+
+        qenc, qdec, calib = qat
+        calibrate_pair(qenc, qdec, calib)
+        encoder, decoder = qenc, qdec
     step = make_train_step(
         encoder, decoder, prior, optimizer, lam, jitter=float(rd.latent_jitter), target_bits=target
     )
@@ -424,6 +465,8 @@ def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarra
             xe = upcoming.result()
             if epoch < opts.epochs:
                 upcoming = pool.submit(epoch_images)
+            if qat is not None and epoch > 1:
+                calibrate_pair(qenc, qdec, calib)
             stats = runner.run(xe)
             seconds = time.perf_counter() - t0
             logs = {

@@ -1,0 +1,300 @@
+"""Quantization-aware fine-tuning: train through the int8 model's rounding, keep plain Keras models.
+
+Post-training quantization moves ~40-50 % of an RD encoder's integer latent values by +-1 (and the decoder
+then decodes symbols it was not trained on). Fine-tuning with every tensor the int8 TFLite model quantizes
+fake-quantized lets encoder and decoder learn around it::
+
+    image (exact: u8 / 255) ─ Conv2D[wq] ─ aq ─ LeakyReLU ─ aq ─ ... ─ Flatten ─ Dense[wq] ─► y (rate term)
+                                                                   round (straight-through) ─► ŷ (integers)
+    ŷ ─ Dense[wq] ─ aq ─ LeakyReLU ─ aq ─ ConvT[wq] ─ aq ─ ... ─ ConvT[wq] ─ aq[-8, 8] ─ sigmoid ─ aq(1/256)
+
+* ``wq``: weights per output channel, symmetric, narrow range [-127, 127] (scale max|w| / 127), as the
+  TFLite converter quantizes CONV_2D, TRANSPOSE_CONV and FULLY_CONNECTED kernels; the gradient passes
+  straight through (``tf.quantization.fake_quant_with_min_max_vars_per_channel``).
+* ``aq``: per-tensor asymmetric int8 with the range the export will give that tensor: the [100 - p, p]
+  percentiles (p = 99.99, :data:`cae_edge.export.convert.DEFAULT_PERCENTILE`) of the float model's values
+  on calibration images from the training split, widened to include 0, recomputed before every epoch
+  (the weights move slowly in fine-tuning, so the export's calibration finds about the same ranges). The
+  pre-sigmoid logits' range is cut to [-8, 8] as :func:`cae_edge.export.convert.tighten_logistic_inputs`
+  does; the sigmoid output has TFLite's fixed step 1/256.
+* Biases: int32 in units of (input step x weight step), rounded to that grid (straight-through).
+
+The fake quantization lives in :class:`QatModel`, a callable view of a plain model built by
+:func:`~cae_edge.train.model.build_encoder` / :func:`~cae_edge.train.model.build_decoder`: it computes the
+same layers with the same variables, so training updates the plain model and the run directory holds plain
+Keras models that ``cae-edge export`` converts as any other run. Models with ``linear_skip`` (the scenes
+presets: ADD of two paths) are not supported yet.
+
+TensorFlow is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..quant import PIXEL_SCALE
+
+ACT_PERCENTILE = 99.99
+"""Activation ranges are the [100 - p, p] percentiles of calibration values (the export's default)."""
+CALIB_IMAGES = 1000
+"""Training images the activation ranges are calibrated on (as ``export --calib 1000``)."""
+LOGIT_RANGE = 8.0
+"""The pre-sigmoid logits' range is cut to [-LOGIT_RANGE, LOGIT_RANGE] (the export's LOGIT_CLIP)."""
+OUTPUT_STEP = 1.0 / 256.0
+"""TFLite's int8 LOGISTIC output: scale 1/256, zero point -128 (real values 0 .. 255/256)."""
+WEIGHT_OPS = ("Conv2D", "Conv2DTranspose", "Dense")
+"""Keras layer classes whose kernels are fake-quantized."""
+PASS_OPS = ("InputLayer", "Flatten", "Reshape")
+"""Layers that keep their input's quantization (RESHAPE in TFLite)."""
+ACT_OPS = ("LeakyReLU",)
+"""Layers whose output is a separately quantized tensor."""
+
+
+def check_supported(model) -> None:
+    """Raise :class:`ConfigError` unless ``model`` is a chain of layers :class:`QatModel` can fake-quantize.
+
+    Raises:
+        ConfigError: a layer of another kind (e.g. the ADD of a ``linear_skip`` model), naming it.
+    """
+    known = WEIGHT_OPS + PASS_OPS + ACT_OPS
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in known:
+            raise ConfigError(
+                f"--qat: layer {layer.name} ({kind}) of the {model.name} is not supported by "
+                "quantization-aware fine-tuning (models with linear_skip, the scenes presets, are not yet); "
+                "train without --qat"
+            )
+        if len(getattr(layer, "_inbound_nodes", [])) > 1:  # pragma: no cover - builders make chains
+            raise ConfigError(f"--qat: layer {layer.name} is used twice; only chains are supported")
+
+
+def fake_quant_weights(tf, kernel, channel_axis: int):
+    """Per-channel symmetric narrow-range int8 fake quantization of a kernel (straight-through gradient).
+
+    Args:
+        tf: the TensorFlow module.
+        kernel: Keras kernel tensor.
+        channel_axis: its output-channel axis (Conv2D, Dense: -1; Conv2DTranspose (H, W, O, I): 2).
+
+    Returns:
+        ``kernel`` rounded to ``scale * k`` with ``k`` in [-127, 127], ``scale = max|w| / 127`` per channel.
+    """
+    rank = len(kernel.shape)
+    axis = channel_axis % rank
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    k = tf.transpose(kernel, perm) if axis != rank - 1 else kernel
+    m = tf.stop_gradient(tf.reduce_max(tf.abs(tf.reshape(k, [-1, k.shape[-1]])), axis=0))
+    m = tf.maximum(m, 1e-8)
+    q = tf.quantization.fake_quant_with_min_max_vars_per_channel(k, -m, m, num_bits=8, narrow_range=True)
+    if axis == rank - 1:
+        return q
+    inverse = list(np.argsort(perm))
+    return tf.transpose(q, inverse)
+
+
+def percentile_range(values: np.ndarray, percentile: float = ACT_PERCENTILE) -> tuple[float, float]:
+    """``[min(P(100 - p), 0), max(P(p), 0)]`` of ``values``, as the export narrows calibrated ranges."""
+    v = np.asarray(values, np.float32).ravel()
+    lo = min(float(np.percentile(v, 100.0 - percentile)), 0.0)
+    hi = max(float(np.percentile(v, percentile)), 0.0)
+    if hi - lo < 1e-6:
+        hi = lo + 1e-6
+    return lo, hi
+
+
+@dataclass
+class _Point:
+    """A quantized tensor: after which layer, and its fixed range (None: calibrated)."""
+
+    after: str
+    fixed: tuple[float, float] | None = None
+
+
+class QatModel:
+    """A fake-quantized view of a plain Keras encoder or decoder (same layers, same variables).
+
+    Call it like the model (``qat(x, training=True)``); :attr:`trainable_variables` are the plain model's.
+    Activation ranges start unset: :meth:`calibrate` before the first call.
+    """
+
+    def __init__(
+        self, model, input_scale: float, latent_output: bool = False, percentile: float = ACT_PERCENTILE
+    ) -> None:
+        """``input_scale``: the int8 model's input step (pixels 1/255, the latent 1); ``latent_output``: the
+        model is the encoder, whose last layer's output is the latent (left float here: the caller rounds
+        it to integers, straight-through, as the int8 model's scale-1 output does)."""
+        import tensorflow as tf
+
+        check_supported(model)
+        self.tf = tf
+        self.model = model
+        self.percentile = float(percentile)
+        self.input_scale = float(input_scale)
+        self.layers = [la for la in model.layers if type(la).__name__ != "InputLayer"]
+        self.points: dict[str, _Point] = {}
+        for layer in self.layers:
+            kind = type(layer).__name__
+            if kind in ACT_OPS:
+                self.points[layer.name] = _Point(layer.name)
+            elif kind in WEIGHT_OPS:
+                act = getattr(layer.activation, "__name__", "linear")
+                if act == "sigmoid":
+                    self.points[layer.name] = _Point(layer.name, None)  # logits, cut to LOGIT_RANGE
+                elif act != "linear":
+                    raise ConfigError(f"--qat: layer {layer.name} has activation {act}; only sigmoid/linear")
+                elif not (latent_output and layer is self.layers[-1]):
+                    self.points[layer.name] = _Point(layer.name)
+        self.ranges = {
+            name: (
+                tf.Variable(0.0, trainable=False, name=f"qat_min_{i}"),
+                tf.Variable(0.0, trainable=False, name=f"qat_max_{i}"),
+            )
+            for i, name in enumerate(self.points)
+        }
+        self.calibrated = False
+
+    @property
+    def trainable_variables(self) -> list:
+        return self.model.trainable_variables
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def _weight_layer(self, layer, x, in_scale):
+        import keras
+
+        tf = self.tf
+        kind = type(layer).__name__
+        axis = 2 if kind == "Conv2DTranspose" else -1  # Conv2DTranspose kernel: (H, W, O, I)
+        kernel = fake_quant_weights(tf, layer.kernel, axis)
+        if kind == "Dense":
+            y = tf.matmul(x, kernel)
+        elif kind == "Conv2D":
+            y = keras.ops.conv(x, kernel, strides=layer.strides, padding=layer.padding)
+        else:
+            y = keras.ops.conv_transpose(
+                x, kernel, strides=layer.strides, padding=layer.padding, output_padding=layer.output_padding
+            )
+        if not layer.use_bias:
+            return y
+        # int32 bias in units of input step x weight step (per output channel)
+        channels = tf.reshape(tf.experimental.numpy.moveaxis(layer.kernel, axis, -1), [-1, y.shape[-1]])
+        w_step = tf.reduce_max(tf.abs(channels), axis=0) / 127.0
+        step = tf.stop_gradient(tf.maximum(w_step * in_scale, 1e-12))
+        bias = layer.bias + tf.stop_gradient(tf.round(layer.bias / step) * step - layer.bias)
+        return y + bias
+
+    def _quant(self, name: str, x):
+        tf = self.tf
+        lo, hi = self.ranges[name]
+        return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8, narrow_range=False)
+
+    def __call__(self, x, training: bool = False, quantize: bool = True, taps: dict | None = None):
+        """The model's output with every int8 tensor fake-quantized (``quantize=False``: the float model;
+        ``taps`` collects each quantization point's float value, for :meth:`calibrate`)."""
+        if quantize and not self.calibrated:
+            raise RuntimeError("QatModel: call calibrate() before the first quantized call")
+        in_scale = self.input_scale
+        for layer in self.layers:
+            x = self.apply_layer(layer, x, in_scale, training=training, quantize=quantize, taps=taps)
+            if quantize and layer.name in self.points:
+                lo, hi = self.ranges[layer.name]
+                in_scale = (hi - lo) / 255.0  # read in the graph: calibration moves it between epochs
+        return x
+
+    def apply_layer(
+        self,
+        layer,
+        x,
+        in_scale,
+        training: bool = False,
+        quantize: bool = True,
+        taps: dict | None = None,
+    ):
+        """One layer of the chain on ``x`` (int8 step ``in_scale``), its output fake-quantized where the int8
+        model quantizes it."""
+        tf = self.tf
+        kind = type(layer).__name__
+        sigmoid = False
+        if kind in WEIGHT_OPS:
+            x = self._weight_layer(layer, x, in_scale) if quantize else self._weight_layer_float(layer, x)
+            sigmoid = getattr(layer.activation, "__name__", "linear") == "sigmoid"
+        else:
+            x = layer(x, training=training)
+        if layer.name in self.points:
+            if taps is not None:
+                taps[layer.name] = x
+            if quantize:
+                x = self._quant(layer.name, x)
+        if sigmoid:
+            x = tf.sigmoid(x)
+            if quantize:
+                x = tf.quantization.fake_quant_with_min_max_args(
+                    x, min=0.0, max=255.0 * OUTPUT_STEP, num_bits=8
+                )
+        return x
+
+    def _weight_layer_float(self, layer, x):
+        import keras
+
+        kind = type(layer).__name__
+        if kind == "Dense":
+            y = self.tf.matmul(x, layer.kernel)
+        elif kind == "Conv2D":
+            y = keras.ops.conv(x, layer.kernel, strides=layer.strides, padding=layer.padding)
+        else:
+            y = keras.ops.conv_transpose(
+                x,
+                layer.kernel,
+                strides=layer.strides,
+                padding=layer.padding,
+                output_padding=layer.output_padding,
+            )
+        return y + layer.bias if layer.use_bias else y
+
+    def calibrate(self, x: np.ndarray, batch: int = 250) -> dict[str, tuple[float, float]]:
+        """Set every activation range from the float model's values on ``x`` (as the export calibrates).
+
+        Returns:
+            ``{layer name: (min, max)}``.
+        """
+        found: dict[str, list[np.ndarray]] = {name: [] for name in self.points}
+        for i in range(0, len(x), batch):
+            taps: dict = {}
+            self(x[i : i + batch], quantize=False, taps=taps)
+            for name, v in taps.items():
+                found[name].append(np.asarray(v).ravel())
+        out = {}
+        for name, (lo_var, hi_var) in self.ranges.items():
+            lo, hi = percentile_range(np.concatenate(found[name]), self.percentile)
+            layer = self.model.get_layer(name)
+            if getattr(getattr(layer, "activation", None), "__name__", "") == "sigmoid":
+                lo, hi = max(lo, -LOGIT_RANGE), min(hi, LOGIT_RANGE)
+            lo_var.assign(lo)
+            hi_var.assign(hi)
+            out[name] = (lo, hi)
+        self.calibrated = True
+        return out
+
+
+def qat_pair(encoder, decoder) -> tuple[QatModel, QatModel]:
+    """Fake-quantized views of a plain encoder and decoder (:class:`QatModel`), not yet calibrated."""
+    return QatModel(encoder, PIXEL_SCALE, latent_output=True), QatModel(decoder, 1.0)
+
+
+def calibrate_pair(qenc: QatModel, qdec: QatModel, images: np.ndarray, latent_clip: float = 127.0) -> dict:
+    """Calibrate both views on training images (N, 28, 28, 1) float in [0, 1]: the encoder on the images,
+    the decoder on the fake-quantized encoder's rounded latents (what the int8 decoder is calibrated on).
+
+    Returns:
+        ``{"encoder": ranges, "decoder": ranges}`` (see :meth:`QatModel.calibrate`).
+    """
+    enc = qenc.calibrate(images)
+    y = np.concatenate([np.asarray(qenc(images[i : i + 250])) for i in range(0, len(images), 250)])
+    q = np.clip(np.rint(y), -latent_clip, latent_clip).astype(np.float32)
+    return {"encoder": enc, "decoder": qdec.calibrate(q)}
