@@ -30,8 +30,6 @@ TensorFlow is imported inside the functions only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..errors import ConfigError
@@ -106,14 +104,6 @@ def percentile_range(values: np.ndarray, percentile: float = ACT_PERCENTILE) -> 
     return lo, hi
 
 
-@dataclass
-class _Point:
-    """A quantized tensor: after which layer, and its fixed range (None: calibrated)."""
-
-    after: str
-    fixed: tuple[float, float] | None = None
-
-
 class QatModel:
     """A fake-quantized view of a plain Keras encoder or decoder (same layers, same variables).
 
@@ -135,19 +125,15 @@ class QatModel:
         self.percentile = float(percentile)
         self.input_scale = float(input_scale)
         self.layers = [la for la in model.layers if type(la).__name__ != "InputLayer"]
-        self.points: dict[str, _Point] = {}
+        self.points: list[str] = []
+        """Layers whose output (a sigmoid layer: its logits) is an int8 tensor of its own."""
         for layer in self.layers:
             kind = type(layer).__name__
-            if kind in ACT_OPS:
-                self.points[layer.name] = _Point(layer.name)
-            elif kind in WEIGHT_OPS:
-                act = getattr(layer.activation, "__name__", "linear")
-                if act == "sigmoid":
-                    self.points[layer.name] = _Point(layer.name, None)  # logits, cut to LOGIT_RANGE
-                elif act != "linear":
-                    raise ConfigError(f"--qat: layer {layer.name} has activation {act}; only sigmoid/linear")
-                elif not (latent_output and layer is self.layers[-1]):
-                    self.points[layer.name] = _Point(layer.name)
+            act = getattr(getattr(layer, "activation", None), "__name__", "linear")
+            if kind in WEIGHT_OPS and act not in ("linear", "sigmoid"):
+                raise ConfigError(f"--qat: layer {layer.name} has activation {act}; only sigmoid/linear")
+            if kind in ACT_OPS or (kind in WEIGHT_OPS and not (latent_output and layer is self.layers[-1])):
+                self.points.append(layer.name)
         self.ranges = {
             name: (
                 tf.Variable(0.0, trainable=False, name=f"qat_min_{i}"),

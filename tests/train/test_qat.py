@@ -129,7 +129,7 @@ def _layer_by_layer(qmodel, tflite: bytes, inputs: np.ndarray) -> list[tuple[str
         out = op["outputs"][0]
         want = np.concatenate([s[out] for s in seen])
         step = float(details[out]["quantization_parameters"]["scales"][0])
-        if layer is qmodel.layers[-1] and not qmodel.points.get(layer.name):
+        if layer.name not in qmodel.points:
             got = np.rint(got / step) * step  # the encoder's latent: rounded by the caller
         diff = np.abs(got.reshape(want.shape) - want) / step
         found.append((op["op_name"], float(np.mean(diff > 0.5)), float(diff.max())))
