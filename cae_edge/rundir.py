@@ -53,6 +53,9 @@ RUN_FILES = (ENCODER_FILE, DECODER_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE
 MODEL_FILES = (CONFIG_FILE, ENCODER_FILE, DECODER_FILE)
 """Files :func:`load_run` needs."""
 
+HEADS = ("convt", "d2s")
+"""Decoder output heads (:attr:`ModelConfig.head`)."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -72,12 +75,17 @@ class ModelConfig:
     latent (rounded during training), which needs a spread of several units from the first step."""
     linear_skip: bool = False
     """Add a linear path around the convolutions on both sides (pixels → latent, latent → image logits)."""
+    head: str = "convt"
+    """Decoder output head. ``convt``: ConvT d2 14→28, then ConvT 1 at 28x28 (the first bundles). ``d2s``:
+    Conv d2 (3x3) at 14x14, Conv 4 (3x3), sigmoid, depth-to-space 2 → 28x28x1: no 1-channel tensor next to a
+    conv, half the int8 decoder time (see docs/latency.md and :mod:`cae_edge.train.model`)."""
 
     def validate(self) -> ModelConfig:
         """Check every field; return self.
 
         Raises:
-            ConfigError: latent dim < 1, latent gain <= 0, or widths that are not three positive counts.
+            ConfigError: latent dim < 1, latent gain <= 0, widths that are not three positive counts, or an
+                unknown decoder head.
         """
         if int(self.latent_dim) < 1:
             raise ConfigError(f"latent dim {self.latent_dim}: must be >= 1")
@@ -86,13 +94,18 @@ class ModelConfig:
         for name, widths in (("enc_widths", self.enc_widths), ("dec_widths", self.dec_widths)):
             if len(widths) != 3 or any(int(w) < 1 for w in widths):
                 raise ConfigError(f"{name} {widths!r}: need three positive filter counts")
+        if self.head not in HEADS:
+            raise ConfigError(f"decoder head {self.head!r}: must be one of {', '.join(HEADS)}")
         return self
 
     def to_dict(self) -> dict:
-        """JSON form; ``linear_skip`` only when set, so configs of models without it read as before."""
+        """JSON form; ``linear_skip`` only when set and ``head`` only when not ``convt``, so configs of models
+        without them read (and hash) as before."""
         d = asdict(self)
         if not d["linear_skip"]:
             del d["linear_skip"]
+        if d["head"] == "convt":
+            del d["head"]
         return d
 
     @classmethod

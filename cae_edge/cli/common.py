@@ -8,6 +8,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,13 @@ err = Console(stderr=True)
 
 StepCallback = Callable[[str, int, int], None]
 """The library's progress callback: ``(what, done, total)`` (``cae_edge.datasets.Progress`` and alike)."""
+
+
+class Head(str, Enum):
+    """Decoder output heads (``cae_edge.rundir.HEADS``, ``ModelConfig.head``) for ``--head``."""
+
+    convt = "convt"
+    d2s = "d2s"
 
 
 def print_version(value: bool) -> None:

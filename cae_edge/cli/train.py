@@ -25,7 +25,7 @@ from rich.progress import (
 )
 
 from ..errors import CaeEdgeError, ConfigError, DataNotFoundError
-from .common import err, fail, say
+from .common import Head, err, fail, say
 
 if TYPE_CHECKING:
     from ..train.options import TrainOptions
@@ -163,6 +163,14 @@ def train_cmd(
     dec_widths: Annotated[
         str | None, typer.Option("--dec-widths", help="Decoder filter counts d0,d1,d2 (e.g. 32,32,16).")
     ] = None,
+    head: Annotated[
+        Head | None,
+        typer.Option(
+            "--head",
+            help="Decoder output head: convt (ConvT to 28x28, then a 1-channel ConvT) or d2s (conv at "
+            "14x14, depth-to-space: half the int8 decoder time). Default: the preset's or start's (convt).",
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -231,6 +239,7 @@ def train_cmd(
             latent_dim=latent,
             enc_widths=_widths(enc_widths, "--enc-widths"),
             dec_widths=_widths(dec_widths, "--dec-widths"),
+            head=None if head is None else head.value,
             epochs=epochs,
             batch_size=batch_size,
             learning_rate=lr,

@@ -9,6 +9,7 @@ Keras layer with weights::
       linear_skip (scenes): + FULLY_CONNECTED, no bias, beside  ─► + Dense(use_bias=False) on the pixels
     decoder_float.tflite: FULLY_CONNECTED ─ TRANSPOSE_CONV x4    ─► Dense, Conv2DTranspose x4 (build_decoder)
       linear_skip (scenes): + FULLY_CONNECTED 784, beside       ─► + Dense(784) on the latent
+      head "d2s": FULLY_CONNECTED ─ TRANSPOSE_CONV x2 ─ CONV_2D x2 ─► Dense, Conv2DTranspose x2, Conv2D x2
 
     TFLite layout                    Keras layout
     CONV_2D          (O, H, W, I)  ─► Conv2D          (H, W, I, O)

@@ -102,6 +102,9 @@ class TrainOptions:
     """Encoder filter counts (see :class:`ModelConfig`); None keeps the preset's or the model's default."""
     dec_widths: tuple[int, int, int] | None = None
     """Decoder filter counts (see :class:`ModelConfig`); None keeps the preset's or the model's default."""
+    head: str | None = None
+    """Decoder output head, ``convt`` or ``d2s`` (see :class:`ModelConfig`); None keeps the preset's, the
+    start's or the model's default (``convt``)."""
     epochs: int | None = None
     """Passes over the training images, >= 1. None: 10; rate-distortion: the preset's, else 20."""
     batch_size: int | None = None
@@ -215,6 +218,8 @@ class TrainOptions:
             kw["enc_widths"] = tuple(int(w) for w in self.enc_widths)
         if self.dec_widths is not None:
             kw["dec_widths"] = tuple(int(w) for w in self.dec_widths)
+        if self.head is not None:
+            kw["head"] = str(getattr(self.head, "value", self.head))
         return replace(base, **kw).validate()
 
     def validated(self) -> TrainOptions:
@@ -240,7 +245,8 @@ class TrainOptions:
         if start is not None and cfg != start.model:
             raise ConfigError(
                 f"--init-from {start.name}: its model {start.model.to_dict()} is not {cfg.to_dict()}; "
-                "leave out --latent / --enc-widths / --dec-widths / --preset to take the start's"
+                "leave out --latent / --enc-widths / --dec-widths / --head / --preset to take the start's "
+                "(a new head on a bundle's decoder: `cae-edge readapt BUNDLE --head ...`)"
             )
         frac = float(self.test_fraction)
         if not 0.0 < frac <= 0.9:
@@ -295,6 +301,7 @@ class TrainOptions:
             latent_dim=cfg.latent_dim,
             enc_widths=cfg.enc_widths if self.enc_widths is not None or keep else None,
             dec_widths=cfg.dec_widths if self.dec_widths is not None or keep else None,
+            head=None if self.head is None else cfg.head,
             epochs=epochs,
             batch_size=batch,
             learning_rate=lr,
@@ -402,6 +409,8 @@ class TrainOptions:
             args += ["--enc-widths", ",".join(str(w) for w in self.enc_widths)]
         if self.dec_widths is not None:
             args += ["--dec-widths", ",".join(str(w) for w in self.dec_widths)]
+        if self.head is not None:
+            args += ["--head", str(self.head)]
         args += [
             "--seed",
             str(self.seed),
@@ -441,6 +450,8 @@ class TrainOptions:
             args += ["--target-bytes", repr(rd.target_bytes)]
         args += ["--enc-widths", ",".join(map(str, self.enc_widths or ()))]
         args += ["--dec-widths", ",".join(map(str, self.dec_widths or ()))]
+        if self.head is not None:
+            args += ["--head", str(self.head)]
         args += [
             "--batch-size",
             str(self.batch_size),

@@ -50,7 +50,7 @@ from ..rundir import (
 )
 from .augment import random_affine
 from .from_bundle import CHECK_IMAGES
-from .model import build_decoder, build_encoder
+from .model import build_decoder, build_encoder, logit_pixels
 from .options import TrainOptions
 from .train import (
     AUTO_AUGMENT_MAX_TRAIN,
@@ -239,7 +239,7 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
     prior = _Prior(tf, cfg.latent_dim)
     start = _load_start(opts, encoder, decoder, prior, x_train[:CHECK_IMAGES]) if opts.init_from else None
     if start is None and cfg.linear_skip:
-        pca_start(encoder, decoder, prior, x_train)
+        pca_start(encoder, decoder, prior, x_train, cfg.head)
     qat = None
     if rd.qat:
         from .qat import CALIB_IMAGES, qat_pair
@@ -502,13 +502,14 @@ def pca_basis(x_u8: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return mean, basis, std
 
 
-def pca_start(encoder, decoder, prior: _Prior, x_train: np.ndarray) -> None:
+def pca_start(encoder, decoder, prior: _Prior, x_train: np.ndarray, head: str = "convt") -> None:
     """Start a ``linear_skip`` model as the PCA code of the training images, the convolutions silent.
 
     Encoder: latent = g * V (x - mean) (the conv path's last Dense zeroed, its bias carrying -g V mean);
     decoder: sigmoid(logit(mean) + (V^T q / g) / (mean (1 - mean))), the sigmoid linearised at the mean (the
-    conv path's last transposed conv zeroed); prior: logistic(0, g * std) per dimension. ``g`` puts the
-    largest coefficient at :data:`PCA_START_PEAK` steps, so the rounding costs a few tenths of a step.
+    conv path's last conv zeroed; ``head``, the decoder's, says in which order it adds the 784 logits);
+    prior: logistic(0, g * std) per dimension. ``g`` puts the largest coefficient at :data:`PCA_START_PEAK`
+    steps, so the rounding costs a few tenths of a step.
     Training then moves everything from there (the zeroed layers get gradients and wake up).
     """
     x = x_train[:PCA_START_IMAGES]
@@ -523,10 +524,15 @@ def pca_start(encoder, decoder, prior: _Prior, x_train: np.ndarray) -> None:
     )
     lin_enc.set_weights([(g * basis.T).astype(np.float32)])
     m = np.clip(mean, 0.02, 0.98)
-    lin_dec = [la for la in decoder.layers if la.__class__.__name__ == "Dense"][-1]
-    last_conv = [la for la in decoder.layers if la.__class__.__name__ == "Conv2DTranspose"][-1]
+    (lin_dec,) = [la for la in decoder.layers if la.__class__.__name__ == "Dense" and la.units == 28 * 28]
+    convs = [la for la in decoder.layers if la.__class__.__name__ in ("Conv2D", "Conv2DTranspose")]
+    last_conv = [la for la in convs if la.filters == (4 if head == "d2s" else 1)][-1]
+    pixels = logit_pixels(head)  # the Dense's columns in the order the head adds them to its logits
     lin_dec.set_weights(
-        [(basis / g / (m * (1 - m))).astype(np.float32), np.log(m / (1 - m)).astype(np.float32)]
+        [
+            (basis / g / (m * (1 - m)))[:, pixels].astype(np.float32),
+            np.log(m / (1 - m))[pixels].astype(np.float32),
+        ]
     )
     last_conv.set_weights([np.zeros_like(w) for w in last_conv.get_weights()])
     scale = np.maximum(g * std * math.sqrt(3) / math.pi, 0.1)

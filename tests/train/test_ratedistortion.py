@@ -323,15 +323,16 @@ def test_linear_skip_is_a_linear_code_around_the_convolutions(coffee_frames):
     np.testing.assert_allclose(dec.predict(z, verbose=0).reshape(4, -1), want, atol=1e-5)
 
 
-def test_pca_start_makes_a_linear_skip_model_the_pca_code(coffee_frames):
+@pytest.mark.parametrize("head", ["convt", "d2s"])
+def test_pca_start_makes_a_linear_skip_model_the_pca_code(coffee_frames, head):
     import tensorflow as tf
 
     from cae_edge.train import ratedistortion as rdm
     from cae_edge.train.model import build_decoder, build_encoder
 
-    cfg = ModelConfig(latent_dim=6, latent_gain=8.0, linear_skip=True)
+    cfg = ModelConfig(latent_dim=6, latent_gain=8.0, linear_skip=True, head=head)
     enc, dec, prior = build_encoder(cfg), build_decoder(cfg), rdm._Prior(tf, 6)
-    rdm.pca_start(enc, dec, prior, coffee_frames)
+    rdm.pca_start(enc, dec, prior, coffee_frames, head)
     mean, basis, std = rdm.pca_basis(coffee_frames, 6)
     assert np.allclose(np.linalg.norm(basis, axis=1), 1.0) and np.all(np.diff(std) <= 1e-9)
     x = coffee_frames.astype(np.float32)[..., None] / 255.0
