@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import CaeEdgeError
-from .common import dim, fail, print_json
+from .common import Head, dim, fail, print_json
 
 
 def readapt(
@@ -31,6 +31,14 @@ def readapt(
     train_limit: Annotated[
         int | None, typer.Option("--train-limit", min=1, help="Fine-tune on the first N training images.")
     ] = None,
+    augment_copies: Annotated[
+        int,
+        typer.Option(
+            "--augment-copies",
+            min=0,
+            help="Also train on this many shifted/rotated copies of the training images (their own latents).",
+        ),
+    ] = 0,
     verify_limit: Annotated[
         int | None, typer.Option("--verify-limit", min=1, help="Verify on the first N test images.")
     ] = None,
@@ -42,6 +50,26 @@ def readapt(
         Path | None,
         typer.Option("--data-dir", help="Directory with the IDX .gz files, tried first.", file_okay=False),
     ] = None,
+    head: Annotated[
+        Head | None,
+        typer.Option(
+            "--head",
+            help="Give the new decoder this output head (d2s: half the int8 decoder time); the layers "
+            "before it keep the bundle's weights, the head starts fresh. Default: the bundle's head.",
+        ),
+    ] = None,
+    head_width: Annotated[
+        int | None,
+        typer.Option(
+            "--head-width", min=1, help="With --head: filters of the new head's hidden layer (default: d2)."
+        ),
+    ] = None,
+    head_epochs: Annotated[
+        int, typer.Option("--head-epochs", min=0, help="With a new head: head-only epochs before --epochs.")
+    ] = 3,
+    head_lr: Annotated[
+        float, typer.Option("--head-lr", help="Starting learning rate of the head-only epochs.")
+    ] = 1e-3,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing bundle directory.")
     ] = False,
@@ -61,10 +89,16 @@ def readapt(
     args += ["--epochs", str(epochs), "--lr", f"{lr:g}"]
     if train_limit is not None:
         args += ["--train-limit", str(train_limit)]
+    if augment_copies:
+        args += ["--augment-copies", str(augment_copies)]
     if verify_limit is not None:
         args += ["--verify-limit", str(verify_limit)]
     if margin is not None:
         args += ["--margin", f"{margin:g}"]
+    if head is not None:
+        args += ["--head", head.value, "--head-epochs", str(head_epochs), "--head-lr", f"{head_lr:g}"]
+        if head_width is not None:
+            args += ["--head-width", str(head_width)]
     opts = ReadaptOptions(
         bundle=bundle,
         out_dir=out,
@@ -72,10 +106,15 @@ def readapt(
         epochs=epochs,
         learning_rate=lr,
         train_limit=train_limit,
+        augment_copies=augment_copies,
         verify_limit=verify_limit,
         margin_db=margin,
         data_dir=data_dir,
         overwrite=overwrite,
+        head=None if head is None else head.value,
+        head_width=head_width,
+        head_epochs=head_epochs,
+        head_lr=head_lr,
         command=shlex.join(args),
     )
 

@@ -20,6 +20,17 @@ changes: latents, payloads and the entropy model stay valid; the pair id changes
 Works from the bundle alone (no training run directory): the float decoder's weights are read back from
 ``decoder_float.tflite``, whose numbers are the Keras decoder's.
 
+With ``head`` the new decoder also gets another output head (``ModelConfig.head``; ``d2s``: the int8
+decoder in half the time, docs/latency.md)::
+
+    old decoder: Dense ─ ConvT 3→7 ─ ConvT 7→14 ─ [convt head] ─► image
+                   │ weights copied │          │
+    new decoder: Dense ─ ConvT 3→7 ─ ConvT 7→14 ─ [d2s head, fresh] ─► image
+        ─ head_epochs on the latents with the shared layers frozen (head_lr), then ``epochs`` on everything
+
+The manifest's ``train.model`` then records the new head, which is how everything that reads the decoder
+back (this module, ``train --init-from``) builds it.
+
 TensorFlow is imported inside the functions only.
 """
 
@@ -39,7 +50,7 @@ from ..errors import ConfigError, ExportError
 from ..manifest import DEFAULT_FILES, MANIFEST_NAME, Manifest, file_entry, pair_id
 from ..metrics import quality, to_uint8
 from ..quant import dequantize
-from ..rundir import ModelConfig
+from ..rundir import HEADS, ModelConfig
 
 Progress = Callable[[str, int, int], None]
 
@@ -64,6 +75,10 @@ class ReadaptOptions:
     """Starting Adam learning rate (cosine decay to a tenth); the decoder is already adapted once."""
     train_limit: int | None = None
     """Fine-tune on the first N training images only (``None``: all)."""
+    augment_copies: int = 0
+    """Also fine-tune on this many randomly shifted and rotated copies of the training images (their own
+    int8 latents; :func:`cae_edge.train.augment.random_affine`, every copy transformed): more pairs for a
+    decoder that learns a new head, which overfits the 8,000 MNIST digits otherwise."""
     calib: int | None = None
     """Decoder calibration images; ``None``: what the manifest's ``dataset.calibration`` records."""
     calib_seed: int | None = None
@@ -80,6 +95,16 @@ class ReadaptOptions:
     """Replace an existing output directory."""
     seed: int = 0
     """Seed of the fine-tuning's shuffling."""
+    head: str | None = None
+    """Decoder head of the new decoder (``convt``, ``d2s``); ``None``: the bundle's. A new head starts fresh
+    and the layers before it keep the bundle's weights."""
+    head_width: int | None = None
+    """With a new head: filters of its hidden layer (``dec_widths[2]``: the d2s head's 14x14 conv, the convt
+    head's 28x28 ConvT); ``None``: the bundle's ``dec_widths[2]``."""
+    head_epochs: int = 3
+    """With a new head: epochs that train the head alone (the shared layers frozen) before ``epochs``."""
+    head_lr: float = 1e-3
+    """Starting learning rate of those head-only epochs (cosine decay to a tenth)."""
     command: str = ""
     """How this re-adaptation was invoked, recorded in the manifest."""
 
@@ -91,6 +116,16 @@ class ReadaptOptions:
             raise ConfigError(f"kernels {list(self.kernels)}: each must be one of {', '.join(KERNELS)}")
         if int(self.epochs) < 1:
             raise ConfigError(f"epochs {self.epochs}: must be >= 1")
+        if self.head is not None and self.head not in HEADS:
+            raise ConfigError(f"decoder head {self.head!r}: must be one of {', '.join(HEADS)} (or omitted)")
+        if self.head_width is not None and (self.head is None or int(self.head_width) < 1):
+            raise ConfigError(f"head width {self.head_width}: must be >= 1, and needs a new head (--head)")
+        if int(self.head_epochs) < 0:
+            raise ConfigError(f"head epochs {self.head_epochs}: must be >= 0")
+        if int(self.augment_copies) < 0:
+            raise ConfigError(
+                f"augment copies {self.augment_copies}: must be >= 0 (0 = the images as they are)"
+            )
         for name, v in (("train limit", self.train_limit), ("verify limit", self.verify_limit)):
             if v is not None and int(v) < 1:
                 raise ConfigError(f"{name} {v}: must be >= 1 (or omitted for the whole split)")
@@ -114,40 +149,59 @@ class ReadaptResult:
 def keras_decoder_from_tflite(decoder_float: bytes, cfg: ModelConfig):
     """Rebuild the Keras decoder whose float32 conversion is ``decoder_float`` (weights copied back).
 
-    The builder makes the layers; the float .tflite holds their weights in its FULLY_CONNECTED (``(out, in)``,
-    Keras ``(in, out)``) and TRANSPOSE_CONV (``(out, h, w, in)``, Keras ``(h, w, out, in)``) ops, in order.
+    The builder makes the layers (``cfg.head`` says which head); the float .tflite holds their weights in its
+    FULLY_CONNECTED, TRANSPOSE_CONV and CONV_2D ops, paired with the layers by place in the data flow
+    (:func:`cae_edge.train.from_bundle.load_tflite_weights`).
 
     Raises:
         ExportError: the model's ops or weight shapes do not match ``cfg``'s decoder.
     """
+    from ..errors import BundleError
+    from ..train.from_bundle import load_tflite_weights
     from ..train.model import build_decoder
-    from .convert import _builtin_code, _schema
 
-    s = _schema()
-    m = s.Model.GetRootAs(bytearray(decoder_float), 0)
-    sg = m.Subgraphs(0)
-
-    def const(t: int) -> np.ndarray:
-        tensor = sg.Tensors(t)
-        data = m.Buffers(tensor.Buffer()).DataAsNumpy()
-        return np.frombuffer(data.tobytes(), np.float32).reshape(tuple(tensor.ShapeAsNumpy()))
-
-    weights: list[np.ndarray] = []
-    for o in range(sg.OperatorsLength()):
-        op, code = sg.Operators(o), _builtin_code(m, sg.Operators(o))
-        if code == s.BuiltinOperator.FULLY_CONNECTED:
-            weights += [const(op.Inputs(1)).T, const(op.Inputs(2))]
-        elif code == s.BuiltinOperator.TRANSPOSE_CONV:
-            weights += [const(op.Inputs(1)).transpose(1, 2, 0, 3), const(op.Inputs(3))]
     decoder = build_decoder(cfg)
-    expected = [tuple(w.shape) for w in decoder.get_weights()]
-    if [tuple(w.shape) for w in weights] != expected:
+    try:
+        load_tflite_weights(decoder, bytes(decoder_float), "decoder_float.tflite")
+    except BundleError as e:
         raise ExportError(
-            f"decoder_float.tflite weights {[tuple(w.shape) for w in weights]} do not fit the manifest's "
-            f"model {cfg.to_dict()} (expected {expected})"
-        )
-    decoder.set_weights(weights)
+            f"decoder_float.tflite weights do not fit the manifest's model {cfg.to_dict()}: {e}"
+        ) from None
     return decoder
+
+
+def new_head_decoder(decoder, cfg: ModelConfig, head: str, width: int | None = None):
+    """A decoder of ``cfg`` with ``head`` (whose hidden layer has ``width`` filters; ``None``: ``cfg``'s
+    ``dec_widths[2]``), the layers before the head copied from ``decoder`` (built for ``cfg``) and frozen,
+    the head fresh. A ``linear_skip`` decoder's Dense(784) is copied (and frozen) too, its columns put in the
+    order the head adds it in (:func:`cae_edge.train.model.logit_pixels`).
+
+    Returns:
+        ``(new decoder, its ModelConfig)``.
+    """
+    from dataclasses import replace
+
+    from ..train.model import build_decoder, logit_pixels
+
+    d0, d1, d2 = cfg.dec_widths
+    new_cfg = replace(cfg, head=head, dec_widths=(d0, d1, d2 if width is None else int(width))).validate()
+    new = build_decoder(new_cfg)
+
+    def split(model):  # (the chain's weight layers in data-flow order, the linear path's Dense or None)
+        layers = [la for la in model.layers if la.weights]
+        lin = [la for la in layers if cfg.linear_skip and la.weights[0].shape == (cfg.latent_dim, 28 * 28)]
+        return [la for la in layers if la not in lin], (lin[0] if lin else None)
+
+    (old_chain, old_lin), (new_chain, new_lin) = split(decoder), split(new)
+    for old, la in zip(old_chain[:3], new_chain[:3], strict=True):  # Dense, ConvT 3→7, ConvT 7→14
+        la.set_weights(old.get_weights())
+        la.trainable = False
+    if old_lin is not None:
+        kernel, bias = old_lin.get_weights()
+        to_new = np.argsort(logit_pixels(cfg.head))[logit_pixels(head)]  # new column -> old column
+        new_lin.set_weights([kernel[:, to_new], bias[to_new]])
+        new_lin.trainable = False
+    return new, new_cfg
 
 
 def kernel_latents(
@@ -217,6 +271,11 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     old = load_bundle(src)
     manifest = old.manifest
     cfg = ModelConfig.from_dict(manifest.train.get("model") or {})
+    if opts.head_width is not None and opts.head == cfg.head:
+        raise ConfigError(
+            f"head width {opts.head_width}: {src.name} already has the {cfg.head} head, whose layers keep "
+            "their weights; a new width needs a new head (or `cae-edge train` from scratch)"
+        )
     rate_distortion = bool((manifest.train.get("train") or {}).get("rate_distortion"))
     lq = manifest.latent_quant
     calib_n, calib_seed, percentile = _calibration(manifest, opts)
@@ -228,10 +287,31 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     step("quality before, per kernel family", 0, 1)
     before = kernel_quality(old, test, DEFAULT_KERNELS, name=src.name)
 
+    if opts.augment_copies:
+        from ..train.augment import AugmentOptions, random_affine
+
+        rng = np.random.default_rng(opts.seed)
+        moved = AugmentOptions(probability=1.0)
+        copies = [to_uint8(random_affine(train / 255.0, rng, moved)) for _ in range(opts.augment_copies)]
+        train = np.concatenate([train, *copies])
     latents = kernel_latents(encoder, train, tuple(opts.kernels), step)
     decoder = keras_decoder_from_tflite(old.model_bytes("decoder_float"), cfg)
     q_all = np.concatenate([dequantize(latents[k], lq) for k in opts.kernels])
     x_all = np.concatenate([train] * len(opts.kernels))
+    head_change = None
+    if opts.head is not None and opts.head != cfg.head:
+        decoder, new_cfg = new_head_decoder(decoder, cfg, opts.head, opts.head_width)
+        head_change = {"from": cfg.head, "to": new_cfg.head, "width": new_cfg.dec_widths[2]}
+        if opts.head_epochs:
+            warm = AdaptOptions(epochs=opts.head_epochs, learning_rate=opts.head_lr, seed=opts.seed + 1)
+            decoder, warm_res = adapt_decoder(decoder, q_all, x_all, warm, progress)
+            head_change["head_only"] = warm_res.to_dict()
+        for layer in decoder.layers:
+            layer.trainable = True
+        cfg = new_cfg
+        manifest.train["model"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()
+        }
     adapt_opts = AdaptOptions(epochs=opts.epochs, learning_rate=opts.learning_rate, seed=opts.seed)
     adapted, res = adapt_decoder(decoder, q_all, x_all, adapt_opts, progress)
 
@@ -268,6 +348,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
         q["decoder_readaptation"] = {
             **res.to_dict(),
             "kernels": list(opts.kernels),
+            **({"head": head_change} if head_change else {}),
             "command": opts.command,
             "calibration": f"{len(calib)} training images, seed {calib_seed}, percentile {percentile:g}",
         }
