@@ -120,27 +120,40 @@ def test_readapt_to_d2s_changes_only_the_decoder(readapted):
     )
 
 
+def _check_int8_d2s_decoder(tflite: bytes) -> None:
+    from cae_edge.export.convert import model_info
+
+    info = model_info(tflite)
+    assert set(info.ops) <= INT8_OPS and {"CONV_2D", "TRANSPOSE", "LOGISTIC"} <= set(info.ops), info.ops
+    assert info.custom_ops == () and info.n_subgraphs == 1
+    assert set(info.tensor_types) <= {"INT8", "INT32"}, info.tensor_types  # int32: biases, shapes, perms
+    it = make_interpreter(tflite, xnnpack=False)
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    convs = [op for op in it._get_ops_details() if op["op_name"] in ("CONV_2D", "TRANSPOSE_CONV")]
+    assert [op["op_name"] for op in convs] == ["TRANSPOSE_CONV", "TRANSPOSE_CONV", "CONV_2D", "CONV_2D"]
+    for op in convs:
+        ins = [int(i) for i in op["inputs"]]
+        data = details[ins[2] if op["op_name"] == "TRANSPOSE_CONV" else ins[0]]
+        out = details[int(op["outputs"][0])]
+        assert data["dtype"] == out["dtype"] == np.int8
+        assert data["shape"][-1] > 1 and out["shape"][-1] > 1, (op["op_name"], data["shape"], out["shape"])
+    assert list(out["shape"]) == [1, 14, 14, 4]  # the last conv: the 2x2 blocks
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    assert i["dtype"] == o["dtype"] == np.int8 and list(o["shape"]) == [1, 28, 28, 1]
+
+
 @pytest.mark.slow
 def test_d2s_int8_decoder_is_int8_builtin_with_no_one_channel_conv(readapted):
-    _, _, new = readapted
-    it = make_interpreter(new.model_bytes("decoder"), xnnpack=False)
-    details = {t["index"]: t for t in it.get_tensor_details()}
-    ops = it._get_ops_details()
-    names = {op["op_name"] for op in ops}
-    assert names <= INT8_OPS and {"CONV_2D", "TRANSPOSE", "LOGISTIC"} <= names
-    assert "TRANSPOSE_CONV" in names  # the shared 3→7 and 7→14 layers
-    for op in ops:
-        data = [details[int(i)] for i in op["inputs"] if int(i) >= 0]
-        if op["op_name"] in ("CONV_2D", "TRANSPOSE_CONV"):
-            inp = data[2] if op["op_name"] == "TRANSPOSE_CONV" else data[0]
-            out = details[int(op["outputs"][0])]
-            assert inp["shape"][-1] > 1 and out["shape"][-1] > 1, op
-        for t in [*data, *(details[int(o)] for o in op["outputs"])]:
-            if t["name"].endswith("bias") or t["dtype"] == np.int32:
-                continue
-            assert t["dtype"] == np.int8 or len(t["shape"]) == 1, (op["op_name"], t["name"], t["dtype"])
-    o = it.get_output_details()[0]
-    assert list(o["shape"]) == [1, 28, 28, 1] and o["dtype"] == np.int8
+    _check_int8_d2s_decoder(readapted[2].model_bytes("decoder"))
+
+
+def test_shipped_d2s_decoders_are_int8_builtin_with_no_one_channel_conv():
+    from cae_edge.device.bundle import available_bundles
+
+    d2s = [n for n in available_bundles() if load_bundle(n).manifest.train["model"].get("head") == "d2s"]
+    assert "mnist-hq" in d2s
+    for name in d2s:
+        _check_int8_d2s_decoder(load_bundle(name).model_bytes("decoder"))
 
 
 @pytest.mark.slow
