@@ -19,8 +19,17 @@ from cae_edge.errors import ConfigError
 from cae_edge.rundir import HEADS, ModelConfig
 
 runner = CliRunner()
-INT8_OPS = {"FULLY_CONNECTED", "LEAKY_RELU", "RESHAPE", "TRANSPOSE_CONV", "CONV_2D", "LOGISTIC", "TRANSPOSE"}
-"""Ops an int8 d2s decoder may hold (LiteRT builtins, all int8 in XNNPACK)."""
+INT8_OPS = {
+    "FULLY_CONNECTED",
+    "LEAKY_RELU",
+    "RESHAPE",
+    "TRANSPOSE_CONV",
+    "CONV_2D",
+    "LOGISTIC",
+    "TRANSPOSE",
+    "ADD",
+}
+"""Ops an int8 d2s decoder may hold (LiteRT builtins, all int8 in XNNPACK; ADD: a linear path's)."""
 
 
 def test_head_is_validated_and_recorded_only_when_not_the_default():
@@ -237,3 +246,40 @@ def test_cli_readapt_head_records_its_command(tmp_path):
     cmd = res["quality"]["decoder_readaptation"]["command"]
     assert "--head d2s --head-epochs 1 --head-lr 0.001 --head-width 8" in cmd
     assert load_bundle(out).manifest.train["model"]["head"] == "d2s"
+
+
+@pytest.mark.slow
+def test_readapt_to_d2s_with_the_linear_path(tmp_path):
+    """scenes-tiny (linear_skip) through readapt --head d2s on 100 real training frames: an int8 d2s decoder
+    whose linear path adds at 14x14x4, read back into Keras computing what its float file computes."""
+    from cae_edge.export.readapt import ReadaptOptions, keras_decoder_from_tflite, readapt_bundle
+
+    src = load_bundle("scenes-tiny")
+    out = tmp_path / "scenes-tiny-d2s"
+    readapt_bundle(
+        ReadaptOptions(
+            src.path,
+            out,
+            head="d2s",
+            head_width=8,
+            head_epochs=1,
+            epochs=1,
+            train_limit=100,
+            verify_limit=30,
+            margin_db=5.0,
+        )
+    )
+    new = load_bundle(out)
+    for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz"):
+        assert new.read_file(name) == src.read_file(name)
+    assert new.manifest.train["model"]["linear_skip"] and new.manifest.train["model"]["head"] == "d2s"
+    _check_int8_d2s_decoder(new.model_bytes("decoder"))
+    cfg = ModelConfig.from_dict(new.manifest.train["model"])
+    frames = datasets.load(new.manifest.dataset["name"]).x_test[:8]
+    enc = new.encoder(precision="float")
+    z = np.round(np.stack([enc.encode_latent(f) for f in frames])).astype(np.float32)
+    dec = new.decoder(precision="float")
+    want = np.stack([dec.decode_latent(v) for v in z]).astype(np.int16)
+    decoder = keras_decoder_from_tflite(new.model_bytes("decoder_float"), cfg)
+    got = np.clip(np.rint(decoder.predict(z, verbose=0)[..., 0] * 255), 0, 255).astype(np.int16)
+    assert want.std() > 5 and np.abs(got - want).max() <= 1
