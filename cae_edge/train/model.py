@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 
+D2S_BLOCKS = "blocks"
+"""Name of the d2s head's output conv (14x14x4: the logits of the image's 2x2 pixel blocks)."""
+
+
 def _glorot(gain: float):
     """Glorot-uniform initializer scaled by ``gain`` (gain 1 is Keras' default)."""
     import keras
@@ -123,7 +127,7 @@ def build_decoder(cfg: ModelConfig, batch_size: int | None = None, name: str = "
     if cfg.head == "d2s":
         x = layers.Conv2D(d2, 3, padding="same")(x)  # 14x14xd2
         x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
-        x = layers.Conv2D(4, 3, padding="same", name="blocks")(x)  # 14x14x4: the 2x2 pixel blocks' logits
+        x = layers.Conv2D(4, 3, padding="same", name=D2S_BLOCKS)(x)  # 14x14x4: the 2x2 pixel blocks' logits
         if cfg.linear_skip:
             lin = layers.Dense(28 * 28, kernel_initializer=_glorot(1.0 / cfg.latent_gain))(inp)
             x = layers.Add()([x, layers.Reshape((14, 14, 4))(lin)])
