@@ -21,7 +21,7 @@ Works from the bundle alone (no training run directory): the float decoder's wei
 ``decoder_float.tflite``, whose numbers are the Keras decoder's.
 
 With ``head`` the new decoder also gets another output head (``ModelConfig.head``; ``d2s``: the int8
-decoder in half the time, docs/latency.md)::
+decoder in 20 µs instead of 32, docs/latency.md)::
 
     old decoder: Dense ─ ConvT 3→7 ─ ConvT 7→14 ─ [convt head] ─► image
                    │ weights copied │          │

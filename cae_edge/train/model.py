@@ -25,11 +25,11 @@ learn what it misses; it costs 784 x latent weights on each side.
 
 The ``d2s`` head (``ModelConfig.head``) replaces the 14→28 ConvT and the 1-channel ConvT, which run at a few
 per cent of the int8 peak (a GEMM with one output column), by a d2-filter conv at 14x14 and a 4-channel conv
-whose channels are the 2x2 pixel blocks of the image (int8 preset decoder: 16 µs instead of 32 on the same
-core; the 4-channel conv alone would be 12 µs but drops the last hidden layer). Depth-to-space is
-Reshape/Permute/Reshape (TFLite RESHAPE and TRANSPOSE, int8 in XNNPACK, no arithmetic). Its linear path is a
-Dense(784) laid out as 14x14x4, added to the conv's logits before the sigmoid, so the graph never has a
-1-channel tensor next to a conv (docs/latency.md).
+whose channels are the 2x2 pixel blocks of the image (int8 preset decoder: 16 µs with d2 = 24, 20 µs with 48
+as shipped, against 32 µs on the same core; the 4-channel conv alone would be 12 µs but drops the last hidden
+layer). Depth-to-space is Reshape/Permute/Reshape (TFLite RESHAPE and TRANSPOSE, int8 in XNNPACK, no
+arithmetic). Its linear path is a Dense(784) laid out as 14x14x4, added to the conv's logits before the
+sigmoid, so the graph never has a 1-channel tensor next to a conv (docs/latency.md).
 
 Encoder and decoder share nothing across the bottleneck (no skip connections): they run on different
 machines. Both take a fixed batch size when ``batch_size`` is given, which keeps the TFLite graphs free of
