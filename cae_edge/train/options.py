@@ -103,8 +103,9 @@ class TrainOptions:
     dec_widths: tuple[int, int, int] | None = None
     """Decoder filter counts (see :class:`ModelConfig`); None keeps the preset's or the model's default."""
     head: str | None = None
-    """Decoder output head, ``convt`` or ``d2s`` (see :class:`ModelConfig`); None keeps the preset's, the
-    start's or the model's default (``convt``)."""
+    """Decoder output head, ``convt`` or ``d2s`` (see :class:`ModelConfig`); None keeps the start's (with
+    its head width ``dec_widths[2]``, also under a preset: ``--preset hq --init-from mnist-hq``), else the
+    preset's or the model's default (``convt``)."""
     epochs: int | None = None
     """Passes over the training images, >= 1. None: 10; rate-distortion: the preset's, else 20."""
     batch_size: int | None = None
@@ -220,6 +221,11 @@ class TrainOptions:
             kw["dec_widths"] = tuple(int(w) for w in self.dec_widths)
         if self.head is not None:
             kw["head"] = str(getattr(self.head, "value", self.head))
+        elif start is not None and preset is not None and start.model.head != base.head:
+            # a preset names the architecture but not the head a start was given later (`readapt --head`)
+            kw["head"] = start.model.head
+            if self.dec_widths is None:
+                kw["dec_widths"] = (*base.dec_widths[:2], start.model.dec_widths[2])
         return replace(base, **kw).validate()
 
     def validated(self) -> TrainOptions:

@@ -44,7 +44,7 @@ def test_head_is_validated_and_recorded_only_when_not_the_default():
 
 
 def test_train_options_take_the_head():
-    from cae_edge.train.options import TrainOptions
+    from cae_edge.train.options import RDOptions, TrainOptions
 
     opts = TrainOptions(dataset="mnist", latent_dim=16, head="d2s").validated()
     assert opts.model_config().head == "d2s" and "--head d2s" in opts.to_command()
@@ -53,6 +53,13 @@ def test_train_options_take_the_head():
         TrainOptions(dataset="mnist", head="wide").validated()
     with pytest.raises(ConfigError, match="--head"):  # a bundle's model is kept as it is
         TrainOptions(dataset="mnist", init_from="mnist-tiny", head="d2s").validated()
+    # a preset does not undo the head a bundle was given later (mnist-hq ships with the d2s head)
+    shipped = ModelConfig.from_dict(load_bundle("mnist-hq").manifest.train["model"])
+    assert shipped.head == "d2s"
+    for preset in (None, "hq"):
+        rd = RDOptions(preset=preset)
+        opts = TrainOptions(dataset="mnist", init_from="mnist-hq", rd=rd).validated()
+        assert opts.model_config() == shipped
 
 
 def test_cli_rejects_an_unknown_head():
