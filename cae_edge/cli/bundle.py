@@ -69,7 +69,8 @@ def info(
     if m.command:
         typer.echo(f"made by  {m.command}")
     if "decoder_readaptation" in q:
-        typer.echo(f"then     {q['decoder_readaptation']['command']}")
+        for r in [*q["decoder_readaptation"].get("earlier", []), q["decoder_readaptation"]]:
+            typer.echo(f"then     {r['command']}")
     if m.train.get("command"):
         typer.echo(f"trained  {m.train['command']}")
 

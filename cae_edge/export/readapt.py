@@ -283,6 +283,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     test = ds.x_test if opts.verify_limit is None else ds.x_test[: opts.verify_limit]
     train = ds.x_train if opts.train_limit is None else ds.x_train[: opts.train_limit]
     encoder = old.model_bytes("encoder")
+    old_quality = dict(manifest.quality)
 
     step("quality before, per kernel family", 0, 1)
     before = kernel_quality(old, test, DEFAULT_KERNELS, name=src.name)
@@ -352,6 +353,9 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
             "command": opts.command,
             "calibration": f"{len(calib)} training images, seed {calib_seed}, percentile {percentile:g}",
         }
+        if "decoder_readaptation" in old_quality:  # the bundle's own readaptations, oldest first
+            earlier = dict(old_quality["decoder_readaptation"])
+            q["decoder_readaptation"]["earlier"] = [*earlier.pop("earlier", []), earlier]
         bundle = load_bundle(tmp)
         after = kernel_quality(bundle, test, DEFAULT_KERNELS, name=out.name)
         q["kernels"] = {

@@ -253,6 +253,16 @@ def test_cli_readapt_head_records_its_command(tmp_path):
     cmd = res["quality"]["decoder_readaptation"]["command"]
     assert "--head d2s --head-epochs 1 --head-lr 0.001 --head-width 8" in cmd
     assert load_bundle(out).manifest.train["model"]["head"] == "d2s"
+    # a second readaptation keeps the head (and its width) and records the first one before it
+    again = ["readapt", str(out), "--out", str(tmp_path / "again"), "--epochs", "1", "--train-limit", "100"]
+    r = runner.invoke(app, [*again, "--verify-limit", "20", "--margin", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    second = load_bundle(tmp_path / "again").manifest
+    assert second.train["model"] == load_bundle(out).manifest.train["model"]
+    record = second.quality["decoder_readaptation"]
+    assert [e["command"] for e in record["earlier"]] == [cmd] and "head" not in record
+    r = runner.invoke(app, ["bundle", "info", str(tmp_path / "again")])
+    assert r.exit_code == 0 and r.output.count("then ") == 2 and "--head d2s" in r.output
 
 
 @pytest.mark.slow
