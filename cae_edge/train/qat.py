@@ -45,10 +45,16 @@ OUTPUT_STEP = 1.0 / 256.0
 """TFLite's int8 LOGISTIC output: scale 1/256, zero point -128 (real values 0 .. 255/256)."""
 WEIGHT_OPS = ("Conv2D", "Conv2DTranspose", "Dense")
 """Keras layer classes whose kernels are fake-quantized."""
-PASS_OPS = ("InputLayer", "Flatten", "Reshape")
-"""Layers that keep their input's quantization (RESHAPE in TFLite)."""
+PASS_OPS = ("InputLayer", "Flatten", "Reshape", "Permute")
+"""Layers that keep their input's quantization (RESHAPE, TRANSPOSE in TFLite: the d2s head)."""
 ACT_OPS = ("LeakyReLU",)
 """Layers whose output is a separately quantized tensor."""
+SIGMOID_OPS = ("Activation",)
+"""A separate sigmoid layer (the d2s head's, after depth-to-space): LOGISTIC, TFLite's fixed output step."""
+
+
+def _activation(layer) -> str:
+    return getattr(getattr(layer, "activation", None), "__name__", "linear")
 
 
 def check_supported(model) -> None:
@@ -57,9 +63,14 @@ def check_supported(model) -> None:
     Raises:
         ConfigError: a layer of another kind (e.g. the ADD of a ``linear_skip`` model), naming it.
     """
-    known = WEIGHT_OPS + PASS_OPS + ACT_OPS
+    known = WEIGHT_OPS + PASS_OPS + ACT_OPS + SIGMOID_OPS
     for layer in model.layers:
         kind = type(layer).__name__
+        if kind in SIGMOID_OPS and _activation(layer) != "sigmoid":
+            raise ConfigError(
+                f"--qat: layer {layer.name} ({kind}) applies {_activation(layer)}; only a sigmoid is "
+                "supported as a separate activation layer; train without --qat"
+            )
         if kind not in known:
             raise ConfigError(
                 f"--qat: layer {layer.name} ({kind}) of the {model.name} is not supported by "
@@ -127,13 +138,21 @@ class QatModel:
         self.layers = [la for la in model.layers if type(la).__name__ != "InputLayer"]
         self.points: list[str] = []
         """Layers whose output (a sigmoid layer: its logits) is an int8 tensor of its own."""
+        self.logits: set[str] = set()
+        """Points whose tensor is a sigmoid's input (range cut to +-LOGIT_RANGE as the export does)."""
+        last_point = ""
         for layer in self.layers:
+            if type(layer).__name__ in SIGMOID_OPS and last_point:
+                self.logits.add(last_point)  # RESHAPE/TRANSPOSE in between keep its quantization
+            elif _activation(layer) == "sigmoid":
+                self.logits.add(layer.name)
             kind = type(layer).__name__
             act = getattr(getattr(layer, "activation", None), "__name__", "linear")
             if kind in WEIGHT_OPS and act not in ("linear", "sigmoid"):
                 raise ConfigError(f"--qat: layer {layer.name} has activation {act}; only sigmoid/linear")
             if kind in ACT_OPS or (kind in WEIGHT_OPS and not (latent_output and layer is self.layers[-1])):
                 self.points.append(layer.name)
+                last_point = layer.name
         self.ranges = {
             name: (
                 tf.Variable(0.0, trainable=False, name=f"qat_min_{i}"),
@@ -210,6 +229,8 @@ class QatModel:
         if kind in WEIGHT_OPS:
             x = self._weight_layer(layer, x, in_scale) if quantize else self._weight_layer_float(layer, x)
             sigmoid = getattr(layer.activation, "__name__", "linear") == "sigmoid"
+        elif kind in SIGMOID_OPS:
+            sigmoid = True
         else:
             x = layer(x, training=training)
         if layer.name in self.points:
@@ -258,8 +279,7 @@ class QatModel:
         out = {}
         for name, (lo_var, hi_var) in self.ranges.items():
             lo, hi = percentile_range(np.concatenate(found[name]), self.percentile)
-            layer = self.model.get_layer(name)
-            if getattr(getattr(layer, "activation", None), "__name__", "") == "sigmoid":
+            if name in self.logits:
                 lo, hi = max(lo, -LOGIT_RANGE), min(hi, LOGIT_RANGE)
             lo_var.assign(lo)
             hi_var.assign(hi)
