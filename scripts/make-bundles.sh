@@ -92,8 +92,9 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   # machine. A second readapt keeps the decoder's Dense and first two ConvT and trains a fresh head (a wider
   # hidden conv and shifted/rotated copies of the 8,000 digits make up for the 28x28 ConvT it replaces).
   case $name-$preset in
-    mnist-hq | mnist-small) head="--head d2s --head-width 48 --head-epochs 5 --head-lr 1e-3 --epochs 30 --lr 1e-3 --augment-copies 3" ;;
+    mnist-hq | mnist-small | mnist-tiny) head="--head d2s --head-width 48 --head-epochs 5 --head-lr 1e-3 --epochs 30 --lr 1e-3 --augment-copies 3" ;;
     fashion-hq) head="--head d2s --head-width 48 --head-epochs 5 --head-lr 1e-3 --epochs 15 --lr 1e-3" ;;
+    fashion-tiny) head="--head d2s --head-width 48 --head-epochs 3 --head-lr 1e-3 --epochs 10 --lr 1e-3" ;;
     fashion-small) head="--head d2s --head-width 48 --head-epochs 3 --head-lr 1e-3 --epochs 10 --lr 1e-3 --kernels xnnpack,builtin,micro" ;;
     scenes-small) head="--head d2s --head-width 48 --head-epochs 4 --head-lr 1e-3 --epochs 10 --lr 1e-3" ;;
     *) head="" ;;

@@ -51,8 +51,8 @@ def test_train_options_take_the_head():
     assert TrainOptions(dataset="mnist", latent_dim=16).validated().model_config().head == "convt"
     with pytest.raises(ConfigError, match="decoder head 'wide'"):
         TrainOptions(dataset="mnist", head="wide").validated()
-    with pytest.raises(ConfigError, match="--head"):  # a bundle's model is kept as it is
-        TrainOptions(dataset="mnist", init_from="mnist-tiny", head="d2s").validated()
+    with pytest.raises(ConfigError, match="--head"):  # a bundle keeps its model (mnist: convt)
+        TrainOptions(dataset="mnist", init_from="mnist", head="d2s").validated()
     # a preset does not undo the head a bundle was given later (mnist-hq ships with the d2s head)
     shipped = ModelConfig.from_dict(load_bundle("mnist-hq").manifest.train["model"])
     assert shipped.head == "d2s"
@@ -92,13 +92,14 @@ def test_depth_to_space_puts_each_channel_at_its_pixel(mnist):
 
 @pytest.fixture(scope="module")
 def readapted(tmp_path_factory):
-    """mnist-tiny re-adapted to the d2s head (hidden conv 8 wide) on 200 real training digits and one
-    shifted/rotated copy of each (1 head-only + 1 full epoch)."""
+    """mnist re-adapted to the d2s head (hidden conv 8 wide) on 200 real training digits and one
+    shifted/rotated copy of each (1 head-only + 1 full epoch). The plain 128-d bundle: every shipped MNIST
+    preset already has the d2s head."""
     from cae_edge.export.readapt import ReadaptOptions, readapt_bundle
 
     tmp = tmp_path_factory.mktemp("d2s")
-    src = load_bundle("mnist-tiny")
-    out = tmp / "tiny-d2s"
+    src = load_bundle("mnist")
+    out = tmp / "mnist-d2s"
     opts = ReadaptOptions(
         bundle=src.path,
         out_dir=out,
@@ -117,7 +118,7 @@ def readapted(tmp_path_factory):
 @pytest.mark.slow
 def test_readapt_to_d2s_changes_only_the_decoder(readapted):
     src, res, new = readapted  # load_bundle verified hashes, pair id and tensor details
-    for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz"):
+    for name in ("encoder.tflite", "encoder_float.tflite"):  # (the plain bundle has no entropy model)
         assert new.read_file(name) == src.read_file(name)
     assert res.pair_id == new.pair_id != src.pair_id
     model = new.manifest.train["model"]
@@ -245,7 +246,7 @@ def test_cli_readapt_head_records_its_command(tmp_path):
     import json
 
     out = tmp_path / "tiny-d2s"
-    args = ["readapt", "mnist-tiny", "--out", str(out), "--head", "d2s", "--head-width", "8"]
+    args = ["readapt", "mnist", "--out", str(out), "--head", "d2s", "--head-width", "8"]
     args += ["--head-epochs", "1", "--epochs", "1", "--train-limit", "100", "--verify-limit", "20"]
     r = runner.invoke(app, [*args, "--margin", "5", "--json"])
     assert r.exit_code == 0, r.output
