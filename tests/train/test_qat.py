@@ -7,26 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from test_ratedistortion import _tiny  # the same tiny real-data run
 
 from cae_edge.errors import ConfigError
 from cae_edge.train.options import RDOptions, TrainOptions
 
 pytestmark = pytest.mark.slow
-
-
-def _tiny(tmp, name: str, **rd) -> TrainOptions:
-    return TrainOptions(
-        dataset="mnist",
-        latent_dim=8,
-        enc_widths=(8, 8, 4),
-        dec_widths=(8, 8, 4),
-        epochs=3,
-        batch_size=32,
-        max_samples=256,
-        augment=False,
-        out_dir=str(tmp / name),
-        rd=RDOptions(lam=0.01, target_bytes=0, max_test=64, **rd),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from cae_edge.train.model import ModelConfig
 from cae_edge.train.options import RDOptions, TrainOptions
 
 
-def _tiny(tmp, name: str, lam: float) -> TrainOptions:
+def _tiny(tmp, name: str, lam: float = 0.01, **rd) -> TrainOptions:
+    """A tiny rate-distortion run on 256 real MNIST digits (also test_qat's start)."""
     return TrainOptions(
         dataset="mnist",
         latent_dim=8,
@@ -25,7 +26,7 @@ def _tiny(tmp, name: str, lam: float) -> TrainOptions:
         max_samples=256,
         augment=False,
         out_dir=str(tmp / name),
-        rd=RDOptions(lam=lam, target_bytes=0, max_test=64),
+        rd=RDOptions(lam=lam, target_bytes=0, max_test=64, **rd),
     )
 
 
