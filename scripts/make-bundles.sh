@@ -96,7 +96,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     fashion-hq) head="--head d2s --head-width 48 --head-epochs 5 --head-lr 1e-3 --epochs 15 --lr 1e-3" ;;
     fashion-tiny) head="--head d2s --head-width 48 --head-epochs 3 --head-lr 1e-3 --epochs 10 --lr 1e-3" ;;
     fashion-small) head="--head d2s --head-width 48 --head-epochs 3 --head-lr 1e-3 --epochs 10 --lr 1e-3 --kernels xnnpack,builtin,micro" ;;
-    scenes-small) head="--head d2s --head-width 48 --head-epochs 4 --head-lr 1e-3 --epochs 10 --lr 1e-3" ;;
+    scenes-small | scenes-tiny) head="--head d2s --head-width 48 --head-epochs 4 --head-lr 1e-3 --epochs 10 --lr 1e-3" ;;
     *) head="" ;;
   esac
   if [[ -n $head ]]; then

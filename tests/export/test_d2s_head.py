@@ -2,7 +2,8 @@
 option's checks, and ``cae-edge readapt --head d2s`` from a shipped bundle to a verified bundle whose decoder
 reads back (``readapt``, ``train --init-from``) into Keras computing what its float TFLite computes.
 
-Real data throughout: MNIST training and test digits, the shipped mnist-tiny and scenes-tiny bundles.
+Real data throughout: MNIST training and test digits, the shipped mnist and scenes-hq bundles
+(the convt heads left to start from).
 """
 
 from __future__ import annotations
@@ -208,13 +209,13 @@ def test_d2s_decoder_reads_back_from_its_float_tflite(readapted, mnist):
 
 
 def test_new_head_keeps_the_shared_layers_and_the_linear_path():
-    """scenes-tiny (linear_skip): with both heads' last conv silenced, the old and the new decoder are the
-    same sigmoid(linear path) image, so the Dense(784) columns were put in the d2s head's block order."""
+    """scenes-hq (linear_skip, convt head): with both heads' last conv silenced, the old and the new decoder
+    are the same sigmoid(linear path) image: the Dense(784) columns were put in the d2s head's block order."""
     import keras
 
     from cae_edge.export.readapt import keras_decoder_from_tflite, new_head_decoder
 
-    b = load_bundle("scenes-tiny")
+    b = load_bundle("scenes-hq")
     cfg = ModelConfig.from_dict(b.manifest.train["model"])
     old = keras_decoder_from_tflite(b.model_bytes("decoder_float"), cfg)
     new, new_cfg = new_head_decoder(old, cfg, "d2s", width=8)
@@ -268,12 +269,12 @@ def test_cli_readapt_head_records_its_command(tmp_path):
 
 @pytest.mark.slow
 def test_readapt_to_d2s_with_the_linear_path(tmp_path):
-    """scenes-tiny (linear_skip) through readapt --head d2s on 100 real training frames: an int8 d2s decoder
-    whose linear path adds at 14x14x4, read back into Keras computing what its float file computes."""
+    """scenes-hq (linear_skip, convt head) through readapt --head d2s on 100 real training frames: an int8 d2s
+    decoder whose linear path adds at 14x14x4, read back into Keras computing what its float file computes."""
     from cae_edge.export.readapt import ReadaptOptions, keras_decoder_from_tflite, readapt_bundle
 
-    src = load_bundle("scenes-tiny")
-    out = tmp_path / "scenes-tiny-d2s"
+    src = load_bundle("scenes-hq")
+    out = tmp_path / "scenes-hq-d2s"
     readapt_bundle(
         ReadaptOptions(
             src.path,
