@@ -284,8 +284,12 @@ def test_tampered_payloads_get_the_same_outcome(seed, edit, coder_name):
         bad = bytes(bad)
     result = outcome(fast, bad)
     assert result == outcome(pure, bad)
-    if edit in ("append", "append-zero", "zero-pad"):
+    if edit in ("append-zero", "zero-pad"):  # never canonical: a canonical stream has no trailing zero byte
         assert isinstance(result, str) and "not a stream of this bundle's model" in result
+    if not isinstance(result, str):
+        # accepted only as the canonical stream of another latent: an appended or flipped byte can, rarely,
+        # make one (seed 4038, append: a 31-byte stream of a different latent); it re-encodes to itself
+        assert pure.encode(np.asarray(result, dtype=np.int8)) == bad
 
 
 def test_wrong_shape_and_dtype_are_the_same_config_errors():

@@ -383,7 +383,9 @@ def receiver_bench(
     others = None
     if busy is not None and link.busy_first is not None and end > link.first:
         mine = cpu_main + cpu_workers
-        others = round(max(0.0, busy - link.busy_first - mine) / ((end - link.first) * n_cores) * 100, 1)
+        # /proc/stat counts in clock ticks (10 ms): over a run of a few ticks the share can round past 100 %
+        share = max(0.0, busy - link.busy_first - mine) / ((end - link.first) * n_cores) * 100
+        others = round(min(100.0, share), 1)
     return ReceiverBenchResult(
         workers=workers,
         senders=senders,
