@@ -146,8 +146,7 @@ class QatModel:
                 self.logits.add(last_point)  # RESHAPE/TRANSPOSE in between keep its quantization
             elif _activation(layer) == "sigmoid":
                 self.logits.add(layer.name)
-            kind = type(layer).__name__
-            act = getattr(getattr(layer, "activation", None), "__name__", "linear")
+            kind, act = type(layer).__name__, _activation(layer)
             if kind in WEIGHT_OPS and act not in ("linear", "sigmoid"):
                 raise ConfigError(f"--qat: layer {layer.name} has activation {act}; only sigmoid/linear")
             if kind in ACT_OPS or (kind in WEIGHT_OPS and not (latent_output and layer is self.layers[-1])):
@@ -170,21 +169,23 @@ class QatModel:
     def name(self) -> str:
         return self.model.name
 
-    def _weight_layer(self, layer, x, in_scale):
+    def _apply_kernel(self, layer, x, kernel):
+        """``layer``'s matmul or (transposed) convolution of ``x`` with ``kernel``, no bias."""
         import keras
 
-        tf = self.tf
         kind = type(layer).__name__
-        axis = 2 if kind == "Conv2DTranspose" else -1  # Conv2DTranspose kernel: (H, W, O, I)
-        kernel = fake_quant_weights(tf, layer.kernel, axis)
         if kind == "Dense":
-            y = tf.matmul(x, kernel)
-        elif kind == "Conv2D":
-            y = keras.ops.conv(x, kernel, strides=layer.strides, padding=layer.padding)
-        else:
-            y = keras.ops.conv_transpose(
-                x, kernel, strides=layer.strides, padding=layer.padding, output_padding=layer.output_padding
-            )
+            return self.tf.matmul(x, kernel)
+        if kind == "Conv2D":
+            return keras.ops.conv(x, kernel, strides=layer.strides, padding=layer.padding)
+        return keras.ops.conv_transpose(
+            x, kernel, strides=layer.strides, padding=layer.padding, output_padding=layer.output_padding
+        )
+
+    def _weight_layer(self, layer, x, in_scale):
+        tf = self.tf
+        axis = 2 if type(layer).__name__ == "Conv2DTranspose" else -1  # Conv2DTranspose kernel: (H, W, O, I)
+        y = self._apply_kernel(layer, x, fake_quant_weights(tf, layer.kernel, axis))
         if not layer.use_bias:
             return y
         # int32 bias in units of input step x weight step (per output channel)
@@ -228,7 +229,7 @@ class QatModel:
         sigmoid = False
         if kind in WEIGHT_OPS:
             x = self._weight_layer(layer, x, in_scale) if quantize else self._weight_layer_float(layer, x)
-            sigmoid = getattr(layer.activation, "__name__", "linear") == "sigmoid"
+            sigmoid = _activation(layer) == "sigmoid"
         elif kind in SIGMOID_OPS:
             sigmoid = True
         else:
@@ -247,21 +248,7 @@ class QatModel:
         return x
 
     def _weight_layer_float(self, layer, x):
-        import keras
-
-        kind = type(layer).__name__
-        if kind == "Dense":
-            y = self.tf.matmul(x, layer.kernel)
-        elif kind == "Conv2D":
-            y = keras.ops.conv(x, layer.kernel, strides=layer.strides, padding=layer.padding)
-        else:
-            y = keras.ops.conv_transpose(
-                x,
-                layer.kernel,
-                strides=layer.strides,
-                padding=layer.padding,
-                output_padding=layer.output_padding,
-            )
+        y = self._apply_kernel(layer, x, layer.kernel)
         return y + layer.bias if layer.use_bias else y
 
     def calibrate(self, x: np.ndarray, batch: int = 250) -> dict[str, tuple[float, float]]:
