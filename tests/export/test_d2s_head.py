@@ -91,29 +91,32 @@ def test_depth_to_space_puts_each_channel_at_its_pixel(mnist):
     np.testing.assert_array_equal(x.reshape(8, -1)[:, logit_pixels("d2s")], blocks.reshape(8, -1))
 
 
-@pytest.fixture(scope="module")
-def readapted(tmp_path_factory):
-    """mnist re-adapted to the d2s head (hidden conv 8 wide) on 200 real training digits and one
-    shifted/rotated copy of each (1 head-only + 1 full epoch). The plain 128-d bundle: every shipped MNIST
-    preset already has the d2s head."""
+def _short_d2s_readapt(name: str, out, **options):
+    """``name`` re-adapted to a d2s head 8 wide, 1 head-only + 1 full epoch, written to ``out``."""
     from cae_edge.export.readapt import ReadaptOptions, readapt_bundle
 
-    tmp = tmp_path_factory.mktemp("d2s")
-    src = load_bundle("mnist")
-    out = tmp / "mnist-d2s"
+    src = load_bundle(name)
     opts = ReadaptOptions(
         bundle=src.path,
         out_dir=out,
         head="d2s",
         head_width=8,
-        augment_copies=1,
         head_epochs=1,
         epochs=1,
-        train_limit=200,
-        verify_limit=50,
         margin_db=5.0,
+        **options,
     )
-    return src, readapt_bundle(opts), load_bundle(out)
+    return src, readapt_bundle(opts)
+
+
+@pytest.fixture(scope="module")
+def readapted(tmp_path_factory):
+    """mnist re-adapted to the d2s head (hidden conv 8 wide) on 200 real training digits and one
+    shifted/rotated copy of each (1 head-only + 1 full epoch). The plain 128-d bundle: every shipped MNIST
+    preset already has the d2s head."""
+    out = tmp_path_factory.mktemp("d2s") / "mnist-d2s"
+    src, res = _short_d2s_readapt("mnist", out, augment_copies=1, train_limit=200, verify_limit=50)
+    return src, res, load_bundle(out)
 
 
 @pytest.mark.slow
@@ -271,23 +274,10 @@ def test_cli_readapt_head_records_its_command(tmp_path):
 def test_readapt_to_d2s_with_the_linear_path(tmp_path):
     """scenes-hq (linear_skip, convt head) through readapt --head d2s on 100 real training frames: an int8 d2s
     decoder whose linear path adds at 14x14x4, read back into Keras computing what its float file computes."""
-    from cae_edge.export.readapt import ReadaptOptions, keras_decoder_from_tflite, readapt_bundle
+    from cae_edge.export.readapt import keras_decoder_from_tflite
 
-    src = load_bundle("scenes-hq")
     out = tmp_path / "scenes-hq-d2s"
-    readapt_bundle(
-        ReadaptOptions(
-            src.path,
-            out,
-            head="d2s",
-            head_width=8,
-            head_epochs=1,
-            epochs=1,
-            train_limit=100,
-            verify_limit=30,
-            margin_db=5.0,
-        )
-    )
+    src, _ = _short_d2s_readapt("scenes-hq", out, train_limit=100, verify_limit=30)
     new = load_bundle(out)
     for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz"):
         assert new.read_file(name) == src.read_file(name)
