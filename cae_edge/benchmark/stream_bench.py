@@ -250,6 +250,9 @@ class ReceiverBenchResult:
     """Of ``cpu_main_us``, what its decode calls took per frame, estimated as ``here_pct`` of a worker
     process's CPU time per frame it decoded (of ``decode_us`` with one decode process): the rest is intake,
     hand-off and accounting."""
+    worker_idle_pct: float
+    """Share of the run the decode worker processes waited for their next batch after answering one (ran
+    dry), % of the wall clock, mean over the workers (0 with one decode process)."""
     dropped: int
     """Frames not decoded (must be 0: the queues hold every frame)."""
     load_avg: float
@@ -398,6 +401,9 @@ def receiver_bench(
         decode_us=stats.decode_us,
         here_pct=round(here_pct, 1),
         here_decode_us=round(here_us, 1),
+        worker_idle_pct=round(stats.worker_idle_s / (wall * (workers - 1)) * 100, 1)
+        if workers > 1 and wall > 0
+        else 0.0,
         dropped=sum(stats.dropped.values()),
         load_avg=round(load, 2),
         cores=n_cores,

@@ -739,19 +739,24 @@ def _receiver_summary(runs: list[dict], workers: list[int]) -> dict:
             "bound_fps": round(bound_fps(n, mine[0]["cores"], main, work, here), 1),
             "best_fps": best["fps"],
             "best_others_pct": best["others_pct"],
+            "median_fps": round(median(r["fps"] for r in mine), 1),
+            "worker_idle_pct": round(median(r.get("worker_idle_pct", 0.0) for r in mine), 1),
         }
     base = by[workers[0]]
     lines = []
     for n, b in by.items():
         b["bound_ratio"] = round(b["bound_fps"] / base["bound_fps"], 2)
         b["wall_ratio"] = round(b["best_fps"] / base["best_fps"], 2) if base["best_fps"] else 0.0
+        b["median_wall_ratio"] = round(b["median_fps"] / base["median_fps"], 2) if base["median_fps"] else 0.0
         others = "?" if b["best_others_pct"] is None else f"{b['best_others_pct']:.0f} %"
         lines.append(
             f"{n} decode process(es), {b['runs']} run(s): median CPU µs/frame {b['cpu_main_us']:.1f} + "
             f"{b['cpu_workers_us']:.1f} = {b['cpu_total_us']:.1f} ({b['here_pct']:.0f} % decoded in the "
             f"receiver's process) -> bound {b['bound_fps']:,.0f} frames/s "
             f"(x{b['bound_ratio']:.2f}); best wall {b['best_fps']:,.0f} frames/s (x{b['wall_ratio']:.2f}, "
-            f"others took {others})"
+            f"others took {others}); median wall {b['median_fps']:,.0f} frames/s "
+            f"(x{b['median_wall_ratio']:.2f})"
+            + (f"; the worker(s) ran dry {b['worker_idle_pct']:.1f} % (median)" if n > 1 else "")
         )
     return {"by_workers": by, "lines": lines}
 
@@ -816,6 +821,7 @@ def bench(
                         f"processes took {others} of the CPU); CPU µs/frame: main {r.cpu_main_us:.1f} + "
                         f"workers {r.cpu_workers_us:.1f} = {r.cpu_total_us:.1f} (decode call "
                         f"{r.decode_us:.1f}) -> bound {r.bound_fps:,.0f} frames/s on {r.cores} idle cores"
+                        + (f"; the worker(s) ran dry {r.worker_idle_pct:.1f} % of the time" if n > 1 else "")
                     )
                     results.append(r.to_dict())
         except CaeEdgeError as e:

@@ -22,8 +22,10 @@ Workers are started with ``spawn`` (never ``fork``: the parent has ZeroMQ and th
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import selectors
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -39,7 +41,16 @@ from ..errors import CaeEdgeError, ConfigError, PacketError
 BATCH = 64
 """Frames sent to a worker in one message, at most."""
 IN_FLIGHT = 2
-"""Batches a worker holds at most (one decoding, one waiting): more would only add age."""
+"""Batches a worker holds at least room for (one decoding, one waiting); more while a batch decodes in less
+than :data:`AHEAD_SWITCHES` interpreter switch intervals (:meth:`DecodePool.room`)."""
+MAX_IN_FLIGHT = 16
+"""Batches a worker holds at most, however fast its decoder."""
+AHEAD_SWITCHES = 3
+"""A worker is given work for this many of the interpreter's switch intervals (``sys.getswitchinterval()``,
+5 ms: 15 ms), measured by its decode time per frame. The receiver's process refills the workers from its
+main loop, and while its receive thread is busy (a burst of packets) the main loop waits up to one switch
+interval for the interpreter lock each time it lets go of it (a decode call, a pipe write): a worker holding
+less than that runs dry meanwhile. More would only add age."""
 START_TIMEOUT_S = 60.0
 """A worker that has not loaded its decoder by then is a configuration problem."""
 
@@ -51,7 +62,8 @@ def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no 
     """Load the bundle's decoder, then decode batches until told to stop (``None``) or the pipe closes.
 
     Each answer is compact: the decoded images as one array, the failures by index (most batches have none),
-    the batch's decode time, and this process's CPU time and escape count so far.
+    the batch's decode time, and this process's CPU time, escape count and idle time (waiting for a batch
+    after answering one) so far.
     """
     import os
     import signal
@@ -68,6 +80,7 @@ def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no 
     cpu0 = time.process_time()  # decoding only, not the start-up
     ns = time.perf_counter_ns
     recv, send = conn.recv, conn.send
+    idle_ns, answered = 0, 0
     while True:
         try:
             batch = recv()
@@ -75,6 +88,8 @@ def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no 
             return
         if batch is None:
             return
+        if answered:  # waiting for work between two batches: the worker ran dry (not before the first)
+            idle_ns += ns() - answered
         images: list[np.ndarray] = []
         failed: dict[int, tuple[str, str]] = {}
         t0 = ns()
@@ -85,7 +100,16 @@ def _worker(conn: Connection, bundle: str, threads: int) -> None:  # pragma: no 
                 failed[i] = (getattr(e, "reason", "payload"), str(e))
         t_ns = ns() - t0
         stacked = np.stack(images) if images else None  # one array to pickle, not one per frame
-        send((stacked, failed, t_ns, time.process_time() - cpu0, getattr(codec, "escaped_decoded", 0)))
+        cpu = time.process_time() - cpu0
+        send((stacked, failed, t_ns, cpu, getattr(codec, "escaped_decoded", 0), idle_ns / 1e9))
+        answered = ns()
+
+
+def batches_in_flight(decode_ns: float, ahead_ns: float) -> int:
+    """Batches of :data:`BATCH` a worker should hold to have ``ahead_ns`` of decoding at ``decode_ns`` per
+    frame: at least :data:`IN_FLIGHT`, at most :data:`MAX_IN_FLIGHT`."""
+    frames = ahead_ns / max(decode_ns, 1.0)
+    return min(MAX_IN_FLIGHT, max(IN_FLIGHT, math.ceil(frames / BATCH)))
 
 
 @dataclass(slots=True)
@@ -128,7 +152,7 @@ class Answer:
 
 
 class _Worker:
-    __slots__ = ("proc", "conn", "pid", "tokens", "payloads", "sent", "cpu_s", "escaped")
+    __slots__ = ("proc", "conn", "pid", "tokens", "payloads", "sent", "cpu_s", "escaped", "idle_s")
 
     def __init__(self) -> None:
         self.proc: Any = None
@@ -142,6 +166,7 @@ class _Worker:
         """Tokens of the batches sent and not yet answered, oldest first."""
         self.cpu_s = 0.0
         self.escaped = 0
+        self.idle_s = 0.0
 
 
 class DecodePool:
@@ -169,6 +194,13 @@ class DecodePool:
         """Workers started again after they died."""
         self.cpu_dead_s = 0.0
         """CPU seconds of workers that died or stopped (as last reported)."""
+        self.idle_dead_s = 0.0
+        """Idle seconds of workers that died or stopped (as last reported)."""
+        self.decode_ns = 0.0
+        """Decode time per frame in the workers, moving average over batches (0: none answered yet)."""
+        self.in_flight_max = IN_FLIGHT
+        """Batches each worker may hold now (:meth:`room`)."""
+        self.ahead_ns = AHEAD_SWITCHES * sys.getswitchinterval() * 1e9
         for w in self.workers:
             self._start(w)
         for w in self.workers:
@@ -184,7 +216,7 @@ class DecodePool:
         )
         w.proc.start()
         child.close()
-        w.conn, w.cpu_s, w.escaped = parent, 0.0, 0
+        w.conn, w.cpu_s, w.escaped, w.idle_s = parent, 0.0, 0, 0.0
         self.selector.register(parent, selectors.EVENT_READ, w)
         self.selector.register(w.proc.sentinel, selectors.EVENT_READ, w)
 
@@ -212,11 +244,31 @@ class DecodePool:
         """Frames submitted and not yet returned."""
         return sum(len(w.tokens) + sum(map(len, w.sent)) for w in self.workers)
 
+    def held(self) -> list[int]:
+        """Frames each worker holds now (sent and not answered, or waiting to be sent)."""
+        return [len(w.tokens) + sum(map(len, w.sent)) for w in self.workers]
+
     def room(self) -> list[int]:
-        """Frames each worker can be given now: what fills its batches in flight (:data:`IN_FLIGHT` of
-        :data:`BATCH`), less what it holds."""
-        full = BATCH * IN_FLIGHT
-        return [full - len(w.tokens) - sum(map(len, w.sent)) for w in self.workers]
+        """Frames each worker can be given now: what fills its batches in flight, less what it holds.
+
+        A worker holds :data:`IN_FLIGHT` batches of :data:`BATCH`, or more (up to :data:`MAX_IN_FLIGHT`)
+        while that is less than :data:`AHEAD_SWITCHES` switch intervals of decoding at the workers' decode
+        time per frame."""
+        full = BATCH * self.in_flight_max
+        return [full - h for h in self.held()]
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds the workers waited for a batch after answering one (ran dry), all workers together."""
+        return self.idle_dead_s + sum(w.idle_s for w in self.workers)
+
+    def _timed(self, answer: Answer) -> None:
+        """Follow the workers' decode time per frame; size the batches in flight by it."""
+        if not answer.tokens or answer.images is None:
+            return
+        each = answer.decode_ns / len(answer.tokens)
+        self.decode_ns = each if not self.decode_ns else self.decode_ns + (each - self.decode_ns) / 8
+        self.in_flight_max = batches_in_flight(self.decode_ns, self.ahead_ns)
 
     @property
     def cpu_s(self) -> float:
@@ -235,12 +287,12 @@ class DecodePool:
 
     def has_room(self) -> bool:
         """Whether some worker could take another batch now."""
-        return any(len(w.sent) < IN_FLIGHT for w in self.workers)
+        return any(len(w.sent) < self.in_flight_max for w in self.workers)
 
     def flush(self) -> None:
         """Send pending frames to each worker that has room for another batch (one message per batch)."""
         for w in self.workers:
-            while w.tokens and len(w.sent) < IN_FLIGHT:
+            while w.tokens and len(w.sent) < self.in_flight_max:
                 payloads = w.payloads[:BATCH]
                 try:
                     w.conn.send(payloads)  # type: ignore[union-attr]
@@ -265,12 +317,14 @@ class DecodePool:
                 continue
             if key.fileobj is w.conn or w.conn.poll():  # type: ignore[union-attr]  # an answer, or EOF: died
                 try:
-                    images, failed, t_ns, w.cpu_s, w.escaped = w.conn.recv()  # type: ignore[union-attr]
+                    images, failed, t_ns, w.cpu_s, w.escaped, w.idle_s = w.conn.recv()  # type: ignore[union-attr]
                 except (EOFError, OSError):
                     restarted.add(id(w))
                     yield from self._restart(w)
                     continue
-                yield Answer(w.sent.popleft(), images, failed, t_ns)
+                answer = Answer(w.sent.popleft(), images, failed, t_ns)
+                self._timed(answer)
+                yield answer
             else:  # died, nothing left in the pipe
                 restarted.add(id(w))
                 yield from self._restart(w)
@@ -290,6 +344,7 @@ class DecodePool:
         self.selector.unregister(w.proc.sentinel)
         w.conn.close()  # type: ignore[union-attr]
         self.cpu_dead_s += w.cpu_s
+        self.idle_dead_s += w.idle_s
         lost = [token for batch in w.sent for token in batch]
         w.sent.clear()
         self.restarts += 1
@@ -320,7 +375,8 @@ class DecodePool:
             while w.proc.is_alive() and time.monotonic() < deadline:  # answers still coming: read, ignore
                 try:
                     if w.conn.poll(0.05):  # type: ignore[union-attr]
-                        w.cpu_s = w.conn.recv()[3]  # type: ignore[union-attr]
+                        answer = w.conn.recv()  # type: ignore[union-attr]
+                        w.cpu_s, w.idle_s = answer[3], answer[5]
                 except (EOFError, OSError):
                     break
             w.proc.join(0.5)
@@ -329,7 +385,8 @@ class DecodePool:
                 w.proc.join(1.0)
             w.conn.close()  # type: ignore[union-attr]
             self.cpu_dead_s += w.cpu_s
-            w.cpu_s = 0.0
+            self.idle_dead_s += w.idle_s
+            w.cpu_s = w.idle_s = 0.0
         self.selector.close()
 
     def __enter__(self) -> DecodePool:

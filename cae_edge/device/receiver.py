@@ -76,6 +76,9 @@ SKEW_TOLERANCE_US = 1_000_000
 """Clocks that disagree by less than this count as synchronised: a frame's age is its capture time's."""
 SKEW_WINDOW_US = 5_000_000
 """The clock offset estimate is the fastest frame (arrival - capture) of the last 5-10 s."""
+GIVE_WAY_STEPS = 4
+"""With decode workers the receive thread pauses after a batch while more than this many batches per
+decode process are queued (:attr:`_ReceiveThread.give_way`)."""
 JUMP_SLACK = 1000
 """A forward sequence jump counts as lost frames only if the sender could have made them in the capture time
 between the two packets (at most one per 20 µs, plus this slack); a bigger jump is counted in ``jumps``."""
@@ -248,6 +251,9 @@ class ReceiverStats:
     """Decode workers that died and were started again (their frames: dropped, reason ``worker``)."""
     worker_cpu_s: float = 0.0
     """CPU seconds the decode worker processes spent decoding (0 with one decode process)."""
+    worker_idle_s: float = 0.0
+    """Seconds the decode worker processes waited for their next batch after answering one (ran dry: the
+    receiver's process did not refill them in time, or there was nothing to decode), all together."""
     worker_pids: list[int] = field(default_factory=list)
     """Process ids of the decode worker processes (``workers`` - 1 of them)."""
 
@@ -805,6 +811,7 @@ class _Receiving:
             stats.escaped = self.pool.escaped + own
             stats.worker_restarts = self.pool.restarts
             stats.worker_cpu_s = round(self.pool.cpu_s, 3)
+            stats.worker_idle_s = round(self.pool.idle_s, 3)
             stats.worker_pids = self.pool.pids
         else:
             stats.escaped = own
@@ -845,20 +852,35 @@ class _ReceiveThread(threading.Thread):
     FINAL_DRAIN_S = 0.25
     """After the halt, take in what already arrived for at most this long (then close: the rest is lost
     with the socket, as it would be a moment later anyway)."""
+    GIVE_WAY_S = 0.001
+    """With decode workers: how long this thread pauses after a batch while the queues are deep."""
 
-    def __init__(self, link: ReceiverLink, rx: _Receiving, batch: int) -> None:
+    def __init__(self, link: ReceiverLink, rx: _Receiving, batch: int, give_way: int = 0) -> None:
         super().__init__(name="cae-edge-receive", daemon=True)
         self.link, self.rx, self.batch = link, rx, batch
+        self.give_way = give_way
+        """Frames queued beyond which this thread pauses :attr:`GIVE_WAY_S` after each batch (0: never).
+
+        With decode workers the main loop refills them, and it shares the interpreter lock with this
+        thread: while this thread is busy (a burst of packets), each time the main loop lets go of the lock
+        (a decode call, a pipe write) it waits up to a switch interval (5 ms) to get it back, a step takes
+        many of those, and the workers run dry. While enough frames are queued the pause costs nothing (the
+        socket holds a millisecond of packets) and the main loop has the lock to itself."""
         self.halt = threading.Event()
         self.error: BaseException | None = None
+        self.gave_way = 0
+        """Times this thread paused for the main loop."""
 
     def run(self) -> None:
-        link, rx, batch = self.link, self.rx, self.batch
+        link, rx, batch, give_way, pause = self.link, self.rx, self.batch, self.give_way, self.GIVE_WAY_S
         try:
             while not self.halt.is_set():
                 msgs = link.recv_many(batch, 0.05)
                 if msgs:
                     rx.arrive(msgs)
+                    if give_way and rx.queued > give_way:
+                        self.gave_way += 1
+                        time.sleep(pause)
             # what already reached the socket (bounded: senders may still be streaming)
             deadline = time.monotonic() + self.FINAL_DRAIN_S
             while time.monotonic() < deadline and (msgs := link.recv_many(batch, 0.0)):
@@ -907,13 +929,15 @@ def run_receiver(
     options.check()
     stop = stop or threading.Event()
     rx = _Receiving(link, decoder, pair_id, kind, sinks or [], on_log or (lambda _msg: None), options, ledger)
-    pump = _ReceiveThread(link, rx, options.batch)
     if options.workers == 1:
+        pump = _ReceiveThread(link, rx, options.batch)
         return _serve(rx, pump, _DecodeInline(rx), options, stop, on_stats)
     if bundle is None:
         raise ConfigError(f"{options.workers} decode workers need the bundle to load (bundle=...)")
-    from .decode_pool import DecodePool
+    from .decode_pool import BATCH, DecodePool
 
+    # deep: more than a step takes (what fills the workers' batches and this process's share), twice
+    pump = _ReceiveThread(link, rx, options.batch, give_way=GIVE_WAY_STEPS * BATCH * options.workers)
     with DecodePool(bundle, options.workers - 1, threads) as rx.pool:
         rx.timer.start = time.perf_counter()  # the workers are up: the loop starts now
         return _serve(rx, pump, _DecodeInWorkers(rx, options.max_frames), options, stop, on_stats)
@@ -937,6 +961,15 @@ class _DecodeInline:
         """Nothing is held outside the queues."""
 
 
+def even_share(room: list[int], held: list[int], left: int) -> list[int]:
+    """Each worker's ``room``, capped so that it holds no more than an even share of what is left: the
+    ``left`` frames still to take and those the workers hold (``held``), split over the workers and the
+    receiver's own process (which decodes the rest). Under way (``left`` large) nothing changes; towards the
+    end of a run the processes finish together."""
+    fair = -(-(max(left, 0) + sum(held)) // (len(held) + 1))
+    return [min(r, fair - h) for r, h in zip(room, held, strict=True)]
+
+
 class _DecodeInWorkers:
     """The main loop's step with decode workers: hand the fresh frames off in batches (no more than the
     workers can hold), decode a few here when they are full, take the decoded ones back and settle them."""
@@ -957,12 +990,17 @@ class _DecodeInWorkers:
 
         Each worker is given what fills its batches (so a batch is full under load, one message each way);
         this process takes up to :attr:`HERE` more and decodes them itself. Frames not taken stay in their
-        queues, under the age check."""
+        queues, under the age check. Towards ``max_frames`` no worker is given more than an even share of
+        what is left (the frames still to take and those the workers hold, split over the workers and this
+        process), so that the processes finish together rather than this one waiting for a full worker."""
         rx, pool = self.rx, self.pool
         room = pool.room()
+        if self.max_frames:  # take no more than will be needed, and at the end share it out evenly
+            left = self.max_frames - rx.frames - rx.inflight
+            room = even_share(room, pool.held(), left)
         n = sum(r for r in room if r > 0) + self.HERE
-        if self.max_frames:  # take no more than will be needed
-            n = min(n, self.max_frames - rx.frames - rx.inflight)
+        if self.max_frames:
+            n = min(n, left)
         items = rx.next_frames(n, 0.05 if rx.inflight == 0 else 0.0) if n > 0 else None
         if items:
             rx.hand_off(items, room)

@@ -59,6 +59,7 @@ def test_receiver_bench_runs_the_whole_receiver_with_and_without_workers(tmp_pat
         )
         assert r["others_pct"] is None or 0 <= r["others_pct"] <= 100
     assert runs[0]["cpu_workers_us"] == 0 and runs[0]["here_pct"] == 100  # one process decodes everything
+    assert runs[0]["worker_idle_pct"] == 0 and 0 <= runs[1]["worker_idle_pct"] <= 100
     assert runs[0]["here_decode_us"] == pytest.approx(runs[0]["decode_us"], abs=0.1)
     here = runs[1]["here_pct"] / 100  # a decode here costs what one costs in the worker process
     assert runs[1]["here_decode_us"] == pytest.approx(here * runs[1]["cpu_workers_us"] / (1 - here), abs=0.3)
@@ -69,6 +70,8 @@ def test_receiver_bench_runs_the_whole_receiver_with_and_without_workers(tmp_pat
         two["bound_fps"] / one["bound_fps"], abs=0.01
     )
     assert two["best_fps"] == runs[1]["fps"] and "2 decode process(es), 1 run(s): median CPU" in result.output
+    assert two["median_fps"] == runs[1]["fps"] and two["median_wall_ratio"] == two["wall_ratio"]  # one run
+    assert "median wall" in result.output and "ran dry" in result.output
     assert two["here_pct"] == runs[1]["here_pct"] and "decoded in the receiver's process" in result.output
 
 

@@ -17,9 +17,17 @@ from cae_edge import wire
 from cae_edge.device import receiver
 from cae_edge.device.bundle import load_bundle
 from cae_edge.device.capture import SyntheticSource
-from cae_edge.device.decode_pool import WORKER_FAILED, Answer, DecodePool
+from cae_edge.device.decode_pool import (
+    BATCH,
+    IN_FLIGHT,
+    MAX_IN_FLIGHT,
+    WORKER_FAILED,
+    Answer,
+    DecodePool,
+    batches_in_flight,
+)
 from cae_edge.device.preprocess import Preprocessor
-from cae_edge.device.receiver import ReceiveOptions, ReceiverStats, receive_pipeline
+from cae_edge.device.receiver import ReceiveOptions, ReceiverStats, even_share, receive_pipeline
 from cae_edge.device.transport import PullReceiver, PushSender, Received, SenderOptions
 from cae_edge.errors import ConfigError
 from cae_edge.wire import Packet
@@ -113,6 +121,7 @@ def test_two_decode_processes_keep_each_senders_frames_in_order_and_decode_them_
         for seq, image in sink.got[name]:
             assert np.array_equal(image, images[seq % len(images)])
     _identity(stats)
+    assert stats.worker_idle_s >= 0  # waits between batches, counted (a paced feed leaves the worker idle)
 
 
 def test_a_killed_worker_is_counted_and_replaced(frames) -> None:
@@ -250,7 +259,7 @@ class _HeldPool:
     answers (in the order it chooses)."""
 
     escaped = restarts = 0
-    cpu_s = 0.0
+    cpu_s = idle_s = 0.0
 
     def __init__(self, workers: int, room: int) -> None:
         self.held: list[list] = [[] for _ in range(workers)]
@@ -330,3 +339,45 @@ def test_a_senders_frames_settle_in_order_across_workers_and_this_process(frames
             assert np.array_equal(image, images[seq % len(images)])
         sid = wire.sender_id(name)
         assert [seq for s, seq, _ in ledger_seen if s == sid] == list(range(per_sender))  # settled in order
+
+
+def test_a_worker_holds_enough_batches_for_a_few_switch_intervals_of_decoding() -> None:
+    ahead = 15e6  # ns
+    assert (
+        batches_in_flight(200_000, ahead) == IN_FLIGHT
+    )  # slow decode: 75 frames are 15 ms, two batches hold them
+    assert batches_in_flight(30_000, ahead) == -(-500 // BATCH)  # 500 frames: 8 batches
+    assert batches_in_flight(100, ahead) == MAX_IN_FLIGHT  # however fast: no more than this
+    assert batches_in_flight(0, ahead) == MAX_IN_FLIGHT
+
+
+def test_the_workers_share_is_capped_only_towards_the_end_of_a_bounded_run() -> None:
+    assert even_share([128, 100], [0, 28], 10_000) == [128, 100]  # under way: what fills their batches
+    # 90 left + 28 held: 40 each for the two workers and this process; the second already holds 28
+    assert even_share([128, 100], [0, 28], 90) == [40, 12]
+    assert even_share([0, 0], [128, 128], 0) == [-42, -42]  # they hold more than their share (86): none
+    assert even_share([128], [0], 1) == [1]
+
+
+def test_the_receive_thread_gives_way_while_the_queues_are_deep_and_still_takes_every_frame(frames) -> None:
+    bundle, payloads, _ = frames
+    per_sender = 120
+    total = per_sender * len(NAMES)
+    link = _AllAtOnce(_packets(bundle, payloads, per_sender))
+    pipe = receive_pipeline(bundle)
+    rx = receiver._Receiving(
+        link, pipe.decoder, bundle.pair_id, pipe.kind, [], lambda _m: None,
+        ReceiveOptions(workers=2, max_age_ms=0, queue_per_sender=total), None,
+    )  # fmt: skip
+    pump = receiver._ReceiveThread(link, rx, 64, give_way=100)  # nobody takes from the queues
+    pump.start()
+    deadline = time.monotonic() + WAIT_S
+    while rx.queued < total and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pump.halt.set()
+    pump.join(WAIT_S)
+    assert pump.error is None and rx.queued == total
+    assert pump.gave_way == -(-total // 64) - 1  # after each batch that left more than 100 queued
+    stats = rx.report(0.0)
+    assert stats.received == total and stats.dropped == {}
+    _identity(stats)
