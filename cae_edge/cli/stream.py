@@ -632,7 +632,8 @@ def receive(
     if stats.workers > 1:
         say(
             f"  {stats.workers} decode processes: {stats.decoded_here} frames decoded in this one, the "
-            f"others in {stats.workers - 1} worker process(es) ({stats.worker_cpu_s:.1f} CPU s)"
+            f"others in {stats.workers - 1} worker process(es) ({stats.worker_cpu_s:.1f} CPU s, "
+            f"{stats.worker_idle_s:.1f} s waiting for a batch)"
         )
     for what, n in extra.items():
         if n:

@@ -13,9 +13,12 @@ Each worker decodes its batches in the order they came and answers in that order
 answers in the order each worker sent them; the receiver puts each sender's frames back in order wherever
 they were decoded (:class:`cae_edge.device.receiver._Ticket`). Per batch the main process sends one message
 (the payloads) and gets one back (the decoded images as one array, the frames the decoder refused by index,
-the batch's decode time), so what a frame costs beyond its decode is a few list operations on each side. A
-worker that dies is started again; the frames it held are returned as failed (the receiver counts them as
-dropped, reason ``worker``).
+the batch's decode time), so what a frame costs beyond its decode is a few list operations on each side.
+Each worker holds enough batches for a few of the interpreter's switch intervals of decoding
+(:data:`AHEAD_SWITCHES`), so that it does not run dry while the receiver's process is late to refill it; the
+time it waited for a batch after answering one is reported (:attr:`DecodePool.idle_s`). A worker that dies
+is started again; the frames it held are returned as failed (the receiver counts them as dropped, reason
+``worker``).
 
 Workers are started with ``spawn`` (never ``fork``: the parent has ZeroMQ and threads running).
 """
