@@ -936,7 +936,7 @@ def run_receiver(
         raise ConfigError(f"{options.workers} decode workers need the bundle to load (bundle=...)")
     from .decode_pool import BATCH, DecodePool
 
-    # deep: more than a step takes (what fills the workers' batches and this process's share), twice
+    # deep: GIVE_WAY_STEPS batches per decode process queued (512 frames for 2)
     pump = _ReceiveThread(link, rx, options.batch, give_way=GIVE_WAY_STEPS * BATCH * options.workers)
     with DecodePool(bundle, options.workers - 1, threads) as rx.pool:
         rx.timer.start = time.perf_counter()  # the workers are up: the loop starts now
