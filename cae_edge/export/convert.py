@@ -2,7 +2,8 @@
 
 ::
 
-    Keras encoder (batch None) ─ rebuild at batch 1 + set_weights ─ TFLiteConverter, PTQ on training images
+    Keras encoder (batch None) ─ rebuild at batch 1 + set_weights [─ fuse the linear path] ─ TFLiteConverter,
+        PTQ on training images
         ─► encoder.tflite  int8 in (scale 1/255, zp -128: pixel byte XOR 0x80)  →  int8 latent (s, z)
     int8 latents of the calibration images (dequantized) ─ PTQ calibration of the decoder
         ─► decoder.tflite  int8 latent, input params overwritten with the encoder's (s, z)  →  int8 image
@@ -13,6 +14,11 @@ tensor gets exactly the encoder's output (scale, zero point) written into the fl
 ``latent_quant`` is written into both). TFLite kernels derive their requantization multipliers from tensor
 parameters at Prepare time, so editing the parameters of a graph input/output is sound; the edit is an
 in-place overwrite of the two numbers, every other byte stays as the converter wrote it.
+
+A ``linear_skip`` encoder sums two Dense layers (the convolutions' and the pixels'); converted as it is, each
+sum is rounded to int8 on its own before the ADD, at steps of 0.5-0.8 latent units, which moves a quarter of
+the latent values by one. :func:`fuse_linear_path` converts the same function as one FULLY_CONNECTED over
+the concatenated pixels and features (one int32 sum, rounded once to the latent's step of 1).
 
 TensorFlow is imported inside the functions only.
 """
@@ -61,6 +67,71 @@ def rebuild_batch1(model, builder, cfg):
     m1 = builder(cfg, batch_size=1, name=model.name)
     m1.set_weights(model.get_weights())
     return m1
+
+
+FUSED_PIXELS = "pixels"
+"""Name of the fused encoder's 1x1 identity conv that puts the pixels on the concatenation's int8 grid."""
+
+
+def fuse_linear_path(encoder, cfg, calib: np.ndarray, percentile: float = 99.99):
+    """The same function as a ``linear_skip`` encoder, laid out for int8: one Dense over [pixels, features].
+
+    ``latent = Dense_conv(features) + Dense_lin(pixels)`` becomes ``Dense([pixels, features / s])`` with the
+    kernels stacked (the conv half times ``s``) and the conv path's bias. TFLite's int8 CONCATENATION puts
+    both halves on one grid: ``s`` (the features' ``percentile`` on ``calib``, at least 1) brings the
+    features to about the pixels' [0, 1] (folded into the last conv, which LeakyReLU commutes with), and a
+    1x1 identity conv (weight 1, exact in int8) requantizes the pixels onto that grid, so the model's input
+    keeps its own scale (1/255). Float outputs equal the original's to rounding.
+
+    Args:
+        encoder: Keras ``linear_skip`` encoder at batch size 1 (:func:`rebuild_batch1`).
+        cfg: Its :class:`~cae_edge.train.model.ModelConfig`.
+        calib: Calibration images, float32 (N, 28, 28, 1) in [0, 1].
+        percentile: Feature percentile that sets ``s``.
+
+    Returns:
+        The fused Keras model (batch size 1).
+    """
+    import keras
+    from keras import layers
+
+    convs = [la for la in encoder.layers if isinstance(la, layers.Conv2D)]
+    dense = [la for la in encoder.layers if isinstance(la, layers.Dense)]
+    conv_dense = [la for la in dense if la.use_bias]
+    lin_dense = [la for la in dense if not la.use_bias]
+    if not cfg.linear_skip or len(conv_dense) != 1 or len(lin_dense) != 1 or len(convs) != 5:
+        raise ExportError(
+            f"fuse_linear_path needs a linear_skip encoder (5 convs, a Dense with and one without bias); got "
+            f"{len(convs)} convs, {len(conv_dense)} + {len(lin_dense)} Dense (linear_skip={cfg.linear_skip})"
+        )
+    features = keras.Model(encoder.input, convs[-1].output)
+    f = np.asarray(features(calib))
+    f = np.where(f > 0, f, cfg.leaky_alpha * f)
+    s = max(1.0, float(np.percentile(f, percentile)))
+
+    inp = keras.Input((28, 28, 1), batch_size=1, name="image")
+    x = inp
+    for k, conv in enumerate(convs):
+        new = layers.Conv2D(conv.filters, conv.kernel_size, strides=conv.strides, padding=conv.padding)
+        x = new(x)
+        kernel, bias = conv.get_weights()
+        new.set_weights([kernel / s, bias / s] if k == len(convs) - 1 else [kernel, bias])
+        x = layers.LeakyReLU(negative_slope=cfg.leaky_alpha)(x)
+    pixels = layers.Conv2D(1, 1, name=FUSED_PIXELS)
+    both = layers.Concatenate()([layers.Flatten()(pixels(inp)), layers.Flatten()(x)])
+    pixels.set_weights([np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32)])
+    latent = layers.Dense(cfg.latent_dim, name="latent")
+    out = latent(both)
+    w_conv, b_conv = conv_dense[0].get_weights()
+    latent.set_weights([np.concatenate([lin_dense[0].get_weights()[0], w_conv * s]), b_conv])
+    fused = keras.Model(inp, out, name=encoder.name)
+    want, got = np.asarray(encoder(calib[:64])), np.asarray(fused(calib[:64]))
+    if not np.allclose(got, want, rtol=1e-4, atol=1e-3 * (1.0 + float(np.abs(want).max()))):
+        raise ExportError(
+            f"the fused linear-path encoder differs from the trained one by up to "
+            f"{np.abs(got - want).max():.4g} latent units: the encoder's layers are not the linear_skip layout of cae_edge.train.model"
+        )
+    return fused
 
 
 def convert_float(model) -> bytes:
@@ -542,7 +613,7 @@ def convert_pair(
     enc_float = convert_float(enc1)
 
     step("int8 encoder (PTQ)", 1, 4)
-    enc_q = convert_int8(enc1, x, percentile)
+    enc_q = convert_int8(fuse_linear_path(enc1, cfg, x) if cfg.linear_skip else enc1, x, percentile)
     enc_q = set_io_quant(enc_q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
     if latent_quant is not None:
         enc_q = set_io_quant(enc_q, "output", latent_quant)
