@@ -129,7 +129,8 @@ def fuse_linear_path(encoder, cfg, calib: np.ndarray, percentile: float = 99.99)
     if not np.allclose(got, want, rtol=1e-4, atol=1e-3 * (1.0 + float(np.abs(want).max()))):
         raise ExportError(
             f"the fused linear-path encoder differs from the trained one by up to "
-            f"{np.abs(got - want).max():.4g} latent units: the encoder's layers are not the linear_skip layout of cae_edge.train.model"
+            f"{np.abs(got - want).max():.4g} latent units: the encoder's layers are not the linear_skip "
+            "layout of cae_edge.train.model"
         )
     return fused
 
