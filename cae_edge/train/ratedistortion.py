@@ -79,7 +79,7 @@ CODER_OVERHEAD_BYTES = 0.5
 """Bytes the range coder adds on average over the model's information (the rate target subtracts it)."""
 LAM_GAIN = 0.02
 """Per-step gain of the lam controller (lam *= exp(gain * relative bit error))."""
-LAM_RANGE = (1e-2, 1e4)
+LAM_RANGE = (1e-3, 1e4)
 """lam stays inside this range."""
 
 

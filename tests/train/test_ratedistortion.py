@@ -78,14 +78,30 @@ def test_scenes_presets_have_their_own_architecture_and_fit_the_wire():
 
     for name in presets.names():
         p = presets.resolve(name)
-        scene, other = p.model_for("scenes"), p.model_for("fashion")
-        assert scene.linear_skip and not other.linear_skip and other == p.model
+        scene = p.model_for("scenes")
+        assert scene.linear_skip
         assert ModelConfig.from_dict(scene.to_dict()) == scene
         opts = TrainOptions(dataset="scenes", rd=RDOptions(preset=name)).validated()
         assert opts.model_config() == scene and opts.rd.target_bytes == p.target_for("scenes")
+        for ds in ("mnist", "fashion"):  # digits and clothes: the plain convolutions up to hq
+            if name != "xl":
+                assert not p.model_for(ds).linear_skip and p.model_for(ds) == p.model
     # hq on scenes: payload target + packet overhead stays within 128 bytes on the wire
     assert presets.resolve("hq").target_for("scenes") + wire.OVERHEAD_BYTES <= 128
     assert presets.resolve("hq").target_for("mnist") == presets.resolve("hq").target_bytes
+
+
+def test_xl_on_digits_and_clothes_fits_128_bytes_on_a_compact_wire():
+    """The xl preset on MNIST / Fashion (issue 14's 128-byte targets): the scenes architecture with the
+    depth-to-space head, and a rate target that leaves room for a compact frame's at most 8 bytes."""
+    xl = presets.resolve("xl")
+    for ds in ("mnist", "fashion-mnist"):
+        cfg = xl.model_for(ds)
+        assert cfg.linear_skip and cfg.head == "d2s" and cfg.latent_dim == 256
+        assert xl.target_for(ds) + 8 <= 128
+        opts = TrainOptions(dataset=ds, rd=RDOptions(preset="xl")).validated()
+        assert opts.model_config() == cfg and opts.rd.target_bytes == xl.target_for(ds)
+    assert xl.target_for("scenes") == xl.target_bytes
 
 
 def test_options_take_the_preset_and_explicit_values_win():
