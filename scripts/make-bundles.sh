@@ -6,7 +6,7 @@
 #
 # Usage: scripts/make-bundles.sh [CLI] [PYTHON]      (make bundles passes the venv's)
 # Env:   DATASETS (default "mnist fashion scenes"), EPOCHS_MNIST (default 20), EPOCHS_FASHION (default 5),
-#        RUNS (default runs/bundles), PRESETS (default "tiny small hq", scenes also xl; "" skips the rate-distortion bundles;
+#        RUNS (default runs/bundles), PRESETS (default "tiny small hq xl"; "" skips the rate-distortion bundles;
 #        scenes, real photographs from `cae-edge data fetch scenes`, has presets only),
 #        JOBS (rate-distortion chains trained side by side, default 1; each gets --threads cores/JOBS, at
 #        least 1, and writes its output to RUNS/<dataset>-<preset>.log)
@@ -17,7 +17,7 @@ runs=${RUNS:-runs/bundles}
 cd "$(dirname "$0")/.."
 
 datasets=${DATASETS:-mnist fashion scenes}
-presets_of() { if [[ $1 == scenes ]]; then echo "${PRESETS-tiny small hq xl}"; else echo "${PRESETS-tiny small hq}"; fi; }
+presets_of() { echo "${PRESETS-tiny small hq xl}"; }
 for name in $datasets; do
   case $name in
     mnist) epochs=${EPOCHS_MNIST:-20} ;;
@@ -39,14 +39,16 @@ done
 # latents (--adapt-decoder: the int8 encoder moves ~40 % of latent values by +-1) and fits the entropy model on
 # those latents. int8 still loses up to ~0.65 dB on the long-trained small/hq models, hence --margin 1.0.
 rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export the bundle
-  local name=$1 preset=$2 threads=$3 stages prev out lam adapt readapt head i
+  local name=$1 preset=$2 threads=$3 stages first prev out lam adapt readapt head i
   echo "== $name-$preset: train (preset $preset, $threads threads)"
   rm -rf "${runs:?}/$name-$preset"
   # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr" from the previous weights,
   # each starting from the rate weight the previous stage ended with.
   case $name-$preset in
+    mnist-xl) stages="150:0.001" ;;
     mnist-hq) stages="30:0.001 30:0.001 60:0.001 120:0.001 220:0.001 160:0.001" ;;
     mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
+    fashion-xl) stages="12:0.0007 10:0.0005" ;;
     fashion-hq) stages="6:0.001 6:0.0007 16:0.0007" ;;
     fashion-small) stages="6:0.001 10:0.0007" ;;
     scenes-xl) stages="20:0.001 10:0.0007" ;;
@@ -55,11 +57,12 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     scenes-tiny) stages="3:0.001" ;;
     *) stages="" ;;
   esac
+  case $name-$preset in fashion-xl) first="--lr 0.0015" ;; *) first="" ;; esac  # the preset's own first stage
   set -- $stages
   prev="$runs/$name-$preset"
   [[ $# -gt 0 ]] && prev="$runs/$name-$preset-s0"
   rm -rf "$runs/$name-$preset"-s*
-  nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --threads "$threads" --out "$prev"
+  nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --threads "$threads" $first --out "$prev"
   i=0
   for stage in $stages; do
     i=$((i + 1))
@@ -71,7 +74,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     prev=$out
   done
   echo "== $name-$preset: export"
-  case $name in mnist) adapt=15 ;; scenes) adapt=2 ;; *) adapt=3 ;; esac  # 120,000 / 180,000 images seen
+  case $name-$preset in mnist-*) adapt=15 ;; scenes-*) adapt=2 ;; fashion-xl) adapt=6 ;; *) adapt=3 ;; esac  # 120,000 / 180,000+ images
   nice "$cli" export "$runs/$name-$preset" --out "cae_edge/bundles/$name-$preset" \
     --calib 1000 --adapt-decoder "$adapt" --margin 1.0 --overwrite
   # The int8 encoder's latents depend on the kernels that run it (XNNPACK's int8 LEAKY_RELU rounds unlike
