@@ -50,7 +50,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
     fashion-xl) stages="12:0.0007 10:0.0005" ;;
     fashion-hq) stages="6:0.001 6:0.0007 16:0.0007" ;;
-    fashion-small) stages="6:0.001 10:0.0007" ;;
+    fashion-small) stages="14:0.001 14:0.0007" ;;
     scenes-xl) stages="20:0.001 10:0.0007" ;;
     scenes-hq) stages="14:0.001 16:0.0007" ;;
     scenes-small) stages="5:0.001" ;;
@@ -85,7 +85,6 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     mnist-hq) readapt="--epochs 6" ;;
     mnist-small) readapt="--epochs 3" ;;
     fashion-hq) readapt="--epochs 2" ;;
-    fashion-small) readapt="--epochs 2 --kernels xnnpack,builtin,micro" ;;
     *) readapt="" ;;
   esac
   if [[ -n $readapt ]]; then
@@ -98,7 +97,6 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     mnist-hq | mnist-small | mnist-tiny) head="--head d2s --head-width 48 --head-epochs 5 --head-lr 1e-3 --epochs 30 --lr 1e-3 --augment-copies 3" ;;
     fashion-hq) head="--head d2s --head-width 48 --head-epochs 5 --head-lr 1e-3 --epochs 15 --lr 1e-3" ;;
     fashion-tiny) head="--head d2s --head-width 48 --head-epochs 3 --head-lr 1e-3 --epochs 10 --lr 1e-3" ;;
-    fashion-small) head="--head d2s --head-width 48 --head-epochs 3 --head-lr 1e-3 --epochs 10 --lr 1e-3 --kernels xnnpack,builtin,micro" ;;
     scenes-small | scenes-tiny) head="--head d2s --head-width 48 --head-epochs 4 --head-lr 1e-3 --epochs 10 --lr 1e-3" ;;
     *) head="" ;;
   esac

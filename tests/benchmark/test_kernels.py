@@ -25,7 +25,16 @@ from cae_edge.errors import BundleError, ConfigError
 
 runner = CliRunner()
 N = 24
-ENTROPY_BUNDLES = ("mnist-hq", "mnist-small", "mnist-tiny", "fashion-hq", "fashion-small", "fashion-tiny")
+ENTROPY_BUNDLES = (
+    "mnist-xl",
+    "mnist-hq",
+    "mnist-small",
+    "mnist-tiny",
+    "fashion-xl",
+    "fashion-hq",
+    "fashion-small",
+    "fashion-tiny",
+)
 
 
 @pytest.fixture(scope="module")

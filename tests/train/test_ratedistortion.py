@@ -84,7 +84,7 @@ def test_scenes_presets_have_their_own_architecture_and_fit_the_wire():
         opts = TrainOptions(dataset="scenes", rd=RDOptions(preset=name)).validated()
         assert opts.model_config() == scene and opts.rd.target_bytes == p.target_for("scenes")
         for ds in ("mnist", "fashion"):  # digits and clothes: the plain convolutions up to hq
-            if name != "xl":
+            if name != "xl" and (name, ds) != ("small", "fashion"):
                 assert not p.model_for(ds).linear_skip and p.model_for(ds) == p.model
     # hq on scenes: payload target + packet overhead stays within 128 bytes on the wire
     assert presets.resolve("hq").target_for("scenes") + wire.OVERHEAD_BYTES <= 128
