@@ -39,17 +39,16 @@ done
 # latents (--adapt-decoder: the int8 encoder moves ~40 % of latent values by +-1) and fits the entropy model on
 # those latents. int8 still loses up to ~0.65 dB on the long-trained small/hq models, hence --margin 1.0.
 rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export the bundle
-  local name=$1 preset=$2 threads=$3 stages first prev out lam adapt readapt head i
+  local name=$1 preset=$2 threads=$3 stages first prev out epochs lr target lam adapt readapt head i
   echo "== $name-$preset: train (preset $preset, $threads threads)"
   rm -rf "${runs:?}/$name-$preset"
-  # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr" from the previous weights,
-  # each starting from the rate weight the previous stage ended with.
+  # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr[:target bytes[:lam]]" from the
+  # previous weights, each starting from the rate weight the previous stage ended with unless it names one.
   case $name-$preset in
     mnist-xl) stages="150:0.001" ;;
     mnist-hq) stages="30:0.001 30:0.001 60:0.001 120:0.001 220:0.001 160:0.001" ;;
     mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
     fashion-xl) stages="12:0.0007 10:0.0005" ;;
-    fashion-hq) stages="6:0.001 6:0.0007 16:0.0007" ;;
     fashion-small) stages="14:0.001 14:0.0007" ;;
     scenes-xl) stages="20:0.001 10:0.0007" ;;
     scenes-hq) stages="14:0.001 16:0.0007" ;;
@@ -57,7 +56,11 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     scenes-tiny) stages="3:0.001" ;;
     *) stages="" ;;
   esac
-  case $name-$preset in fashion-xl) first="--lr 0.0015" ;; *) first="" ;; esac  # the preset's own first stage
+  case $name-$preset in  # the preset's own first stage, where it was changed
+    fashion-xl) first="--lr 0.0015" ;;
+    fashion-hq) first="--epochs 14 --lr 0.0015" ;;
+    *) first="" ;;
+  esac
   set -- $stages
   prev="$runs/$name-$preset"
   [[ $# -gt 0 ]] && prev="$runs/$name-$preset-s0"
@@ -68,9 +71,10 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     i=$((i + 1))
     out="$runs/$name-$preset-s$i"
     [[ $i -eq $# ]] && out="$runs/$name-$preset"
-    lam=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rd"]["lam_final"])' "$prev/config.json")
-    nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --epochs "${stage%%:*}" --lr "${stage##*:}" \
-      --lam "$lam" --init-from "$prev" --threads "$threads" --out "$out"
+    IFS=: read -r epochs lr target lam <<<"$stage"
+    [[ -n $lam ]] || lam=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rd"]["lam_final"])' "$prev/config.json")
+    nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --epochs "$epochs" --lr "$lr" \
+      ${target:+--target-bytes "$target"} --lam "$lam" --init-from "$prev" --threads "$threads" --out "$out"
     prev=$out
   done
   echo "== $name-$preset: export"
@@ -84,7 +88,6 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   case $name-$preset in
     mnist-hq) readapt="--epochs 6" ;;
     mnist-small) readapt="--epochs 3" ;;
-    fashion-hq) readapt="--epochs 2" ;;
     *) readapt="" ;;
   esac
   if [[ -n $readapt ]]; then
@@ -95,7 +98,6 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   # hidden conv and shifted/rotated copies of the 8,000 digits make up for the 28x28 ConvT it replaces).
   case $name-$preset in
     mnist-hq | mnist-small | mnist-tiny) head="--head d2s --head-width 48 --head-epochs 5 --head-lr 1e-3 --epochs 30 --lr 1e-3 --augment-copies 3" ;;
-    fashion-hq) head="--head d2s --head-width 48 --head-epochs 5 --head-lr 1e-3 --epochs 15 --lr 1e-3" ;;
     fashion-tiny) head="--head d2s --head-width 48 --head-epochs 3 --head-lr 1e-3 --epochs 10 --lr 1e-3" ;;
     scenes-small | scenes-tiny) head="--head d2s --head-width 48 --head-epochs 4 --head-lr 1e-3 --epochs 10 --lr 1e-3" ;;
     *) head="" ;;
