@@ -45,7 +45,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr[:target bytes[:lam]]" from the
   # previous weights, each starting from the rate weight the previous stage ended with unless it names one.
   case $name-$preset in
-    mnist-xl) stages="150:0.001" ;;
+    mnist-xl) stages="150:0.001 40:0.0005:102 40:0.0005:100:0.4" ;;
     mnist-hq) stages="30:0.001 30:0.001 60:0.001 120:0.001 220:0.001 160:0.001" ;;
     mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
     fashion-xl) stages="12:0.0007 10:0.0005" ;;
