@@ -86,6 +86,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   # kernels' latents 0.2-0.4 dB worse until the decoder is re-adapted to both families (encoder, entropy
   # model and latents unchanged; `cae-edge benchmark --kernels` measures the spread).
   case $name-$preset in
+    mnist-xl) readapt="--epochs 3" ;;
     mnist-hq) readapt="--epochs 6" ;;
     mnist-small) readapt="--epochs 3" ;;
     *) readapt="" ;;
