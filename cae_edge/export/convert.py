@@ -69,11 +69,14 @@ def rebuild_batch1(model, builder, cfg):
     return m1
 
 
+DEFAULT_PERCENTILE = 99.99
+"""Activation ranges are cut to this percentile (and 100 minus it) of what calibration saw."""
+
 FUSED_PIXELS = "pixels"
 """Name of the fused encoder's 1x1 identity conv that puts the pixels on the concatenation's int8 grid."""
 
 
-def fuse_linear_path(encoder, cfg, calib: np.ndarray, percentile: float = 99.99):
+def fuse_linear_path(encoder, cfg, calib: np.ndarray, percentile: float = DEFAULT_PERCENTILE):
     """The same function as a ``linear_skip`` encoder, laid out for int8: one Dense over [pixels, features].
 
     ``latent = Dense_conv(features) + Dense_lin(pixels)`` becomes ``Dense([pixels, features / s])`` with the
@@ -96,18 +99,23 @@ def fuse_linear_path(encoder, cfg, calib: np.ndarray, percentile: float = 99.99)
     from keras import layers
 
     convs = [la for la in encoder.layers if isinstance(la, layers.Conv2D)]
+    acts = [la for la in encoder.layers if isinstance(la, layers.LeakyReLU)]
     dense = [la for la in encoder.layers if isinstance(la, layers.Dense)]
     conv_dense = [la for la in dense if la.use_bias]
     lin_dense = [la for la in dense if not la.use_bias]
-    if not cfg.linear_skip or len(conv_dense) != 1 or len(lin_dense) != 1 or len(convs) != 5:
+    if (
+        not cfg.linear_skip
+        or len(conv_dense) != 1
+        or len(lin_dense) != 1
+        or len(convs) != 5
+        or len(acts) != 5
+    ):
         raise ExportError(
             f"fuse_linear_path needs a linear_skip encoder (5 convs, a Dense with and one without bias); got "
             f"{len(convs)} convs, {len(conv_dense)} + {len(lin_dense)} Dense (linear_skip={cfg.linear_skip})"
         )
-    features = keras.Model(encoder.input, convs[-1].output)
-    f = np.asarray(features(calib))
-    f = np.where(f > 0, f, cfg.leaky_alpha * f)
-    s = max(1.0, float(np.percentile(f, percentile)))
+    features = np.asarray(keras.Model(encoder.input, acts[-1].output)(calib))
+    s = max(1.0, float(np.percentile(features, percentile)))
 
     inp = keras.Input((28, 28, 1), batch_size=1, name="image")
     x = inp
@@ -142,10 +150,6 @@ def convert_float(model) -> bytes:
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     with _quiet():
         return bytes(conv.convert())
-
-
-DEFAULT_PERCENTILE = 99.99
-"""Activation ranges are cut to this percentile (and 100 minus it) of what calibration saw."""
 
 
 def convert_int8(model, representative: np.ndarray, percentile: float | None = DEFAULT_PERCENTILE) -> bytes:
@@ -550,6 +554,25 @@ def run_int8_encoder(tflite: bytes, images_u8: np.ndarray, kernels: str = "xnnpa
     return out
 
 
+def convert_encoder(
+    encoder1,
+    calib: np.ndarray,
+    latent_quant: QuantParams | None = None,
+    percentile: float | None = DEFAULT_PERCENTILE,
+) -> bytes:
+    """The int8 encoder: PTQ on ``calib``, input quantization the raw pixel byte's (1/255, -128).
+
+    Args:
+        encoder1: Keras encoder with batch size 1 (:func:`rebuild_batch1`, or :func:`fuse_linear_path`'s).
+        calib: Calibration images, float32 (N, 28, 28, 1) in [0, 1].
+        latent_quant: Force this output quantization; ``None`` keeps the calibrated one.
+        percentile: Activation-range percentile (:func:`convert_int8`).
+    """
+    enc_q = convert_int8(encoder1, calib, percentile)
+    enc_q = set_io_quant(enc_q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
+    return enc_q if latent_quant is None else set_io_quant(enc_q, "output", latent_quant)
+
+
 def convert_decoder(
     decoder1, latents: np.ndarray, lq: QuantParams, percentile: float | None = DEFAULT_PERCENTILE
 ) -> tuple[bytes, bytes]:
@@ -614,10 +637,9 @@ def convert_pair(
     enc_float = convert_float(enc1)
 
     step("int8 encoder (PTQ)", 1, 4)
-    enc_q = convert_int8(fuse_linear_path(enc1, cfg, x) if cfg.linear_skip else enc1, x, percentile)
-    enc_q = set_io_quant(enc_q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
-    if latent_quant is not None:
-        enc_q = set_io_quant(enc_q, "output", latent_quant)
+    enc_q = convert_encoder(
+        fuse_linear_path(enc1, cfg, x) if cfg.linear_skip else enc1, x, latent_quant, percentile
+    )
     lq = io_quant(enc_q, "output")
     bias_stats: dict = {}
     if bias_correction:

@@ -39,8 +39,8 @@ def _changed(enc_q: bytes, encoder, images_u8) -> float:
 
 
 def test_fused_linear_path_is_the_same_function_and_rounds_like_float(scenes_pair):
-    from cae_edge.export.convert import convert_int8, fuse_linear_path, set_io_quant
-    from cae_edge.quant import PIXEL_SCALE, PIXEL_ZERO_POINT, QuantParams
+    from cae_edge.export.convert import convert_encoder, fuse_linear_path
+    from cae_edge.quant import QuantParams
 
     start, encoder, calib, test_u8 = scenes_pair
     fused = fuse_linear_path(encoder, start.model, calib)
@@ -48,12 +48,7 @@ def test_fused_linear_path_is_the_same_function_and_rounds_like_float(scenes_pai
     want = np.asarray(encoder(x))
     np.testing.assert_allclose(np.asarray(fused(x)), want, atol=1e-3 * np.abs(want).max())
 
-    def int8(model) -> bytes:
-        q = convert_int8(model, calib)
-        q = set_io_quant(q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
-        return set_io_quant(q, "output", QuantParams(1.0, 0))
-
-    plain, one = int8(encoder), int8(fused)
+    plain, one = (convert_encoder(m, calib, QuantParams(1.0, 0)) for m in (encoder, fused))
     assert "ADD" in _ops(plain) and _ops(plain).count("FULLY_CONNECTED") == 2
     assert "ADD" not in _ops(one) and _ops(one).count("FULLY_CONNECTED") == 1 and "CONCATENATION" in _ops(one)
     changed_plain, changed_one = _changed(plain, encoder, test_u8), _changed(one, encoder, test_u8)

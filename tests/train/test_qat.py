@@ -134,8 +134,8 @@ def test_fake_quant_matches_the_int8_tflite_pair(rd_run, calib, mnist):
     """The activation ranges are the export's (same scales), and layer by layer the fake-quantized layers
     compute what the int8 TFLite ops compute: the encoder's convolutions and dense layer to the int8 value,
     every op within one step (TFLite's int8 LeakyReLU and sigmoid round a little differently)."""
-    from cae_edge.export.convert import convert_int8, rebuild_batch1, set_io_quant, tighten_logistic_inputs
-    from cae_edge.quant import PIXEL_SCALE, PIXEL_ZERO_POINT, QuantParams
+    from cae_edge.export.convert import convert_decoder, convert_encoder, rebuild_batch1
+    from cae_edge.quant import QuantParams
     from cae_edge.rundir import load_run
     from cae_edge.train.model import build_decoder, build_encoder
     from cae_edge.train.qat import QatModel, calibrate_pair, qat_pair
@@ -144,17 +144,15 @@ def test_fake_quant_matches_the_int8_tflite_pair(rd_run, calib, mnist):
     qenc, qdec = qat_pair(encoder, decoder)
     ranges = calibrate_pair(qenc, qdec, calib)
 
-    enc_q = convert_int8(rebuild_batch1(encoder, build_encoder, config.model), calib)
-    enc_q = set_io_quant(enc_q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
-    enc_q = set_io_quant(enc_q, "output", QuantParams(1.0, 0))
+    enc_q = convert_encoder(rebuild_batch1(encoder, build_encoder, config.model), calib, QuantParams(1.0, 0))
     want = _tflite_scales(enc_q)
     got = [(hi - lo) / 255 for lo, hi in ranges["encoder"].values()]
     np.testing.assert_allclose(got, want, rtol=1e-3)
 
     latents = np.clip(np.rint(np.asarray(qenc(calib))), -127, 127).astype(np.float32)
-    dec_q = convert_int8(rebuild_batch1(decoder, build_decoder, config.model), latents)
-    dec_q = set_io_quant(dec_q, "input", QuantParams(1.0, 0))
-    dec_q, _ = tighten_logistic_inputs(dec_q)
+    dec_q, _ = convert_decoder(
+        rebuild_batch1(decoder, build_decoder, config.model), latents, QuantParams(1.0, 0)
+    )
     want = _tflite_scales(dec_q)
     got = [(hi - lo) / 255 for lo, hi in ranges["decoder"].values()]
     np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-3)  # last: logits, cut to [-8, 8] on both
@@ -226,7 +224,7 @@ def test_fake_quant_of_a_d2s_decoder_has_the_exports_ranges(calib):
     scales the export gives its int8 tensors, the logits cut to [-8, 8] through the RESHAPE/TRANSPOSE between
     the last conv and the sigmoid; its output is the int8 decoder's within one 1/256 step in most pixels."""
     from cae_edge.device.litert import make_interpreter
-    from cae_edge.export.convert import convert_int8, rebuild_batch1, set_io_quant, tighten_logistic_inputs
+    from cae_edge.export.convert import convert_decoder, rebuild_batch1
     from cae_edge.quant import QuantParams
     from cae_edge.train.from_bundle import models_from_bundle, read_start
     from cae_edge.train.model import build_decoder
@@ -243,9 +241,9 @@ def test_fake_quant_of_a_d2s_decoder_has_the_exports_ranges(calib):
     lo, hi = ranges[logits[0]]
     assert -LOGIT_RANGE <= lo < 0 < hi <= LOGIT_RANGE
 
-    dec_q = convert_int8(rebuild_batch1(decoder, build_decoder, start.model), latents)
-    dec_q = set_io_quant(dec_q, "input", QuantParams(1.0, 0))
-    dec_q, _ = tighten_logistic_inputs(dec_q)
+    dec_q, _ = convert_decoder(
+        rebuild_batch1(decoder, build_decoder, start.model), latents, QuantParams(1.0, 0)
+    )
     want = _tflite_scales(dec_q)
     got = [(hi - lo) / 255 for lo, hi in ranges.values()]
     np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-3)
