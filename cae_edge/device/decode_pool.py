@@ -245,7 +245,7 @@ class DecodePool:
     @property
     def in_flight(self) -> int:
         """Frames submitted and not yet returned."""
-        return sum(len(w.tokens) + sum(map(len, w.sent)) for w in self.workers)
+        return sum(self.held())
 
     def held(self) -> list[int]:
         """Frames each worker holds now (sent and not answered, or waiting to be sent)."""
