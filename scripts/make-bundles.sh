@@ -6,7 +6,7 @@
 #
 # Usage: scripts/make-bundles.sh [CLI] [PYTHON]      (make bundles passes the venv's)
 # Env:   DATASETS (default "mnist fashion scenes"), EPOCHS_MNIST (default 20), EPOCHS_FASHION (default 5),
-#        RUNS (default runs/bundles), PRESETS (default "tiny small hq xl"; "" skips the rate-distortion bundles;
+#        RUNS (default runs/bundles), PRESETS (default "tiny small hq xl xxl", xxl not for scenes; "" skips the rate-distortion bundles;
 #        scenes, real photographs from `cae-edge data fetch scenes`, has presets only),
 #        JOBS (rate-distortion chains trained side by side, default 1; each gets --threads cores/JOBS, at
 #        least 1, and writes its output to RUNS/<dataset>-<preset>.log)
@@ -17,7 +17,11 @@ runs=${RUNS:-runs/bundles}
 cd "$(dirname "$0")/.."
 
 datasets=${DATASETS:-mnist fashion scenes}
-presets_of() { echo "${PRESETS-tiny small hq xl}"; }
+presets_of() {  # xxl is for digits and clothes only
+  local p=" ${PRESETS-tiny small hq xl xxl} "
+  [[ $1 == scenes ]] && p=${p/ xxl / }
+  echo $p
+}
 for name in $datasets; do
   case $name in
     mnist) epochs=${EPOCHS_MNIST:-20} ;;
@@ -39,13 +43,19 @@ done
 # latents (--adapt-decoder: the int8 encoder moves ~40 % of latent values by +-1) and fits the entropy model on
 # those latents. int8 still loses up to ~0.65 dB on the long-trained small/hq models, hence --margin 1.0.
 rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export the bundle
-  local name=$1 preset=$2 threads=$3 stages first prev out epochs lr target lam adapt readapt head i
+  local name=$1 preset=$2 threads=$3 stages first prev out epochs lr target lam scale adapt readapt head i
   echo "== $name-$preset: train (preset $preset, $threads threads)"
   rm -rf "${runs:?}/$name-$preset"
-  # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr[:target bytes[:lam]]" from the
-  # previous weights, each starting from the rate weight the previous stage ended with unless it names one.
+  # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr[:target bytes[:lam[:latent
+  # scale]]]" from the previous weights, each starting from the rate weight the previous stage ended with
+  # unless it names one.
   case $name-$preset in
     mnist-xl) stages="150:0.001 40:0.0005:102 40:0.0005:100:0.4" ;;
+    # xxl: the rate stops short of 192 B with lam at its floor; the last stage multiplies the latent by 1.3
+    # (--latent-scale: same float pair, finer integer grid, ~+24 B). Their first stages ran with lam's floor
+    # at 1e-3 (now 1e-4; lam sat at the floor there too).
+    mnist-xxl) stages="150:0.001:192 40:0.0005:192:0.0001:1.3" ;;
+    fashion-xxl) stages="12:0.0007:192 12:0.0005:192:0.0001:1.3" ;;
     mnist-hq) stages="30:0.001 30:0.001 60:0.001 120:0.001 220:0.001 160:0.001" ;;
     mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
     fashion-xl) stages="12:0.0007 10:0.0005" ;;
@@ -57,7 +67,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     *) stages="" ;;
   esac
   case $name-$preset in  # the preset's own first stage, where it was changed
-    fashion-xl) first="--lr 0.0015" ;;
+    fashion-xl | fashion-xxl) first="--lr 0.0015" ;;
     fashion-hq) first="--epochs 14 --lr 0.0015" ;;
     *) first="" ;;
   esac
@@ -71,14 +81,15 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     i=$((i + 1))
     out="$runs/$name-$preset-s$i"
     [[ $i -eq $# ]] && out="$runs/$name-$preset"
-    IFS=: read -r epochs lr target lam <<<"$stage"
+    IFS=: read -r epochs lr target lam scale <<<"$stage"
     [[ -n $lam ]] || lam=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rd"]["lam_final"])' "$prev/config.json")
     nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --epochs "$epochs" --lr "$lr" \
-      ${target:+--target-bytes "$target"} --lam "$lam" --init-from "$prev" --threads "$threads" --out "$out"
+      ${target:+--target-bytes "$target"} --lam "$lam" ${scale:+--latent-scale "$scale"} \
+      --init-from "$prev" --threads "$threads" --out "$out"
     prev=$out
   done
   echo "== $name-$preset: export"
-  case $name-$preset in mnist-*) adapt=15 ;; scenes-*) adapt=2 ;; fashion-xl) adapt=6 ;; *) adapt=3 ;; esac  # 120,000 / 180,000+ images
+  case $name-$preset in mnist-*) adapt=15 ;; scenes-*) adapt=2 ;; fashion-xl | fashion-xxl) adapt=6 ;; *) adapt=3 ;; esac  # 120,000 / 180,000+ images
   nice "$cli" export "$runs/$name-$preset" --out "cae_edge/bundles/$name-$preset" \
     --calib 1000 --adapt-decoder "$adapt" --margin 1.0 --overwrite
   # The int8 encoder's latents depend on the kernels that run it (XNNPACK's int8 LEAKY_RELU rounds unlike

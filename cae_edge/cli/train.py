@@ -183,7 +183,8 @@ def train_cmd(
         str | None,
         typer.Option(
             "--preset",
-            help="Rate-distortion preset: tiny (<=8 B), small (<=32 B), hq (<=128 B), xl (<=256 B).",
+            help="Rate-distortion preset: tiny (<=8 B), small (<=32 B), hq (<=128 B), xl (<=256 B), "
+            "xxl (~190 B).",
         ),
     ] = None,
     lam: Annotated[
@@ -211,6 +212,14 @@ def train_cmd(
     latent_jitter: Annotated[
         float, typer.Option("--latent-jitter", help="Rate-distortion: latent noise std before rounding.")
     ] = 0.0,
+    latent_scale: Annotated[
+        float,
+        typer.Option(
+            "--latent-scale",
+            help="Rate-distortion, with --init-from: multiply the start's latent by this (same float pair, "
+            "finer integer grid: > 1 spends more bytes for more quality).",
+        ),
+    ] = 1.0,
     qat: Annotated[
         bool,
         typer.Option(
@@ -231,9 +240,14 @@ def train_cmd(
 
         rate_distortion = preset is not None or lam is not None or target_bytes is not None
         rd = None
-        if rate_distortion or latent_jitter or qat:
+        if rate_distortion or latent_jitter or qat or latent_scale != 1.0:
             rd = RDOptions(
-                preset=preset, lam=lam, target_bytes=target_bytes, latent_jitter=latent_jitter, qat=qat
+                preset=preset,
+                lam=lam,
+                target_bytes=target_bytes,
+                latent_jitter=latent_jitter,
+                latent_scale=latent_scale,
+                qat=qat,
             )
         opts = TrainOptions(
             dataset=dataset,
@@ -260,8 +274,9 @@ def train_cmd(
             test_fraction=test_fraction,
             gap=gap,
         ).validated()
-        if (latent_jitter or qat) and not rate_distortion and (opts.start() is None or not opts.start().rd):
-            flag = "--latent-jitter" if latent_jitter else "--qat"
+        extra = latent_jitter or qat or latent_scale != 1.0
+        if extra and not rate_distortion and (opts.start() is None or not opts.start().rd):
+            flag = "--latent-jitter" if latent_jitter else "--qat" if qat else "--latent-scale"
             raise ConfigError(
                 f"{flag} is for rate-distortion runs: add --preset, --lam, --target-bytes or "
                 "--init-from a rate-distortion run or bundle"

@@ -82,6 +82,12 @@ class RDOptions:
     tolerate it."""
     max_test: int | None = None
     """Evaluate on at most this many test images (None: the full test split)."""
+    latent_scale: float = 1.0
+    """With ``init_from``: multiply the start's latent by this before training (the encoder's last Dense
+    layers and the prior scaled up, the decoder's first Dense layers down: the same float pair, a finer
+    integer grid). Above 1 the latent costs about ``latent_dim * log2(latent_scale)`` more bits and rounds
+    with less error: a start moved up the rate-distortion curve, where lowering ``lam`` no longer raises
+    the rate."""
     qat: bool = False
     """Quantization-aware fine-tuning (:mod:`cae_edge.train.qat`): train through the int8 model's weight and
     activation rounding so the int8 encoder's latents are the ones the decoder learned. Needs ``init_from``
@@ -353,6 +359,14 @@ class TrainOptions:
         jitter = float(rd.latent_jitter)
         if not (math.isfinite(jitter) and jitter >= 0):
             raise ConfigError(f"latent jitter {rd.latent_jitter}: must be >= 0 (0 = off)")
+        scale = float(rd.latent_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ConfigError(f"latent scale {rd.latent_scale}: must be > 0 (1 = as trained)")
+        if scale != 1.0 and start is None:
+            raise ConfigError(
+                f"--latent-scale {rd.latent_scale} rescales a trained model's latent: add --init-from "
+                "RUN_OR_BUNDLE (e.g. --init-from mnist-xl)"
+            )
         if rd.qat and start is None:
             raise ConfigError(
                 "--qat fine-tunes a trained model through int8 rounding: add --init-from RUN_OR_BUNDLE "
@@ -370,6 +384,7 @@ class TrainOptions:
             target_bytes=float(target),
             latent_jitter=jitter,
             max_test=max_test,
+            latent_scale=scale,
             qat=bool(rd.qat),
         )
 
@@ -472,6 +487,8 @@ class TrainOptions:
             args += ["--max-samples", str(self.max_samples)]
         if rd.latent_jitter:
             args += ["--latent-jitter", repr(rd.latent_jitter)]
+        if rd.latent_scale != 1.0:
+            args += ["--latent-scale", repr(rd.latent_scale)]
         if rd.qat:
             args.append("--qat")
         if self.threads is not None:

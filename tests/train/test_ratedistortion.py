@@ -59,9 +59,11 @@ def coffee_frames():
 
 
 def test_presets_resolve_with_budgets_in_order():
-    assert presets.names() == ("tiny", "small", "hq", "xl")
+    assert presets.names() == ("tiny", "small", "hq", "xl", "xxl")
     budgets = [presets.resolve(n).max_bytes for n in presets.names()]
-    assert budgets == sorted(budgets) and budgets[-2] <= 128 and budgets[-1] <= 256
+    assert budgets == sorted(budgets) and budgets[2] <= 128 and budgets[-1] <= 256
+    for ds in ("mnist", "fashion"):  # xxl carries the curve on above xl on digits and clothes
+        assert presets.resolve("xxl").target_for(ds) > presets.resolve("xl").target_for(ds)
     for name in presets.names():
         p = presets.resolve(name.upper())
         assert isinstance(p.model, ModelConfig) and p.model.validate() is p.model
@@ -374,3 +376,49 @@ def test_pca_start_makes_a_linear_skip_model_the_pca_code(coffee_frames, head):
     assert np.allclose(
         prior.scale().numpy(), np.maximum(g * std * np.sqrt(3) / np.pi, 0.1) + rdm.MIN_SCALE, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(latent_dim=6, enc_widths=(8, 8, 4), dec_widths=(8, 8, 4), latent_gain=8.0),
+        ModelConfig(latent_dim=6, enc_widths=(8, 8, 4), dec_widths=(8, 8, 4), linear_skip=True, head="d2s"),
+    ],
+    ids=["conv", "linear-d2s"],
+)
+def test_scale_latent_keeps_the_float_pair_and_refines_the_integer_grid(coffee_frames, cfg):
+    import tensorflow as tf
+
+    from cae_edge.train import ratedistortion as rdm
+    from cae_edge.train.model import build_decoder, build_encoder
+
+    enc, dec, prior = build_encoder(cfg), build_decoder(cfg), rdm._Prior(tf, 6)
+    prior.loc.assign(np.linspace(-2, 3, 6).astype(np.float32))
+    x = coffee_frames.astype(np.float32)[..., None] / 255.0
+    y = enc.predict(x, verbose=0)
+    z = np.random.default_rng(1).normal(0, 4, (5, 6)).astype(np.float32)
+    out, loc, scale = dec.predict(z, verbose=0), prior.loc.numpy(), prior.scale().numpy()
+    makes, takes = rdm.latent_layers(enc, dec)
+    assert len(makes) == len(takes) == (2 if cfg.linear_skip else 1)
+    rdm.scale_latent(enc, dec, prior, 1.5)
+    np.testing.assert_allclose(enc.predict(x, verbose=0), 1.5 * y, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dec.predict(1.5 * z, verbose=0), out, atol=1e-5)
+    np.testing.assert_allclose(prior.loc.numpy(), 1.5 * loc, rtol=1e-6)
+    np.testing.assert_allclose(prior.scale().numpy(), 1.5 * scale, rtol=1e-4)
+    # the same values on a grid 1.5x finer: more bits under the scaled prior
+    bits = lambda v: float(tf.reduce_mean(prior.bits(tf.round(v))))  # noqa: E731
+    rdm.scale_latent(enc, dec, prior, 1 / 1.5)
+    before = bits(y)
+    rdm.scale_latent(enc, dec, prior, 1.5)
+    assert bits(1.5 * y) > before
+
+
+def test_latent_scale_needs_a_start_and_a_positive_factor(low_run):
+    with pytest.raises(ConfigError, match="--latent-scale 2.0 rescales a trained model's latent: add --init"):
+        TrainOptions(dataset="mnist", rd=RDOptions(preset="hq", latent_scale=2.0)).validated()
+    with pytest.raises(ConfigError, match="latent scale 0.0: must be > 0"):
+        TrainOptions(dataset="mnist", init_from=low_run.out_dir, rd=RDOptions(latent_scale=0.0)).validated()
+    opts = TrainOptions(
+        dataset="mnist", init_from=low_run.out_dir, out_dir="x", rd=RDOptions(latent_scale=1.25)
+    ).validated()
+    assert opts.rd.latent_scale == 1.25 and "--latent-scale 1.25" in opts.to_command()
