@@ -55,7 +55,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     # (--latent-scale: same float pair, finer integer grid, ~+24 B). Their first stages ran with lam's floor
     # at 1e-3 (now 1e-4; lam sat at the floor there too).
     mnist-xxl) stages="150:0.001:192 40:0.0005:192:0.0001:1.3 40:0.0003:192:0.0001" ;;
-    fashion-xxl) stages="12:0.0007:192 12:0.0005:192:0.0001:1.3" ;;
+    fashion-xxl) stages="12:0.0007:192 12:0.0005:192:0.0001:1.3 12:0.0003:192:0.0001" ;;
     mnist-hq) stages="30:0.001 30:0.001 60:0.001 120:0.001 220:0.001 160:0.001" ;;
     mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
     fashion-xl) stages="12:0.0007 10:0.0005" ;;

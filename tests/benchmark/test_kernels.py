@@ -26,10 +26,12 @@ from cae_edge.errors import BundleError, ConfigError
 runner = CliRunner()
 N = 24
 ENTROPY_BUNDLES = (
+    "mnist-xxl",
     "mnist-xl",
     "mnist-hq",
     "mnist-small",
     "mnist-tiny",
+    "fashion-xxl",
     "fashion-xl",
     "fashion-hq",
     "fashion-small",
