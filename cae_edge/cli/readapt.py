@@ -25,7 +25,13 @@ def readapt(
         ),
     ] = "xnnpack,builtin",
     epochs: Annotated[
-        int, typer.Option("--epochs", min=1, help="Passes over (training images x families).")
+        int,
+        typer.Option(
+            "--epochs",
+            min=0,
+            help="Passes over (training images x families); 0: no fine-tuning, only the int8 conversion "
+            "of the bundle's float decoder again (this version's export, same calibration).",
+        ),
     ] = 6,
     lr: Annotated[float, typer.Option("--lr", help="Starting learning rate (cosine decay).")] = 1e-4,
     train_limit: Annotated[

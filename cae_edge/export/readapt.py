@@ -70,7 +70,8 @@ class ReadaptOptions:
     reference arithmetic), so adding it would weigh the reference kernels twice and cost XNNPACK quality
     (mnist-hq, 6 epochs: XNNPACK 28.55 dB with micro, 28.61 without; micro within 0.05 dB either way)."""
     epochs: int = 6
-    """Passes over (training images x kernel families)."""
+    """Passes over (training images x kernel families). 0: no fine-tuning; the bundle's float decoder is
+    converted to int8 again by this version's export (same calibration), e.g. to take a better conversion."""
     learning_rate: float = 1e-4
     """Starting Adam learning rate (cosine decay to a tenth); the decoder is already adapted once."""
     train_limit: int | None = None
@@ -114,8 +115,12 @@ class ReadaptOptions:
         bad = [k for k in self.kernels if k not in KERNELS]
         if not self.kernels or bad:
             raise ConfigError(f"kernels {list(self.kernels)}: each must be one of {', '.join(KERNELS)}")
-        if int(self.epochs) < 1:
-            raise ConfigError(f"epochs {self.epochs}: must be >= 1")
+        if int(self.epochs) < 0:
+            raise ConfigError(f"epochs {self.epochs}: must be >= 0 (0 = convert the float decoder again)")
+        if int(self.epochs) == 0 and self.head is not None:
+            raise ConfigError(
+                "epochs 0 converts the bundle's own decoder again: a new head needs epochs >= 1"
+            )
         if self.head is not None and self.head not in HEADS:
             raise ConfigError(f"decoder head {self.head!r}: must be one of {', '.join(HEADS)} (or omitted)")
         if self.head_width is not None and (self.head is None or int(self.head_width) < 1):
@@ -295,10 +300,11 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
         moved = AugmentOptions(probability=1.0)
         copies = [to_uint8(random_affine(train / 255.0, rng, moved)) for _ in range(opts.augment_copies)]
         train = np.concatenate([train, *copies])
-    latents = kernel_latents(encoder, train, tuple(opts.kernels), step)
     decoder = keras_decoder_from_tflite(old.model_bytes("decoder_float"), cfg)
-    q_all = np.concatenate([dequantize(latents[k], lq) for k in opts.kernels])
-    x_all = np.concatenate([train] * len(opts.kernels))
+    if opts.epochs:
+        latents = kernel_latents(encoder, train, tuple(opts.kernels), step)
+        q_all = np.concatenate([dequantize(latents[k], lq) for k in opts.kernels])
+        x_all = np.concatenate([train] * len(opts.kernels))
     head_change = None
     if opts.head is not None and opts.head != cfg.head:
         decoder, new_cfg = new_head_decoder(decoder, cfg, opts.head, opts.head_width)
@@ -313,8 +319,11 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
         manifest.train["model"] = {
             k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()
         }
-    adapt_opts = AdaptOptions(epochs=opts.epochs, learning_rate=opts.learning_rate, seed=opts.seed)
-    adapted, res = adapt_decoder(decoder, q_all, x_all, adapt_opts, progress)
+    adapted, trained = decoder, {"epochs": 0}
+    if opts.epochs:
+        adapt_opts = AdaptOptions(epochs=opts.epochs, learning_rate=opts.learning_rate, seed=opts.seed)
+        adapted, res = adapt_decoder(decoder, q_all, x_all, adapt_opts, progress)
+        trained = res.to_dict()
 
     rng = np.random.default_rng(calib_seed)
     calib = ds.x_train[
@@ -347,7 +356,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
         manifest.write(tmp)
         q = _verify(tmp, manifest, adapted, test, rate_distortion, opts, step)
         q["decoder_readaptation"] = {
-            **res.to_dict(),
+            **trained,
             "kernels": list(opts.kernels),
             **({"head": head_change} if head_change else {}),
             "command": opts.command,
