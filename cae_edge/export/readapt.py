@@ -281,7 +281,10 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
             f"head width {opts.head_width}: {src.name} already has the {cfg.head} head, whose layers keep "
             "their weights; a new width needs a new head (or `cae-edge train` from scratch)"
         )
-    rate_distortion = bool((manifest.train.get("train") or {}).get("rate_distortion"))
+    # an integer latent: the run's rd block (its train options said "rate_distortion" in older manifests)
+    rate_distortion = bool(manifest.train.get("rd")) or bool(
+        (manifest.train.get("train") or {}).get("rate_distortion")
+    )
     lq = manifest.latent_quant
     calib_n, calib_seed, percentile = _calibration(manifest, opts)
     ds = datasets.load(manifest.dataset["name"], opts.data_dir)

@@ -225,8 +225,9 @@ def test_readapt_reads_the_calibration_export_records(tmp_path):
 
 @pytest.mark.slow
 def test_readapt_with_no_epochs_converts_the_same_float_decoder_again(tmp_path):
-    """fashion-small (linear path) was exported before the ADD halves of its logits were cut: `readapt
-    --epochs 0` re-converts its float decoder with this version's export and nothing else."""
+    """`readapt --epochs 0` re-converts a bundle's float decoder with this version's export and nothing else:
+    shipped fashion-small (linear path) went through it when the ADD halves of the logits began to be cut, so
+    doing it again gives the very same int8 decoder, with its logit halves cut."""
     from cae_edge.export.convert import tighten_logistic_inputs
     from cae_edge.export.readapt import ReadaptOptions, readapt_bundle
 
@@ -234,17 +235,14 @@ def test_readapt_with_no_epochs_converts_the_same_float_decoder_again(tmp_path):
     out = tmp_path / "small"
     res = readapt_bundle(ReadaptOptions(bundle="fashion-small", out_dir=out, epochs=0, verify_limit=300))
     new = load_bundle(out)
-    for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz"):
-        assert new.read_file(name) == src.read_file(name)
-    assert new.read_file("decoder.tflite") != src.read_file("decoder.tflite") and res.pair_id != src.pair_id
+    for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz", "decoder.tflite"):
+        assert new.read_file(name) == src.read_file(name), name
+    assert res.pair_id == src.pair_id
     _, changed = tighten_logistic_inputs(new.read_file("decoder.tflite"))
-    assert changed == 0  # already cut by the conversion
+    assert changed == 0  # cut by the conversion
     q = new.manifest.quality
     assert q["decoder_readaptation"]["epochs"] == 0 and q["n_images"] == 300
-    x = datasets.load("fashion").x_test[:300]
-    assert (
-        kernel_quality(new, x, ("xnnpack",)).psnr["xnnpack"]
-        > kernel_quality(src, x, ("xnnpack",)).psnr["xnnpack"]
-    )
+    # the float reference decodes the rounded latent, as export's does (the unrounded float pair is better)
+    assert q["keras_float"]["psnr"] < q["tflite_float"]["psnr"] - 0.3 and 0 < q["int8_loss_db"] < 0.3
     with pytest.raises(ConfigError, match="a new head needs epochs >= 1"):
         ReadaptOptions(bundle="fashion-small", out_dir=out, epochs=0, head="convt").validate()
