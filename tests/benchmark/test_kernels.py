@@ -227,7 +227,8 @@ def test_readapt_reads_the_calibration_export_records(tmp_path):
 def test_readapt_with_no_epochs_converts_the_same_float_decoder_again(tmp_path):
     """`readapt --epochs 0` re-converts a bundle's float decoder with this version's export and nothing else:
     shipped fashion-small (linear path) went through it when the ADD halves of the logits began to be cut, so
-    doing it again gives the very same int8 decoder, with its logit halves cut."""
+    doing it again gives an int8 decoder that computes the very same images, with its logit halves cut (the
+    file's bytes may differ: tensor names follow how many Keras models the process built before)."""
     from cae_edge.export.convert import tighten_logistic_inputs
     from cae_edge.export.readapt import ReadaptOptions, readapt_bundle
 
@@ -235,9 +236,14 @@ def test_readapt_with_no_epochs_converts_the_same_float_decoder_again(tmp_path):
     out = tmp_path / "small"
     res = readapt_bundle(ReadaptOptions(bundle="fashion-small", out_dir=out, epochs=0, verify_limit=300))
     new = load_bundle(out)
-    for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz", "decoder.tflite"):
+    for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz"):
         assert new.read_file(name) == src.read_file(name), name
-    assert res.pair_id == src.pair_id
+    assert res.pair_id == new.pair_id
+    x = datasets.load("fashion").x_test[:200]
+    enc, dec_old, dec_new = src.encoder(), src.decoder(), new.decoder()
+    for img in x:
+        q = enc.encode_latent(img).copy()
+        assert np.array_equal(dec_old.decode_latent(q), dec_new.decode_latent(q))
     _, changed = tighten_logistic_inputs(new.read_file("decoder.tflite"))
     assert changed == 0  # cut by the conversion
     q = new.manifest.quality
