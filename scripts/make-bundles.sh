@@ -51,8 +51,8 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   # unless it names one.
   case $name-$preset in
     mnist-xl) stages="150:0.001 40:0.0005:102 40:0.0005:100:0.4" ;;
-    # xxl: the rate stops short of 192 B with lam at its floor; the last stage multiplies the latent by 1.3
-    # (--latent-scale: same float pair, finer integer grid, ~+24 B). Their first stages ran with lam's floor
+    # xxl: the rate stops short of 192 B with lam at its floor; the second stage multiplies the latent by 1.3
+    # (--latent-scale: same float pair, finer integer grid, ~+22 B). Their first stages ran with lam's floor
     # at 1e-3 (now 1e-4; lam sat at the floor there too).
     mnist-xxl) stages="150:0.001:192 40:0.0005:192:0.0001:1.3 40:0.0003:192:0.0001" ;;
     fashion-xxl) stages="12:0.0007:192 12:0.0005:192:0.0001:1.3 12:0.0003:192:0.0001" ;;

@@ -34,7 +34,7 @@ def main() -> None:
     import tensorflow as tf
 
     from cae_edge import datasets
-    from cae_edge.benchmark.sysinfo import _cpu
+    from cae_edge.benchmark.sysinfo import collect
     from cae_edge.train import ratedistortion as rd
     from cae_edge.train.model import build_decoder, build_encoder
     from cae_edge.train.options import RDOptions, TrainOptions
@@ -65,7 +65,7 @@ def main() -> None:
     runner = rd.EpochRunner(new_step(), bs)
     loops = {"before": before, "now": runner.run}
     for loop in loops.values():
-        loop(images[: 4 * bs])
+        loop(images)  # the shape timed: "now" traces per images shape
     rates: dict[str, list[float]] = {k: [] for k in loops}
     for r in range(args.rounds):
         for name, loop in loops.items():
@@ -79,10 +79,11 @@ def main() -> None:
                 flush=True,
             )
     med = {k: statistics.median(v) for k, v in rates.items()}
-    model, flags = _cpu()
+    info = collect()
     print(
         f"{args.dataset} {args.preset}, batch {bs}, {len(images)} images, threads "
-        f"{args.threads or 'TensorFlow default'}, {os.cpu_count()} cores, {model}, flags {' '.join(flags)}: "
+        f"{args.threads or 'TensorFlow default'}, {os.cpu_count()} cores, {info.cpu_model}, "
+        f"flags {' '.join(info.cpu_flags)}: "
         f"median before {med['before']:.0f}, now {med['now']:.0f} images/s, now/before "
         f"{med['now'] / med['before']:.2f}"
     )

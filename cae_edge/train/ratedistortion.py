@@ -143,6 +143,11 @@ class _Prior:
     def scale(self):
         return self.tf.nn.softplus(self.raw_scale) + MIN_SCALE
 
+    def assign(self, loc: np.ndarray, softplus_scale: np.ndarray) -> None:
+        """Set the location and the softplus part of the scale (:meth:`scale` adds ``MIN_SCALE`` to it)."""
+        self.loc.assign(np.asarray(loc, np.float32))
+        self.raw_scale.assign(np.log(np.expm1(np.asarray(softplus_scale, np.float32))))
+
     def bits(self, v):
         """Bits per image (sum over dimensions) of latents ``v`` (batch, D)."""
         tf = self.tf
@@ -538,25 +543,26 @@ def pca_start(encoder, decoder, prior: _Prior, x_train: np.ndarray, head: str = 
         ]
     )
     last_conv.set_weights([np.zeros_like(w) for w in last_conv.get_weights()])
-    scale = np.maximum(g * std * math.sqrt(3) / math.pi, 0.1)
-    prior.loc.assign(np.zeros(k, np.float32))
-    prior.raw_scale.assign(np.log(np.expm1(scale)).astype(np.float32))
+    prior.assign(np.zeros(k), np.maximum(g * std * math.sqrt(3) / math.pi, 0.1))
 
 
 def latent_layers(encoder, decoder) -> tuple[list, list]:
-    """``(encoder's, decoder's)`` Dense layers that make and take the latent: the Dense layers that add into
-    the encoder's output (one, or two with the linear path) and those that read the decoder's input."""
+    """``(encoder's, decoder's)`` Dense layers that make and take the latent. In :mod:`.model`'s layouts
+    every Dense layer of the encoder adds into the latent (one, or two with the linear path) and every Dense
+    layer of the decoder reads it (the first layer, and the linear path's Dense(784)).
+
+    Raises:
+        ConfigError: a Dense layer that does not make (encoder) or read (decoder) the latent.
+    """
     import keras
 
-    def producers(layer) -> list:
-        if isinstance(layer, keras.layers.Dense):
-            return [layer]
-        if isinstance(layer, keras.layers.Add):
-            return [p for t in layer.input for p in producers(t._keras_history.operation)]
-        raise ConfigError(f"encoder output comes from a {type(layer).__name__}, not Dense or Add of Dense")
-
-    makes = producers(encoder.output._keras_history.operation)
-    takes = [ly for ly in decoder.layers if isinstance(ly, keras.layers.Dense) and ly.input is decoder.input]
+    dim = int(encoder.output.shape[-1])
+    makes = [ly for ly in encoder.layers if isinstance(ly, keras.layers.Dense)]
+    takes = [ly for ly in decoder.layers if isinstance(ly, keras.layers.Dense)]
+    for side, layers, axis in (("encoder", makes, -1), ("decoder", takes, 0)):
+        bad = [ly.name for ly in layers if ly.kernel.shape[axis] != dim]
+        if bad or not layers:
+            raise ConfigError(f"{side} Dense layers {bad or '(none)'}: not the latent's ({dim} values)")
     return makes, takes
 
 
@@ -571,9 +577,8 @@ def scale_latent(encoder, decoder, prior: _Prior, factor: float) -> None:
     for ly in takes:
         kernel, *rest = ly.get_weights()
         ly.set_weights([kernel / np.float32(factor), *rest])
-    scale = prior.scale().numpy() * factor
-    prior.loc.assign(prior.loc.numpy() * np.float32(factor))
-    prior.raw_scale.assign(np.log(np.expm1(np.maximum(scale - MIN_SCALE, 1e-4))).astype(np.float32))
+    scale = prior.scale().numpy() * np.float32(factor)
+    prior.assign(prior.loc.numpy() * np.float32(factor), np.maximum(scale - MIN_SCALE, 1e-4))
 
 
 def _load_start(opts: TrainOptions, encoder, decoder, prior: _Prior, images: np.ndarray) -> dict:
@@ -587,9 +592,7 @@ def _load_start(opts: TrainOptions, encoder, decoder, prior: _Prior, images: np.
     record = load_start(start, encoder, decoder, images)
     old = start.prior or {}
     if "loc" in old and "scale" in old:
-        scale = np.maximum(np.asarray(old["scale"], np.float32) - MIN_SCALE, 1e-4)
-        prior.loc.assign(np.asarray(old["loc"], np.float32))
-        prior.raw_scale.assign(np.log(np.expm1(scale)))
+        prior.assign(old["loc"], np.maximum(np.asarray(old["scale"], np.float32) - MIN_SCALE, 1e-4))
     elif "prior starts afresh" not in " ".join(record["notes"]):
         record["notes"].append(f"{start.kind} {start.name} records no learned prior: the prior starts afresh")
     return record
