@@ -296,15 +296,15 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     step("quality before, per kernel family", 0, 1)
     before = kernel_quality(old, test, DEFAULT_KERNELS, name=src.name)
 
-    if opts.augment_copies:
-        from ..train.augment import AugmentOptions, random_affine
-
-        rng = np.random.default_rng(opts.seed)
-        moved = AugmentOptions(probability=1.0)
-        copies = [to_uint8(random_affine(train / 255.0, rng, moved)) for _ in range(opts.augment_copies)]
-        train = np.concatenate([train, *copies])
     decoder = keras_decoder_from_tflite(old.model_bytes("decoder_float"), cfg)
-    if opts.epochs:
+    if opts.epochs:  # the fine-tuning set (epochs 0 trains nothing and needs none)
+        if opts.augment_copies:
+            from ..train.augment import AugmentOptions, random_affine
+
+            rng = np.random.default_rng(opts.seed)
+            moved = AugmentOptions(probability=1.0)
+            copies = [to_uint8(random_affine(train / 255.0, rng, moved)) for _ in range(opts.augment_copies)]
+            train = np.concatenate([train, *copies])
         latents = kernel_latents(encoder, train, tuple(opts.kernels), step)
         q_all = np.concatenate([dequantize(latents[k], lq) for k in opts.kernels])
         x_all = np.concatenate([train] * len(opts.kernels))
