@@ -68,6 +68,14 @@ def export(
             help="Remove the int8 encoder's per-channel mean latent shift, measured on calibration images.",
         ),
     ] = True,
+    equalize: Annotated[
+        bool,
+        typer.Option(
+            "--equalize/--no-equalize",
+            help="Scale each LeakyReLU channel to the widest one's range before int8 PTQ (and back in the "
+            "next layer): the same float model, less rounding noise (mnist-hq: int8 pair +0.15 dB).",
+        ),
+    ] = True,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing bundle directory.")
     ] = False,
@@ -103,6 +111,8 @@ def export(
         args += ["--adapt-decoder", str(adapt_decoder), "--adapt-lr", f"{adapt_lr:g}"]
     if not bias_correction:
         args.append("--no-bias-correction")
+    if not equalize:
+        args.append("--no-equalize")
     opts = ExportOptions(
         run_dir=run,
         out_dir=out,
@@ -117,6 +127,7 @@ def export(
         adapt_epochs=adapt_decoder,
         adapt_lr=adapt_lr,
         bias_correction=bias_correction,
+        equalize=equalize,
         command=shlex.join(args),
     )
 

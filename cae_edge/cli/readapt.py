@@ -76,6 +76,13 @@ def readapt(
     head_lr: Annotated[
         float, typer.Option("--head-lr", help="Starting learning rate of the head-only epochs.")
     ] = 1e-3,
+    equalize: Annotated[
+        bool,
+        typer.Option(
+            "--equalize/--no-equalize",
+            help="Channel-equalize the decoder before int8 PTQ (same float model, less rounding noise).",
+        ),
+    ] = True,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing bundle directory.")
     ] = False,
@@ -105,6 +112,8 @@ def readapt(
         args += ["--head", head.value, "--head-epochs", str(head_epochs), "--head-lr", f"{head_lr:g}"]
         if head_width is not None:
             args += ["--head-width", str(head_width)]
+    if not equalize:
+        args.append("--no-equalize")
     opts = ReadaptOptions(
         bundle=bundle,
         out_dir=out,
@@ -121,6 +130,7 @@ def readapt(
         head_width=head_width,
         head_epochs=head_epochs,
         head_lr=head_lr,
+        equalize=equalize,
         command=shlex.join(args),
     )
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import BundleError, ExportError
 from ..quant import PIXEL_SCALE, PIXEL_ZERO_POINT, QuantParams, dequantize
+from .equalize import equalized_copy
 
 Progress = Callable[[str, int, int], None]
 
@@ -447,17 +448,37 @@ def correct_output_bias(
 
 
 LOGIT_CLIP = 8.0
-"""Real range kept for the sigmoid's int8 input: sigmoid(-8) * 255 < 0.1 and sigmoid(8) * 255 > 254.9, so
-clipping there changes no output pixel while the quantization step of the logits gets much finer."""
+"""Widest real range kept for the sigmoid's int8 input (sigmoid(-8) * 255 < 0.1, sigmoid(8) * 255 > 254.9);
+where the LOGISTIC's output quantization says where its int8 output saturates, the range is cut there
+instead (:func:`logistic_saturation`)."""
+
+LOGIT_MARGIN = 0.05
+"""Logits kept beyond the saturation points, so that the clipped end still rounds to the saturated output
+in every kernel's table (at the point itself the output is half-way between two levels)."""
 
 
-def tighten_logistic_inputs(tflite: bytes, clip: float = LOGIT_CLIP) -> tuple[bytes, int]:
-    """Narrow the calibrated range of every LOGISTIC op's int8 input to at most [-clip, clip], and where an
+def logistic_saturation(scale: float, zero_point: int, margin: float = LOGIT_MARGIN) -> tuple[float, float]:
+    """The logits ``[lo, hi]`` outside which an int8 sigmoid with output quantization (``scale``,
+    ``zero_point``) gives its lowest or highest level whatever the input: below ``lo`` the output rounds to
+    -128, above ``hi`` to 127. For TFLite's fixed (1/256, -128): ``[-6.24, 5.13]`` widened by ``margin``.
+    The int8 logits need no range beyond it (an output pixel cannot move there), which is 0.72 of the
+    ``[-8, 8]`` cut this replaced: a 28 % finer step where pixels are mid-grey."""
+    lo_p = scale * (-128 + 0.5 - zero_point)
+    hi_p = scale * (127 - 0.5 - zero_point)
+    if not 0.0 < lo_p < hi_p < 1.0:
+        return -LOGIT_CLIP, LOGIT_CLIP
+    lo, hi = float(np.log(lo_p / (1 - lo_p))) - margin, float(np.log(hi_p / (1 - hi_p))) + margin
+    return max(lo, -LOGIT_CLIP), min(hi, LOGIT_CLIP)
+
+
+def tighten_logistic_inputs(tflite: bytes, clip: float | None = None) -> tuple[bytes, int]:
+    """Narrow the calibrated range of every LOGISTIC op's int8 input to where its output can still change
+    (:func:`logistic_saturation`; ``clip``: to [-clip, clip] instead), and where an
     ADD makes that input (a linear path's logits plus the convolutions'), the ADD's two inputs as well.
 
     Calibration keeps the full min/max of the decoder's pre-sigmoid logits (e.g. [-89, 4.4]: background
     pixels far in the saturated tail), which makes the int8 step ~0.37 logits, about 23 grey levels at
-    mid-grey. Everything below -``clip`` is 0 after the sigmoid anyway, so the range is cut there and the
+    mid-grey. Everything below the lower cut is 0 after the sigmoid anyway, so the range is cut there and the
     producing op saturates into it (its requantization multiplier is derived from these parameters at
     Prepare time, like the LOGISTIC kernel's input table). Only scales and zero points are rewritten.
 
@@ -486,7 +507,12 @@ def tighten_logistic_inputs(tflite: bytes, clip: float = LOGIT_CLIP) -> tuple[by
             if graph.code(op) != s.BuiltinOperator.LOGISTIC or graph.quant(op.Inputs(0)) is None:
                 continue
             t = op.Inputs(0)
-            changed += graph.narrow(t, -clip, clip)
+            out = graph.quant(op.Outputs(0))
+            if clip is not None or out is None:
+                lo_cut, hi_cut = -(clip or LOGIT_CLIP), clip or LOGIT_CLIP
+            else:
+                lo_cut, hi_cut = logistic_saturation(float(out[0][0]), int(out[1][0]))
+            changed += graph.narrow(t, lo_cut, hi_cut)
             add = graph.maker.get(t)
             if add is None or graph.code(add) != s.BuiltinOperator.ADD or add.InputsLength() != 2:
                 continue
@@ -609,6 +635,7 @@ def convert_encoder(
     calib: np.ndarray,
     latent_quant: QuantParams | None = None,
     percentile: float | None = DEFAULT_PERCENTILE,
+    equalize: bool = False,
 ) -> bytes:
     """The int8 encoder: PTQ on ``calib``, input quantization the raw pixel byte's (1/255, -128).
 
@@ -617,14 +644,22 @@ def convert_encoder(
         calib: Calibration images, float32 (N, 28, 28, 1) in [0, 1].
         latent_quant: Force this output quantization; ``None`` keeps the calibrated one.
         percentile: Activation-range percentile (:func:`convert_int8`).
+        equalize: Convert a channel-equalized copy (:mod:`cae_edge.export.equalize`): the same float
+            function, less int8 rounding noise.
     """
+    if equalize:
+        encoder1, _ = equalized_copy(encoder1, calib, percentile or 100.0)
     enc_q = convert_int8(encoder1, calib, percentile)
     enc_q = set_io_quant(enc_q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
     return enc_q if latent_quant is None else set_io_quant(enc_q, "output", latent_quant)
 
 
 def convert_decoder(
-    decoder1, latents: np.ndarray, lq: QuantParams, percentile: float | None = DEFAULT_PERCENTILE
+    decoder1,
+    latents: np.ndarray,
+    lq: QuantParams,
+    percentile: float | None = DEFAULT_PERCENTILE,
+    equalize: bool = False,
 ) -> tuple[bytes, bytes]:
     """The decoder's two models: int8 (PTQ on ``latents``, input quantization ``lq``) and float32.
 
@@ -633,11 +668,14 @@ def convert_decoder(
         latents: Calibration latents, dequantized: the int8 encoder's outputs on calibration images.
         lq: The encoder's output quantization, written onto the decoder's input.
         percentile: Activation-range percentile (:func:`convert_int8`).
+        equalize: Quantize a channel-equalized copy (:mod:`cae_edge.export.equalize`); the float32 model
+            keeps the weights as trained.
 
     Returns:
         ``(int8 bytes, float32 bytes)``.
     """
-    dec_q = convert_int8(decoder1, latents, percentile)
+    quantized = equalized_copy(decoder1, latents, percentile or 100.0)[0] if equalize else decoder1
+    dec_q = convert_int8(quantized, latents, percentile)
     dec_q = set_io_quant(dec_q, "input", lq)
     dec_q, _ = tighten_logistic_inputs(dec_q)
     return dec_q, convert_float(decoder1)
@@ -653,6 +691,7 @@ def convert_pair(
     adapt: Callable[[bytes, QuantParams], object] | None = None,
     bias_correction: bool = True,
     percentile: float | None = DEFAULT_PERCENTILE,
+    equalize: bool = True,
 ) -> ConvertedPair:
     """Convert a trained encoder/decoder into the four bundle models.
 
@@ -670,6 +709,7 @@ def convert_pair(
         bias_correction: Remove the int8 encoder's per-channel mean output shift on the calibration images
             (:func:`correct_output_bias`), before the decoder sees any int8 latent.
         percentile: Activation-range percentile of both int8 conversions (:func:`convert_int8`).
+        equalize: Channel-equalize both models before PTQ (:mod:`cae_edge.export.equalize`).
 
     Returns:
         The :class:`ConvertedPair`.
@@ -687,8 +727,10 @@ def convert_pair(
     enc_float = convert_float(enc1)
 
     step("int8 encoder (PTQ)", 1, 4)
+    # equalized before fusing: the fused model's last features reach the Dense through a Concatenate
+    enc_src = equalized_copy(enc1, x, percentile or 100.0)[0] if equalize else enc1
     enc_q = convert_encoder(
-        fuse_linear_path(enc1, cfg, x) if cfg.linear_skip else enc1, x, latent_quant, percentile
+        fuse_linear_path(enc_src, cfg, x) if cfg.linear_skip else enc_src, x, latent_quant, percentile
     )
     lq = io_quant(enc_q, "output")
     bias_stats: dict = {}
@@ -705,7 +747,9 @@ def convert_pair(
         ) from e
     if adapt is not None:
         decoder = adapt(enc_q, lq)
-    dec_q, dec_float = convert_decoder(rebuild_batch1(decoder, build_decoder, cfg), latents, lq, percentile)
+    dec_q, dec_float = convert_decoder(
+        rebuild_batch1(decoder, build_decoder, cfg), latents, lq, percentile, equalize
+    )
 
     step("check", 3, 4)
     check_int8_builtin(enc_q, "encoder.tflite")

@@ -86,6 +86,8 @@ class ReadaptOptions:
     """Seed of the calibration subset; ``None``: from the manifest."""
     calib_percentile: float | None = None
     """Activation-range percentile; ``None``: the manifest's export command (99.99 when it has none)."""
+    equalize: bool = True
+    """Channel-equalize the decoder before PTQ (:mod:`cae_edge.export.equalize`)."""
     verify_limit: int | None = None
     """Verify on the first N test images only (``None``: the whole test split)."""
     margin_db: float | None = None
@@ -335,7 +337,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     calib_latents = dequantize(run_int8_encoder(encoder, calib), lq)
     step("int8 decoder (PTQ)", 0, 1)
     dec_q, dec_float = convert_decoder(
-        rebuild_batch1(adapted, build_decoder, cfg), calib_latents, lq, percentile
+        rebuild_batch1(adapted, build_decoder, cfg), calib_latents, lq, percentile, opts.equalize
     )
 
     new_files = {DEFAULT_FILES["decoder"]: dec_q, DEFAULT_FILES["decoder_float"]: dec_float}
@@ -364,6 +366,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
             **({"head": head_change} if head_change else {}),
             "command": opts.command,
             "calibration": f"{len(calib)} training images, seed {calib_seed}, percentile {percentile:g}",
+            "channel_equalization": opts.equalize,
         }
         if "decoder_readaptation" in old_quality:  # the bundle's own readaptations, oldest first
             earlier = dict(old_quality["decoder_readaptation"])

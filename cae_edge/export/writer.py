@@ -82,6 +82,9 @@ class ExportOptions:
     """Remove the int8 encoder's per-channel mean latent shift measured on the calibration images."""
     calib_percentile: float = 99.99
     """Cut int8 activation ranges to this percentile of the calibration values (100: plain min/max)."""
+    equalize: bool = True
+    """Channel-equalize both models before PTQ (:mod:`cae_edge.export.equalize`): same float function,
+    less int8 rounding noise."""
     command: str = ""
     """How this export was invoked, recorded in the manifest."""
 
@@ -315,6 +318,7 @@ def calibrate(inputs: _Inputs, opts: ExportOptions, progress: Progress | None = 
         adapt if opts.adapt_epochs else None,
         bias_correction=opts.bias_correction,
         percentile=opts.calib_percentile,
+        equalize=opts.equalize,
     )
     return pair, adapted
 
@@ -395,6 +399,7 @@ def verify(tmp: Path, manifest: Manifest, inputs: _Inputs, pair, adapted: dict, 
     q["tflite_int8"] = quality(test, reconstruct(bundle, test, "int8"))
     if pair.bias_correction:
         q["encoder_bias_correction"] = pair.bias_correction
+    q["channel_equalization"] = opts.equalize
     q["n_images"] = int(len(test))
     q["split"] = "test" if opts.verify_limit is None else f"test[:{len(test)}]"
     step("verified", 3, 3)

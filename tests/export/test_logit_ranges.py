@@ -76,7 +76,7 @@ def _spans(tflite: bytes) -> dict[str, tuple[float, float]]:
 
 
 def test_the_halves_of_the_logit_sum_get_only_the_range_that_moves_a_pixel(raw_decoder):
-    from cae_edge.export.convert import LOGIT_CLIP, tighten_logistic_inputs
+    from cae_edge.export.convert import logistic_saturation, tighten_logistic_inputs
 
     raw, _, _, _ = raw_decoder
     old = _spans(raw)
@@ -84,7 +84,9 @@ def test_the_halves_of_the_logit_sum_get_only_the_range_that_moves_a_pixel(raw_d
     new = _spans(cut)
     assert changed == 3  # the sum and both halves
     (lo_s, hi_s), (lo_a, hi_a), (lo_b, hi_b) = new["sum"], old["a"], old["b"]
-    assert -LOGIT_CLIP - 0.1 <= lo_s < 0 < hi_s <= LOGIT_CLIP + 0.1
+    lo_cut, hi_cut = logistic_saturation(1 / 256, -128)
+    step = (hi_s - lo_s) / 255
+    assert lo_cut - step <= lo_s < 0 < hi_s <= hi_cut + step  # the sum: where the sigmoid's output can move
     for half, other in (("a", (lo_b, hi_b)), ("b", (lo_a, hi_a))):
         lo, hi = new[half]
         assert lo <= 0 <= hi and hi - lo < old[half][1] - old[half][0]  # narrower, 0 kept
@@ -110,3 +112,19 @@ def test_cut_logit_halves_bring_the_int8_decoder_closer_to_float(raw_decoder):
         psnr_per_image(test, _decode(cut, latents)).mean()
         > psnr_per_image(test, _decode(raw, latents)).mean()
     )
+
+
+def test_logistic_saturation_is_where_the_int8_sigmoid_output_stops_moving():
+    from cae_edge.export.convert import LOGIT_CLIP, LOGIT_MARGIN, logistic_saturation
+
+    lo, hi = logistic_saturation(1 / 256, -128)  # TFLite's fixed int8 LOGISTIC output quantization
+    assert -6.4 < lo < -6.2 and 5.1 < hi < 5.3  # not the symmetric [-8, 8]
+
+    def q(x: float) -> int:  # the int8 output level of logit x
+        return int(np.clip(np.rint(256 / (1 + np.exp(-x))) - 128, -128, 127))
+
+    assert q(lo) == -128 and q(hi) == 127  # the cut ends give the saturated levels ...
+    assert q(lo + 2 * LOGIT_MARGIN) > -128 and q(hi - 2 * LOGIT_MARGIN) < 127  # ... and just inside, not
+    assert all(q(x) == -128 for x in np.linspace(lo - 10, lo, 50))
+    assert all(q(x) == 127 for x in np.linspace(hi, hi + 10, 50))
+    assert logistic_saturation(2.0, 0) == (-LOGIT_CLIP, LOGIT_CLIP)  # not a sigmoid's output range: fall back
