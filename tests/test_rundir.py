@@ -20,7 +20,7 @@ def _shipped_train(name: str) -> dict:
 
 
 def test_old_rate_distortion_schema_is_read():
-    old = _shipped_train("mnist-hq")
+    old = _shipped_train("mnist-tiny")
     assert "options" in old["rd"] and "dataset_source" in old  # the schema before rundir
     config = RunConfig.from_dict(old)
     assert config.rate_distortion and config.dataset == "mnist"

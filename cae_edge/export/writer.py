@@ -186,6 +186,16 @@ class _Inputs:
     """int8 encoder bytes → its latents of every training image (computed once per encoder)."""
 
     @property
+    def qat(self) -> bool:
+        """A ``train --qat`` run: trained through a simulation of PTQ without channel equalization."""
+        return bool((self.config.train.get("rd") or {}).get("qat"))
+
+    def equalize(self, opts: ExportOptions) -> bool:
+        """Whether the conversion equalizes channels: as asked, except for a QAT run (its int8 model is
+        the one its training simulated)."""
+        return bool(opts.equalize) and not self.qat
+
+    @property
     def round_latent(self) -> bool:
         """Rate-distortion models deploy a rounded latent: their float reference rounds too."""
         return self.config.rate_distortion
@@ -318,7 +328,7 @@ def calibrate(inputs: _Inputs, opts: ExportOptions, progress: Progress | None = 
         adapt if opts.adapt_epochs else None,
         bias_correction=opts.bias_correction,
         percentile=opts.calib_percentile,
-        equalize=opts.equalize,
+        equalize=inputs.equalize(opts),
     )
     return pair, adapted
 
@@ -399,7 +409,7 @@ def verify(tmp: Path, manifest: Manifest, inputs: _Inputs, pair, adapted: dict, 
     q["tflite_int8"] = quality(test, reconstruct(bundle, test, "int8"))
     if pair.bias_correction:
         q["encoder_bias_correction"] = pair.bias_correction
-    q["channel_equalization"] = opts.equalize
+    q["channel_equalization"] = inputs.equalize(opts)
     q["n_images"] = int(len(test))
     q["split"] = "test" if opts.verify_limit is None else f"test[:{len(test)}]"
     step("verified", 3, 3)

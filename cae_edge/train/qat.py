@@ -6,7 +6,7 @@ fake-quantized lets encoder and decoder learn around it::
 
     image (exact: u8 / 255) ─ Conv2D[wq] ─ aq ─ LeakyReLU ─ aq ─ ... ─ Flatten ─ Dense[wq] ─► y (rate term)
                                                                    round (straight-through) ─► ŷ (integers)
-    ŷ ─ Dense[wq] ─ aq ─ LeakyReLU ─ aq ─ ConvT[wq] ─ aq ─ ... ─ ConvT[wq] ─ aq[-8, 8] ─ sigmoid ─ aq(1/256)
+    ŷ ─ Dense[wq] ─ aq ─ LeakyReLU ─ aq ─ ConvT[wq] ─ aq ─ ... ─ ConvT[wq] ─ aq[-6.29, 5.18] ─ sigmoid ─ aq(1/256)
 
 * ``wq``: weights per output channel, symmetric, narrow range [-127, 127] (scale max|w| / 127), as the
   TFLite converter quantizes CONV_2D, TRANSPOSE_CONV and FULLY_CONNECTED kernels; the gradient passes
@@ -15,8 +15,10 @@ fake-quantized lets encoder and decoder learn around it::
   percentiles (p = 99.99, :data:`cae_edge.export.convert.DEFAULT_PERCENTILE`) of the float model's values
   on calibration images from the training split, widened to include 0, recomputed before every epoch
   (the weights move slowly in fine-tuning, so the export's calibration finds about the same ranges). The
-  pre-sigmoid logits' range is cut to [-8, 8] as :func:`cae_edge.export.convert.tighten_logistic_inputs`
-  does; the sigmoid output has TFLite's fixed step 1/256.
+  pre-sigmoid logits' range is cut to where the int8 sigmoid's output saturates, [-6.29, 5.18], as
+  :func:`cae_edge.export.convert.tighten_logistic_inputs` does; the sigmoid output has TFLite's fixed step
+  1/256. The export's channel equalization (:mod:`cae_edge.export.equalize`) is not simulated: the export
+  of a QAT run leaves it out (the int8 model is then the one training saw).
 * Biases: int32 in units of (input step x weight step), rounded to that grid (straight-through).
 
 The fake quantization lives in :class:`QatModel`, a callable view of a plain model built by
@@ -33,16 +35,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from ..export.convert import logistic_saturation
 from ..quant import PIXEL_SCALE
 
 ACT_PERCENTILE = 99.99
 """Activation ranges are the [100 - p, p] percentiles of calibration values (the export's default)."""
 CALIB_IMAGES = 1000
 """Training images the activation ranges are calibrated on (as ``export --calib 1000``)."""
-LOGIT_RANGE = 8.0
-"""The pre-sigmoid logits' range is cut to [-LOGIT_RANGE, LOGIT_RANGE] (the export's LOGIT_CLIP)."""
 OUTPUT_STEP = 1.0 / 256.0
 """TFLite's int8 LOGISTIC output: scale 1/256, zero point -128 (real values 0 .. 255/256)."""
+LOGIT_CUT = logistic_saturation(OUTPUT_STEP, -128)
+"""The logits' range as the export cuts it: where the int8 sigmoid's output stops moving ([-6.29, 5.18])."""
 WEIGHT_OPS = ("Conv2D", "Conv2DTranspose", "Dense")
 """Keras layer classes whose kernels are fake-quantized."""
 PASS_OPS = ("InputLayer", "Flatten", "Reshape", "Permute")
@@ -139,7 +142,7 @@ class QatModel:
         self.points: list[str] = []
         """Layers whose output (a sigmoid layer: its logits) is an int8 tensor of its own."""
         self.logits: set[str] = set()
-        """Points whose tensor is a sigmoid's input (range cut to +-LOGIT_RANGE as the export does)."""
+        """Points whose tensor is a sigmoid's input (range cut to :data:`LOGIT_CUT` as the export does)."""
         last_point = ""
         for layer in self.layers:
             if type(layer).__name__ in SIGMOID_OPS and last_point:
@@ -267,7 +270,7 @@ class QatModel:
         for name, (lo_var, hi_var) in self.ranges.items():
             lo, hi = percentile_range(np.concatenate(found[name]), self.percentile)
             if name in self.logits:
-                lo, hi = max(lo, -LOGIT_RANGE), min(hi, LOGIT_RANGE)
+                lo, hi = max(lo, LOGIT_CUT[0]), min(hi, LOGIT_CUT[1])
             lo_var.assign(lo)
             hi_var.assign(hi)
             out[name] = (lo, hi)

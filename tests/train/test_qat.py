@@ -44,18 +44,23 @@ def _tflite_scales(tflite: bytes) -> list[float]:
     ]
 
 
-def test_fake_quantized_weights_are_the_int8_bundles_weights():
-    """The shipped int8 encoder's kernels, dequantized, are the float encoder's kernels through
+def test_fake_quantized_weights_are_the_int8_encoders_weights(calib):
+    """The int8 encoder's kernels (the export's PTQ of the shipped float encoder, without channel
+    equalization, as a QAT run is exported), dequantized, are the float encoder's kernels through
     :func:`fake_quant_weights` (per channel, symmetric, narrow range)."""
     import tensorflow as tf
 
     from cae_edge.device.litert import make_interpreter
+    from cae_edge.export.convert import convert_encoder, rebuild_batch1
+    from cae_edge.quant import QuantParams
     from cae_edge.train.from_bundle import models_from_bundle, read_start, tflite_weights, to_keras_layout
+    from cae_edge.train.model import build_encoder
     from cae_edge.train.qat import fake_quant_weights
 
     start = read_start("mnist-hq")
     encoder, _ = models_from_bundle(start)
-    it = make_interpreter(start.path / "encoder.tflite", xnnpack=False)
+    enc_q = convert_encoder(rebuild_batch1(encoder, build_encoder, start.model), calib, QuantParams(1.0, 0))
+    it = make_interpreter(enc_q, xnnpack=False)
     details = {t["index"]: t for t in it.get_tensor_details()}
     int8_kernels = []
     for op in it._get_ops_details():
@@ -155,7 +160,7 @@ def test_fake_quant_matches_the_int8_tflite_pair(rd_run, calib, mnist):
     )
     want = _tflite_scales(dec_q)
     got = [(hi - lo) / 255 for lo, hi in ranges["decoder"].values()]
-    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-3)  # last: logits, cut to [-8, 8] on both
+    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-3)  # last: logits, cut to [-6.29, 5.18] on both
     np.testing.assert_allclose(got[-1], want[-1], rtol=2e-2)
 
     images = (mnist.x_test[:20].astype(np.float32) / 255.0)[..., None]
@@ -215,20 +220,21 @@ def test_a_qat_run_exports_as_a_plain_run(rd_run, tmp_path):
     out = tmp_path / "bundle"
     export(ExportOptions(run_dir=result.out_dir, out_dir=out, verify_limit=40, margin_db=1.5))
     bundle = load_bundle(out)
+    assert bundle.manifest.quality["channel_equalization"] is False  # the PTQ its training simulated
     payload = bundle.encoder().encode(np.zeros((28, 28), np.uint8) + 30)
     assert bundle.decoder().decode(payload).shape == (28, 28)
 
 
 def test_fake_quant_of_a_d2s_decoder_has_the_exports_ranges(calib):
     """A shipped d2s decoder (conv at 14x14, depth-to-space, separate sigmoid layer) fake-quantizes at the
-    scales the export gives its int8 tensors, the logits cut to [-8, 8] through the RESHAPE/TRANSPOSE between
+    scales the export gives its int8 tensors, the logits cut to [-6.29, 5.18] through the RESHAPE/TRANSPOSE between
     the last conv and the sigmoid; its output is the int8 decoder's within one 1/256 step in most pixels."""
     from cae_edge.device.litert import make_interpreter
     from cae_edge.export.convert import convert_decoder, rebuild_batch1
     from cae_edge.quant import QuantParams
     from cae_edge.train.from_bundle import models_from_bundle, read_start
     from cae_edge.train.model import build_decoder
-    from cae_edge.train.qat import LOGIT_RANGE, QatModel
+    from cae_edge.train.qat import LOGIT_CUT, QatModel
 
     start = read_start("mnist-hq")
     assert start.model.head == "d2s"
@@ -239,7 +245,7 @@ def test_fake_quant_of_a_d2s_decoder_has_the_exports_ranges(calib):
     logits = [name for name in qdec.points if name in qdec.logits]
     assert len(logits) == 1 and logits[0] == qdec.points[-1]
     lo, hi = ranges[logits[0]]
-    assert -LOGIT_RANGE <= lo < 0 < hi <= LOGIT_RANGE
+    assert LOGIT_CUT[0] <= lo < 0 < hi <= LOGIT_CUT[1] and -6.4 < LOGIT_CUT[0] and LOGIT_CUT[1] < 5.3
 
     dec_q, _ = convert_decoder(
         rebuild_batch1(decoder, build_decoder, start.model), latents, QuantParams(1.0, 0)
