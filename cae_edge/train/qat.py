@@ -6,7 +6,8 @@ fake-quantized lets encoder and decoder learn around it::
 
     image (exact: u8 / 255) ─ Conv2D[wq] ─ aq ─ LeakyReLU ─ aq ─ ... ─ Flatten ─ Dense[wq] ─► y (rate term)
                                                                    round (straight-through) ─► ŷ (integers)
-    ŷ ─ Dense[wq] ─ aq ─ LeakyReLU ─ aq ─ ConvT[wq] ─ aq ─ ... ─ ConvT[wq] ─ aq[-6.29, 5.18] ─ sigmoid ─ aq(1/256)
+    ŷ ─ Dense[wq] ─ aq ─ LeakyReLU ─ aq ─ ConvT[wq] ─ aq ─ ... ─ ConvT[wq] ─ aq[-6.29, 5.18] ─ sigmoid
+      ─ aq(1/256)
 
 * ``wq``: weights per output channel, symmetric, narrow range [-127, 127] (scale max|w| / 127), as the
   TFLite converter quantizes CONV_2D, TRANSPOSE_CONV and FULLY_CONNECTED kernels; the gradient passes

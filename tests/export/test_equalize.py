@@ -50,7 +50,8 @@ def test_links_of_the_shipped_layouts(hq):
     assert [k.groups for k in enc] == [32, 32, 32, 32, 16]
     # decoder (d2s head): Dense -> Reshape -> ConvT (groups: the ConvT's 48 input channels), ConvT -> ConvT,
     # ConvT -> Conv2D, Conv2D -> Conv2D; the last conv feeds the sigmoid, not a LeakyReLU
-    assert [type(k.producer).__name__ for k in dec] == ["Dense", "Conv2DTranspose", "Conv2DTranspose", "Conv2D"]
+    kinds = ["Dense", "Conv2DTranspose", "Conv2DTranspose", "Conv2D"]
+    assert [type(k.producer).__name__ for k in dec] == kinds
     assert dec[0].groups == 48
 
 

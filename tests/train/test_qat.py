@@ -227,8 +227,9 @@ def test_a_qat_run_exports_as_a_plain_run(rd_run, tmp_path):
 
 def test_fake_quant_of_a_d2s_decoder_has_the_exports_ranges(calib):
     """A shipped d2s decoder (conv at 14x14, depth-to-space, separate sigmoid layer) fake-quantizes at the
-    scales the export gives its int8 tensors, the logits cut to [-6.29, 5.18] through the RESHAPE/TRANSPOSE between
-    the last conv and the sigmoid; its output is the int8 decoder's within one 1/256 step in most pixels."""
+    scales the export gives its int8 tensors, the logits cut to [-6.29, 5.18] through the RESHAPE/TRANSPOSE
+    between the last conv and the sigmoid; its output is the int8 decoder's within one 1/256 step in most
+    pixels."""
     from cae_edge.device.litert import make_interpreter
     from cae_edge.export.convert import convert_decoder, rebuild_batch1
     from cae_edge.quant import QuantParams
