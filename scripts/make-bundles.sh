@@ -53,7 +53,7 @@ train_stage() {  # train_stage DATASET PRESET THREADS "epochs:lr[:target[:lam[:s
 }
 
 rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export the bundle
-  local name=$1 preset=$2 threads=$3 stages first prev out epochs lr target lam scale adapt readapt head i
+  local name=$1 preset=$2 threads=$3 stages first prev out adapt readapt head i
   echo "== $name-$preset: train (preset $preset, $threads threads)"
   rm -rf "${runs:?}/$name-$preset"
   # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr[:target bytes[:lam[:latent

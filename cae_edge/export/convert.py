@@ -471,9 +471,9 @@ def logistic_saturation(scale: float, zero_point: int, margin: float = LOGIT_MAR
     return max(lo, -LOGIT_CLIP), min(hi, LOGIT_CLIP)
 
 
-def tighten_logistic_inputs(tflite: bytes, clip: float | None = None) -> tuple[bytes, int]:
+def tighten_logistic_inputs(tflite: bytes) -> tuple[bytes, int]:
     """Narrow the calibrated range of every LOGISTIC op's int8 input to where its output can still change
-    (:func:`logistic_saturation`; ``clip``: to [-clip, clip] instead), and where an
+    (:func:`logistic_saturation` of its output quantization), and where an
     ADD makes that input (a linear path's logits plus the convolutions'), the ADD's two inputs as well.
 
     Calibration keeps the full min/max of the decoder's pre-sigmoid logits (e.g. [-89, 4.4]: background
@@ -508,10 +508,11 @@ def tighten_logistic_inputs(tflite: bytes, clip: float | None = None) -> tuple[b
                 continue
             t = op.Inputs(0)
             out = graph.quant(op.Outputs(0))
-            if clip is not None or out is None:
-                lo_cut, hi_cut = -(clip or LOGIT_CLIP), clip or LOGIT_CLIP
-            else:
-                lo_cut, hi_cut = logistic_saturation(float(out[0][0]), int(out[1][0]))
+            lo_cut, hi_cut = (
+                (-LOGIT_CLIP, LOGIT_CLIP)
+                if out is None
+                else logistic_saturation(float(out[0][0]), int(out[1][0]))
+            )
             changed += graph.narrow(t, lo_cut, hi_cut)
             add = graph.maker.get(t)
             if add is None or graph.code(add) != s.BuiltinOperator.ADD or add.InputsLength() != 2:
@@ -635,7 +636,6 @@ def convert_encoder(
     calib: np.ndarray,
     latent_quant: QuantParams | None = None,
     percentile: float | None = DEFAULT_PERCENTILE,
-    equalize: bool = False,
 ) -> bytes:
     """The int8 encoder: PTQ on ``calib``, input quantization the raw pixel byte's (1/255, -128).
 
@@ -644,11 +644,7 @@ def convert_encoder(
         calib: Calibration images, float32 (N, 28, 28, 1) in [0, 1].
         latent_quant: Force this output quantization; ``None`` keeps the calibrated one.
         percentile: Activation-range percentile (:func:`convert_int8`).
-        equalize: Convert a channel-equalized copy (:mod:`cae_edge.export.equalize`): the same float
-            function, less int8 rounding noise.
     """
-    if equalize:
-        encoder1, _ = equalized_copy(encoder1, calib, percentile or 100.0)
     enc_q = convert_int8(encoder1, calib, percentile)
     enc_q = set_io_quant(enc_q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
     return enc_q if latent_quant is None else set_io_quant(enc_q, "output", latent_quant)

@@ -117,14 +117,13 @@ def _scale_consumer(layer, k: np.ndarray) -> None:
     layer.set_weights([kernel, *weights[1:]])
 
 
-def equalize(model, inputs: np.ndarray, percentile: float, strength: float = 1.0) -> dict:
+def equalize(model, inputs: np.ndarray, percentile: float) -> dict:
     """Rescale ``model``'s channels in place (see the module docstring); the float function is unchanged.
 
     Args:
         model: Keras model (the batch-1 copy about to be converted).
         inputs: Calibration inputs, as the model takes them.
         percentile: The range percentile the int8 conversion will cut at (e.g. 99.99).
-        strength: Exponent on each factor: 1 equalizes fully, 0 leaves the model as it is.
 
     Returns:
         ``{"links": n, "mean_gain": ..., "max_gain": ...}`` over all channels rescaled.
@@ -135,7 +134,7 @@ def equalize(model, inputs: np.ndarray, percentile: float, strength: float = 1.0
     import keras
 
     found = links(model)
-    if not found or strength <= 0:
+    if not found:
         return {"links": 0}
     probe = np.asarray(inputs[:64], np.float32)
     before = np.asarray(model(probe))
@@ -154,7 +153,7 @@ def equalize(model, inputs: np.ndarray, percentile: float, strength: float = 1.0
             up = np.where(hi_c > 0, hi / hi_c, np.inf)
             down = np.where(lo_c < 0, lo / lo_c, np.inf)
         k = np.minimum(up, down)
-        k = np.where(np.isfinite(k), np.clip(k, 1.0, MAX_GAIN), 1.0) ** strength
+        k = np.where(np.isfinite(k), np.clip(k, 1.0, MAX_GAIN), 1.0)
         _scale_producer(link.producer, k.astype(np.float32))
         _scale_consumer(link.consumer, k.astype(np.float32))
         gains.append(k)
