@@ -372,11 +372,6 @@ class TrainOptions:
                 "--qat fine-tunes a trained model through int8 rounding: add --init-from RUN_OR_BUNDLE "
                 "(e.g. --init-from mnist-hq)"
             )
-        if rd.qat and self.model_config().linear_skip:
-            raise ConfigError(
-                f"--qat: {self.init_from} has linear_skip (a scenes preset), which quantization-aware "
-                "fine-tuning does not support yet; train without --qat"
-            )
         return replace(
             rd,
             preset=preset.name if preset else None,

@@ -25,8 +25,12 @@ fake-quantized lets encoder and decoder learn around it::
 The fake quantization lives in :class:`QatModel`, a callable view of a plain model built by
 :func:`~cae_edge.train.model.build_encoder` / :func:`~cae_edge.train.model.build_decoder`: it computes the
 same layers with the same variables, so training updates the plain model and the run directory holds plain
-Keras models that ``cae-edge export`` converts as any other run. Models with ``linear_skip`` (the scenes
-presets: ADD of two paths) are not supported yet.
+Keras models that ``cae-edge export`` converts as any other run. The layers run in graph order, so the
+``linear_skip`` models (a Dense beside the convolutions, ADD of the two paths) are simulated too: on the
+decoder's side the Dense(784) output and the ADD (the logits) are int8 tensors of their own; the encoder's
+two paths the export fuses into one FULLY_CONNECTED (:func:`cae_edge.export.convert.fuse_linear_path`),
+whose int8 latent is within a few hundredths of a dB of the float one's, so a ``linear_skip`` encoder runs
+in float here (its latent still rounded) and the fine-tuning is the decoder's.
 
 TensorFlow is imported inside the functions only.
 """
@@ -53,6 +57,8 @@ PASS_OPS = ("InputLayer", "Flatten", "Reshape", "Permute")
 """Layers that keep their input's quantization (RESHAPE, TRANSPOSE in TFLite: the d2s head)."""
 ACT_OPS = ("LeakyReLU",)
 """Layers whose output is a separately quantized tensor."""
+ADD_OPS = ("Add",)
+"""The sum of a ``linear_skip`` model's two paths: ADD, its output an int8 tensor of its own."""
 SIGMOID_OPS = ("Activation",)
 """A separate sigmoid layer (the d2s head's, after depth-to-space): LOGISTIC, TFLite's fixed output step."""
 
@@ -61,13 +67,19 @@ def _activation(layer) -> str:
     return getattr(getattr(layer, "activation", None), "__name__", "linear")
 
 
+def _inputs_of(layer) -> list[str]:
+    """Names of the layers (an ``InputLayer`` for the model's input) whose outputs ``layer`` takes."""
+    node = layer._inbound_nodes[0]
+    return [t._keras_history.operation.name for t in node.input_tensors]
+
+
 def check_supported(model) -> None:
     """Raise :class:`ConfigError` unless ``model`` is a chain of layers :class:`QatModel` can fake-quantize.
 
     Raises:
-        ConfigError: a layer of another kind (e.g. the ADD of a ``linear_skip`` model), naming it.
+        ConfigError: a layer of another kind (e.g. a Concatenate), naming it.
     """
-    known = WEIGHT_OPS + PASS_OPS + ACT_OPS + SIGMOID_OPS
+    known = WEIGHT_OPS + PASS_OPS + ACT_OPS + ADD_OPS + SIGMOID_OPS
     for layer in model.layers:
         kind = type(layer).__name__
         if kind in SIGMOID_OPS and _activation(layer) != "sigmoid":
@@ -78,11 +90,10 @@ def check_supported(model) -> None:
         if kind not in known:
             raise ConfigError(
                 f"--qat: layer {layer.name} ({kind}) of the {model.name} is not supported by "
-                "quantization-aware fine-tuning (models with linear_skip, the scenes presets, are not yet); "
-                "train without --qat"
+                "quantization-aware fine-tuning; train without --qat"
             )
-        if len(getattr(layer, "_inbound_nodes", [])) > 1:  # pragma: no cover - builders make chains
-            raise ConfigError(f"--qat: layer {layer.name} is used twice; only chains are supported")
+        if len(getattr(layer, "_inbound_nodes", [])) > 1:  # pragma: no cover - builders use each once
+            raise ConfigError(f"--qat: layer {layer.name} is used twice; each layer must be used once")
 
 
 def fake_quant_weights(tf, kernel, channel_axis: int):
@@ -139,23 +150,35 @@ class QatModel:
         self.model = model
         self.percentile = float(percentile)
         self.input_scale = float(input_scale)
-        self.layers = [la for la in model.layers if type(la).__name__ != "InputLayer"]
+        self.input_name = model.layers[0].name
+        self.layers = [la for la in model.layers if type(la).__name__ != "InputLayer"]  # in graph order
+        self.inputs = {la.name: _inputs_of(la) for la in self.layers}
+        """Layer name → the names of the layers (or the input) whose outputs it takes."""
         self.points: list[str] = []
         """Layers whose output (a sigmoid layer: its logits) is an int8 tensor of its own."""
         self.logits: set[str] = set()
         """Points whose tensor is a sigmoid's input (range cut to :data:`LOGIT_CUT` as the export does)."""
-        last_point = ""
+        self.fused = latent_output and any(type(la).__name__ in ADD_OPS for la in self.layers)
+        """A ``linear_skip`` encoder: the export fuses its two paths (:func:`~cae_edge.export.convert.
+        fuse_linear_path`), so its int8 tensors are not these layers' outputs; it runs in float here (its
+        latent is still rounded by the caller) and QAT trains the decoder through the int8 rounding."""
+        kinds = {la.name: type(la).__name__ for la in self.layers}
         for layer in self.layers:
-            if type(layer).__name__ in SIGMOID_OPS and last_point:
-                self.logits.add(last_point)  # RESHAPE/TRANSPOSE in between keep its quantization
-            elif _activation(layer) == "sigmoid":
-                self.logits.add(layer.name)
-            kind, act = type(layer).__name__, _activation(layer)
+            kind, act = kinds[layer.name], _activation(layer)
             if kind in WEIGHT_OPS and act not in ("linear", "sigmoid"):
                 raise ConfigError(f"--qat: layer {layer.name} has activation {act}; only sigmoid/linear")
-            if kind in ACT_OPS or (kind in WEIGHT_OPS and not (latent_output and layer is self.layers[-1])):
+            if kind in SIGMOID_OPS:
+                src = self.inputs[layer.name][0]
+                while kinds.get(src) in PASS_OPS:  # RESHAPE/TRANSPOSE in between keep its quantization
+                    src = self.inputs[src][0]
+                self.logits.add(src)
+            elif act == "sigmoid":
+                self.logits.add(layer.name)
+            last = layer is self.layers[-1]
+            if self.fused or (latent_output and last):
+                continue
+            if kind in ACT_OPS + ADD_OPS or kind in WEIGHT_OPS:
                 self.points.append(layer.name)
-                last_point = layer.name
         self.ranges = {
             name: (
                 tf.Variable(0.0, trainable=False, name=f"qat_min_{i}"),
@@ -209,13 +232,22 @@ class QatModel:
         ``taps`` collects each quantization point's float value, for :meth:`calibrate`)."""
         if quantize and not self.calibrated:
             raise RuntimeError("QatModel: call calibrate() before the first quantized call")
-        in_scale = self.input_scale
+        quantize = quantize and not self.fused
+        values = {self.input_name: x}
+        scales = {self.input_name: self.input_scale}
         for layer in self.layers:
-            x = self.apply_layer(layer, x, in_scale, training=training, quantize=quantize, taps=taps)
+            ins = self.inputs[layer.name]
+            arg = values[ins[0]] if len(ins) == 1 else [values[n] for n in ins]
+            values[layer.name] = self.apply_layer(
+                layer, arg, scales[ins[0]], training=training, quantize=quantize, taps=taps
+            )
+            scales[layer.name] = scales[ins[0]]
             if quantize and layer.name in self.points:
                 lo, hi = self.ranges[layer.name]
-                in_scale = (hi - lo) / 255.0  # read in the graph: calibration moves it between epochs
-        return x
+                scales[layer.name] = (
+                    hi - lo
+                ) / 255.0  # read in the graph: calibration moves it between epochs
+        return values[self.layers[-1].name]
 
     def apply_layer(
         self,
@@ -268,15 +300,45 @@ class QatModel:
             for name, v in taps.items():
                 found[name].append(np.asarray(v).ravel())
         out = {}
-        for name, (lo_var, hi_var) in self.ranges.items():
+        for name in self.points:
             lo, hi = percentile_range(np.concatenate(found[name]), self.percentile)
             if name in self.logits:
                 lo, hi = max(lo, LOGIT_CUT[0]), min(hi, LOGIT_CUT[1])
-            lo_var.assign(lo)
-            hi_var.assign(hi)
             out[name] = (lo, hi)
+        for name in self.logits & set(self.points):
+            if type(self.model.get_layer(name)).__name__ in ADD_OPS:
+                out.update(
+                    _cut_sum_inputs(out, out[name], [self._point_behind(n) for n in self.inputs[name]])
+                )
+        for name, (lo_var, hi_var) in self.ranges.items():
+            lo_var.assign(out[name][0])
+            hi_var.assign(out[name][1])
         self.calibrated = True
         return out
+
+    def _point_behind(self, name: str) -> str:
+        """The quantization point whose int8 tensor layer ``name``'s output is (RESHAPEs pass it on)."""
+        while name not in self.points:
+            name = self.inputs[name][0]
+        return name
+
+
+def _cut_sum_inputs(ranges: dict, total: tuple[float, float], parts: list[str]) -> dict:
+    """The two inputs of a sum cut to ``total``, narrowed as the export narrows an ADD's inputs before a
+    sigmoid (:func:`cae_edge.export.convert.tighten_logistic_inputs`): ``a`` to ``[L - max b, H - min a]``
+    and the mirror for ``b``, 0 kept inside, left alone where already within a step of the cut."""
+    if len(parts) != 2 or parts[0] == parts[1]:
+        return {}
+    (lo_a, hi_a), (lo_b, hi_b) = ranges[parts[0]], ranges[parts[1]]
+    out = {}
+    for name, (lo, hi), (lo_cut, hi_cut) in (
+        (parts[0], (lo_a, hi_a), (total[0] - hi_b, total[1] - lo_b)),
+        (parts[1], (lo_b, hi_b), (total[0] - hi_a, total[1] - lo_a)),
+    ):
+        step = (hi - lo) / 255.0
+        if lo < lo_cut - step or hi > hi_cut + step:
+            out[name] = (min(max(lo, lo_cut), 0.0), max(min(hi, hi_cut), 0.0))
+    return out
 
 
 def qat_pair(encoder, decoder) -> tuple[QatModel, QatModel]:

@@ -184,9 +184,8 @@ def test_qat_options_are_checked(rd_run, tmp_path):
 
     with pytest.raises(ConfigError, match="--init-from"):
         _tiny(tmp_path, "x", qat=True).validated()
-    scenes = TrainOptions(dataset="scenes", init_from="scenes-tiny", rd=RDOptions(qat=True))
-    with pytest.raises(ConfigError, match="linear_skip"):
-        scenes.validated()
+    scenes = TrainOptions(dataset="scenes", init_from="scenes-tiny", rd=RDOptions(qat=True)).validated()
+    assert scenes.rd.qat and scenes.model_config().linear_skip  # simulated since the ADD is
     opts = _tiny(tmp_path, "y", qat=True)
     opts.init_from = rd_run.out_dir
     opts = opts.validated()
@@ -225,12 +224,27 @@ def test_a_qat_run_exports_as_a_plain_run(rd_run, tmp_path):
     assert bundle.decoder().decode(payload).shape == (28, 28)
 
 
+def _int8_decode(dec_q: bytes, latents: np.ndarray) -> np.ndarray:
+    """The int8 decoder's images (real values) of integer latents, with XNNPACK (whose LeakyReLU rounds to
+    nearest, as the simulation does)."""
+    from cae_edge.device.litert import make_interpreter
+
+    it = make_interpreter(dec_q)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    images = []
+    for q in latents:
+        it.set_tensor(inp["index"], q.astype(np.int8)[None])
+        it.invoke()
+        o = out["quantization"]
+        images.append((np.array(it.get_tensor(out["index"]))[0].astype(np.float64) - o[1]) * o[0])
+    return np.array(images)
+
+
 def test_fake_quant_of_a_d2s_decoder_has_the_exports_ranges(calib):
     """A shipped d2s decoder (conv at 14x14, depth-to-space, separate sigmoid layer) fake-quantizes at the
     scales the export gives its int8 tensors, the logits cut to [-6.29, 5.18] through the RESHAPE/TRANSPOSE
     between the last conv and the sigmoid; its output is the int8 decoder's within one 1/256 step in most
     pixels."""
-    from cae_edge.device.litert import make_interpreter
     from cae_edge.export.convert import convert_decoder, rebuild_batch1
     from cae_edge.quant import QuantParams
     from cae_edge.train.from_bundle import models_from_bundle, read_start
@@ -256,15 +270,7 @@ def test_fake_quant_of_a_d2s_decoder_has_the_exports_ranges(calib):
     np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-3)
     np.testing.assert_allclose(got[-1], want[-1], rtol=2e-2)
 
-    it = make_interpreter(dec_q)  # XNNPACK: its LeakyReLU rounds to nearest, as the simulation does
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    images = []
-    for q in latents[:50]:
-        it.set_tensor(inp["index"], q.astype(np.int8)[None])
-        it.invoke()
-        o = out["quantization"]
-        images.append((np.array(it.get_tensor(out["index"]))[0].astype(np.float64) - o[1]) * o[0])
-    int8 = np.array(images)
+    int8 = _int8_decode(dec_q, latents[:50])
     fake = np.asarray(qdec(latents[:50])).reshape(int8.shape)
     plain = np.asarray(decoder(latents[:50])).reshape(int8.shape)
     # one-step differences add up over the layers (as for the convt head: mean 0.58 output steps off the
@@ -272,3 +278,56 @@ def test_fake_quant_of_a_d2s_decoder_has_the_exports_ranges(calib):
     # int8 one than the float decoder is (mnist-hq d2s: 0.38 against 0.63 steps of 1/256)
     fake_err, float_err = np.mean(np.abs(fake - int8)) * 256, np.mean(np.abs(plain - int8)) * 256
     assert fake_err < 0.75 * float_err, (fake_err, float_err)
+
+
+def test_fake_quant_of_a_linear_skip_pair_is_the_exported_one(calib, mnist):
+    """mnist-xxl (linear path beside the convolutions on both sides, d2s head): the decoder's Dense(784) and
+    ADD are int8 tensors with the export's ranges, the ADD's two inputs narrowed as the export narrows them
+    before the sigmoid, and the fake-quantized decoder decodes as its int8 TFLite model does (the same PSNR
+    to a tenth of a dB, clearly closer than the float decoder); the encoder, whose two paths the export
+    fuses into one FULLY_CONNECTED, runs in float."""
+    from cae_edge.device.litert import make_interpreter
+    from cae_edge.export.convert import convert_decoder, rebuild_batch1
+    from cae_edge.metrics import psnr_per_image, to_uint8
+    from cae_edge.quant import QuantParams
+    from cae_edge.train.from_bundle import models_from_bundle, read_start
+    from cae_edge.train.model import build_decoder
+    from cae_edge.train.qat import LOGIT_CUT, calibrate_pair, qat_pair
+
+    start = read_start("mnist-xxl")
+    assert start.model.linear_skip and start.model.head == "d2s"
+    encoder, decoder = models_from_bundle(start)
+    qenc, qdec = qat_pair(encoder, decoder)
+    ranges = calibrate_pair(qenc, qdec, calib)
+    assert qenc.fused and qenc.points == [] and ranges["encoder"] == {}
+    np.testing.assert_array_equal(np.asarray(qenc(calib[:8])), np.asarray(encoder(calib[:8])))
+
+    (add,) = qdec.logits
+    assert type(decoder.get_layer(add)).__name__ == "Add" and ranges["decoder"][add][0] == LOGIT_CUT[0]
+    latents = np.clip(np.rint(np.asarray(encoder(calib))), -127, 127).astype(np.float32)
+    dec_q, _ = convert_decoder(
+        rebuild_batch1(decoder, build_decoder, start.model), latents, QuantParams(1.0, 0)
+    )
+    it = make_interpreter(dec_q, xnnpack=False)
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    kinds = ("CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "LEAKY_RELU", "ADD")
+    want = sorted(
+        float(details[op["outputs"][0]]["quantization_parameters"]["scales"][0])
+        for op in it._get_ops_details()
+        if op["op_name"] in kinds
+    )
+    got = sorted((hi - lo) / 255 for lo, hi in ranges["decoder"].values())
+    np.testing.assert_allclose(got, want, rtol=1e-2)  # the two ADD inputs: 0.06 logits, not 0.09 / 0.20
+
+    images = mnist.x_test[:60]
+    test_latents = np.clip(np.rint(np.asarray(encoder(images[..., None] / 255.0))), -127, 127)
+    int8 = _int8_decode(dec_q, test_latents).reshape(-1, 28, 28)
+    fake = np.asarray(qdec(test_latents.astype(np.float32))).reshape(int8.shape)
+    plain = np.asarray(decoder(test_latents.astype(np.float32))).reshape(int8.shape)
+    db = {
+        k: float(psnr_per_image(images, to_uint8(v)).mean())
+        for k, v in (("int8", int8), ("fake", fake), ("float", plain))
+    }
+    assert abs(db["fake"] - db["int8"]) < 0.1 and db["float"] - db["int8"] > 0.3, db
+    fake_err, float_err = np.mean(np.abs(fake - int8)) * 256, np.mean(np.abs(plain - int8)) * 256
+    assert fake_err < 0.8 * float_err, (fake_err, float_err)
