@@ -42,14 +42,15 @@ done
 # 99.99th percentile, bias-corrects the int8 encoder, fine-tunes the decoder on the int8 encoder's own training
 # latents (--adapt-decoder: the int8 encoder moves ~40 % of latent values by +-1) and fits the entropy model on
 # those latents. int8 still loses up to ~0.65 dB on the long-trained small/hq models, hence --margin 1.0.
-train_stage() {  # train_stage DATASET PRESET THREADS "epochs:lr[:target[:lam[:scale]]]" START OUT
+train_stage() {  # train_stage DATASET PRESET THREADS "epochs:lr[:target[:lam[:scale]]]" START OUT [TRAIN OPTIONS]
   local name=$1 preset=$2 threads=$3 stage=$4 prev=$5 out=$6 epochs lr target lam scale
+  shift 6
   IFS=: read -r epochs lr target lam scale <<<"$stage"
   # lam: the start's final rate weight unless the stage names one (a bundle records it as train.rd.lam_final)
   [[ -n $lam ]] || lam=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rd"]["lam_final"])' "$prev/config.json")
   nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --epochs "$epochs" --lr "$lr" \
     ${target:+--target-bytes "$target"} --lam "$lam" ${scale:+--latent-scale "$scale"} \
-    --init-from "$prev" --threads "$threads" --out "$out"
+    --init-from "$prev" --threads "$threads" --out "$out" "$@"
 }
 
 rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export the bundle
@@ -150,6 +151,25 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     if [[ -n $readapt2 ]]; then
       nice "$cli" readapt "$name-$preset" --out "cae_edge/bundles/$name-$preset" $readapt2 --overwrite
     fi
+  fi
+  # Quantization-aware fine-tuning (2026-12-06, docs/qat.md): stages "epochs:lr:target:lam" through the int8
+  # model's rounding (`train --qat`), from the last run (mnist-xxl) or the bundle (fashion-xxl, whose
+  # decoder export had adapted), then `export` without decoder adaptation (a QAT run is exported without
+  # channel equalization: its training simulated the plain PTQ).
+  local qat="" qstart="$runs/$name-$preset"
+  case $name-$preset in
+    mnist-xxl) qat="20:0.0001:192:0.0001 40:0.0001:192:0.0001 120:0.0002:192:0.0001 120:0.0002:192:0.0001 120:0.0002:192:0.0001" ;;
+    fashion-xxl) qat="4:0.0001:192:0.0001 12:0.0001:192:0.0001" qstart="$name-$preset" ;;
+  esac
+  if [[ -n $qat ]]; then
+    prev=$qstart
+    i=0
+    for stage in $qat; do
+      i=$((i + 1))
+      train_stage "$name" "$preset" "$threads" "$stage" "$prev" "$runs/$name-$preset-q$i" --qat
+      prev="$runs/$name-$preset-q$i"
+    done
+    nice "$cli" export "$prev" --out "cae_edge/bundles/$name-$preset" --calib 1000 --margin 1.0 --overwrite
   fi
 }
 
