@@ -53,6 +53,18 @@ train_stage() {  # train_stage DATASET PRESET THREADS "epochs:lr[:target[:lam[:s
     --init-from "$prev" --threads "$threads" --out "$out" "$@"
 }
 
+fine_tune() {  # fine_tune DATASET PRESET THREADS START TAG "STAGES" [TRAIN OPTIONS]: train_stage each stage in
+  # turn from START into $runs/DATASET-PRESET-TAG1, -TAG2, ...; sets tuned to the last run
+  local name=$1 preset=$2 threads=$3 tag=$5 stages=$6 stage i=0
+  tuned=$4
+  shift 6
+  for stage in $stages; do
+    i=$((i + 1))
+    train_stage "$name" "$preset" "$threads" "$stage" "$tuned" "$runs/$name-$preset-$tag$i" "$@"
+    tuned="$runs/$name-$preset-$tag$i"
+  done
+}
+
 rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export the bundle
   local name=$1 preset=$2 threads=$3 stages first prev out adapt readapt head i
   echo "== $name-$preset: train (preset $preset, $threads threads)"
@@ -86,7 +98,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   set -- $stages
   prev="$runs/$name-$preset"
   [[ $# -gt 0 ]] && prev="$runs/$name-$preset-s0"
-  rm -rf "$runs/$name-$preset"-s* "$runs/$name-$preset"-r*
+  rm -rf "$runs/$name-$preset"-s* "$runs/$name-$preset"-r* "$runs/$name-$preset"-q*
   nice "$cli" train --dataset "$name" --preset "$preset" --seed 0 --threads "$threads" $first --out "$prev"
   i=0
   for stage in $stages; do
@@ -140,14 +152,8 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     mnist-xl) refine="40:0.0003:100:0.024 30:0.0002:96:0.024" ;;
   esac
   if [[ -n $refine ]]; then
-    prev="$name-$preset"
-    i=0
-    for stage in $refine; do
-      i=$((i + 1))
-      train_stage "$name" "$preset" "$threads" "$stage" "$prev" "$runs/$name-$preset-r$i"
-      prev="$runs/$name-$preset-r$i"
-    done
-    nice "$cli" export "$prev" --out "cae_edge/bundles/$name-$preset" --calib 1000 --margin 1.0 --overwrite
+    fine_tune "$name" "$preset" "$threads" "$name-$preset" r "$refine"
+    nice "$cli" export "$tuned" --out "cae_edge/bundles/$name-$preset" --calib 1000 --margin 1.0 --overwrite
     if [[ -n $readapt2 ]]; then
       nice "$cli" readapt "$name-$preset" --out "cae_edge/bundles/$name-$preset" $readapt2 --overwrite
     fi
@@ -162,14 +168,8 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     fashion-xxl) qat="4:0.0001:192:0.0001 12:0.0001:192:0.0001" qstart="$name-$preset" ;;
   esac
   if [[ -n $qat ]]; then
-    prev=$qstart
-    i=0
-    for stage in $qat; do
-      i=$((i + 1))
-      train_stage "$name" "$preset" "$threads" "$stage" "$prev" "$runs/$name-$preset-q$i" --qat
-      prev="$runs/$name-$preset-q$i"
-    done
-    nice "$cli" export "$prev" --out "cae_edge/bundles/$name-$preset" --calib 1000 --margin 1.0 --overwrite
+    fine_tune "$name" "$preset" "$threads" "$qstart" q "$qat" --qat
+    nice "$cli" export "$tuned" --out "cae_edge/bundles/$name-$preset" --calib 1000 --margin 1.0 --overwrite
   fi
 }
 

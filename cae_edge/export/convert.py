@@ -520,10 +520,27 @@ def tighten_logistic_inputs(tflite: bytes) -> tuple[bytes, int]:
             a, b = add.Inputs(0), add.Inputs(1)
             if a == b or graph.quant(a) is None or graph.quant(b) is None:
                 continue
-            (lo_s, hi_s), (lo_a, hi_a), (lo_b, hi_b) = graph.span(t), graph.span(a), graph.span(b)
-            changed += graph.narrow(a, lo_s - hi_b, hi_s - lo_b)
-            changed += graph.narrow(b, lo_s - hi_a, hi_s - lo_a)
+            cut_a, cut_b = sum_input_cuts(graph.span(t), graph.span(a), graph.span(b))
+            changed += graph.narrow(a, *cut_a)
+            changed += graph.narrow(b, *cut_b)
     return bytes(buf), changed
+
+
+def sum_input_cuts(
+    total: tuple[float, float], a: tuple[float, float], b: tuple[float, float]
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The cuts for the two inputs (ranges ``a``, ``b``) of a sum whose result is cut to ``total = [L, H]``:
+    ``[L - max b, H - min a]`` for ``a`` and the mirror for ``b`` (see :func:`tighten_logistic_inputs`)."""
+    return (total[0] - b[1], total[1] - a[0]), (total[0] - a[1], total[1] - b[0])
+
+
+def narrowed_range(lo: float, hi: float, lo_cut: float, hi_cut: float) -> tuple[float, float] | None:
+    """The int8 range ``[lo, hi]`` cut to ``[lo_cut, hi_cut]``, 0 kept inside; None where it already lies
+    within the cut up to one int8 step (zero-point rounding)."""
+    step = (hi - lo) / 255.0
+    if lo >= lo_cut - step and hi <= hi_cut + step:
+        return None
+    return min(max(lo, lo_cut), 0.0), max(min(hi, hi_cut), 0.0)
 
 
 class _Int8Graph:
@@ -554,12 +571,10 @@ class _Int8Graph:
     def narrow(self, t: int, lo_cut: float, hi_cut: float) -> int:
         """Cut tensor ``t`` (and what a RESHAPE feeds it from) to ``[lo_cut, hi_cut]``, keeping 0 inside;
         1 if it changed."""
-        scale, _ = self.quant(t)
-        lo, hi = self.span(t)
-        step = float(scale[0])
-        if lo >= lo_cut - step and hi <= hi_cut + step:
-            return 0  # already within the cut (up to zero-point rounding)
-        new_lo, new_hi = min(max(lo, lo_cut), 0.0), max(min(hi, hi_cut), 0.0)
+        cut = narrowed_range(*self.span(t), lo_cut, hi_cut)
+        if cut is None:
+            return 0
+        new_lo, new_hi = cut
         new_scale = np.float32((new_hi - new_lo) / 255.0)
         new_zp = int(np.clip(np.round(-128 - new_lo / float(new_scale)), -128, 127))
         op, tensors = self.maker.get(t), [t]

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..export.convert import logistic_saturation
+from ..export.convert import logistic_saturation, narrowed_range, sum_input_cuts
 from ..quant import PIXEL_SCALE
 
 ACT_PERCENTILE = 99.99
@@ -174,10 +174,9 @@ class QatModel:
                 self.logits.add(src)
             elif act == "sigmoid":
                 self.logits.add(layer.name)
-            last = layer is self.layers[-1]
-            if self.fused or (latent_output and last):
+            if self.fused or (latent_output and layer is self.layers[-1]):
                 continue
-            if kind in ACT_OPS + ADD_OPS or kind in WEIGHT_OPS:
+            if kind in ACT_OPS + ADD_OPS + WEIGHT_OPS:
                 self.points.append(layer.name)
         self.ranges = {
             name: (
@@ -243,10 +242,9 @@ class QatModel:
             )
             scales[layer.name] = scales[ins[0]]
             if quantize and layer.name in self.points:
+                # the step is read in the graph: calibration moves it between epochs
                 lo, hi = self.ranges[layer.name]
-                scales[layer.name] = (
-                    hi - lo
-                ) / 255.0  # read in the graph: calibration moves it between epochs
+                scales[layer.name] = (hi - lo) / 255.0
         return values[self.layers[-1].name]
 
     def apply_layer(
@@ -325,19 +323,16 @@ class QatModel:
 
 def _cut_sum_inputs(ranges: dict, total: tuple[float, float], parts: list[str]) -> dict:
     """The two inputs of a sum cut to ``total``, narrowed as the export narrows an ADD's inputs before a
-    sigmoid (:func:`cae_edge.export.convert.tighten_logistic_inputs`): ``a`` to ``[L - max b, H - min a]``
-    and the mirror for ``b``, 0 kept inside, left alone where already within a step of the cut."""
+    sigmoid (:func:`~cae_edge.export.convert.sum_input_cuts`, then
+    :func:`~cae_edge.export.convert.narrowed_range`)."""
     if len(parts) != 2 or parts[0] == parts[1]:
         return {}
-    (lo_a, hi_a), (lo_b, hi_b) = ranges[parts[0]], ranges[parts[1]]
+    cuts = sum_input_cuts(total, ranges[parts[0]], ranges[parts[1]])
     out = {}
-    for name, (lo, hi), (lo_cut, hi_cut) in (
-        (parts[0], (lo_a, hi_a), (total[0] - hi_b, total[1] - lo_b)),
-        (parts[1], (lo_b, hi_b), (total[0] - hi_a, total[1] - lo_a)),
-    ):
-        step = (hi - lo) / 255.0
-        if lo < lo_cut - step or hi > hi_cut + step:
-            out[name] = (min(max(lo, lo_cut), 0.0), max(min(hi, hi_cut), 0.0))
+    for name, cut in zip(parts, cuts, strict=True):
+        narrowed = narrowed_range(*ranges[name], *cut)
+        if narrowed is not None:
+            out[name] = narrowed
     return out
 
 

@@ -28,15 +28,16 @@ def calib(mnist):
     return (mnist.x_train[:200].astype(np.float32) / 255.0)[..., None]
 
 
-def _tflite_scales(tflite: bytes) -> list[float]:
-    """Scales of the int8 tensors the weight and activation ops write, in graph order (graph output left
-    out: the latent, or the sigmoid's fixed 1/256)."""
+def _tflite_scales(
+    tflite: bytes, kinds: tuple[str, ...] = ("CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "LEAKY_RELU")
+) -> list[float]:
+    """Scales of the int8 tensors the ``kinds`` ops (default: weight and activation ops) write, in graph
+    order (graph output left out: the latent, or the sigmoid's fixed 1/256)."""
     from cae_edge.device.litert import make_interpreter
 
     it = make_interpreter(tflite, xnnpack=False)
     details = {t["index"]: t for t in it.get_tensor_details()}
     graph_out = it.get_output_details()[0]["index"]
-    kinds = ("CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "LEAKY_RELU")
     return [
         float(details[op["outputs"][0]]["quantization_parameters"]["scales"][0])
         for op in it._get_ops_details()
@@ -286,7 +287,6 @@ def test_fake_quant_of_a_linear_skip_pair_is_the_exported_one(calib, mnist):
     before the sigmoid, and the fake-quantized decoder decodes as its int8 TFLite model does (the same PSNR
     to a tenth of a dB, clearly closer than the float decoder); the encoder, whose two paths the export
     fuses into one FULLY_CONNECTED, runs in float."""
-    from cae_edge.device.litert import make_interpreter
     from cae_edge.export.convert import convert_decoder, rebuild_batch1
     from cae_edge.metrics import psnr_per_image, to_uint8
     from cae_edge.quant import QuantParams
@@ -308,14 +308,8 @@ def test_fake_quant_of_a_linear_skip_pair_is_the_exported_one(calib, mnist):
     dec_q, _ = convert_decoder(
         rebuild_batch1(decoder, build_decoder, start.model), latents, QuantParams(1.0, 0)
     )
-    it = make_interpreter(dec_q, xnnpack=False)
-    details = {t["index"]: t for t in it.get_tensor_details()}
     kinds = ("CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "LEAKY_RELU", "ADD")
-    want = sorted(
-        float(details[op["outputs"][0]]["quantization_parameters"]["scales"][0])
-        for op in it._get_ops_details()
-        if op["op_name"] in kinds
-    )
+    want = sorted(_tflite_scales(dec_q, kinds))
     got = sorted((hi - lo) / 255 for lo, hi in ranges["decoder"].values())
     np.testing.assert_allclose(got, want, rtol=1e-2)  # the two ADD inputs: 0.06 logits, not 0.09 / 0.20
 
