@@ -71,17 +71,19 @@ def _tail(low, rng):  # pragma: no cover - compiled
     return (((low - _ONE_U) >> t) + _ONE_U) << t, np.uint64(keep)
 
 
-@njit(types.int64(_BYTES, _TABLE, _TABLE, _BYTES, _OUT), cache=True, nogil=True)
-def encode_main(raw, cum, freq, edge, out):  # pragma: no cover - compiled
-    """Range-code the latent bytes ``raw`` (D,) into ``out`` (>= 4 D + 8 bytes); return the trimmed length,
-    or :data:`FALLBACK` when a byte is marked in ``edge`` (256 flags: escapes or clamping follow).
+@njit(types.int64(_BYTES, _TABLE, _TABLE, _BYTES, _OUT, types.uint64, types.uint64), cache=True, nogil=True)
+def encode_main(raw, cum, freq, edge, out, low0, rng0):  # pragma: no cover - compiled
+    """Range-code the latent bytes ``raw`` (D,) into ``out`` (>= 4 D + 8 bytes) from the coder state
+    ``(low0, rng0)`` (``(0, 2**64 - 1)``, or the state after a leading class symbol: ``rng0`` >= 2**32);
+    return the trimmed length, or :data:`FALLBACK` when a byte is marked in ``edge`` (256 flags: escapes or
+    clamping follow).
 
     ``cum[d, b]`` and ``freq[d, b]`` are the integer CDF start and width of byte ``b`` in dimension ``d``.
     A renormalisation writes the top word of ``low`` as 4 big-endian bytes; a carry out of ``low`` (the
     Python coder's big integer above bit 64) runs back through the bytes written so far.
     """
-    low = _ZERO
-    rng = _MAX
+    low = low0
+    rng = rng0
     n = 0  # bytes written
     for d in range(raw.shape[0]):
         b = raw[d]
@@ -126,19 +128,22 @@ def _word(payload, i):  # pragma: no cover - compiled
     return w
 
 
-@njit(types.int64(_BYTES, _TABLE, types.int64, _BYTES, _OUT), cache=True, nogil=True)
-def decode_main(payload, cdf, lo, edge, out):  # pragma: no cover - compiled
+@njit(
+    types.int64(_BYTES, _TABLE, types.int64, _BYTES, _OUT, types.uint64, types.uint64), cache=True, nogil=True
+)
+def decode_main(payload, cdf, lo, edge, out, low0, rng0):  # pragma: no cover - compiled
     """Decode the D main symbols of ``payload`` into the latent bytes ``out`` (D,) and check that the
     stream is canonical; return 0, or :data:`FALLBACK` (a quantile outside the model, a decoded byte marked
-    in ``edge``, bytes after the end, a trailing zero byte, not the encoder's tail).
+    in ``edge``, bytes after the end, a trailing zero byte, not the encoder's tail). ``(low0, rng0)`` is
+    the encoder's starting state (``low0`` at most the stream's first 64 bits).
 
     ``cdf[d]`` is dimension ``d``'s integer CDF (K + 1 entries, 0 .. 2**24); symbol ``s`` is byte
     ``(lo + s) & 0xFF``. Mirrors the Python decoder line by line.
     """
     size = payload.shape[0]
     k = cdf.shape[1] - 1
-    diff = (_word(payload, 0) << _U32) | _word(payload, 1)
-    rng = _MAX
+    diff = ((_word(payload, 0) << _U32) | _word(payload, 1)) - low0
+    rng = rng0
     pos = 2  # next word to read
     for d in range(out.shape[0]):
         scale = rng >> _U24
@@ -175,6 +180,25 @@ def decode_main(payload, cdf, lo, edge, out):  # pragma: no cover - compiled
     return 0
 
 
+@njit(
+    types.int64(_BYTES, types.Array(types.int32, 3, "C"), types.Array(types.int64, 1, "C")),
+    cache=True,
+    nogil=True,
+)
+def cheapest_class(raw, cost, lead):  # pragma: no cover - compiled
+    """:meth:`cae_edge.entropy.SwitchedCoder.choose`: the class ``c`` with the least ``lead[c]`` plus the sum
+    of ``cost[c, d, raw[d]]`` (integer code lengths), the first on a tie."""
+    best = -1
+    best_cost = 0
+    for c in range(cost.shape[0]):
+        total = lead[c]
+        for d in range(raw.shape[0]):
+            total += cost[c, d, raw[d]]
+        if best < 0 or total < best_cost:
+            best, best_cost = c, total
+    return best
+
+
 class JitCoder:
     """The compiled kernels with one model's tables, for :class:`cae_edge.entropy.EntropyCoder`.
 
@@ -197,16 +221,33 @@ class JitCoder:
         self._dim = self._cdf.shape[0]
         self._out_size = 4 * self._dim + 8
 
-    def encode(self, raw: bytes) -> bytes | None:
-        """The payload of the latent bytes ``raw``, or None when the pure coder must encode them."""
+    def encode(self, raw: bytes, low: int = 0, rng: int = (1 << 64) - 1) -> bytes | None:
+        """The payload of the latent bytes ``raw`` coded from the state ``(low, rng)``, or None when the
+        pure coder must encode them."""
         out = np.empty(self._out_size, dtype=np.uint8)
-        n = encode_main(np.frombuffer(raw, dtype=np.uint8), self._cum, self._freq, self._edge, out)
+        n = encode_main(
+            np.frombuffer(raw, dtype=np.uint8),
+            self._cum,
+            self._freq,
+            self._edge,
+            out,
+            np.uint64(low),
+            np.uint64(rng),
+        )
         return None if n < 0 else out[:n].tobytes()
 
-    def decode(self, payload: bytes) -> np.ndarray | None:
-        """The int8 latent of ``payload``, or None when the pure decoder must decide (escapes, or an error
-        it words)."""
+    def decode(self, payload: bytes, low: int = 0, rng: int = (1 << 64) - 1) -> np.ndarray | None:
+        """The int8 latent of ``payload`` coded from the state ``(low, rng)``, or None when the pure decoder
+        must decide (escapes, or an error it words)."""
         out = np.empty(self._dim, dtype=np.uint8)
-        if decode_main(np.frombuffer(payload, dtype=np.uint8), self._cdf, self._lo, self._edge, out):
+        if decode_main(
+            np.frombuffer(payload, dtype=np.uint8),
+            self._cdf,
+            self._lo,
+            self._edge,
+            out,
+            np.uint64(low),
+            np.uint64(rng),
+        ):
             return None
         return out.view(np.int8)

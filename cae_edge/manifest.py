@@ -43,12 +43,41 @@ def sha256_file(path: str | Path) -> str:
     return sha256_bytes(Path(path).read_bytes())
 
 
-def pair_id(encoder_sha256: str, decoder_sha256: str) -> str:
-    """The 16-hex-char id of an int8 encoder/decoder pair, from their sha256 hex digests."""
-    for name, h in (("encoder", encoder_sha256), ("decoder", decoder_sha256)):
+SWITCHED_CODER = "range-switched-escape-1"
+"""``coding.coder`` whose table file is part of the pair id (:data:`cae_edge.entropy.CODER_SWITCHED`)."""
+
+
+def pair_id(encoder_sha256: str, decoder_sha256: str, tables_sha256: str | None = None) -> str:
+    """The 16-hex-char id of an int8 encoder/decoder pair, from their sha256 hex digests.
+
+    ``tables_sha256``: the sha256 of a bundle's switched entropy tables (:func:`coding_tables_sha256`): the
+    payload depends on them as much as on the models, so a node and a receiver holding the same models with
+    other tables do not pair. Bundles coded otherwise keep the id of their two models.
+    """
+    named = [("encoder", encoder_sha256), ("decoder", decoder_sha256)]
+    if tables_sha256 is not None:
+        named.append(("entropy tables", tables_sha256))
+    for name, h in named:
         if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
             raise ConfigError(f"{name} sha256 {h!r}: expected 64 lowercase hex characters")
-    return sha256_bytes((encoder_sha256 + decoder_sha256).encode("ascii"))[:PAIR_ID_LEN]
+    return sha256_bytes("".join(h for _, h in named).encode("ascii"))[:PAIR_ID_LEN]
+
+
+def coding_tables_sha256(coding: dict, files: dict) -> str | None:
+    """The sha256 :func:`pair_id` takes from a bundle's ``coding`` and ``files`` (None unless switched).
+
+    Raises:
+        BundleError: switched coding whose file is not in ``files``.
+    """
+    if not isinstance(coding, dict) or coding.get("coder") != SWITCHED_CODER:
+        return None
+    name = str(coding.get("file", ""))
+    if name not in files:
+        raise BundleError(
+            f"manifest coding file {name!r} is not in the manifest's files; re-export the bundle"
+        )
+    entry = files[name]
+    return entry.sha256 if hasattr(entry, "sha256") else str(entry["sha256"])
 
 
 @dataclass(frozen=True)
@@ -202,15 +231,19 @@ class Manifest:
                     f"{spec.dtype}) differs from latent_quant {self.latent_quant.to_dict()}: "
                     "the pair must share it"
                 )
-        expected = pair_id(self.files[enc.file].sha256, self.files[dec.file].sha256)
+        if not isinstance(self.coding, dict) or "kind" not in self.coding:
+            raise BundleError(f"manifest coding {self.coding!r}: expected an object with a 'kind'")
+        expected = pair_id(
+            self.files[enc.file].sha256,
+            self.files[dec.file].sha256,
+            coding_tables_sha256(self.coding, self.files),
+        )
         if self.pair_id != expected:
             raise PairMismatchError(
                 f"manifest pair_id {self.pair_id!r} does not match the int8 models' hashes "
                 f"(expected {expected!r}): "
                 "encoder and decoder come from different exports"
             )
-        if not isinstance(self.coding, dict) or "kind" not in self.coding:
-            raise BundleError(f"manifest coding {self.coding!r}: expected an object with a 'kind'")
         return self
 
     # ---- (de)serialisation ------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ class Int8Codec:
         return np.frombuffer(payload, dtype=np.int8)
 
 
-def entropy_codec(bundle: BundleFiles) -> entropy.EntropyCoder:
+def entropy_codec(bundle: BundleFiles) -> entropy.EntropyCoder | entropy.SwitchedCoder:
     """The range coder of an entropy-coded bundle, from the model file's verified bytes.
 
     Raises:
@@ -112,10 +112,10 @@ def entropy_codec(bundle: BundleFiles) -> entropy.EntropyCoder:
     name = str(coding.get("file", entropy.ENTROPY_FILE))
     where = Path(bundle.path) / name
     coder = str(coding.get("coder", entropy.CODER_CLAMP))
-    if coder not in entropy.CODERS:
+    if coder not in entropy.READABLE:
         raise BundleError(
             f"{Path(bundle.path) / MANIFEST_NAME}: entropy coder {coder!r} is not one this cae-edge reads "
-            f"({', '.join(entropy.CODERS)}); upgrade cae-edge or re-export the bundle"
+            f"({', '.join(entropy.READABLE)}); upgrade cae-edge or re-export the bundle"
         )
     model = entropy.from_bytes(bundle.read_file(name), str(where))
     if model.latent_dim != int(bundle.latent_dim):
@@ -123,7 +123,12 @@ def entropy_codec(bundle: BundleFiles) -> entropy.EntropyCoder:
             f"{where}: entropy model codes {model.latent_dim} dimensions, the bundle's latent has "
             f"{bundle.latent_dim}; re-export the bundle"
         )
-    return entropy.EntropyCoder(model, coder)
+    if (coder == entropy.CODER_SWITCHED) != isinstance(model, entropy.SwitchedModel):
+        raise BundleError(
+            f"{where}: the manifest's stream format {coder!r} does not fit the file's model "
+            f"({type(model).__name__}); re-export the bundle"
+        )
+    return entropy.make_coder(model, coder)
 
 
 CODECS: dict[str, CodecFactory] = {

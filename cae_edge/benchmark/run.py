@@ -232,9 +232,9 @@ def _coding_paths(bundle, test: np.ndarray, opts: BenchmarkOptions) -> tuple[lis
     over = f"{n} test latents, {escaped} values escaped"
     coders = [codec]
     if codec.impl != "python":
-        from ..entropy import EntropyCoder
+        from ..entropy import make_coder
 
-        coders.append(EntropyCoder(codec.model, codec.coder, impl="python"))
+        coders.append(make_coder(codec.model, codec.coder, impl="python"))
     rows = []
     for coder in coders:
         coder.prepare_decode()

@@ -1,7 +1,10 @@
-"""`cae-edge bundle`: inspect model bundles, shipped or exported, with the device runtime (no TensorFlow)."""
+"""`cae-edge bundle`: inspect model bundles, shipped or exported, and refit their entropy tables, with the
+device runtime (no TensorFlow)."""
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -45,7 +48,9 @@ def info(
         f"latent   {m.latent_dim} x int8, scale {m.latent_quant.scale:.6g}, "
         f"zero point {m.latent_quant.zero_point}"
     )
-    typer.echo(f"payload  {m.bytes_per_image} bytes/image, coding {m.coding.get('kind')}")
+    classes = m.coding.get("classes")
+    sets = f", {classes} table sets" if classes else ""
+    typer.echo(f"payload  {m.bytes_per_image} bytes/image, coding {m.coding.get('kind')}{sets}")
     for key, spec in m.models.items():
         size = m.files[spec.file].bytes
         typer.echo(
@@ -71,8 +76,69 @@ def info(
     if "decoder_readaptation" in q:
         for r in [*q["decoder_readaptation"].get("earlier", []), q["decoder_readaptation"]]:
             typer.echo(f"then     {r['command']}")
+    refit = m.coding.get("refit")
+    if refit:
+        for r in [*refit.get("earlier", []), refit]:
+            typer.echo(f"then     {r['command']}")
     if m.train.get("command"):
         typer.echo(f"trained  {m.train['command']}")
+
+
+@app.command("recode")
+def recode(
+    bundle: Annotated[str, typer.Argument(help="Shipped bundle name or bundle directory (entropy-coded).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
+    classes: Annotated[
+        int | None,
+        typer.Option(
+            "--classes",
+            min=1,
+            max=256,
+            help="Table sets: each image is coded with the set that codes it shortest (its class first). "
+            "Default: 1, 2, 4 or 8, chosen on a held-out fifth of the training latents.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Directory with the IDX .gz files, tried first.", file_okay=False),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Refit a bundle's entropy tables on its int8 training latents (LiteRT, no TensorFlow).
+
+    The models, the latents and the decoded images stay the same; the payload bytes change, and with more
+    than one table set so does the pair id: give nodes and receivers the new bundle together.
+    """
+    from ..export.recode import RecodeOptions, recode_bundle
+
+    args = ["cae-edge", "bundle", "recode", bundle, "--out", str(out)]
+    if classes is not None:
+        args += ["--classes", str(classes)]
+    opts = RecodeOptions(
+        bundle=bundle,
+        out_dir=out,
+        classes=classes,
+        data_dir=data_dir,
+        overwrite=overwrite,
+        command=shlex.join(args),
+    )
+    try:
+        res = recode_bundle(opts, lambda what, done, total: typer.echo(f"  {what}", err=True))
+    except CaeEdgeError as e:
+        raise fail(e) from None
+    if as_json:
+        print_json(res.to_dict())
+        return
+    c = res.coding
+    typer.echo(
+        f"{res.path}: {c.get('classes', 1)} table set(s), {res.bytes_before:.2f} -> {res.bytes_after:.2f} "
+        f"bytes/image on {c['measured_on']} test images, pair id {res.pair_id}"
+    )
+    if "classes_held_out_bits" in c:
+        typer.echo(
+            "held-out bits by sets: " + ", ".join(f"{k}: {v}" for k, v in c["classes_held_out_bits"].items())
+        )
 
 
 @app.command("list")

@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import __version__, datasets
 from ..errors import ConfigError, ExportError
-from ..manifest import DEFAULT_FILES, MANIFEST_NAME, Manifest, file_entry, pair_id
+from ..manifest import DEFAULT_FILES, MANIFEST_NAME, Manifest, coding_tables_sha256, file_entry, pair_id
 from ..metrics import quality, to_uint8
 from ..quant import dequantize
 from ..rundir import HEADS, ModelConfig
@@ -354,7 +354,11 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
             (tmp / name).write_bytes(data)
         files = {name: file_entry(tmp / name) for name in manifest.files}
         manifest.files = files
-        manifest.pair_id = pair_id(files["encoder.tflite"].sha256, files["decoder.tflite"].sha256)
+        manifest.pair_id = pair_id(
+            files["encoder.tflite"].sha256,
+            files["decoder.tflite"].sha256,
+            coding_tables_sha256(manifest.coding, files),
+        )
         manifest.models["decoder"] = _model_spec(DEFAULT_FILES["decoder"], dec_q)
         manifest.models["decoder_float"] = _model_spec(DEFAULT_FILES["decoder_float"], dec_float)
         manifest.created_by = f"cae-edge {__version__}"

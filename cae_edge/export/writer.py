@@ -31,7 +31,15 @@ import numpy as np
 
 from .. import __version__, datasets
 from ..errors import ConfigError, ExportError
-from ..manifest import DEFAULT_FILES, Manifest, ModelSpec, TensorSpec, file_entry, pair_id
+from ..manifest import (
+    DEFAULT_FILES,
+    Manifest,
+    ModelSpec,
+    TensorSpec,
+    coding_tables_sha256,
+    file_entry,
+    pair_id,
+)
 from ..metrics import quality, to_uint8
 from ..quant import QuantParams, dequantize
 from ..rundir import RunConfig, load_run
@@ -357,7 +365,11 @@ def write(tmp: Path, inputs: _Inputs, pair, opts: ExportOptions) -> Manifest:
         )
         files[ENTROPY_FILE] = file_entry(tmp / ENTROPY_FILE)
     manifest = Manifest(
-        pair_id=pair_id(files["encoder.tflite"].sha256, files["decoder.tflite"].sha256),
+        pair_id=pair_id(
+            files["encoder.tflite"].sha256,
+            files["decoder.tflite"].sha256,
+            coding_tables_sha256(coding, files),
+        ),
         latent_dim=cfg.latent_dim,
         latent_quant=pair.latent_quant,
         models={k: _model_spec(DEFAULT_FILES[k], d) for k, d in blobs.items()},

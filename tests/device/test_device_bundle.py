@@ -91,11 +91,20 @@ def test_entropy_coded_bundles_work_without_constriction():
 
 
 def _constriction_payload(bundle, q: np.ndarray) -> bytes:
-    """The legacy stream of ``q`` as ``constriction`` codes it (the reference the shipped bundles use)."""
+    """The stream of ``q`` as ``constriction`` codes it (the reference the shipped bundles use): with switched
+    tables the class the codec chooses first, then the latent with that class's tables."""
     import constriction
 
-    model = bundle.codec().model
+    from cae_edge.entropy import SwitchedModel
+
+    codec = bundle.codec()
+    model = codec.model
     enc = constriction.stream.queue.RangeEncoder()
+    if isinstance(model, SwitchedModel):
+        c = codec.choose(q.tobytes())
+        family = constriction.stream.model.Categorical(perfect=False)
+        enc.encode(np.array([c], np.int32), family, model.class_probabilities[None, :])
+        model = model.tables[c]
     sym = np.clip(q.astype(np.int32), model.lo, model.hi) - model.lo
     enc.encode(sym, constriction.stream.model.Categorical(perfect=False), model.probabilities)
     n_words, (lower, width) = enc.pos()
