@@ -41,7 +41,9 @@ done
 # target; `export` forces the latent quantization to scale 1 / zero point 0, cuts activation ranges at the
 # 99.99th percentile, bias-corrects the int8 encoder, fine-tunes the decoder on the int8 encoder's own training
 # latents (--adapt-decoder: the int8 encoder moves ~40 % of latent values by +-1) and fits the entropy model on
-# those latents. int8 still loses up to ~0.65 dB on the long-trained small/hq models, hence --margin 1.0.
+# those latents (up to 8 switched table sets, their number chosen on a held-out fifth; the bundles exported
+# before that were given theirs by `cae-edge bundle recode NAME --out cae_edge/bundles/NAME --overwrite`,
+# which fits the same tables from the same latents). int8 still loses up to ~0.65 dB on the long-trained small/hq models, hence --margin 1.0.
 train_stage() {  # train_stage DATASET PRESET THREADS "epochs:lr[:target[:lam[:scale]]]" START OUT [TRAIN OPTIONS]
   local name=$1 preset=$2 threads=$3 stage=$4 prev=$5 out=$6 epochs lr target lam scale
   shift 6
