@@ -668,13 +668,15 @@ class EntropyCoder:
         lo, hi = model.lo, model.hi
         self._lo, self._hi, self._dim = lo, hi, model.latent_dim
         self._shape = (model.latent_dim,)
-        self._cdf_arr = cdf_arr = leaky_cdfs(model.probabilities)  # (D, K + 1) int64
+        # Integers up to 2**24 in uint32: half the memory a frame walks through (and a switched bundle holds
+        # one of each table per set).
+        self._cdf_arr = cdf_arr = leaky_cdfs(model.probabilities).astype(np.uint32)  # (D, K + 1)
         # Encoder: per dimension, (cum, freq) by the latent's byte (int8 as 0..255), clamped to the alphabet.
         cums, ends = cdf_arr[:, _clamp_symbols(lo, hi)], cdf_arr[:, _clamp_symbols(lo, hi) + 1]
         self.widths = ends - cums
-        """(D, 256) int64: the width of each latent byte's interval (clamped to the alphabet) out of 2**24."""
-        self._cums = cums
-        self._enc_tables: list[list[tuple[int, int]]] | None = None  # the pure encoder's, by _encoder()
+        """(D, 256) uint32: width of each latent byte's interval (clamped to the alphabet) out of 2**24."""
+        self._cums_flat, self._widths_flat = cums.ravel(), self.widths.ravel()  # the pure encoder's tables
+        self._rows = np.arange(model.latent_dim) * 256
         self._dec: list[tuple[bytes, list, tuple[list[int], list]]] | None = None  # built by _decoder()
         # Reads past the payload: <= 1 word per symbol, D main symbols and <= 2 escape symbols per dimension.
         self._zeros = [0] * (model.latent_dim + 2)
@@ -734,9 +736,10 @@ class EntropyCoder:
         # The hot loop spells its constants out (2**64 - 1, 2**32): literals are faster than globals.
         # ``low`` stays below 2**65 (short integers are faster): a renormalisation moves its top word into
         # ``head``, the n words written so far, with its carry (bit 32) running into the words before it.
+        # The frame's (cum, freq) pairs come from two numpy gathers: no per-dimension Python tables to hold.
+        cell = self._rows + np.frombuffer(raw, dtype=np.uint8)
         (low, rng), head, n = start, 0, 0
-        for table, b in zip(self._enc_tables or self._encoder(), raw, strict=True):
-            cum, freq = table[b]
+        for cum, freq in zip(self._cums_flat[cell].tolist(), self._widths_flat[cell].tolist(), strict=True):
             scale = rng >> 24  # PRECISION
             low += scale * cum
             rng = scale * freq
@@ -752,15 +755,6 @@ class EntropyCoder:
         value, keep = _tail(low & _STATE_MAX, rng)
         out = ((low >> 64 << 8 * keep) | (value >> (64 - 8 * keep))).to_bytes(4 * n + keep, "big")
         return out.rstrip(b"\0")
-
-    def _encoder(self) -> list[list[tuple[int, int]]]:
-        """The pure encoder's tables, per dimension ``(cum, freq)`` by latent byte, built once (a node with
-        the compiled coder builds them only for its first frame at an alphabet edge)."""
-        self._enc_tables = [
-            list(zip(c, f, strict=True))
-            for c, f in zip(self._cums.tolist(), self.widths.tolist(), strict=True)
-        ]
-        return self._enc_tables
 
     def _encode_escapes(self, raw: bytes, low: int, rng: int, n: int) -> tuple[int, int, int]:
         lo, hi = self._lo, self._hi
@@ -867,7 +861,7 @@ class EntropyCoder:
         ``[j * 2**12, (j + 1) * 2**12)``, or :data:`_NO_SYMBOL` where a CDF boundary lies inside them.
         """
         lo, k, dim = self._lo, self.model.alphabet_size, self._dim
-        cdf_arr = self._cdf_arr
+        cdf_arr = self._cdf_arr.astype(np.int64)
         cdfs = cdf_arr.tolist()
         byte_of = [(lo + s) & 0xFF for s in range(k)]
         tables = [
@@ -966,7 +960,7 @@ class SwitchedCoder:
             (scale * int(lead[c]), scale * int(lead[c + 1] - lead[c])) for c in range(model.classes)
         ]
         self._lead_cost = _bit_cost(np.diff(lead)).astype(np.int64)
-        self._cost: np.ndarray | None = None  # (C, D, 256) int32 code lengths, built for the first encode
+        self._cost: np.ndarray | None = None  # (D, 256, C) int32 code lengths, built for the first encode
         jit = _jit_module(impl)
         self._cheapest = None if jit is None else jit.cheapest_class
 
@@ -991,14 +985,17 @@ class SwitchedCoder:
     def choose(self, raw: bytes) -> int:
         """The class whose set codes the latent bytes ``raw`` in the fewest bits (class symbol included)."""
         if self._cost is None:
+            # (D, 256, C): the C costs of one (dimension, byte) side by side
             self._cost = np.ascontiguousarray(
-                np.stack([_bit_cost(self._coder(c).widths) for c in range(self.model.classes)])
+                np.stack([_bit_cost(self._coder(c).widths) for c in range(self.model.classes)], axis=-1)
             )
             self._offsets = np.arange(self.model.latent_dim) * 256
         if self._cheapest is not None:
             return int(self._cheapest(np.frombuffer(raw, dtype=np.uint8), self._cost, self._lead_cost))
         index = self._offsets + np.frombuffer(raw, dtype=np.uint8)
-        totals = self._cost.reshape(len(self._cost), -1)[:, index].sum(axis=1, dtype=np.int64) + self._lead_cost
+        totals = (
+            self._cost.reshape(-1, self.model.classes)[index].sum(axis=0, dtype=np.int64) + self._lead_cost
+        )
         return int(np.argmin(totals))
 
     def encode(self, q: np.ndarray) -> bytes:

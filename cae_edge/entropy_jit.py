@@ -50,7 +50,8 @@ FALLBACK = -1
 
 _BYTES = types.Array(types.uint8, 1, "C", readonly=True)
 """A ``bytes`` object seen through ``np.frombuffer`` (read-only)."""
-_TABLE = types.Array(types.uint64, 2, "C")
+_TABLE = types.Array(types.uint32, 2, "C")
+"""CDF starts, widths and CDFs: integers up to 2**24 (uint32 halves the tables a frame touches)."""
 _OUT = types.Array(types.uint8, 1, "C")
 
 
@@ -90,7 +91,7 @@ def encode_main(raw, cum, freq, edge, out, low0, rng0):  # pragma: no cover - co
         if edge[b]:
             return FALLBACK
         scale = rng >> _U24
-        add = scale * cum[d, b]  # < 2**64
+        add = scale * np.uint64(cum[d, b])  # < 2**64
         low += add
         if low < add:  # carry: the real low is 2**64 more
             i = n - 1
@@ -99,7 +100,7 @@ def encode_main(raw, cum, freq, edge, out, low0, rng0):  # pragma: no cover - co
                 if out[i] != 0:
                     break
                 i -= 1
-        rng = scale * freq[d, b]
+        rng = scale * np.uint64(freq[d, b])
         if rng < _WORD:
             rng <<= _U32
             word = low >> _U32
@@ -153,7 +154,7 @@ def decode_main(payload, cdf, lo, edge, out, low0, rng0):  # pragma: no cover - 
         a, z = 0, k  # bisect_right(cdf[d], quantile) - 1: cdf[d, a] <= quantile < cdf[d, z]
         while z - a > 1:
             m = (a + z) >> 1
-            if cdf[d, m] <= quantile:
+            if np.uint64(cdf[d, m]) <= quantile:
                 a = m
             else:
                 z = m
@@ -161,9 +162,9 @@ def decode_main(payload, cdf, lo, edge, out, low0, rng0):  # pragma: no cover - 
         if edge[b]:
             return FALLBACK  # escapes may follow
         out[d] = np.uint8(b)
-        c = cdf[d, a]
+        c = np.uint64(cdf[d, a])
         diff -= scale * c
-        rng = scale * (cdf[d, a + 1] - c)
+        rng = scale * (np.uint64(cdf[d, a + 1]) - c)
         if rng < _WORD:
             rng <<= _U32
             diff = (diff << _U32) | _word(payload, pos)
@@ -187,15 +188,18 @@ def decode_main(payload, cdf, lo, edge, out, low0, rng0):  # pragma: no cover - 
 )
 def cheapest_class(raw, cost, lead):  # pragma: no cover - compiled
     """:meth:`cae_edge.entropy.SwitchedCoder.choose`: the class ``c`` with the least ``lead[c]`` plus the sum
-    of ``cost[c, d, raw[d]]`` (integer code lengths), the first on a tie."""
-    best = -1
-    best_cost = 0
-    for c in range(cost.shape[0]):
-        total = lead[c]
-        for d in range(raw.shape[0]):
-            total += cost[c, d, raw[d]]
-        if best < 0 or total < best_cost:
-            best, best_cost = c, total
+    of ``cost[d, raw[d], c]`` (integer code lengths), the first on a tie. The classes of one (dimension, byte)
+    are adjacent: one cache line per dimension."""
+    totals = lead.copy()
+    n = totals.shape[0]
+    for d in range(raw.shape[0]):
+        row = cost[d, raw[d]]
+        for c in range(n):
+            totals[c] += row[c]
+    best = 0
+    for c in range(1, n):
+        if totals[c] < totals[best]:
+            best = c
     return best
 
 
@@ -213,9 +217,9 @@ class JitCoder:
     impl = f"numba {VERSION}"
 
     def __init__(self, cum: np.ndarray, freq: np.ndarray, cdf: np.ndarray, lo: int, edge: bytes) -> None:
-        self._cum = np.ascontiguousarray(cum, dtype=np.uint64)
-        self._freq = np.ascontiguousarray(freq, dtype=np.uint64)
-        self._cdf = np.ascontiguousarray(cdf, dtype=np.uint64)
+        self._cum = np.ascontiguousarray(cum, dtype=np.uint32)
+        self._freq = np.ascontiguousarray(freq, dtype=np.uint32)
+        self._cdf = np.ascontiguousarray(cdf, dtype=np.uint32)
         self._lo = int(lo)
         self._edge = np.frombuffer(bytes(edge), dtype=np.uint8)
         self._dim = self._cdf.shape[0]
