@@ -270,9 +270,7 @@ class EntropyModel:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the model to ``path``; returns the file's sha256 (hex) for the manifest."""
-        data = self.to_bytes()
-        Path(path).write_bytes(data)
-        return hashlib.sha256(data).hexdigest()
+        return _write(path, self.to_bytes())
 
     def describe(self) -> dict:
         """JSON-friendly summary for ``manifest["coding"]`` (without file name and hash)."""
@@ -419,9 +417,8 @@ class SwitchedModel:
         )
 
     def save(self, path: str | os.PathLike) -> str:
-        data = self.to_bytes()
-        Path(path).write_bytes(data)
-        return hashlib.sha256(data).hexdigest()
+        """Write the model to ``path``; returns the file's sha256 (hex) for the manifest."""
+        return _write(path, self.to_bytes())
 
     def describe(self) -> dict:
         return {
@@ -508,6 +505,12 @@ def fit_auto(
     if scores.get(1, np.inf) <= scores[chosen] * (1 + min_gain):
         chosen = 1
     return fit_switched(z, chosen, **kw), scores
+
+
+def _write(path: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``path``; its sha256 (hex)."""
+    Path(path).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:

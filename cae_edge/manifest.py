@@ -233,18 +233,24 @@ class Manifest:
                 )
         if not isinstance(self.coding, dict) or "kind" not in self.coding:
             raise BundleError(f"manifest coding {self.coding!r}: expected an object with a 'kind'")
-        expected = pair_id(
-            self.files[enc.file].sha256,
-            self.files[dec.file].sha256,
-            coding_tables_sha256(self.coding, self.files),
-        )
+        expected = self.expected_pair_id()
         if self.pair_id != expected:
             raise PairMismatchError(
-                f"manifest pair_id {self.pair_id!r} does not match the int8 models' hashes "
+                f"manifest pair_id {self.pair_id!r} does not match the int8 models' (and switched entropy "
+                "tables') hashes "
                 f"(expected {expected!r}): "
                 "encoder and decoder come from different exports"
             )
         return self
+
+    def expected_pair_id(self) -> str:
+        """The pair id of the int8 models (and switched entropy tables) that ``files`` lists."""
+        enc, dec = self.models["encoder"], self.models["decoder"]
+        return pair_id(
+            self.files[enc.file].sha256,
+            self.files[dec.file].sha256,
+            coding_tables_sha256(self.coding, self.files),
+        )
 
     # ---- (de)serialisation ------------------------------------------------------------------------------
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ import numpy as np
 
 from .. import __version__, datasets
 from ..errors import ConfigError, ExportError
-from ..manifest import DEFAULT_FILES, MANIFEST_NAME, Manifest, coding_tables_sha256, file_entry, pair_id
+from ..manifest import DEFAULT_FILES, Manifest, file_entry
 from ..metrics import quality, to_uint8
 from ..quant import dequantize
 from ..rundir import HEADS, ModelConfig
@@ -267,7 +266,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     from ..train.model import build_decoder
     from .adapt import AdaptOptions, adapt_decoder
     from .convert import convert_decoder, rebuild_batch1, run_int8_encoder
-    from .writer import _model_spec
+    from .writer import _model_spec, staged_bundle
 
     opts.validate()
     step = progress or (lambda what, done, total: None)
@@ -341,24 +340,13 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     )
 
     new_files = {DEFAULT_FILES["decoder"]: dec_q, DEFAULT_FILES["decoder_float"]: dec_float}
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        # every other file of the bundle (encoder, entropy model, files the manifest does not list) as is
-        for path in sorted(Path(src).iterdir()):
-            if path.is_file() and path.name not in (MANIFEST_NAME, *new_files):
-                shutil.copyfile(path, tmp / path.name)
+    # every other file of the bundle (encoder, entropy model, files the manifest does not list) as is
+    with staged_bundle(out, copy_from=Path(src), keep_out=tuple(new_files)) as tmp:
         for name, data in new_files.items():
             (tmp / name).write_bytes(data)
         files = {name: file_entry(tmp / name) for name in manifest.files}
         manifest.files = files
-        manifest.pair_id = pair_id(
-            files["encoder.tflite"].sha256,
-            files["decoder.tflite"].sha256,
-            coding_tables_sha256(manifest.coding, files),
-        )
+        manifest.pair_id = manifest.expected_pair_id()
         manifest.models["decoder"] = _model_spec(DEFAULT_FILES["decoder"], dec_q)
         manifest.models["decoder_float"] = _model_spec(DEFAULT_FILES["decoder_float"], dec_float)
         manifest.created_by = f"cae-edge {__version__}"
@@ -386,12 +374,6 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
         manifest.quality = q
         manifest.write(tmp)
         load_bundle(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ReadaptResult(
         str(out), manifest.pair_id, manifest.quality, {n: e.bytes for n, e in manifest.files.items()}
     )

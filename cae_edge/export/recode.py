@@ -10,15 +10,15 @@ decoder are the bundle's); the payload does, so the pair id of a switched model 
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import __version__, datasets
 from ..entropy import ENTROPY_FILE, KIND, write_bundle_coding
 from ..errors import ConfigError, ExportError
-from ..manifest import MANIFEST_NAME, coding_tables_sha256, file_entry, pair_id
+from ..manifest import file_entry
 from .convert import run_int8_encoder
+from .writer import staged_bundle
 
 
 @dataclass
@@ -92,14 +92,7 @@ def recode_bundle(opts: RecodeOptions, progress=None) -> RecodeResult:
     step(f"int8 latents of {len(ds.x_test)} test images", 1, 2)
     q_test = run_int8_encoder(encoder, ds.x_test)
     before = dict(manifest.coding)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        for path in sorted(Path(src).iterdir()):
-            if path.is_file() and path.name not in (MANIFEST_NAME, ENTROPY_FILE):
-                shutil.copyfile(path, tmp / path.name)
+    with staged_bundle(out, copy_from=Path(src), keep_out=(ENTROPY_FILE,)) as tmp:
         step("fitting the entropy model", 0, 1)
         coding, bytes_per_image = write_bundle_coding(tmp, q_train, q_test, opts.classes)
         coding["refit"] = {
@@ -108,25 +101,13 @@ def recode_bundle(opts: RecodeOptions, progress=None) -> RecodeResult:
         }
         if "refit" in before:
             coding["refit"]["earlier"] = [*before["refit"].pop("earlier", []), before["refit"]]
-        files = dict(manifest.files)
-        files[ENTROPY_FILE] = file_entry(tmp / ENTROPY_FILE)
-        manifest.files = files
+        manifest.files = {**manifest.files, ENTROPY_FILE: file_entry(tmp / ENTROPY_FILE)}
         manifest.coding = coding
         manifest.bytes_per_image = int(round(bytes_per_image))
-        manifest.pair_id = pair_id(
-            files["encoder.tflite"].sha256,
-            files["decoder.tflite"].sha256,
-            coding_tables_sha256(coding, files),
-        )
+        manifest.pair_id = manifest.expected_pair_id()
         manifest.created_by = f"cae-edge {__version__}"
         manifest.write(tmp)
         load_bundle(tmp)  # sha256, pair id, tensors, codec
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return RecodeResult(
         str(out), manifest.pair_id, coding, float(before.get("bytes_mean", 0.0)), bytes_per_image
     )

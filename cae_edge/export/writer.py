@@ -22,7 +22,8 @@ frames the same way.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,11 @@ from .. import __version__, datasets
 from ..errors import ConfigError, ExportError
 from ..manifest import (
     DEFAULT_FILES,
+    MANIFEST_NAME,
     Manifest,
     ModelSpec,
     TensorSpec,
-    coding_tables_sha256,
     file_entry,
-    pair_id,
 )
 from ..metrics import quality, to_uint8
 from ..quant import QuantParams, dequantize
@@ -239,17 +239,9 @@ def export(opts: ExportOptions, progress: Progress | None = None) -> ExportResul
         raise ExportError(f"{out}: already exists; choose another --out or pass --overwrite")
     inputs = _read_inputs(opts, progress or (lambda what, done, total: None))
     pair, adapted = calibrate(inputs, opts, progress)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_bundle(out) as tmp:
         manifest = write(tmp, inputs, pair, opts)
         loss = verify(tmp, manifest, inputs, pair, adapted, opts)
-        commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(
         path=str(out),
         pair_id=manifest.pair_id,
@@ -365,11 +357,7 @@ def write(tmp: Path, inputs: _Inputs, pair, opts: ExportOptions) -> Manifest:
         )
         files[ENTROPY_FILE] = file_entry(tmp / ENTROPY_FILE)
     manifest = Manifest(
-        pair_id=pair_id(
-            files["encoder.tflite"].sha256,
-            files["decoder.tflite"].sha256,
-            coding_tables_sha256(coding, files),
-        ),
+        pair_id="",  # from the files, below
         latent_dim=cfg.latent_dim,
         latent_quant=pair.latent_quant,
         models={k: _model_spec(DEFAULT_FILES[k], d) for k, d in blobs.items()},
@@ -388,6 +376,7 @@ def write(tmp: Path, inputs: _Inputs, pair, opts: ExportOptions) -> Manifest:
         command=opts.command,
         created_by=f"cae-edge {__version__}",
     )
+    manifest.pair_id = manifest.expected_pair_id()
     manifest.write(tmp)
     return manifest
 
@@ -441,11 +430,33 @@ def verify(tmp: Path, manifest: Manifest, inputs: _Inputs, pair, adapted: dict, 
     return float(loss)
 
 
-def commit(tmp: Path, out: Path) -> None:
-    """Move the verified bundle from ``tmp`` to ``out`` (replacing an older one)."""
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+@contextmanager
+def staged_bundle(out: Path, copy_from: Path | None = None, keep_out: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write a bundle into ``OUT.tmp`` and move it to ``out`` (replacing an older one) only if the block
+    finishes; on any error the staging directory is removed and ``out`` is left as it was.
+
+    Args:
+        out: the bundle directory to write.
+        copy_from: a bundle directory whose files (except ``manifest.json`` and ``keep_out``) are copied into
+            the staging directory first: a rewrite that replaces only some files (``readapt``, ``recode``).
+        keep_out: file names not to copy.
+    """
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        if copy_from is not None:
+            for path in sorted(Path(copy_from).iterdir()):
+                if path.is_file() and path.name not in (MANIFEST_NAME, *keep_out):
+                    shutil.copyfile(path, tmp / path.name)
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def encoder_decoder_predict(

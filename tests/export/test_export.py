@@ -470,3 +470,22 @@ def test_calibration_percentile_is_checked(tiny_run, tmp_path):
 
     with pytest.raises(ConfigError, match="calibration percentile 30"):
         ExportOptions(tiny_run, tmp_path / "x", calib_percentile=30).validate()
+
+
+def test_staged_bundle_replaces_out_only_when_the_block_finishes(tmp_path):
+    from cae_edge.export.writer import staged_bundle
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for name, text in (("manifest.json", "{}"), ("encoder.tflite", "e"), ("entropy.npz", "old")):
+        (src / name).write_text(text)
+    out.mkdir()
+    (out / "keep.txt").write_text("before")
+    with pytest.raises(RuntimeError), staged_bundle(out, copy_from=src, keep_out=("entropy.npz",)) as tmp:
+        assert sorted(p.name for p in tmp.iterdir()) == ["encoder.tflite"]  # no manifest, no kept-out file
+        raise RuntimeError("verification failed")
+    assert (out / "keep.txt").read_text() == "before" and not (tmp_path / "out.tmp").exists()
+    with staged_bundle(out, copy_from=src, keep_out=("entropy.npz",)) as tmp:
+        (tmp / "entropy.npz").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["encoder.tflite", "entropy.npz"]
+    assert (out / "entropy.npz").read_text() == "new" and not (tmp_path / "out.tmp").exists()
