@@ -49,7 +49,7 @@ Formats (``manifest["coding"]["coder"]``):
   the receiver reads it off the first 64 bits of the stream. The sets are fitted at export by a k-means
   whose distance is the code length (:func:`fit_switched`, the number of sets chosen on held-out training
   latents by :func:`fit_auto`); ``cae-edge bundle recode`` refits a bundle's tables. Measured on the
-  shipped rate-distortion bundles: 1-4 % fewer bytes for the same latents (Fashion-MNIST's kinds of
+  shipped rate-distortion bundles: 0.7-13 % fewer bytes for the same latents (Fashion-MNIST's kinds of
   garment differ most). The tables' sha256 is part of such a bundle's pair id.
 
 The decoder accepts only canonical streams without re-encoding: every quantile must fall inside the model
