@@ -123,50 +123,32 @@ _STATE_MAX = (1 << 64) - 1
 
 
 def leaky_cdf(probabilities: Sequence[float]) -> list[int]:
-    """Integer CDF of a categorical distribution, exactly as ``constriction`` quantizes float probabilities.
-
-    This is ``LazyContiguousCategoricalEntropyModel::from_floating_point_probabilities_fast`` with 24-bit
-    precision (what ``constriction.stream.model.Categorical(perfect=False)`` uses when the probabilities are
-    given per symbol at encode time): with ``F(s)`` the left-to-right float64 sum of the first ``s``
-    probabilities and ``scale = (2**24 - K) / F(K)``, ``cdf[s] = floor(F(s) * scale) + s`` and
-    ``cdf[K] = 2**24``. Symbol ``s`` owns ``[cdf[s], cdf[s + 1])``, at least one unit.
-
-    Args:
-        probabilities: K >= 2 non-negative float64 values (need not sum to 1).
-
-    Returns:
-        K + 1 increasing ints from 0 to ``2**24``.
-
-    Raises:
-        ConfigError: fewer than two symbols, a negative value, or a sum that is not a positive number.
-    """
-    probs = [float(p) for p in probabilities]
-    k = len(probs)
-    if k < 2 or k >= _ONE - 1:
-        raise ConfigError(f"{k} probabilities: a categorical model needs 2 .. {_ONE - 2}")
-    if min(probs) < 0:
-        raise ConfigError(f"negative probability {min(probs)}: probabilities must be >= 0")
-    total = 0.0
-    for p in probs:  # left to right, like Rust's Iterator::sum (not numpy's pairwise sum)
-        total += p
-    if not (total > 2.2250738585072014e-308 and total != float("inf")):
-        raise ConfigError(f"probabilities sum to {total}: need a positive, finite sum")
-    scale = float(_ONE - k) / total
-    cdf = [0]
-    acc = 0.0
-    for s in range(1, k):
-        acc += probs[s - 1]
-        cdf.append(int(acc * scale) + s)
-    cdf.append(_ONE)
-    return cdf
+    """Integer CDF of one categorical distribution: :func:`leaky_cdfs` of one row, as K + 1 ints."""
+    return leaky_cdfs(np.asarray(probabilities, dtype=np.float64)[None, :])[0].tolist()
 
 
 def leaky_cdfs(probabilities: np.ndarray) -> np.ndarray:
-    """:func:`leaky_cdf` of every row of ``probabilities`` (D, K) at once: (D, K + 1) int64, the same integers
-    (``np.cumsum`` adds left to right, as the rule does; numpy's ``sum`` would add pairwise)."""
+    """Integer CDFs of categorical distributions, exactly as ``constriction`` quantizes float probabilities.
+
+    This is ``LazyContiguousCategoricalEntropyModel::from_floating_point_probabilities_fast`` with 24-bit
+    precision (what ``constriction.stream.model.Categorical(perfect=False)`` uses when the probabilities are
+    given per symbol at encode time), per row: with ``F(s)`` the left-to-right float64 sum of the first ``s``
+    probabilities (``np.cumsum`` adds left to right, like Rust's ``Iterator::sum``; numpy's ``sum`` would add
+    pairwise) and ``scale = (2**24 - K) / F(K)``, ``cdf[s] = floor(F(s) * scale) + s`` and
+    ``cdf[K] = 2**24``. Symbol ``s`` owns ``[cdf[s], cdf[s + 1])``, at least one unit.
+
+    Args:
+        probabilities: (D, K >= 2) non-negative float64 values (rows need not sum to 1).
+
+    Returns:
+        (D, K + 1) int64, each row increasing from 0 to ``2**24``.
+
+    Raises:
+        ConfigError: fewer than two symbols, a negative value, or a row sum that is not a positive number.
+    """
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] < 2 or p.shape[1] >= _ONE - 1:
-        raise ConfigError(f"probabilities of shape {p.shape}: need (D, 2 .. {_ONE - 2})")
+        raise ConfigError(f"probabilities of shape {p.shape}: a categorical model needs 2 .. {_ONE - 2}")
     if p.size and p.min() < 0:
         raise ConfigError(f"negative probability {p.min()}: probabilities must be >= 0")
     acc = np.cumsum(p, axis=1)
@@ -992,10 +974,9 @@ class SwitchedCoder:
             self._cost = np.ascontiguousarray(
                 np.stack([_bit_cost(self._coder(c).widths) for c in range(self.model.classes)], axis=-1)
             )
-            self._offsets = np.arange(self.model.latent_dim) * 256
         if self._cheapest is not None:
             return int(self._cheapest(np.frombuffer(raw, dtype=np.uint8), self._cost, self._lead_cost))
-        index = self._offsets + np.frombuffer(raw, dtype=np.uint8)
+        index = self._coder(0)._rows + np.frombuffer(raw, dtype=np.uint8)
         totals = (
             self._cost.reshape(-1, self.model.classes)[index].sum(axis=0, dtype=np.int64) + self._lead_cost
         )

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .entropy import CODER_SWITCHED
 from .errors import BundleError, ConfigError, PairMismatchError
 from .quant import QuantParams
 
@@ -43,10 +44,6 @@ def sha256_file(path: str | Path) -> str:
     return sha256_bytes(Path(path).read_bytes())
 
 
-SWITCHED_CODER = "range-switched-escape-1"
-"""``coding.coder`` whose table file is part of the pair id (:data:`cae_edge.entropy.CODER_SWITCHED`)."""
-
-
 def pair_id(encoder_sha256: str, decoder_sha256: str, tables_sha256: str | None = None) -> str:
     """The 16-hex-char id of an int8 encoder/decoder pair, from their sha256 hex digests.
 
@@ -64,20 +61,20 @@ def pair_id(encoder_sha256: str, decoder_sha256: str, tables_sha256: str | None 
 
 
 def coding_tables_sha256(coding: dict, files: dict) -> str | None:
-    """The sha256 :func:`pair_id` takes from a bundle's ``coding`` and ``files`` (None unless switched).
+    """The sha256 :func:`pair_id` takes from a bundle's ``coding`` and ``files`` (:class:`FileEntry` by name;
+    None unless switched).
 
     Raises:
         BundleError: switched coding whose file is not in ``files``.
     """
-    if not isinstance(coding, dict) or coding.get("coder") != SWITCHED_CODER:
+    if not isinstance(coding, dict) or coding.get("coder") != CODER_SWITCHED:
         return None
     name = str(coding.get("file", ""))
     if name not in files:
         raise BundleError(
             f"manifest coding file {name!r} is not in the manifest's files; re-export the bundle"
         )
-    entry = files[name]
-    return entry.sha256 if hasattr(entry, "sha256") else str(entry["sha256"])
+    return files[name].sha256
 
 
 @dataclass(frozen=True)

@@ -81,10 +81,10 @@ def recode_bundle(opts: RecodeOptions, progress=None) -> RecodeResult:
             "(export a rate-distortion run for one)"
         )
     out = Path(opts.out_dir)
-    if out.exists() and not opts.overwrite and out.resolve() != Path(src).resolve():
+    if out.exists() and not opts.overwrite:
+        if out.resolve() == Path(src).resolve():
+            raise ExportError(f"{out} is the bundle itself: pass --overwrite to replace it")
         raise ExportError(f"{out}: already exists; choose another --out or pass --overwrite")
-    if out.resolve() == Path(src).resolve() and not opts.overwrite:
-        raise ExportError(f"{out} is the bundle itself: pass --overwrite to replace it")
     ds = datasets.load(manifest.dataset["name"], opts.data_dir)
     encoder = old.model_bytes("encoder")
     step(f"int8 latents of {len(ds.x_train)} training images", 0, 2)

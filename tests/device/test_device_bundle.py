@@ -93,29 +93,13 @@ def test_entropy_coded_bundles_work_without_constriction():
 def _constriction_payload(bundle, q: np.ndarray) -> bytes:
     """The stream of ``q`` as ``constriction`` codes it (the reference the shipped bundles use): with switched
     tables the class the codec chooses first, then the latent with that class's tables."""
-    import constriction
-
-    from cae_edge.entropy import SwitchedModel
+    from cae_edge import entropy
+    from tests.test_entropy import reference_encode, reference_switched_symbols, reference_symbols
 
     codec = bundle.codec()
-    model = codec.model
-    enc = constriction.stream.queue.RangeEncoder()
-    if isinstance(model, SwitchedModel):
-        c = codec.choose(q.tobytes())
-        family = constriction.stream.model.Categorical(perfect=False)
-        enc.encode(np.array([c], np.int32), family, model.class_probabilities[None, :])
-        model = model.tables[c]
-    sym = np.clip(q.astype(np.int32), model.lo, model.hi) - model.lo
-    enc.encode(sym, constriction.stream.model.Categorical(perfect=False), model.probabilities)
-    n_words, (lower, width) = enc.pos()
-    head = np.asarray(enc.get_compressed(), dtype=np.uint32)[:n_words].astype(">u4").tobytes()
-    top = min(lower + width, 1 << 64)
-    for keep in range(9):
-        unit = 1 << (64 - 8 * keep)
-        value = -(-lower // unit) * unit
-        if value < top:
-            return (head + (value >> (64 - 8 * keep)).to_bytes(keep, "big")).rstrip(b"\0")
-    raise AssertionError("unreachable")
+    if isinstance(codec.model, entropy.SwitchedModel):
+        return reference_encode(reference_switched_symbols(codec.model, q, codec.choose(q.tobytes())))
+    return reference_encode(reference_symbols(codec.model, q, escapes=codec.coder == entropy.CODER))
 
 
 def test_shipped_bundles_are_listed_by_directory():
