@@ -86,7 +86,7 @@ def test_kernel_quality_rows_and_spread(hq, test_images):
     assert d["spread_db"] == r.spread_db and d["n_images"] == N
     table = markdown_table([r])
     assert "| mnist-hq | 24 |" in table and "copy dB" in table
-    with pytest.raises(ConfigError, match="need \\(24, 96\\)"):
+    with pytest.raises(ConfigError, match="need \\(24, 160\\)"):
         kernel_quality(hq, test_images, ("xnnpack",), {"short": xnn[:5]})
 
 

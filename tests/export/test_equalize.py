@@ -1,6 +1,6 @@
-"""Channel equalization before int8 PTQ (export/equalize.py), on the shipped mnist-hq pair and real digits:
-the float function stays, every equalized channel reaches its tensor's range, and the int8 encoder rounds
-its latents like the float one more often than without it."""
+"""Channel equalization before int8 PTQ (export/equalize.py), on the shipped mnist-small pair (convolutions
+only) and real digits: the float function stays, every equalized channel reaches its tensor's range, and the
+int8 encoder rounds its latents like the float one more often than without it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def hq(mnist):
     from cae_edge.train.from_bundle import models_from_bundle, read_start
     from cae_edge.train.model import build_decoder, build_encoder
 
-    start = read_start("mnist-hq")
+    start = read_start("mnist-small")
     encoder, decoder = models_from_bundle(start)
     rng = np.random.default_rng(0)
     calib_u8 = mnist.x_train[rng.choice(len(mnist.x_train), 500, replace=False)]

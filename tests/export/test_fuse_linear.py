@@ -58,7 +58,7 @@ def test_fused_linear_path_is_the_same_function_and_rounds_like_float(scenes_pai
 def test_fuse_refuses_an_encoder_without_the_linear_path(mnist):
     from cae_edge.train.from_bundle import models_from_bundle, read_start
 
-    start = read_start("mnist-hq")
+    start = read_start("mnist-small")
     encoder, _ = models_from_bundle(start)
     with pytest.raises(ExportError, match="linear_skip=False"):
         from cae_edge.export.convert import fuse_linear_path

@@ -93,7 +93,11 @@ def test_scenes_presets_have_their_own_architecture_and_fit_the_wire():
             assert cfg == p.model or (cfg.linear_skip and cfg.head == "d2s"), (name, ds, cfg)
     # hq on scenes: payload target + packet overhead stays within 128 bytes on the wire
     assert presets.resolve("hq").target_for("scenes") + wire.OVERHEAD_BYTES <= 128
-    assert presets.resolve("hq").target_for("mnist") == presets.resolve("hq").target_bytes
+    # hq on digits and clothes: their own targets, under the preset's budget, below xl's
+    for ds in ("mnist", "fashion"):
+        hq = presets.resolve("hq").target_for(ds)
+        assert hq != presets.resolve("hq").target_bytes and hq < presets.resolve("xl").target_for(ds)
+    assert presets.resolve("small").target_for("mnist") == presets.resolve("small").target_bytes
 
 
 def test_xl_on_digits_and_clothes_fits_128_bytes_on_a_compact_wire():
