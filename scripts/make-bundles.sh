@@ -84,7 +84,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
     fashion-xxl) stages="12:0.0007:192 12:0.0005:192:0.0001:1.3 12:0.0003:192:0.0001" ;;
     # mnist-hq (2026-12-06): the linear path, as fashion-hq; each stage restarts lam at 1.0 and the rate
     # controller brings it down to its floor (the rate stays near 70 B, under the 73 B target).
-    mnist-hq) stages="60:0.0007:73:1.0 60:0.0005:73:1.0" ;;
+    mnist-hq) stages="60:0.0007:73:1.0 60:0.0005:73:1.0 60:0.0003:73:1.0" ;;
     mnist-small) stages="30:0.001 60:0.001 120:0.001 100:0.001" ;;
     fashion-xl) stages="12:0.0007 10:0.0005" ;;
     fashion-small) stages="14:0.001 14:0.0007 16:0.0005 20:0.0004:27.9 12:0.0003:27.9" ;;
