@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def hq(mnist):
+def small(mnist):
     from cae_edge.export.convert import rebuild_batch1
     from cae_edge.train.from_bundle import models_from_bundle, read_start
     from cae_edge.train.model import build_decoder, build_encoder
@@ -38,10 +38,10 @@ def _group_ranges(model, link, inputs) -> np.ndarray:
     return np.percentile(v, 99.99, axis=0)
 
 
-def test_links_of_the_shipped_layouts(hq):
+def test_links_of_the_shipped_layouts(small):
     from cae_edge.export.equalize import links
 
-    _, encoder, decoder, _, _ = hq
+    _, encoder, decoder, _, _ = small
     enc, dec = links(encoder), links(decoder)
     # encoder: conv -> conv four times, the last conv through Flatten into the latent Dense
     assert [(type(k.producer).__name__, type(k.consumer).__name__) for k in enc] == [
@@ -55,10 +55,10 @@ def test_links_of_the_shipped_layouts(hq):
     assert dec[0].groups == 48
 
 
-def test_equalized_copy_is_the_same_function_with_balanced_channels(hq):
+def test_equalized_copy_is_the_same_function_with_balanced_channels(small):
     from cae_edge.export.equalize import equalized_copy, links
 
-    _, encoder, decoder, calib_u8, test_u8 = hq
+    _, encoder, decoder, calib_u8, test_u8 = small
     x = _float(calib_u8)
     eq_enc, stats = equalized_copy(encoder, x, 99.99)
     assert stats["links"] == 5 and stats["max_gain"] > 1.5
@@ -66,7 +66,9 @@ def test_equalized_copy_is_the_same_function_with_balanced_channels(hq):
     want = np.asarray(encoder(xt))
     np.testing.assert_allclose(np.asarray(eq_enc(xt)), want, atol=1e-3 * np.abs(want).max())
     # the original keeps its weights
-    assert all(np.array_equal(a, b) for a, b in zip(encoder.get_weights(), hq[1].get_weights(), strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(encoder.get_weights(), small[1].get_weights(), strict=True)
+    )
     for before, after in zip(links(encoder), links(eq_enc), strict=True):
         r0, r1 = _group_ranges(encoder, before, x), _group_ranges(eq_enc, after, x)
         # every channel that carries anything ends at (about) the widest one's range, none beyond it
@@ -81,12 +83,12 @@ def test_equalized_copy_is_the_same_function_with_balanced_channels(hq):
     np.testing.assert_allclose(np.asarray(eq_dec(latents[:64])), want, atol=2e-4)
 
 
-def test_equalized_int8_encoder_rounds_like_float_more_often(hq):
+def test_equalized_int8_encoder_rounds_like_float_more_often(small):
     from cae_edge.export.convert import convert_encoder, correct_output_bias, run_int8_encoder
     from cae_edge.export.equalize import equalized_copy
     from cae_edge.quant import QuantParams
 
-    _, encoder, _, calib_u8, test_u8 = hq
+    _, encoder, _, calib_u8, test_u8 = small
     want = np.clip(np.rint(np.asarray(encoder(_float(test_u8)))), -127, 127)
     moved = {}
     for eq in (False, True):  # as export converts it: PTQ, then bias correction
