@@ -76,6 +76,14 @@ def export(
             "next layer): the same float model, less rounding noise (mnist-hq: int8 pair +0.15 dB).",
         ),
     ] = True,
+    range_search: Annotated[
+        bool,
+        typer.Option(
+            "--range-search",
+            help="Search each int8 decoder activation's range (the percentile range x 0.4-1.1) for the "
+            "decoded calibration images closest to the originals (a few minutes for the xxl presets).",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing bundle directory.")
     ] = False,
@@ -113,6 +121,8 @@ def export(
         args.append("--no-bias-correction")
     if not equalize:
         args.append("--no-equalize")
+    if range_search:
+        args.append("--range-search")
     opts = ExportOptions(
         run_dir=run,
         out_dir=out,
@@ -128,6 +138,7 @@ def export(
         adapt_lr=adapt_lr,
         bias_correction=bias_correction,
         equalize=equalize,
+        range_search=range_search,
         command=shlex.join(args),
     )
 

@@ -34,7 +34,9 @@ import numpy as np
 
 from ..errors import BundleError, ExportError
 from ..quant import PIXEL_SCALE, PIXEL_ZERO_POINT, QuantParams, dequantize
+from ..quant import quantize as quantize_values
 from .equalize import equalized_copy
+from .rangesearch import DECODER_OBJECTIVE, ENCODER_OBJECTIVE, RangeSearch, latent_error, range_tensors
 
 Progress = Callable[[str, int, int], None]
 
@@ -153,7 +155,12 @@ def convert_float(model) -> bytes:
         return bytes(conv.convert())
 
 
-def convert_int8(model, representative: np.ndarray, percentile: float | None = DEFAULT_PERCENTILE) -> bytes:
+def convert_int8(
+    model,
+    representative: np.ndarray,
+    percentile: float | None = DEFAULT_PERCENTILE,
+    refine: Callable[[bytes, Callable[[bytes], bytes]], bytes] | None = None,
+) -> bytes:
     """Keras model → full-integer .tflite bytes: int8 input and output, only TFLITE_BUILTINS_INT8 ops.
 
     Args:
@@ -162,6 +169,9 @@ def convert_int8(model, representative: np.ndarray, percentile: float | None = D
         percentile: Cut every intermediate activation's range to the [100 - p, p] percentiles of its values
             on the calibration inputs (:func:`percentile_ranges`); ``None`` or 100 keeps the converter's
             min/max calibration.
+        refine: Optional ``(calibrated bytes, quantize) -> calibrated bytes``, given the calibrated model
+            (tensors carrying their min/max, after the percentile cut) and the function that quantizes one
+            (e.g. :func:`~cae_edge.export.rangesearch.search_ranges`); what it returns is quantized.
 
     Returns:
         The .tflite bytes.
@@ -182,17 +192,27 @@ def convert_int8(model, representative: np.ndarray, percentile: float | None = D
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    if percentile is None or percentile >= 100:
+    cut = percentile is not None and percentile < 100
+    if not cut and refine is None:
         with _quiet():
             return bytes(conv.convert())
     # The converter's own steps, split open: calibrate (a float model whose tensors carry min/max), narrow
     # those ranges, then quantize exactly as TFLiteConverter.convert() does with its default MLIR quantizer.
     from tensorflow.lite.python.convert import mlir_quantize
 
+    def quantize(calibrated: bytes) -> bytes:
+        with _quiet():
+            return bytes(mlir_quantize(calibrated, False, input_data_type=tf.int8, output_data_type=tf.int8))
+
     conv._experimental_calibrate_only = True
     with _quiet():
-        calibrated = percentile_ranges(bytes(conv.convert()), reps, percentile)
-        return bytes(mlir_quantize(calibrated, False, input_data_type=tf.int8, output_data_type=tf.int8))
+        calibrated = bytes(conv.convert())
+    if cut:
+        with _quiet():
+            calibrated = percentile_ranges(calibrated, reps, percentile)
+    if refine is not None:
+        calibrated = refine(calibrated, quantize)
+    return quantize(calibrated)
 
 
 def percentile_ranges(calibrated: bytes, reps: np.ndarray, percentile: float) -> bytes:
@@ -216,12 +236,7 @@ def percentile_ranges(calibrated: bytes, reps: np.ndarray, percentile: float) ->
     s = _schema()
     buf = bytearray(calibrated)
     sg = s.Model.GetRootAs(buf, 0).Subgraphs(0)
-    io = {sg.Inputs(0), sg.Outputs(0)}
-    tensors = []
-    for t in range(sg.TensorsLength()):
-        q = sg.Tensors(t).Quantization()
-        if t not in io and q is not None and q.MinLength() == 1 and q.MaxLength() == 1:
-            tensors.append(t)
+    tensors = range_tensors(calibrated)
     it = make_interpreter(calibrated, preserve_all_tensors=True)
     inp = it.get_input_details()[0]["index"]
     values: dict[int, list[np.ndarray]] = {t: [] for t in tensors}
@@ -625,6 +640,9 @@ class ConvertedPair:
     """The Keras decoder that was converted (the adapted copy when ``convert_pair`` got ``adapt``)."""
     bias_correction: dict = field(default_factory=dict)
     """What :func:`correct_output_bias` measured and did (empty when off)."""
+    range_search: dict = field(default_factory=dict)
+    """What the activation-range searches found: ``{"encoder": ..., "decoder": ...}``
+    (:class:`RangeSearch` as dicts; empty when off)."""
 
 
 def run_int8_encoder(tflite: bytes, images_u8: np.ndarray, kernels: str = "xnnpack") -> np.ndarray:
@@ -651,6 +669,9 @@ def convert_encoder(
     calib: np.ndarray,
     latent_quant: QuantParams | None = None,
     percentile: float | None = DEFAULT_PERCENTILE,
+    search: tuple[Callable[[bytes], bytes], Callable[[bytes], float]] | None = None,
+    search_report: RangeSearch | None = None,
+    progress: Progress | None = None,
 ) -> bytes:
     """The int8 encoder: PTQ on ``calib``, input quantization the raw pixel byte's (1/255, -128).
 
@@ -659,10 +680,34 @@ def convert_encoder(
         calib: Calibration images, float32 (N, 28, 28, 1) in [0, 1].
         latent_quant: Force this output quantization; ``None`` keeps the calibrated one.
         percentile: Activation-range percentile (:func:`convert_int8`).
+        search: ``(after, error)``: search the activation ranges (:func:`~cae_edge.export.rangesearch.
+            search_ranges`) for the least ``error(after(model))``, ``after`` being what the caller does to
+            the returned model (the bias correction); ``None``: the percentile ranges.
+        search_report: Filled in with what that search found.
+        progress: Optional callback ``(what, done, total)`` (the range search reports through it).
     """
-    enc_q = convert_int8(encoder1, calib, percentile)
-    enc_q = set_io_quant(enc_q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
-    return enc_q if latent_quant is None else set_io_quant(enc_q, "output", latent_quant)
+
+    def finish(q: bytes) -> bytes:
+        q = set_io_quant(q, "input", QuantParams(float(PIXEL_SCALE), PIXEL_ZERO_POINT))
+        return q if latent_quant is None else set_io_quant(q, "output", latent_quant)
+
+    refine = None
+    if search is not None:
+        from .rangesearch import search_ranges
+
+        after, error = search
+
+        def refine(calibrated: bytes, quantize: Callable[[bytes], bytes]) -> bytes:
+            return search_ranges(
+                calibrated,
+                lambda c: after(finish(quantize(c))),
+                error,
+                report=search_report,
+                progress=progress,
+                what="int8 encoder",
+            )
+
+    return finish(convert_int8(encoder1, calib, percentile, refine))
 
 
 def convert_decoder(
@@ -671,6 +716,9 @@ def convert_decoder(
     lq: QuantParams,
     percentile: float | None = DEFAULT_PERCENTILE,
     equalize: bool = False,
+    search_targets: np.ndarray | None = None,
+    search_report: RangeSearch | None = None,
+    progress: Progress | None = None,
 ) -> tuple[bytes, bytes]:
     """The decoder's two models: int8 (PTQ on ``latents``, input quantization ``lq``) and float32.
 
@@ -681,15 +729,37 @@ def convert_decoder(
         percentile: Activation-range percentile (:func:`convert_int8`).
         equalize: Quantize a channel-equalized copy (:mod:`cae_edge.export.equalize`); the float32 model
             keeps the weights as trained.
+        search_targets: The images (uint8, N × 28 × 28) whose int8 latents ``latents`` are: search each
+            activation range for the int8 decoder whose images come closest to them
+            (:func:`~cae_edge.export.rangesearch.search_ranges`); ``None``: the percentile ranges as they are.
+        search_report: Filled in with what that search found.
+        progress: Optional callback ``(what, done, total)`` (the range search reports through it).
 
     Returns:
         ``(int8 bytes, float32 bytes)``.
     """
     quantized = equalized_copy(decoder1, latents, percentile or 100.0)[0] if equalize else decoder1
-    dec_q = convert_int8(quantized, latents, percentile)
-    dec_q = set_io_quant(dec_q, "input", lq)
-    dec_q, _ = tighten_logistic_inputs(dec_q)
-    return dec_q, convert_float(decoder1)
+
+    def finish(q: bytes) -> bytes:
+        return tighten_logistic_inputs(set_io_quant(q, "input", lq))[0]
+
+    refine = None
+    if search_targets is not None:
+        from .rangesearch import decode_error, search_ranges
+
+        latents_q = quantize_values(latents, lq)
+
+        def refine(calibrated: bytes, quantize: Callable[[bytes], bytes]) -> bytes:
+            return search_ranges(
+                calibrated,
+                lambda c: finish(quantize(c)),
+                lambda m: decode_error(m, latents_q, search_targets),
+                report=search_report,
+                progress=progress,
+                what="int8 decoder",
+            )
+
+    return finish(convert_int8(quantized, latents, percentile, refine)), convert_float(decoder1)
 
 
 def convert_pair(
@@ -703,6 +773,7 @@ def convert_pair(
     bias_correction: bool = True,
     percentile: float | None = DEFAULT_PERCENTILE,
     equalize: bool = True,
+    range_search: bool = False,
 ) -> ConvertedPair:
     """Convert a trained encoder/decoder into the four bundle models.
 
@@ -721,6 +792,9 @@ def convert_pair(
             (:func:`correct_output_bias`), before the decoder sees any int8 latent.
         percentile: Activation-range percentile of both int8 conversions (:func:`convert_int8`).
         equalize: Channel-equalize both models before PTQ (:mod:`cae_edge.export.equalize`).
+        range_search: Search both int8 models' activation ranges on the calibration images
+            (:mod:`cae_edge.export.rangesearch`): the encoder's for latents closest to the float
+            encoder's, the decoder's for images closest to the originals.
 
     Returns:
         The :class:`ConvertedPair`.
@@ -740,14 +814,29 @@ def convert_pair(
     step("int8 encoder (PTQ)", 1, 4)
     # equalized before fusing: the fused model's last features reach the Dense through a Concatenate
     enc_src = equalized_copy(enc1, x, percentile or 100.0)[0] if equalize else enc1
+    y = np.asarray(enc1(x))
+
+    def corrected(q: bytes) -> tuple[bytes, dict]:
+        return correct_output_bias(q, calib_images_u8, y) if bias_correction else (q, {})
+
+    searched_enc = RangeSearch(objective=ENCODER_OBJECTIVE) if range_search else None
     enc_q = convert_encoder(
-        fuse_linear_path(enc_src, cfg, x) if cfg.linear_skip else enc_src, x, latent_quant, percentile
+        fuse_linear_path(enc_src, cfg, x) if cfg.linear_skip else enc_src,
+        x,
+        latent_quant,
+        percentile,
+        search=(
+            (lambda q: corrected(q)[0], lambda q: latent_error(q, calib_images_u8, y))
+            if range_search
+            else None
+        ),
+        search_report=searched_enc,
+        progress=progress,
     )
     lq = io_quant(enc_q, "output")
-    bias_stats: dict = {}
     if bias_correction:
         step("int8 encoder bias correction", 1, 4)
-        enc_q, bias_stats = correct_output_bias(enc_q, calib_images_u8, np.asarray(enc1(x)))
+    enc_q, bias_stats = corrected(enc_q)
 
     step("int8 decoder (PTQ on the int8 encoder's latents)", 2, 4)
     try:
@@ -758,8 +847,16 @@ def convert_pair(
         ) from e
     if adapt is not None:
         decoder = adapt(enc_q, lq)
+    searched = RangeSearch(objective=DECODER_OBJECTIVE) if range_search else None
     dec_q, dec_float = convert_decoder(
-        rebuild_batch1(decoder, build_decoder, cfg), latents, lq, percentile, equalize
+        rebuild_batch1(decoder, build_decoder, cfg),
+        latents,
+        lq,
+        percentile,
+        equalize,
+        search_targets=np.asarray(calib_images_u8) if range_search else None,
+        search_report=searched,
+        progress=progress,
     )
 
     step("check", 3, 4)
@@ -768,4 +865,5 @@ def convert_pair(
     if not io_quant(dec_q, "input").same_as(lq):
         raise ExportError(f"decoder input quantization {io_quant(dec_q, 'input')} != encoder output {lq}")
     step("converted", 4, 4)
-    return ConvertedPair(enc_q, dec_q, enc_float, dec_float, lq, decoder, bias_stats)
+    searches = {"encoder": searched_enc.to_dict(), "decoder": searched.to_dict()} if range_search else {}
+    return ConvertedPair(enc_q, dec_q, enc_float, dec_float, lq, decoder, bias_stats, searches)

@@ -93,6 +93,9 @@ class ExportOptions:
     equalize: bool = True
     """Channel-equalize both models before PTQ (:mod:`cae_edge.export.equalize`): same float function,
     less int8 rounding noise."""
+    range_search: bool = False
+    """Search the int8 decoder's activation ranges for the best decoded calibration images
+    (:mod:`cae_edge.export.rangesearch`) instead of keeping the percentile ranges."""
     command: str = ""
     """How this export was invoked, recorded in the manifest."""
 
@@ -329,6 +332,7 @@ def calibrate(inputs: _Inputs, opts: ExportOptions, progress: Progress | None = 
         bias_correction=opts.bias_correction,
         percentile=opts.calib_percentile,
         equalize=inputs.equalize(opts),
+        range_search=opts.range_search,
     )
     return pair, adapted
 
@@ -411,6 +415,8 @@ def verify(tmp: Path, manifest: Manifest, inputs: _Inputs, pair, adapted: dict, 
     if pair.bias_correction:
         q["encoder_bias_correction"] = pair.bias_correction
     q["channel_equalization"] = inputs.equalize(opts)
+    if pair.range_search:
+        q["range_search"] = pair.range_search
     q["n_images"] = int(len(test))
     q["split"] = "test" if opts.verify_limit is None else f"test[:{len(test)}]"
     step("verified", 3, 3)

@@ -344,6 +344,28 @@ def test_cli_bundle_info_and_errors(exported, tiny_run, tmp_path):
     assert r.exit_code == 1 and "missing config.json, encoder.keras, decoder.keras" in r.output
 
 
+def test_cli_range_search_records_both_searches_and_beats_the_percentile_ranges(exported, tiny_run, tmp_path):
+    """`export --range-search` on the same run and calibration as the plain export: both searches are in the
+    manifest, each ended no worse than it started on the calibration images, the command says so, and the
+    int8 pair is no further from float on the test digits than the plain export's (±0.02 dB)."""
+    out = tmp_path / "searched"
+    r = CliRunner().invoke(
+        app,
+        ["export", str(tiny_run), "--out", str(out), "--calib", "200", "--verify-limit", str(VERIFY)]
+        + ["--margin", "0.5", "--range-search", "--json"],
+    )
+    assert r.exit_code == 0, r.output
+    m = load_bundle(out).manifest
+    assert "--range-search" in m.command
+    rs = m.quality["range_search"]
+    assert set(rs) == {"encoder", "decoder"}
+    for side in rs.values():
+        assert side["after"] <= side["before"] and side["evaluations"] >= 1 and side["objective"]
+    assert rs["decoder"]["after"] < rs["decoder"]["before"]  # something to gain on a 3-epoch decoder
+    assert "range_search" not in exported.quality
+    assert m.quality["int8_loss_db"] <= exported.quality["int8_loss_db"] + 0.02
+
+
 @pytest.fixture(scope="module")
 def coarse_pair(tiny_run, tmp_path_factory):
     """The same run exported twice with a coarse forced latent step: as is, and with --adapt-decoder 3."""
