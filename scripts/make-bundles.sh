@@ -175,7 +175,10 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   esac
   if [[ -n $qat ]]; then
     fine_tune "$name" "$preset" "$threads" "$qstart" q "$qat" --qat
-    nice "$cli" export "$tuned" --out "cae_edge/bundles/$name-$preset" --calib 1000 --margin 1.0 --overwrite
+    # --range-search (2026-12-07): each int8 activation range searched on the calibration images instead of
+    # the percentile rule alone; int8 loss mnist-xxl 0.36 -> 0.21 dB, fashion-xxl 0.29 -> 0.12 (docs/qat.md).
+    nice "$cli" export "$tuned" --out "cae_edge/bundles/$name-$preset" --calib 1000 --margin 1.0 --range-search \
+      --overwrite
   fi
 }
 
