@@ -83,6 +83,14 @@ def readapt(
             help="Channel-equalize the decoder before int8 PTQ (same float model, less rounding noise).",
         ),
     ] = True,
+    range_search: Annotated[
+        bool,
+        typer.Option(
+            "--range-search",
+            help="Search each int8 decoder activation's range for the decoded calibration images closest to "
+            "the originals (as `export --range-search`).",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing bundle directory.")
     ] = False,
@@ -114,6 +122,8 @@ def readapt(
             args += ["--head-width", str(head_width)]
     if not equalize:
         args.append("--no-equalize")
+    if range_search:
+        args.append("--range-search")
     opts = ReadaptOptions(
         bundle=bundle,
         out_dir=out,
@@ -131,6 +141,7 @@ def readapt(
         head_epochs=head_epochs,
         head_lr=head_lr,
         equalize=equalize,
+        range_search=range_search,
         command=shlex.join(args),
     )
 

@@ -87,6 +87,9 @@ class ReadaptOptions:
     """Activation-range percentile; ``None``: the manifest's export command (99.99 when it has none)."""
     equalize: bool = True
     """Channel-equalize the decoder before PTQ (:mod:`cae_edge.export.equalize`)."""
+    range_search: bool = False
+    """Search the int8 decoder's activation ranges on the calibration images
+    (:mod:`cae_edge.export.rangesearch`, as ``export --range-search`` does for the decoder)."""
     verify_limit: int | None = None
     """Verify on the first N test images only (``None``: the whole test split)."""
     margin_db: float | None = None
@@ -266,6 +269,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     from ..train.model import build_decoder
     from .adapt import AdaptOptions, adapt_decoder
     from .convert import convert_decoder, rebuild_batch1, run_int8_encoder
+    from .rangesearch import DECODER_OBJECTIVE, RangeSearch
     from .writer import _model_spec, staged_bundle
 
     opts.validate()
@@ -335,8 +339,16 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     ]
     calib_latents = dequantize(run_int8_encoder(encoder, calib), lq)
     step("int8 decoder (PTQ)", 0, 1)
+    searched = RangeSearch(objective=DECODER_OBJECTIVE) if opts.range_search else None
     dec_q, dec_float = convert_decoder(
-        rebuild_batch1(adapted, build_decoder, cfg), calib_latents, lq, percentile, opts.equalize
+        rebuild_batch1(adapted, build_decoder, cfg),
+        calib_latents,
+        lq,
+        percentile,
+        opts.equalize,
+        search_targets=calib if opts.range_search else None,
+        search_report=searched,
+        progress=progress,
     )
 
     new_files = {DEFAULT_FILES["decoder"]: dec_q, DEFAULT_FILES["decoder_float"]: dec_float}
@@ -359,6 +371,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
             "command": opts.command,
             "calibration": f"{len(calib)} training images, seed {calib_seed}, percentile {percentile:g}",
             "channel_equalization": opts.equalize,
+            **({"range_search": searched.to_dict()} if searched else {}),
         }
         if "decoder_readaptation" in old_quality:  # the bundle's own readaptations, oldest first
             earlier = dict(old_quality["decoder_readaptation"])

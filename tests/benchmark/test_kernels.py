@@ -252,3 +252,31 @@ def test_readapt_with_no_epochs_converts_the_same_float_decoder_again(tmp_path):
     assert q["keras_float"]["psnr"] < q["tflite_float"]["psnr"] - 0.3 and 0 < q["int8_loss_db"] < 0.3
     with pytest.raises(ConfigError, match="a new head needs epochs >= 1"):
         ReadaptOptions(bundle="fashion-small", out_dir=out, epochs=0, head="convt").validate()
+
+
+def test_readapt_range_search_changes_only_the_decoders_ranges(tmp_path):
+    """`readapt --epochs 0 --range-search`: encoder and entropy model as they were, the search recorded and
+    closer on the calibration images, and the int8 pair on held-out images no worse than the shipped one."""
+    from cae_edge.export.readapt import ReadaptOptions, readapt_bundle
+    from cae_edge.metrics import psnr_per_image
+
+    src = load_bundle("fashion-small")
+    out = tmp_path / "searched"
+    readapt_bundle(
+        ReadaptOptions(bundle="fashion-small", out_dir=out, epochs=0, verify_limit=300, range_search=True)
+    )
+    new = load_bundle(out)
+    for name in ("encoder.tflite", "encoder_float.tflite", "entropy.npz"):
+        assert new.read_file(name) == src.read_file(name), name
+    assert new.read_file("decoder.tflite") != src.read_file("decoder.tflite")
+    rs = new.manifest.quality["decoder_readaptation"]["range_search"]
+    assert rs["factors"] and rs["after"] < rs["before"] and rs["objective"].startswith("mean over")
+    x = datasets.load("fashion").x_test[:300]
+    enc = src.encoder()
+    latents = [enc.encode_latent(img).copy() for img in x]
+
+    def psnr(bundle) -> float:
+        dec = bundle.decoder()
+        return float(psnr_per_image(x, np.stack([dec.decode_latent(q) for q in latents])).mean())
+
+    assert psnr(new) > psnr(src) - 0.02
