@@ -20,6 +20,7 @@ the float model and the op graph are the ones calibration made. The search sees 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +33,8 @@ SWEEPS = 2
 FINE = (0.85, 0.93, 1.07, 1.15)
 """Then one pass moving each end of each range on its own by these steps."""
 MIN_GAIN = 1e-4
-"""Improvement (in the objective, dB) a factor must bring to replace the current one."""
+"""Improvement (in the objective's units: dB for the decoder's, latent steps squared for the encoder's) a
+factor must bring to replace the current one."""
 DECODER_OBJECTIVE = "mean over calibration images of 10 log10(MSE) of the int8 decoder's image (dB)"
 """What :func:`decode_error` measures (minus the mean per-image PSNR, up to a constant)."""
 ENCODER_OBJECTIVE = "MSE of the int8 encoder's latent vs the float encoder's before rounding"
@@ -160,7 +162,7 @@ def search_ranges(
             :func:`latent_error`).
         factors: Scale factors to try per tensor.
         sweeps: Passes over the tensors.
-        report: Filled in with what the search found (factors, MSE before and after).
+        report: Filled in with what the search found (factors, the objective before and after).
         progress: Optional callback ``(what, done, total)``.
         what: The model's name in progress messages.
 
@@ -178,15 +180,16 @@ def search_ranges(
         base[t] = (float(q.MinAsNumpy()[0]), float(q.MaxAsNumpy()[0]))
         names[t] = sg.Tensors(t).Name().decode("utf-8", "replace")
     kept: dict[int, tuple[float, float]] = {}
-    seen: dict[bytes, float] = {}
+    seen: dict[bytes, float] = {}  # model sha256 -> error
     report = report if report is not None else RangeSearch()
 
     def score(fs: dict[int, tuple[float, float]]) -> float:
         model = finish(scaled(calibrated, base, fs))
-        if model not in seen:  # ranges a later step overrides (a RESHAPE's output) give the same model
-            seen[model] = error(model)
+        key = hashlib.sha256(model).digest()
+        if key not in seen:  # ranges a later step overrides (a RESHAPE's output) give the same model
+            seen[key] = error(model)
             report.evaluations += 1
-        return seen[model]
+        return seen[key]
 
     best = report.before = score(kept)
     for sweep in range(sweeps + 1):
