@@ -80,8 +80,9 @@ def export(
         bool,
         typer.Option(
             "--range-search",
-            help="Search each int8 decoder activation's range (the percentile range x 0.4-1.1) for the "
-            "decoded calibration images closest to the originals (a few minutes for the xxl presets).",
+            help="Search each int8 activation's range (the percentile range x 0.25-1.25, then each end on "
+            "its own): the decoder's for the decoded calibration images closest to the originals, the "
+            "encoder's for latents closest to the float encoder's (a few minutes for the xxl presets).",
         ),
     ] = False,
     overwrite: Annotated[

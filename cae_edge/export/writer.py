@@ -94,8 +94,9 @@ class ExportOptions:
     """Channel-equalize both models before PTQ (:mod:`cae_edge.export.equalize`): same float function,
     less int8 rounding noise."""
     range_search: bool = False
-    """Search the int8 decoder's activation ranges for the best decoded calibration images
-    (:mod:`cae_edge.export.rangesearch`) instead of keeping the percentile ranges."""
+    """Search both int8 models' activation ranges on the calibration images (:mod:`cae_edge.export.
+    rangesearch`: the decoder's for the best decoded images, the encoder's for latents closest to the float
+    encoder's) instead of keeping the percentile ranges."""
     command: str = ""
     """How this export was invoked, recorded in the manifest."""
 
