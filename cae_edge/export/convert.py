@@ -36,7 +36,15 @@ from ..errors import BundleError, ExportError
 from ..quant import PIXEL_SCALE, PIXEL_ZERO_POINT, QuantParams, dequantize
 from ..quant import quantize as quantize_values
 from .equalize import equalized_copy
-from .rangesearch import DECODER_OBJECTIVE, ENCODER_OBJECTIVE, RangeSearch, latent_error, range_tensors
+from .rangesearch import (
+    DECODER_OBJECTIVE,
+    ENCODER_OBJECTIVE,
+    RangeSearch,
+    decode_error,
+    latent_error,
+    range_tensors,
+    refiner,
+)
 
 Progress = Callable[[str, int, int], None]
 
@@ -693,20 +701,8 @@ def convert_encoder(
 
     refine = None
     if search is not None:
-        from .rangesearch import search_ranges
-
         after, error = search
-
-        def refine(calibrated: bytes, quantize: Callable[[bytes], bytes]) -> bytes:
-            return search_ranges(
-                calibrated,
-                lambda c: after(finish(quantize(c))),
-                error,
-                report=search_report,
-                progress=progress,
-                what="int8 encoder",
-            )
-
+        refine = refiner(lambda q: after(finish(q)), error, search_report, progress, "int8 encoder")
     return finish(convert_int8(encoder1, calib, percentile, refine))
 
 
@@ -732,7 +728,7 @@ def convert_decoder(
         search_targets: The images (uint8, N × 28 × 28) whose int8 latents ``latents`` are: search each
             activation range for the int8 decoder whose images come closest to them
             (:func:`~cae_edge.export.rangesearch.search_ranges`); ``None``: the percentile ranges as they are.
-        search_report: Filled in with what that search found.
+        search_report: Filled in with what that search found (its ``objective`` set here).
         progress: Optional callback ``(what, done, total)`` (the range search reports through it).
 
     Returns:
@@ -745,20 +741,16 @@ def convert_decoder(
 
     refine = None
     if search_targets is not None:
-        from .rangesearch import decode_error, search_ranges
-
         latents_q = quantize_values(latents, lq)
-
-        def refine(calibrated: bytes, quantize: Callable[[bytes], bytes]) -> bytes:
-            return search_ranges(
-                calibrated,
-                lambda c: finish(quantize(c)),
-                lambda m: decode_error(m, latents_q, search_targets),
-                report=search_report,
-                progress=progress,
-                what="int8 decoder",
-            )
-
+        if search_report is not None:
+            search_report.objective = DECODER_OBJECTIVE
+        refine = refiner(
+            finish,
+            lambda m: decode_error(m, latents_q, search_targets),
+            search_report,
+            progress,
+            "int8 decoder",
+        )
     return finish(convert_int8(quantized, latents, percentile, refine)), convert_float(decoder1)
 
 
@@ -814,7 +806,7 @@ def convert_pair(
     step("int8 encoder (PTQ)", 1, 4)
     # equalized before fusing: the fused model's last features reach the Dense through a Concatenate
     enc_src = equalized_copy(enc1, x, percentile or 100.0)[0] if equalize else enc1
-    y = np.asarray(enc1(x))
+    y = np.asarray(enc1(x)) if bias_correction or range_search else None  # the float latents
 
     def corrected(q: bytes) -> tuple[bytes, dict]:
         return correct_output_bias(q, calib_images_u8, y) if bias_correction else (q, {})
@@ -847,7 +839,7 @@ def convert_pair(
         ) from e
     if adapt is not None:
         decoder = adapt(enc_q, lq)
-    searched = RangeSearch(objective=DECODER_OBJECTIVE) if range_search else None
+    searched = RangeSearch() if range_search else None
     dec_q, dec_float = convert_decoder(
         rebuild_batch1(decoder, build_decoder, cfg),
         latents,

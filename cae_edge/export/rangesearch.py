@@ -142,6 +142,24 @@ def latent_error(tflite: bytes, images_u8: np.ndarray, target: np.ndarray) -> fl
     return float(np.mean((q - np.asarray(target, np.float64)) ** 2))
 
 
+def refiner(
+    finish: Callable[[bytes], bytes],
+    error: Callable[[bytes], float],
+    report: RangeSearch | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    what: str = "int8 model",
+) -> Callable[[bytes, Callable[[bytes], bytes]], bytes]:
+    """:func:`search_ranges` as :func:`~cae_edge.export.convert.convert_int8`'s ``refine`` hook: given the
+    calibrated model and the converter's quantize step, search with ``finish`` applied after quantizing."""
+
+    def refine(calibrated: bytes, quantize: Callable[[bytes], bytes]) -> bytes:
+        return search_ranges(
+            calibrated, lambda c: finish(quantize(c)), error, report=report, progress=progress, what=what
+        )
+
+    return refine
+
+
 def search_ranges(
     calibrated: bytes,
     finish: Callable[[bytes], bytes],

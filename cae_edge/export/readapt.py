@@ -269,7 +269,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     from ..train.model import build_decoder
     from .adapt import AdaptOptions, adapt_decoder
     from .convert import convert_decoder, rebuild_batch1, run_int8_encoder
-    from .rangesearch import DECODER_OBJECTIVE, RangeSearch
+    from .rangesearch import RangeSearch
     from .writer import _model_spec, staged_bundle
 
     opts.validate()
@@ -339,7 +339,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
     ]
     calib_latents = dequantize(run_int8_encoder(encoder, calib), lq)
     step("int8 decoder (PTQ)", 0, 1)
-    searched = RangeSearch(objective=DECODER_OBJECTIVE) if opts.range_search else None
+    searched = RangeSearch() if opts.range_search else None
     dec_q, dec_float = convert_decoder(
         rebuild_batch1(adapted, build_decoder, cfg),
         calib_latents,
