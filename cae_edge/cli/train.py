@@ -42,6 +42,11 @@ class InitChoice(str, Enum):
     keras = "keras"
 
 
+class DistortionChoice(str, Enum):
+    mse = "mse"
+    psnr = "psnr"
+
+
 class LrDecayChoice(str, Enum):
     cosine = "cosine"
     exponential = "exponential"
@@ -220,6 +225,14 @@ def train_cmd(
             "finer integer grid: > 1 spends more bytes for more quality).",
         ),
     ] = 1.0,
+    distortion: Annotated[
+        DistortionChoice,
+        typer.Option(
+            "--distortion",
+            help="Rate-distortion loss: mse (all pixels' MSE) or psnr (each image's log MSE: what the "
+            "benchmark's mean per-image PSNR rewards).",
+        ),
+    ] = DistortionChoice.mse,
     qat: Annotated[
         bool,
         typer.Option(
@@ -240,7 +253,8 @@ def train_cmd(
 
         rate_distortion = preset is not None or lam is not None or target_bytes is not None
         rd = None
-        if rate_distortion or latent_jitter or qat or latent_scale != 1.0:
+        shaped = distortion is not DistortionChoice.mse
+        if rate_distortion or latent_jitter or qat or latent_scale != 1.0 or shaped:
             rd = RDOptions(
                 preset=preset,
                 lam=lam,
@@ -248,6 +262,7 @@ def train_cmd(
                 latent_jitter=latent_jitter,
                 latent_scale=latent_scale,
                 qat=qat,
+                distortion=distortion.value,
             )
         opts = TrainOptions(
             dataset=dataset,
@@ -274,9 +289,10 @@ def train_cmd(
             test_fraction=test_fraction,
             gap=gap,
         ).validated()
-        extra = latent_jitter or qat or latent_scale != 1.0
+        extra = latent_jitter or qat or latent_scale != 1.0 or shaped
         if extra and not rate_distortion and (opts.start() is None or not opts.start().rd):
-            flag = "--latent-jitter" if latent_jitter else "--qat" if qat else "--latent-scale"
+            flags = {"--latent-jitter": latent_jitter, "--qat": qat, "--distortion": shaped}
+            flag = next((f for f, on in flags.items() if on), "--latent-scale")
             raise ConfigError(
                 f"{flag} is for rate-distortion runs: add --preset, --lam, --target-bytes or "
                 "--init-from a rate-distortion run or bundle"

@@ -63,6 +63,10 @@ FINETUNE_DEFAULTS = Defaults(latent_dim=0, epochs=5, batch_size=64, learning_rat
 shipped bundle adapts to a user's own frames in minutes on a CPU."""
 
 
+DISTORTIONS = ("mse", "psnr")
+"""Distortion terms of the rate-distortion loss (:attr:`RDOptions.distortion`)."""
+
+
 @dataclass
 class RDOptions:
     """What makes a run rate-distortion (integer latent, learned prior, entropy-coded bundle)."""
@@ -88,6 +92,11 @@ class RDOptions:
     integer grid). Above 1 the latent costs about ``latent_dim * log2(latent_scale)`` more bits and rounds
     with less error: a start moved up the rate-distortion curve, where lowering ``lam`` no longer raises
     the rate."""
+    distortion: str = "mse"
+    """What the rate-distortion loss counts as distortion: ``mse``, the MSE of all the batch's pixels
+    together; or ``psnr``, each image's own log MSE (the same gradient scale on average), which is what the
+    benchmark's figure, the mean over images of each one's PSNR, rewards: an image already reconstructed
+    well weighs as much in dB as a hard one, instead of less in squared error."""
     qat: bool = False
     """Quantization-aware fine-tuning (:mod:`cae_edge.train.qat`): train through the int8 model's weight and
     activation rounding so the int8 encoder's latents are the ones the decoder learned. Needs ``init_from``
@@ -367,6 +376,11 @@ class TrainOptions:
                 f"--latent-scale {rd.latent_scale} rescales a trained model's latent: add --init-from "
                 "RUN_OR_BUNDLE (e.g. --init-from mnist-xl)"
             )
+        if rd.distortion not in DISTORTIONS:
+            raise ConfigError(
+                f"distortion {rd.distortion!r}: must be one of {', '.join(DISTORTIONS)} "
+                "(psnr: each image's log MSE, the benchmark's mean per-image PSNR)"
+            )
         if rd.qat and start is None:
             raise ConfigError(
                 "--qat fine-tunes a trained model through int8 rounding: add --init-from RUN_OR_BUNDLE "
@@ -381,6 +395,7 @@ class TrainOptions:
             max_test=max_test,
             latent_scale=scale,
             qat=bool(rd.qat),
+            distortion=str(rd.distortion),
         )
 
     # ---- (de)serialisation --------------------------------------------------------------------------
@@ -486,6 +501,8 @@ class TrainOptions:
             args += ["--latent-scale", repr(rd.latent_scale)]
         if rd.qat:
             args.append("--qat")
+        if rd.distortion != "mse":
+            args += ["--distortion", rd.distortion]
         if self.threads is not None:
             args += ["--threads", str(self.threads)]
         args += self._data_args()

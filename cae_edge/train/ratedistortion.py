@@ -322,8 +322,40 @@ def _run_config(
     )
 
 
+PSNR_LOSS_FLOOR = 1.0
+"""``distortion="psnr"``: each image's MSE (0-255 scale) is floored here before its log (a 48 dB image
+weighs no more than that)."""
+
+
+def distortion_term(tf, x, x_hat, kind: str = "mse"):
+    """``(distortion, mse)`` of a batch: ``mse`` the MSE of all its pixels on the 0-255 scale.
+
+    ``kind="mse"``: the distortion is that MSE. ``kind="psnr"``: its value is still that MSE, but its
+    gradient is the one of the batch's mean per-image ``log(MSE_i)`` times the batch MSE: each image weighs
+    by ``MSE / MSE_i`` — the mean per-image PSNR the benchmark reports, at the MSE loss's gradient scale
+    (so ``lam`` means about the same for both).
+    """
+    per_image = tf.reduce_mean(tf.square(x - x_hat), axis=[1, 2, 3]) * (255.0**2)
+    mse = tf.reduce_mean(per_image)
+    if kind == "mse":
+        return mse, mse
+    if kind != "psnr":
+        raise ValueError(f"distortion {kind!r}: mse or psnr")
+    log_mean = tf.reduce_mean(tf.math.log(tf.maximum(per_image, PSNR_LOSS_FLOOR)))
+    weighted = tf.stop_gradient(mse) * (log_mean - tf.stop_gradient(log_mean))
+    return tf.stop_gradient(mse) + weighted, mse
+
+
 def make_train_step(
-    encoder, decoder, prior: _Prior, optimizer, lam, *, jitter: float = 0.0, target_bits: float | None = None
+    encoder,
+    decoder,
+    prior: _Prior,
+    optimizer,
+    lam,
+    *,
+    jitter: float = 0.0,
+    target_bits: float | None = None,
+    distortion: str = "mse",
 ):
     """The rate-distortion Adam step, as a plain function of one batch (wrap it in ``tf.function``).
 
@@ -340,6 +372,7 @@ def make_train_step(
         lam: ``tf.Variable`` (float32) holding the rate weight.
         jitter: std of Gaussian noise on the decoder's latent before rounding (0: none).
         target_bits: bits per image ``lam`` is steered to; None keeps ``lam`` fixed.
+        distortion: ``mse`` or ``psnr`` (:func:`distortion_term`); ``mse`` is still the pixels' MSE.
     """
     import tensorflow as tf
 
@@ -350,10 +383,10 @@ def make_train_step(
             y = encoder(x, training=True)
             y_dec = y + tf.random.normal(tf.shape(y), stddev=jitter) if jitter else y
             x_hat = decoder(quantize_latent(tf, y_dec), training=True)
-            mse = tf.reduce_mean(tf.square(x - x_hat)) * (255.0**2)
+            dist, mse = distortion_term(tf, x, x_hat, distortion)
             noisy = y + tf.random.uniform(tf.shape(y), -0.5, 0.5)
             bits = tf.reduce_mean(prior.bits(noisy))
-            loss = mse + lam * bits
+            loss = dist + lam * bits
         grads = tape.gradient(loss, weights)
         optimizer.apply_gradients(zip(grads, weights, strict=True))
         rounded_bits = tf.reduce_mean(prior.bits(tf.round(tf.stop_gradient(y))))
@@ -454,7 +487,14 @@ def _fit(encoder, decoder, prior: _Prior, opts: TrainOptions, x_train: np.ndarra
         calibrate_pair(qenc, qdec, calib)
         encoder, decoder = qenc, qdec
     step = make_train_step(
-        encoder, decoder, prior, optimizer, lam, jitter=float(rd.latent_jitter), target_bits=target
+        encoder,
+        decoder,
+        prior,
+        optimizer,
+        lam,
+        jitter=float(rd.latent_jitter),
+        target_bits=target,
+        distortion=rd.distortion,
     )
     runner = EpochRunner(step, opts.batch_size)
 

@@ -426,3 +426,45 @@ def test_latent_scale_needs_a_start_and_a_positive_factor(low_run):
         dataset="mnist", init_from=low_run.out_dir, out_dir="x", rd=RDOptions(latent_scale=1.25)
     ).validated()
     assert opts.rd.latent_scale == 1.25 and "--latent-scale 1.25" in opts.to_command()
+
+
+def test_psnr_distortion_weighs_each_image_by_its_own_error(mnist):
+    """``--distortion psnr``: the loss's value is still the batch MSE, its gradient that of the batch MSE
+    times the mean per-image log MSE: each image's pull is scaled by MSE / MSE_i against the MSE loss's,
+    so the better-reconstructed image of two real digits pulls harder, by exactly that ratio."""
+    import tensorflow as tf
+
+    from cae_edge.train.ratedistortion import PSNR_LOSS_FLOOR, distortion_term
+
+    x = tf.constant((mnist.x_test[:2].astype(np.float32) / 255.0)[..., None])
+    noise = np.random.default_rng(0).normal(0, 1, x.shape).astype(np.float32)
+    x_hat = tf.Variable(x + noise * np.array([0.02, 0.08], np.float32)[:, None, None, None])
+
+    grads, values = {}, {}
+    for kind in ("mse", "psnr"):
+        with tf.GradientTape() as tape:
+            dist, mse = distortion_term(tf, x, x_hat, kind)
+        grads[kind] = tape.gradient(dist, x_hat).numpy()
+        values[kind] = (float(dist), float(mse))
+    per_image = np.mean((x.numpy() - x_hat.numpy()) ** 2, axis=(1, 2, 3)) * 255.0**2
+    assert per_image.min() > PSNR_LOSS_FLOOR and per_image[1] > 10 * per_image[0]
+    np.testing.assert_allclose(values["psnr"], values["mse"], rtol=1e-5)  # same value, same logged MSE
+    np.testing.assert_allclose(values["mse"][1], per_image.mean(), rtol=1e-4)
+    g_psnr, g_mse = (grads[k].reshape(2, -1) for k in ("psnr", "mse"))
+    ratio = [g_psnr[i] @ g_mse[i] / (g_mse[i] @ g_mse[i]) for i in (0, 1)]
+    np.testing.assert_allclose(ratio, per_image.mean() / per_image, rtol=1e-3)
+    assert ratio[0] > 1 > ratio[1]
+    with pytest.raises(ValueError, match="distortion 'ssim': mse or psnr"):
+        distortion_term(tf, x, x_hat, "ssim")
+
+
+def test_psnr_distortion_is_an_option_the_run_records(low_run):
+    with pytest.raises(ConfigError, match="distortion 'l1': must be one of mse, psnr"):
+        TrainOptions(dataset="mnist", init_from=low_run.out_dir, rd=RDOptions(distortion="l1")).validated()
+    opts = TrainOptions(
+        dataset="mnist", init_from=low_run.out_dir, out_dir="x", rd=RDOptions(distortion="psnr")
+    ).validated()
+    assert opts.rd.distortion == "psnr" and "--distortion psnr" in opts.to_command()
+    assert TrainOptions.from_dict(opts.to_dict()).rd.distortion == "psnr"
+    plain = TrainOptions(dataset="mnist", init_from=low_run.out_dir, out_dir="x", rd=RDOptions()).validated()
+    assert "--distortion" not in plain.to_command()
