@@ -209,6 +209,8 @@ def test_cli_train_preset_errors_are_one_line():
     assert "unknown preset 'huge'" in result.output
     result = CliRunner().invoke(app, ["train", "--lam", "-2", "--out", "unused"])
     assert result.exit_code == 1 and "lam -2" in result.output
+    result = CliRunner().invoke(app, ["train", "--distortion", "psnr", "--out", "unused"])
+    assert result.exit_code == 1 and "--distortion is for rate-distortion runs: add --preset" in result.output
 
 
 @pytest.mark.slow
