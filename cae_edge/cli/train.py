@@ -253,8 +253,8 @@ def train_cmd(
 
         rate_distortion = preset is not None or lam is not None or target_bytes is not None
         rd = None
-        shaped = distortion is not DistortionChoice.mse
-        if rate_distortion or latent_jitter or qat or latent_scale != 1.0 or shaped:
+        other_distortion = distortion is not DistortionChoice.mse
+        if rate_distortion or latent_jitter or qat or latent_scale != 1.0 or other_distortion:
             rd = RDOptions(
                 preset=preset,
                 lam=lam,
@@ -289,9 +289,9 @@ def train_cmd(
             test_fraction=test_fraction,
             gap=gap,
         ).validated()
-        extra = latent_jitter or qat or latent_scale != 1.0 or shaped
+        extra = latent_jitter or qat or latent_scale != 1.0 or other_distortion
         if extra and not rate_distortion and (opts.start() is None or not opts.start().rd):
-            flags = {"--latent-jitter": latent_jitter, "--qat": qat, "--distortion": shaped}
+            flags = {"--latent-jitter": latent_jitter, "--qat": qat, "--distortion": other_distortion}
             flag = next((f for f, on in flags.items() if on), "--latent-scale")
             raise ConfigError(
                 f"{flag} is for rate-distortion runs: add --preset, --lam, --target-bytes or "
