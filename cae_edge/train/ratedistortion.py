@@ -51,7 +51,7 @@ from ..rundir import (
 from .augment import random_affine
 from .from_bundle import CHECK_IMAGES
 from .model import build_decoder, build_encoder, logit_pixels
-from .options import TrainOptions
+from .options import DISTORTIONS, TrainOptions
 from .train import (
     AUTO_AUGMENT_MAX_TRAIN,
     configure_threads,
@@ -335,12 +335,12 @@ def distortion_term(tf, x, x_hat, kind: str = "mse"):
     by ``MSE / MSE_i`` — the mean per-image PSNR the benchmark reports, at the MSE loss's gradient scale
     (so ``lam`` means about the same for both).
     """
+    if kind not in DISTORTIONS:
+        raise ValueError(f"distortion {kind!r}: {' or '.join(DISTORTIONS)}")
     per_image = tf.reduce_mean(tf.square(x - x_hat), axis=[1, 2, 3]) * (255.0**2)
     mse = tf.reduce_mean(per_image)
     if kind == "mse":
         return mse, mse
-    if kind != "psnr":
-        raise ValueError(f"distortion {kind!r}: mse or psnr")
     log_mean = tf.reduce_mean(tf.math.log(tf.maximum(per_image, PSNR_LOSS_FLOOR)))
     weighted = tf.stop_gradient(mse) * (log_mean - tf.stop_gradient(log_mean))
     return tf.stop_gradient(mse) + weighted, mse
