@@ -73,7 +73,7 @@ rd_chain() {  # rd_chain DATASET PRESET THREADS: train the stages, then export t
   echo "== $name-$preset: train (preset $preset, $threads threads)"
   rm -rf "${runs:?}/$name-$preset"
   # As shipped: the preset's own schedule, then fine-tuning stages "epochs:lr[:target bytes[:lam[:latent
-  # scale]]]" from the previous weights, each starting from the rate weight the previous stage ended with
+  # scale[:distortion]]]]" from the previous weights, each starting from the rate weight the previous stage ended with
   # unless it names one.
   case $name-$preset in
     mnist-xl) stages="150:0.001 40:0.0005:102 40:0.0005:100:0.4" ;;
