@@ -91,6 +91,14 @@ def readapt(
             "the originals (as `export --range-search`).",
         ),
     ] = False,
+    qat: Annotated[
+        bool,
+        typer.Option(
+            "--qat",
+            help="Fine-tune through the int8 decoder's rounding, as `train --qat` does (for a bundle "
+            "trained with --qat; with --no-equalize, as its export was).",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing bundle directory.")
     ] = False,
@@ -124,6 +132,8 @@ def readapt(
         args.append("--no-equalize")
     if range_search:
         args.append("--range-search")
+    if qat:
+        args.append("--qat")
     opts = ReadaptOptions(
         bundle=bundle,
         out_dir=out,
@@ -142,6 +152,7 @@ def readapt(
         head_lr=head_lr,
         equalize=equalize,
         range_search=range_search,
+        qat=qat,
         command=shlex.join(args),
     )
 

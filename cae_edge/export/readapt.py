@@ -90,6 +90,8 @@ class ReadaptOptions:
     range_search: bool = False
     """Search the int8 decoder's activation ranges on the calibration images
     (:mod:`cae_edge.export.rangesearch`, as ``export --range-search`` does for the decoder)."""
+    qat: bool = False
+    """Fine-tune through the int8 decoder's rounding (:attr:`cae_edge.export.adapt.AdaptOptions.qat`)."""
     verify_limit: int | None = None
     """Verify on the first N test images only (``None``: the whole test split)."""
     margin_db: float | None = None
@@ -125,6 +127,8 @@ class ReadaptOptions:
             raise ConfigError(
                 "epochs 0 converts the bundle's own decoder again: a new head needs epochs >= 1"
             )
+        if self.qat and int(self.epochs) == 0:
+            raise ConfigError("qat fine-tunes the decoder through its int8 rounding: it needs epochs >= 1")
         if self.head is not None and self.head not in HEADS:
             raise ConfigError(f"decoder head {self.head!r}: must be one of {', '.join(HEADS)} (or omitted)")
         if self.head_width is not None and (self.head is None or int(self.head_width) < 1):
@@ -329,8 +333,10 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
         }
     adapted, trained = decoder, {"epochs": 0}
     if opts.epochs:
-        adapt_opts = AdaptOptions(epochs=opts.epochs, learning_rate=opts.learning_rate, seed=opts.seed)
-        adapted, res = adapt_decoder(decoder, q_all, x_all, adapt_opts, progress)
+        adapt_opts = AdaptOptions(
+            epochs=opts.epochs, learning_rate=opts.learning_rate, seed=opts.seed, qat=opts.qat
+        )
+        adapted, res = adapt_decoder(decoder, q_all, x_all, adapt_opts, progress, latent_scale=lq.scale)
         trained = res.to_dict()
 
     rng = np.random.default_rng(calib_seed)
@@ -366,6 +372,7 @@ def readapt_bundle(opts: ReadaptOptions, progress: Progress | None = None) -> Re
         q = _verify(tmp, manifest, adapted, test, rate_distortion, opts, step)
         q["decoder_readaptation"] = {
             **trained,
+            **({"qat": True} if opts.qat else {}),
             "kernels": list(opts.kernels),
             **({"head": head_change} if head_change else {}),
             "command": opts.command,

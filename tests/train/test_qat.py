@@ -326,3 +326,57 @@ def test_fake_quant_of_a_linear_skip_pair_is_the_exported_one(calib, mnist):
     assert abs(db["fake"] - db["int8"]) < 0.1 and db["float"] - db["int8"] > 0.2, db
     fake_err, float_err = np.mean(np.abs(fake - int8)) * 256, np.mean(np.abs(plain - int8)) * 256
     assert fake_err < 0.8 * float_err, (fake_err, float_err)
+
+
+def test_decoder_adaptation_with_qat_trains_through_the_int8_rounding(mnist):
+    """``AdaptOptions(qat=True)`` (``readapt --qat``): what the adaptation minimises is the fake-quantized
+    decoder's error, not the float one's. At a learning rate too small to move a weight, its first epoch's
+    MSE is exactly the float decoder's MSE without ``qat`` and the :class:`QatModel`'s with it, calibrated on
+    the same latents (the shipped mnist-hq decoder on its int8 encoder's latents; there the two differ)."""
+    from cae_edge.device.bundle import load_bundle, resolve_bundle
+    from cae_edge.export.adapt import AdaptOptions, adapt_decoder
+    from cae_edge.export.convert import run_int8_encoder
+    from cae_edge.export.readapt import keras_decoder_from_tflite
+    from cae_edge.quant import dequantize
+    from cae_edge.rundir import ModelConfig
+    from cae_edge.train.qat import QatModel
+
+    bundle = load_bundle(resolve_bundle("mnist-hq"))
+    m = bundle.manifest
+    decoder = keras_decoder_from_tflite(
+        bundle.model_bytes("decoder_float"), ModelConfig.from_dict(m.train["model"])
+    )
+    images = mnist.x_train[:256]
+    x = (images.astype(np.float32) / 255.0)[..., None]
+    latents = dequantize(run_int8_encoder(bundle.model_bytes("encoder"), images), m.latent_quant)
+
+    def mse(model) -> float:
+        return float(np.mean((np.asarray(model(latents)).reshape(x.shape) - x) ** 2)) * 255.0**2
+
+    qdec = QatModel(decoder, m.latent_quant.scale)
+    qdec.calibrate(latents)  # all 256: fewer than the adaptation's CALIB_IMAGES, so the same ranges
+    float_mse, qat_mse = mse(decoder), mse(qdec)
+    assert 10 < float_mse < 200 and abs(qat_mse - float_mse) > 0.01 * float_mse, (qat_mse, float_mse)
+    for qat, want in ((False, float_mse), (True, qat_mse)):
+        _, res = adapt_decoder(
+            decoder,
+            latents,
+            images,
+            AdaptOptions(epochs=1, learning_rate=1e-9, qat=qat),
+            latent_scale=m.latent_quant.scale,
+        )
+        assert res.loss_first_epoch == pytest.approx(want, rel=1e-3), (qat, res.loss_first_epoch, want)
+
+
+def test_readapt_qat_needs_epochs(tmp_path):
+    from typer.testing import CliRunner
+
+    from cae_edge.cli.main import app
+    from cae_edge.export.readapt import ReadaptOptions
+
+    with pytest.raises(ConfigError, match="needs epochs >= 1"):
+        ReadaptOptions(bundle="mnist-tiny", out_dir=tmp_path / "x", epochs=0, qat=True).validate()
+    r = CliRunner().invoke(
+        app, ["readapt", "mnist-tiny", "--out", str(tmp_path / "y"), "--epochs", "0", "--qat"]
+    )
+    assert r.exit_code == 1 and "needs epochs >= 1" in r.output, r.output
