@@ -59,6 +59,7 @@ from .train import (
     describe_device,
     example_indices,
     load_data,
+    onednn_enabled,
     run_versions,
 )
 
@@ -110,6 +111,8 @@ class RDResult:
     included; ``history.json`` has it per epoch)."""
     threads: int = 0
     """Size of TensorFlow's thread pools during the run."""
+    onednn: bool | None = None
+    """Whether TensorFlow ran its oneDNN CPU kernels (:func:`~cae_edge.train.train.prefer_onednn`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -278,6 +281,7 @@ def train_rd(opts: TrainOptions, progress: Progress | None = None) -> RDResult:
         seconds=seconds,
         images_per_s=len(x_train) * opts.epochs / seconds,
         threads=threads,
+        onednn=onednn_enabled(),
     )
     config = _run_config(opts, cfg, ds, len(x_train), len(x_test), lam_final, prior, start)
     metrics = {**result.to_dict(), "mse": ev["mse"], "latent_range": ev["latent_range"]}

@@ -48,7 +48,7 @@ def test_run_dir_has_every_file(tiny_run, mnist):
     for ips, seconds in zip(history["images_per_s"], history["seconds"], strict=True):
         assert ips == pytest.approx(n_train / seconds)
     assert metrics["images_per_s"] == pytest.approx(2 * n_train / sum(history["seconds"]))
-    assert metrics["threads"] >= 1
+    assert metrics["threads"] >= 1 and metrics["onednn"] in (True, False)
     json.dumps(tiny_run.to_dict())  # the result serialises
 
 
@@ -329,3 +329,24 @@ def test_he_init_redraws_conv_kernels_only():
         assert 0.6 * np.sqrt(2 / fan_in) < std < 1.2 * np.sqrt(2 / fan_in), (ly.name, std, fan_in)
     for w, w0 in zip(encoder.get_layer("latent").get_weights(), dense_before, strict=True):
         np.testing.assert_array_equal(w, w0)
+
+
+@pytest.mark.parametrize("env, want", [(None, True), ("0", False)])
+def test_training_asks_for_onednn_unless_told_not_to(env, want):
+    """``cae-edge train`` calls ``prefer_onednn()`` before TensorFlow is imported: TensorFlow then runs its
+    oneDNN kernels on every x86 CPU (by itself only on AVX512-VNNI / BF16 / AMX ones); the user's
+    ``TF_ENABLE_ONEDNN_OPTS=0`` wins. Checked in a fresh interpreter (the switch is read at import)."""
+    import os
+
+    env_vars = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if env is not None:
+        env_vars["TF_ENABLE_ONEDNN_OPTS"] = env
+    code = (
+        "from cae_edge.train.train import onednn_enabled, prefer_onednn\n"
+        "prefer_onednn()\n"
+        "print('onednn', onednn_enabled())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env_vars, capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    assert f"onednn {want}" in out, out
