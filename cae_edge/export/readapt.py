@@ -420,6 +420,10 @@ def _verify(tmp: Path, manifest: Manifest, decoder, test, rate_distortion: bool,
     q["tflite_int8"] = quality(test, reconstruct(bundle, test, "int8"))
     if "encoder_bias_correction" in old_q:
         q["encoder_bias_correction"] = old_q["encoder_bias_correction"]
+    # the export's range search of the encoder, which stays (its decoder half went with the old decoder)
+    encoder_search = old_q.get("encoder_range_search") or (old_q.get("range_search") or {}).get("encoder")
+    if encoder_search:
+        q["encoder_range_search"] = encoder_search
     q["n_images"] = int(len(test))
     q["split"] = "test" if opts.verify_limit is None else f"test[:{len(test)}]"
     margin = opts.margin_db if opts.margin_db is not None else float(old_q.get("margin_db", 0.5))

@@ -287,3 +287,19 @@ def test_readapt_range_search_changes_only_the_decoders_ranges(tmp_path):
         return float(psnr_per_image(x, np.stack([dec.decode_latent(q) for q in latents])).mean())
 
     assert psnr(new) > psnr(src) - 0.02
+
+
+@pytest.mark.slow
+def test_readapt_keeps_the_exports_encoder_records(tmp_path):
+    """A re-adapted bundle keeps what its export recorded of the encoder, which readapt leaves as it is: its
+    bias correction and its range search (mnist-xxl's encoder was searched by `export --range-search`)."""
+    from cae_edge.export.readapt import ReadaptOptions, readapt_bundle
+
+    src = load_bundle("mnist-xxl").manifest.quality
+    assert src["encoder_range_search"]["factors"]  # the export's search of this encoder
+    out = tmp_path / "again"
+    readapt_bundle(ReadaptOptions(bundle="mnist-xxl", out_dir=out, epochs=0, equalize=False, verify_limit=50))
+    q = load_bundle(out).manifest.quality
+    assert q["encoder_range_search"] == src["encoder_range_search"]
+    assert q["encoder_bias_correction"] == src["encoder_bias_correction"]
+    assert "range_search" not in q["decoder_readaptation"]  # no search this time: none recorded for it
