@@ -301,12 +301,13 @@ def train_cmd(
     except CaeEdgeError as e:
         raise fail(_one_line(e)) from None
 
-    if opts.rd is not None:
-        return _train_rd(opts)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (inside train)
+    # before TensorFlow is imported (inside either training): its log level and its oneDNN kernels
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ..train.train import prefer_onednn, train
 
     prefer_onednn()
+    if opts.rd is not None:
+        return _train_rd(opts)
 
     bar = _epoch_bar(TimeRemainingColumn())  # shown once data and device are known (the epoch-0 event)
     task = bar.add_task("train", total=opts.epochs, logs="compiling")
@@ -349,11 +350,7 @@ def train_cmd(
 
 def _train_rd(opts: TrainOptions) -> None:
     """Rate-distortion training with a progress bar; prints the result (exit 1 on errors)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ..train.ratedistortion import train_rd
-    from ..train.train import prefer_onednn
-
-    prefer_onednn()
 
     say(f"rate-distortion run: {opts.to_command()}")
     try:
